@@ -1,0 +1,38 @@
+# lockbuild — `make demo` and `make test` work on a fresh Debian 12 machine (as root or with sudo).
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export LOCKBUILD_CACHE ?= $(HOME)/.cache/lockbuild
+
+.PHONY: venv deps demo test test-fast lint bench clean
+
+$(BIN)/lockbuild: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip uv
+	$(BIN)/uv pip install -q --python $(BIN)/python -e '.[test]'
+	touch $@
+
+venv: $(BIN)/lockbuild
+
+deps:  ## system tools the tests use: dockerd, registry, skopeo, umoci
+	bash scripts/install-deps.sh
+
+lint: venv
+	$(BIN)/ruff check lockbuild tests benchmarks
+	$(BIN)/mypy lockbuild
+
+test: venv deps lint
+	bash scripts/run-tests.sh
+
+test-fast: venv
+	$(BIN)/pytest -q -m "not slow and not docker"
+
+demo: venv deps
+	bash scripts/demo.sh
+
+bench: venv deps
+	$(BIN)/python benchmarks/run.py
+
+clean:
+	rm -rf $(VENV) out build *.egg-info

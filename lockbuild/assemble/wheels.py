@@ -1,0 +1,116 @@
+"""Python packages into the image tree: pypa/installer with a Debian-python scheme, no .pyc.
+
+Debian's python3.X searches /usr/local/lib/python3.X/dist-packages, so wheels go there and
+console scripts go to /usr/local/bin with the image's interpreter in their shebang. Nothing
+is byte-compiled: .pyc files embed timestamps and the host interpreter's exact version.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import zipfile
+from collections.abc import Iterable
+from pathlib import Path
+
+from installer import install
+from installer.destinations import SchemeDictionaryDestination
+from installer.sources import WheelFile
+
+from lockbuild.errors import BuildError
+from lockbuild.lock.model import Target, Wheel
+
+
+def scheme(target: Target) -> dict[str, str]:
+    minor = ".".join(target.python.split(".")[:2])
+    site = f"/usr/local/lib/python{minor}/dist-packages"
+    return {
+        "purelib": site,
+        "platlib": site,
+        "headers": f"/usr/local/include/python{minor}",
+        "scripts": "/usr/local/bin",
+        "data": "/usr/local",
+    }
+
+
+def interpreter(target: Target) -> str:
+    return "/usr/bin/python" + ".".join(target.python.split(".")[:2])
+
+
+def _safe(name: str, wheel: Wheel) -> str:
+    norm = posixpath.normpath(name)
+    if name.startswith("/") or norm.startswith("../") or norm == ".." or "\\" in name:
+        raise BuildError(
+            f"{wheel.filename}: member {name!r} would be written outside the install root",
+            hint="the wheel is malicious or corrupt; remove it from the lock",
+        )
+    return norm
+
+
+def install_paths(wheel: Wheel, path: Path, target: Target) -> list[str]:
+    """Image paths (no leading /) the wheel will write, from its zip listing. Checks safety."""
+    sch = scheme(target)
+    out = []
+    with zipfile.ZipFile(path) as zf:
+        for info in zf.infolist():
+            if info.is_dir():
+                continue
+            name = _safe(info.filename, wheel)
+            first, _, rest = name.partition("/")
+            if first.endswith(".data") and rest:
+                key, _, sub = rest.partition("/")
+                base = sch.get(key)
+                if base is None:
+                    raise BuildError(f"{wheel.filename}: unknown wheel data scheme {key!r}")
+                if key == "headers":
+                    base = posixpath.join(base, wheel.name)
+                out.append(posixpath.join(base, sub).lstrip("/"))
+            else:
+                out.append(posixpath.join(sch["purelib"], name).lstrip("/"))
+    return out
+
+
+def find_conflicts(listings: Iterable[tuple[Wheel, list[str]]]) -> list[tuple[str, str, str]]:
+    """[(path, first distribution, second distribution)] for files two wheels both write."""
+    owner: dict[str, str] = {}
+    conflicts = []
+    for wheel, paths in listings:
+        for p in paths:
+            if p in owner and owner[p] != wheel.name:
+                conflicts.append((p, owner[p], wheel.name))
+            else:
+                owner[p] = wheel.name
+    return conflicts
+
+
+def conflict_error(conflicts: list[tuple[str, str, str]]) -> BuildError:
+    pairs = sorted({(a, b) for _, a, b in conflicts})
+    sample = "; ".join(f"{p} ({a} and {b})" for p, a, b in conflicts[:3])
+    names = ", ".join(f"{a} and {b}" for a, b in pairs)
+    return BuildError(
+        f"two distributions write the same files: {names}; e.g. {sample}",
+        hint="keep exactly one of them: add the unwanted one to [python] exclude in lockbuild.toml, or pin the "
+        "same single distribution in [python] requirements (e.g. tensorflow-cpu instead of tensorflow), "
+        "then run `lockbuild lock`",
+    )
+
+
+def install_wheel(wheel: Wheel, path: Path, target: Target, root: Path) -> None:
+    """Install one verified wheel into the staging tree `root` (the image's /)."""
+    install_paths(wheel, path, target)  # safety check before anything is written
+    dest = SchemeDictionaryDestination(
+        scheme(target),
+        interpreter=interpreter(target),
+        script_kind="posix",
+        bytecode_optimization_levels=(),
+        destdir=str(root),
+    )
+    try:
+        with WheelFile.open(path) as source:
+            source.validate_record(validate_contents=False)
+            install(source, dest, additional_metadata={"INSTALLER": b"lockbuild\n"})
+    except FileExistsError as e:
+        raise BuildError(f"{wheel.filename}: {e}", hint="two distributions write the same file") from None
+    except Exception as e:  # installer raises several types for broken wheels
+        if isinstance(e, BuildError):
+            raise
+        raise BuildError(f"cannot install {wheel.filename}: {e}") from None

@@ -1,0 +1,1 @@
+"""Fetch: a content-addressed cache and verified downloads into it."""

@@ -1,0 +1,156 @@
+"""Content-addressed cache: every wheel, .deb, index and image blob, stored by sha256.
+
+Layout (``$LOCKBUILD_CACHE`` or ``~/.cache/lockbuild``)::
+
+    blobs/sha256/<2 hex>/<64 hex>     verified content
+    tmp/                              downloads and writers in progress (same filesystem)
+    locks/<64 hex>.lock               per-entry file locks
+    meta/<namespace>/<key>.json       small derived records (layer cache, ...)
+
+Rules: an entry is only ever created by renaming a fully written, hash-checked temp file into
+place; reading an entry re-hashes it (a flipped byte is detected, the entry dropped and
+fetched again); concurrent writers of the same entry serialise on a file lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from filelock import FileLock
+
+from lockbuild.errors import IntegrityError
+from lockbuild.fsutil import CHUNK, atomic_write_bytes, sha256_file
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("LOCKBUILD_CACHE")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".cache"
+    return base / "lockbuild"
+
+
+def _check_hex(sha256: str) -> str:
+    sha256 = sha256.removeprefix("sha256:").lower()
+    if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+        raise IntegrityError(f"not a sha256 hex digest: {sha256!r}")
+    return sha256
+
+
+class HashingWriter:
+    """A file-like sink that hashes what it writes."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self.f = f
+        self.h = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self.f.write(data)
+        self.h.update(data)
+        self.size += len(data)
+        return len(data)
+
+    def hexdigest(self) -> str:
+        return self.h.hexdigest()
+
+
+class Cache:
+    def __init__(self, root: Path | None = None) -> None:
+        self.root = (root or default_cache_dir()).resolve()
+        for sub in ("blobs/sha256", "tmp", "locks", "meta"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+
+    # -- paths -------------------------------------------------------------------------
+    def path(self, sha256: str) -> Path:
+        hx = _check_hex(sha256)
+        return self.root / "blobs" / "sha256" / hx[:2] / hx
+
+    def lock(self, sha256: str) -> FileLock:
+        return FileLock(str(self.root / "locks" / f"{_check_hex(sha256)}.lock"))
+
+    def tmpdir(self) -> Path:
+        return self.root / "tmp"
+
+    # -- reading -----------------------------------------------------------------------
+    def get(self, sha256: str, size: int | None = None, *, verify: bool = True) -> Path | None:
+        """The verified path of an entry, or None. A corrupt entry is removed, never returned."""
+        p = self.path(sha256)
+        if not p.exists():
+            return None
+        if verify:
+            digest, actual = sha256_file(p)
+            if digest != _check_hex(sha256) or (size is not None and actual != size):
+                with contextlib.suppress(FileNotFoundError):
+                    p.unlink()
+                return None
+        return p
+
+    def has(self, sha256: str) -> bool:
+        return self.path(sha256).exists()
+
+    # -- writing -----------------------------------------------------------------------
+    @contextlib.contextmanager
+    def writer(self, expected_sha256: str | None = None) -> Iterator[HashingWriter]:
+        """Stream content in; on exit it is verified (if a hash was expected) and renamed in.
+
+        After the block, ``w.hexdigest()`` is the entry's key. A mismatch raises
+        IntegrityError and leaves nothing behind.
+        """
+        fd, tmp = tempfile.mkstemp(dir=self.tmpdir(), suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                w = HashingWriter(f)
+                yield w
+                f.flush()
+                os.fsync(f.fileno())
+            digest = w.hexdigest()
+            if expected_sha256 is not None and digest != _check_hex(expected_sha256):
+                raise IntegrityError(
+                    f"content hash mismatch: expected sha256:{_check_hex(expected_sha256)}, "
+                    f"got sha256:{digest}",
+                    hint="the source served different bytes than the lock records; "
+                    "if the lock is right, the source is tampered or corrupt",
+                )
+            self._install(Path(tmp), digest)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+
+    def put_bytes(self, data: bytes, expected_sha256: str | None = None) -> str:
+        with self.writer(expected_sha256) as w:
+            w.write(data)
+        return w.hexdigest()
+
+    def put_file(self, src: Path, expected_sha256: str | None = None) -> str:
+        with self.writer(expected_sha256) as w, open(src, "rb") as f:
+            while chunk := f.read(CHUNK):
+                w.write(chunk)
+        return w.hexdigest()
+
+    def _install(self, tmp: Path, digest: str) -> None:
+        dest = self.path(digest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with self.lock(digest):
+            os.chmod(tmp, 0o444)
+            os.replace(tmp, dest)
+
+    # -- small derived records -------------------------------------------------------------
+    def meta_get(self, namespace: str, key: str) -> dict | None:
+        p = self.root / "meta" / namespace / f"{key}.json"
+        try:
+            return json.loads(p.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+    def meta_put(self, namespace: str, key: str, value: dict) -> None:
+        p = self.root / "meta" / namespace / f"{key}.json"
+        atomic_write_bytes(p, json.dumps(value, sort_keys=True, indent=1).encode())

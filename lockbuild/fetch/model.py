@@ -1,0 +1,64 @@
+"""Model files into the cache: from the cache, the local model directory, or MLflow.
+
+The lock names each file by sha256; whatever source serves it, the bytes are checked.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from lockbuild.errors import IntegrityError, ModelError
+from lockbuild.fetch.cache import Cache
+from lockbuild.lock.model import ModelLock
+
+
+def cache_model_tree(model_dir: Path, model: ModelLock, cache: Cache) -> None:
+    """Put every locked model file into the cache (done at lock time, so builds need no source)."""
+    for f in model.files:
+        if not cache.has(f.sha256):
+            cache.put_file(model_dir / f.path, expected_sha256=f.sha256)
+
+
+def fetch_model_files(model: ModelLock, cache: Cache, *, lock_dir: Path) -> dict[str, Path]:
+    """{sha256: verified cache path} for every model file."""
+    missing = [f for f in model.files if cache.get(f.sha256, f.size) is None]
+    if missing:
+        _refill(model, cache, lock_dir)
+    out = {}
+    for f in model.files:
+        p = cache.get(f.sha256, f.size)
+        if p is None:
+            raise IntegrityError(
+                f"model file {f.path} (sha256:{f.sha256}) is not available with the locked content",
+                hint="the model changed since it was locked: run `lockbuild lock --check` to see what changed",
+            )
+        out[f.sha256] = p
+    return out
+
+
+def _refill(model: ModelLock, cache: Cache, lock_dir: Path) -> None:
+    from lockbuild.model.intake import fetch_model
+
+    tracking = os.environ.get("MLFLOW_TRACKING_URI")
+    spec_file = lock_dir / "lockbuild.toml"
+    if spec_file.exists():
+        from lockbuild.spec import load_spec
+
+        tracking = load_spec(spec_file).tracking_uri or tracking
+    uri = model.resolved_uri
+    try:
+        source = fetch_model(uri, tracking_uri=tracking, base_dir=lock_dir)
+    except ModelError as e:
+        raise ModelError(f"model files are not in the cache and the source is unavailable: {e.message}",
+                         hint=e.hint) from None
+    try:
+        for f in model.files:
+            p = source.path / f.path
+            if p.is_file() and not cache.has(f.sha256):
+                try:
+                    cache.put_file(p, expected_sha256=f.sha256)
+                except IntegrityError:
+                    pass  # reported below as unavailable with the locked content
+    finally:
+        source.cleanup()

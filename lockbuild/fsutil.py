@@ -1,0 +1,87 @@
+"""Small filesystem helpers shared by every stage: atomic writes and hashing.
+
+One function computes a digest of a file tree (`tree_digest`); everything else calls it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+CHUNK = 1 << 20
+
+
+def sha256_file(path: Path) -> tuple[str, int]:
+    """Return (hex sha256, size) of a file, streaming."""
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+            size += len(chunk)
+    return h.hexdigest(), size
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def iter_tree_files(root: Path) -> Iterator[Path]:
+    """Regular files below root, relative, byte-sorted by POSIX path. Symlinks are refused."""
+    found: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in filenames:
+            p = Path(dirpath, name)
+            found.append(p.relative_to(root).as_posix())
+    for rel in sorted(found, key=lambda s: s.encode()):
+        yield Path(rel)
+
+
+def tree_files(root: Path) -> list[tuple[str, int, str]]:
+    """[(posix relative path, size, sha256)] for every regular file below root."""
+    out = []
+    for rel in iter_tree_files(root):
+        digest, size = sha256_file(root / rel)
+        out.append((rel.as_posix(), size, digest))
+    return out
+
+
+def tree_digest(files: list[tuple[str, int, str]]) -> str:
+    """One digest over a file listing: sha256 of 'sha256  size  path\\n' lines, sorted by path."""
+    h = hashlib.sha256()
+    for path, size, digest in sorted(files, key=lambda t: t[0].encode()):
+        h.update(f"{digest}  {size}  {path}\n".encode())
+    return "sha256:" + h.hexdigest()
+
+
+@contextlib.contextmanager
+def atomic_writer(path: Path, mode: int = 0o644) -> Iterator[BinaryIO]:
+    """Write to a temp file beside `path`, fsync, rename into place. Nothing half-written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
+    with atomic_writer(path, mode) as f:
+        f.write(data)
+
+
+def atomic_write_text(path: Path, text: str, mode: int = 0o644) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"), mode)

@@ -1,0 +1,222 @@
+"""The `lock` stage: spec + model -> Lock. The only place that calls the resolvers.
+
+Re-locking with unchanged inputs (spec, model tree, tool version) returns the previous lock
+as it is: no resolution, identical bytes. Without --upgrade, the Debian side and the
+exclude-newer cutoff stay as locked even when other inputs change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+
+from packaging.version import Version
+
+from lockbuild import __version__
+from lockbuild.errors import PythonVersionError
+from lockbuild.fetch.cache import Cache
+from lockbuild.fetch.model import cache_model_tree
+from lockbuild.lock.model import LOCK_VERSION, DebianLock, Lock, ModelFile, ModelLock, PythonLock, Runtime, Target
+from lockbuild.model.intake import ModelSource, fetch_model
+from lockbuild.model.metadata import ModelInfo, keras_major, read_model
+from lockbuild.resolve import debian, runtime
+from lockbuild.resolve.python import (
+    PythonTarget,
+    model_requirements,
+    resolve_python,
+    runtime_requirements,
+    serving_server,
+)
+from lockbuild.spec import Spec
+
+NONROOT_UID = 65532
+Notify = Callable[[str], None]
+
+
+@dataclass
+class LockResult:
+    lock: Lock
+    reused: bool  # inputs unchanged: nothing was resolved
+    notes: list[str] = field(default_factory=list)  # warnings worth showing (patch drift, ...)
+
+
+def _digest(obj: object) -> str:
+    return "sha256:" + hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def input_digests(spec: Spec, source: ModelSource, info: ModelInfo) -> dict[str, str]:
+    return {
+        "spec": _digest(spec.raw),
+        "model": _digest({"resolved-uri": source.resolved_uri, "tree": info.tree_digest}),
+        "tool": _digest({"lockbuild": __version__, "lock-format": LOCK_VERSION}),
+    }
+
+
+def combined_digest(inputs: dict[str, str]) -> str:
+    return _digest(inputs)
+
+
+def now_utc() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _arch(platform: str) -> str:
+    return {"linux/amd64": "amd64", "linux/arm64": "arm64"}[platform]
+
+
+def python_minor(spec: Spec, info: ModelInfo) -> str:
+    if spec.python:
+        return spec.python
+    try:
+        v = Version(info.python_version)
+    except Exception:
+        raise PythonVersionError(
+            f"the model logged an unreadable Python version {info.python_version!r}",
+            hint='set [target] python = "3.X" in lockbuild.toml',
+        ) from None
+    return f"{v.major}.{v.minor}"
+
+
+def created_time(exclude_newer: str, debian_lock: DebianLock) -> str:
+    """The image's created time: the newest input cutoff, so it is a function of the lock."""
+    times = [datetime.fromisoformat(exclude_newer.replace("Z", "+00:00"))]
+    for s in debian_lock.suites:
+        times.append(parsedate_to_datetime(s.date).astimezone(UTC))
+    return max(times).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def runtime_env(spec: Spec, info: ModelInfo, wheels_by_name: dict[str, str]) -> dict[str, str]:
+    env = {"PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1", "HOME": "/home/nonroot"}
+    if "tf-keras" in wheels_by_name and keras_major(info.requirements, info.saved_format) == 2:
+        env["TF_USE_LEGACY_KERAS"] = "1"  # tf.keras must mean Keras 2 for a Keras 2 model on TF >= 2.16
+    env.update(dict(spec.env))
+    return env
+
+
+def make_lock(spec: Spec, *, previous: Lock | None, upgrade: bool, cache: Cache,
+              notify: Notify = lambda _m: None) -> LockResult:
+    source = fetch_model(spec.model_uri, tracking_uri=spec.tracking_uri, base_dir=spec.root)
+    try:
+        notify(f"model {source.resolved_uri}")
+        info = read_model(source.path)
+        result = _make_lock(spec, source, info, previous=previous, upgrade=upgrade, cache=cache, notify=notify)
+        cache_model_tree(source.path, result.lock.model, cache)  # builds then need no model source
+        return result
+    finally:
+        source.cleanup()
+
+
+def _make_lock(spec: Spec, source: ModelSource, info: ModelInfo, *, previous: Lock | None, upgrade: bool,
+               cache: Cache, notify: Notify) -> LockResult:
+    inputs = input_digests(spec, source, info)
+    digest = combined_digest(inputs)
+    if previous is not None and not upgrade and previous.inputs_digest == digest:
+        return LockResult(previous, reused=True)
+    notes: list[str] = []
+
+    minor = python_minor(spec, info)
+    choice = runtime.choose_suite(minor)
+    codename = spec.base.split(":", 1)[1] if spec.base else choice.codename
+    arch = _arch(spec.platform)
+    roots = tuple(sorted(set(debian.default_roots(choice.interpreter_package)) | set(spec.debian_packages)))
+    keep_debian = (previous is not None and not upgrade and previous.debian.roots == roots
+                   and previous.target.base == f"debian:{codename}" and previous.target.platform == spec.platform)
+    if keep_debian:
+        assert previous is not None
+        deb_lock = previous.debian
+    else:
+        notify(f"resolving Debian {codename}/{arch}")
+        deb_lock = debian.resolve_debian(codename, arch, roots, cache, mirror=spec.mirror,
+                                         security_mirror=spec.security_mirror)
+    by_name = {d.name: d for d in deb_lock.packages}
+    interp = by_name[choice.interpreter_package]
+    python_exact = runtime.python_version_from_deb(interp.version)
+    glibc = runtime.glibc_from_deb(by_name["libc6"].version)
+    wheel_platform = runtime.wheel_platform(glibc, arch)
+    if info.python_version and info.python_version != python_exact:
+        notes.append(f"the model logged Python {info.python_version}; the image runs {python_exact} "
+                     f"({choice.interpreter_package} {interp.version}): same minor, different patch")
+
+    if spec.exclude_newer:
+        exclude_newer = spec.exclude_newer
+    elif previous is not None and not upgrade:
+        exclude_newer = previous.python.exclude_newer
+    else:
+        exclude_newer = now_utc()
+
+    mlflow_version = info.mlflow_version
+    reqs = (model_requirements(info.requirements, serving=spec.serving, exclude=spec.exclude)
+            + runtime_requirements(spec.serving, mlflow_version) + list(spec.requirements))
+    notify(f"resolving Python {python_exact} for {wheel_platform} with uv")
+    wheels = resolve_python(reqs, list(info.constraints),
+                            target=PythonTarget(python=python_exact, wheel_platform=wheel_platform),
+                            index_url=spec.index_url, exclude_newer=exclude_newer)
+    versions = {w.name: w.version for w in wheels}
+    v = Version(python_exact)
+    lock = Lock(
+        tool_version=__version__,
+        inputs_digest=digest,
+        inputs=tuple(sorted(inputs.items())),
+        created=created_time(exclude_newer, deb_lock),
+        image_name=spec.image_name,
+        labels=spec.labels,
+        target=Target(
+            platform=spec.platform, python=python_exact, python_abi=f"cp{v.major}{v.minor}",
+            wheel_platform=wheel_platform, glibc=glibc, base=f"debian:{codename}",
+            interpreter_package=choice.interpreter_package, interpreter_deb_version=interp.version,
+        ),
+        model=ModelLock(
+            uri=source.uri, resolved_uri=source.resolved_uri, name=source.name, version=source.version,
+            run_id=source.run_id, flavors=info.flavors, loader_module=info.loader_module,
+            mlflow_version=info.mlflow_version, python_version=info.python_version,
+            keras_version=info.keras_version, saved_format=info.saved_format,
+            requirements=info.requirements, tree_digest=info.tree_digest,
+            files=tuple(ModelFile(p, s, h) for p, s, h in info.files),
+        ),
+        runtime=Runtime(
+            serving=spec.serving, mlflow_version=mlflow_version, server=serving_server(mlflow_version),
+            port=spec.port, workers=spec.workers, user=NONROOT_UID,
+            env=tuple(sorted(runtime_env(spec, info, versions).items())),
+        ),
+        python=PythonLock(exclude_newer=exclude_newer, index_url=spec.index_url, requirements=tuple(reqs),
+                          packages=tuple(wheels)),
+        debian=deb_lock,
+    )
+    return LockResult(lock, reused=False, notes=notes)
+
+
+def explain_stale(spec: Spec, lock: Lock) -> list[str]:
+    """Why `lock` no longer matches its inputs: one line per changed input, [] when fresh."""
+    source = fetch_model(spec.model_uri, tracking_uri=spec.tracking_uri, base_dir=spec.root)
+    try:
+        info = read_model(source.path)
+        now = input_digests(spec, source, info)
+    finally:
+        source.cleanup()
+    then = dict(lock.inputs)
+    reasons: list[str] = []
+    if now["spec"] != then.get("spec"):
+        reasons.append(f"spec edited: {spec.path.name} differs from the one the lock was made from")
+    if now["model"] != then.get("model"):
+        if source.resolved_uri != lock.model.resolved_uri:
+            reasons.append(f"model moved: {lock.model.uri} now resolves to {source.resolved_uri} "
+                           f"(the lock has {lock.model.resolved_uri})")
+        old = {f.path: f.sha256 for f in lock.model.files}
+        new = {p: h for p, _, h in info.files}
+        for p in sorted(set(old) | set(new)):
+            if p not in new:
+                reasons.append(f"model file removed: {p}")
+            elif p not in old:
+                reasons.append(f"model file added: {p}")
+            elif old[p] != new[p]:
+                reasons.append(f"model file changed: {p} (sha256 {old[p][:12]}… -> {new[p][:12]}…)")
+        if len(reasons) == 0 or (source.resolved_uri == lock.model.resolved_uri and not any(
+                r.startswith("model file") for r in reasons)):
+            reasons.append("model changed")
+    if now["tool"] != then.get("tool"):
+        reasons.append(f"lockbuild changed: the lock was written by {lock.tool_version}, this is {__version__}")
+    return reasons

@@ -1,0 +1,32 @@
+"""Export the Python part of a lock as a PEP 751 pylock.toml (installable with uv, hash-checked)."""
+
+from __future__ import annotations
+
+import tomlkit
+
+from lockbuild import __version__
+from lockbuild.lock.model import Lock
+
+
+def to_pylock(lock: Lock) -> str:
+    doc = tomlkit.document()
+    doc.add(tomlkit.comment(f"PEP 751 lock exported by lockbuild {__version__} from lockbuild.lock "
+                            f"({lock.inputs_digest}); target {lock.target.platform}, "
+                            f"Python {lock.target.python}, {lock.target.wheel_platform}"))
+    doc.add("lock-version", "1.0")
+    doc.add("created-by", "lockbuild")
+    doc.add("requires-python", f"=={lock.target.python}")
+    pkgs = tomlkit.aot()
+    for w in sorted(lock.python.packages, key=lambda w: w.name):
+        t = tomlkit.table()
+        t.add("name", w.name)
+        t.add("version", w.version)
+        t.add("index", lock.python.index_url)
+        wheel = tomlkit.inline_table()
+        wheel.update({"name": w.filename, "url": w.url, "size": w.size, "hashes": {"sha256": w.sha256}})
+        arr = tomlkit.array()
+        arr.append(wheel)
+        t.add("wheels", arr)
+        pkgs.append(t)
+    doc.add("packages", pkgs)
+    return tomlkit.dumps(doc)

@@ -1,0 +1,1 @@
+"""MLflow model intake: URI -> local tree (intake.py), metadata (metadata.py)."""

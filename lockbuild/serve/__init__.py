@@ -1,0 +1,1 @@
+"""Files that go into the image (the launcher). Not imported by lockbuild itself."""
