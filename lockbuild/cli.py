@@ -37,8 +37,14 @@ LockOpt = Annotated[Path | None, typer.Option("--lock", "-l", help="lockbuild.lo
 JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable result on stdout")]
 
 
+_emitted = False
+
+
 def emit_json(obj: Any) -> None:
+    """One JSON document per run on stdout (a failing command's report already says why)."""
+    global _emitted
     sys.stdout.write(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    _emitted = True
 
 
 def _lock_path(spec_path: Path, lock: Path | None) -> Path:
@@ -150,6 +156,252 @@ def lock(
                   f"{lk.target.wheel_platform}, model {lk.model.resolved_uri}")
 
 
+def _progress_reporter(enabled: bool):  # type: ignore[no-untyped-def]
+    """A build `report` callback drawing rich progress on stderr."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
+
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeElapsedColumn(),
+                        console=err, transient=False, disable=not enabled)
+    tasks: dict[str, Any] = {}
+
+    def report(event: str, data: dict) -> None:
+        if event == "plan":
+            err.print(f"layers: {data['layers']} ({data['cached']} cached"
+                      + (f"; building {', '.join(data['todo'])})" if data["todo"] else ")"))
+        elif event == "fetch-start":
+            tasks["fetch"] = progress.add_task(f"fetch {data['items']} artifacts", total=data["bytes"])
+        elif event == "fetch-progress" and "fetch" in tasks:
+            progress.update(tasks["fetch"], completed=data["done"])
+        elif event == "layer-start":
+            tasks[data["name"]] = progress.add_task(f"layer {data['name']}", total=None)
+        elif event == "layer-done":
+            progress.update(tasks[data["name"]], total=data["size"], completed=data["size"])
+
+    return progress, report
+
+
+@app.command()
+def image(
+    spec: SpecOpt = Path("lockbuild.toml"),
+    lock_file: LockOpt = None,
+    oci: Annotated[Path | None, typer.Option("--oci", help="write an OCI image layout directory")] = None,
+    archive: Annotated[Path | None, typer.Option("--docker-archive", help="write a `docker load` tarball")] = None,
+    load: Annotated[bool, typer.Option("--load", help="load into the running Docker engine")] = False,
+    push: Annotated[str | None, typer.Option("--push", help="push to REGISTRY/REPO[:TAG]")] = None,
+    tag: Annotated[str | None, typer.Option("--tag", help="tag for --load / archive (default: name:lock)")] = None,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", help="parallel downloads")] = 4,
+    as_json: JsonOpt = False,
+) -> None:
+    """Build the image from the lock alone (no daemon, no resolution); print its digest.
+
+    Example: [bold]lockbuild image --oci out/oci --docker-archive out/image.tar --load[/]
+    """
+    from lockbuild.assemble.build import build
+    from lockbuild.fetch.cache import Cache
+    from lockbuild.lock.io import loads
+
+    path = _lock_path(spec, lock_file)
+    from lockbuild.errors import LockFileError
+
+    try:
+        lock_bytes = path.read_bytes()
+    except FileNotFoundError:
+        raise LockFileError(f"no lock at {path}", hint="run `lockbuild lock` first") from None
+    lk = loads(lock_bytes.decode("utf-8"), str(path))
+    cache = Cache()
+    progress, report = _progress_reporter(not as_json and err.is_terminal)
+    with progress:
+        result = build(lk, lock_bytes, cache, lock_dir=path.resolve().parent, jobs=jobs,
+                       report=report if not as_json else (lambda _e, _d: None))
+    img = result.image
+    repo_tag = tag or f"{lk.image_name}:{lk.inputs_digest.split(':')[1][:12]}"
+    if oci is None and archive is None and not load and push is None:
+        oci = path.resolve().parent / "out" / "oci"
+    outputs: dict[str, Any] = {}
+    if oci is not None:
+        from lockbuild.oci.layout import write_oci_layout
+
+        write_oci_layout(img, oci, cache, ref_name=repo_tag.rsplit(":", 1)[1])
+        outputs["oci"] = str(oci)
+    if archive is not None:
+        from lockbuild.oci.docker_archive import write_docker_archive
+
+        write_docker_archive(img, archive, cache, repo_tag=repo_tag)
+        outputs["docker_archive"] = str(archive)
+    if load:
+        from lockbuild.oci.daemon import engine
+        from lockbuild.oci.daemon import load as daemon_load
+
+        outputs["loaded"] = daemon_load(img, cache, engine(), repo_tag)
+        outputs["tag"] = repo_tag
+    if push is not None:
+        from lockbuild.oci.registry import push as registry_push
+
+        pushed = registry_push(img, push, cache)
+        outputs["pushed"] = push
+        outputs["push"] = pushed if isinstance(pushed, dict) else str(pushed)
+    size = sum(layer.size for _, layer, _ in result.layers)
+    summary = {
+        "digest": img.manifest_digest, "config_digest": img.config_digest, "compressed_bytes": size,
+        "layers": [{"name": p.name, "digest": layer.digest, "diff_id": layer.diff_id, "size": layer.size,
+                    "reused": reused} for p, layer, reused in result.layers],
+        **outputs,
+    }
+    if as_json:
+        emit_json(summary)
+    else:
+        for k, v in outputs.items():
+            err.print(f"  {k}: {v}")
+        err.print(f"[green]image[/] {lk.image_name} {size / 1e6:.1f} MB compressed, {len(result.layers)} layers")
+        out.print(img.manifest_digest)
+
+
+@app.command()
+def verify(
+    image_ref: Annotated[str, typer.Argument(metavar="IMAGE", help="OCI dir, docker-archive, engine ref, or "
+                                             "registry ref (docker://host/repo:tag)")],
+    spec: SpecOpt = Path("lockbuild.toml"),
+    lock_file: LockOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Check an image file by file against the lock (streams; exits non-zero on any mismatch).
+
+    Example: [bold]lockbuild verify out/oci[/]
+    """
+    from lockbuild.errors import VerifyFailed
+    from lockbuild.lock.io import lock_digest, read_lock
+    from lockbuild.verify.source import opened
+    from lockbuild.verify.verify import verify as run_verify
+
+    path = _lock_path(spec, lock_file)
+    lk = read_lock(path)
+    with err.status("verifying…"), opened(image_ref) as src:
+        report = run_verify(src, lk, lock_digest(path))
+    if as_json:
+        emit_json(report.to_dict())
+    else:
+        from rich.table import Table
+
+        checked = ", ".join(f"{k} {v}" for k, v in sorted(report.checked.items()))
+        if report.findings:
+            t = Table("check", "path", "expected", "actual", "problem", title="verify findings")
+            for f in report.findings[:200]:
+                t.add_row(f.check, f.path, f.expected[:24], f.actual[:24], f.message)
+            err.print(t)
+        err.print(f"checked: {checked}")
+    if not report.ok:
+        raise VerifyFailed(f"{len(report.findings)} mismatch(es) between {report.image} and {path}")
+    if not as_json:
+        err.print(f"[green]verified[/] {report.image} matches {path}")
+
+
+def _load_json_file(p: Path, what: str) -> Any:
+    from lockbuild.errors import SpecError
+
+    try:
+        return json.loads(p.read_text())
+    except FileNotFoundError:
+        raise SpecError(f"{what} file {p} does not exist", hint="fix [smoke] in lockbuild.toml") from None
+    except json.JSONDecodeError as e:
+        raise SpecError(f"{what} file {p} is not JSON: {e}") from None
+
+
+@app.command()
+def smoke(
+    image_ref: Annotated[str, typer.Argument(metavar="IMAGE", help="OCI dir, docker-archive or engine ref")],
+    spec: SpecOpt = Path("lockbuild.toml"),
+    lock_file: LockOpt = None,
+    input_file: Annotated[Path | None, typer.Option("--input", help="JSON body for /invocations")] = None,
+    expected_file: Annotated[Path | None, typer.Option("--expected", help="JSON with 'predictions'")] = None,
+    timeout: Annotated[int | None, typer.Option(help="seconds to wait for /ping")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run the image in a real Docker engine and check real predictions (container always removed).
+
+    Example: [bold]lockbuild smoke out/oci[/]   (engine: scripts/dockerd.sh start)
+    """
+    from lockbuild.errors import LockFileError, SmokeFailed
+    from lockbuild.fetch.cache import Cache
+    from lockbuild.lock.io import read_lock
+    from lockbuild.oci.daemon import engine
+    from lockbuild.spec import load_spec
+    from lockbuild.verify.smoke import smoke as run_smoke
+
+    s = load_spec(spec)
+    lk = read_lock(_lock_path(s.path, lock_file))
+    cache = Cache()
+    mlmodel = next((f for f in lk.model.files if f.path == "MLmodel"), None)
+    mlmodel_path = cache.get(mlmodel.sha256) if mlmodel else None
+    mlmodel_text = mlmodel_path.read_text() if mlmodel_path else None
+    expected = None
+    body: Any = None
+    if input_file is not None:
+        body = _load_json_file(input_file, "input")
+    elif s.smoke_input:
+        body = _load_json_file(s.resolve_path(s.smoke_input), "input")
+    exp_path = expected_file or (s.resolve_path(s.smoke_expected) if s.smoke_expected else None)
+    if exp_path is not None:
+        exp = _load_json_file(exp_path, "expected")
+        expected = exp.get("predictions") if isinstance(exp, dict) else exp
+        if body is None and isinstance(exp, dict) and "input" in exp:
+            body = exp["input"]
+    if body is None:
+        example = next((f for f in lk.model.files if f.path == "serving_input_example.json"), None)
+        p = cache.get(example.sha256) if example else None
+        if p is None:
+            raise LockFileError("no input to send: the model has no serving_input_example.json",
+                                hint="set [smoke] input = \"FILE.json\" in lockbuild.toml or pass --input")
+        body = json.loads(p.read_text())
+    with err.status("smoke: starting container…"):
+        report = run_smoke(engine(), image_ref, lk, body=body, expected=expected, tolerance=s.smoke_tolerance,
+                           timeout=timeout or s.smoke_timeout, mlmodel_text=mlmodel_text)
+    if as_json:
+        emit_json(report.to_dict())
+    if not report.ok:
+        if not as_json:
+            err.print("[dim]container log tail:[/]")
+            err.print(escape(report.log_tail[-4000:]))
+            for d in report.diagnoses:
+                err.print(f"[bold red]diagnosis {d.name}:[/] {escape(d.why)}\n  [cyan]fix:[/] {escape(d.fix)}")
+        raise SmokeFailed("; ".join(report.problems),
+                          hint=report.diagnoses[0].fix if report.diagnoses else "see the log tail above")
+    if not as_json:
+        err.print(f"[green]smoke ok[/] ready in {report.seconds_to_ready}s, MLflow {report.version}, "
+                  f"predictions {json.dumps(report.predictions)[:200]}")
+
+
+@app.command()
+def doctor(
+    spec: SpecOpt = Path("lockbuild.toml"),
+    lock_file: LockOpt = None,
+    strict: Annotated[bool, typer.Option("--strict", help="warnings are errors")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Static checks on spec + model + lock for known serve-time failures.
+
+    Example: [bold]lockbuild doctor --strict[/]
+    """
+    from lockbuild.errors import DoctorFailed
+    from lockbuild.fetch.cache import Cache
+    from lockbuild.lock.io import read_lock
+    from lockbuild.verify.doctor import doctor as run_doctor
+
+    lk = read_lock(_lock_path(spec, lock_file))
+    findings = run_doctor(lk, Cache())
+    if as_json:
+        emit_json({"findings": [f.to_dict() for f in findings]})
+    else:
+        for f in findings:
+            color = "red" if f.severity == "error" else "yellow"
+            err.print(f"[{color}]{f.severity}[/] [{f.rule}] {escape(f.what)}\n  why: {escape(f.why)}\n"
+                      f"  fix: {escape(f.fix)}")
+        if not findings:
+            err.print("[green]doctor: no findings[/]")
+    bad = [f for f in findings if f.severity == "error" or strict]
+    if bad:
+        raise DoctorFailed(f"{len(bad)} finding(s) that would break serving", hint=bad[0].fix)
+
+
 @export_app.command("pylock")
 def export_pylock(
     spec: SpecOpt = Path("lockbuild.toml"),
@@ -185,7 +437,7 @@ def main() -> None:
     try:
         app()
     except LockbuildError as e:
-        if "--json" in sys.argv:
+        if "--json" in sys.argv and not _emitted:
             emit_json(e.to_dict())
         where = f" [dim]({escape(e.where)})[/]" if e.where else ""
         err.print(f"[bold red]{e.kind}:[/] {escape(e.message)}{where}")

@@ -7,7 +7,9 @@ is byte-compiled: .pyc files embed timestamps and the host interpreter's exact v
 
 from __future__ import annotations
 
+import os
 import posixpath
+import tempfile
 import zipfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -105,9 +107,12 @@ def install_wheel(wheel: Wheel, path: Path, target: Target, root: Path) -> None:
         destdir=str(root),
     )
     try:
-        with WheelFile.open(path) as source:
-            source.validate_record(validate_contents=False)
-            install(source, dest, additional_metadata={"INSTALLER": b"lockbuild\n"})
+        with tempfile.TemporaryDirectory(prefix="wheel-") as d:
+            named = Path(d) / wheel.filename  # installer reads name/version/tags from the file name
+            os.symlink(path, named)
+            with WheelFile.open(named) as source:
+                source.validate_record(validate_contents=False)
+                install(source, dest, additional_metadata={"INSTALLER": b"lockbuild\n"})
     except FileExistsError as e:
         raise BuildError(f"{wheel.filename}: {e}", hint="two distributions write the same file") from None
     except Exception as e:  # installer raises several types for broken wheels

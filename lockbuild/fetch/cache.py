@@ -75,7 +75,7 @@ class Cache:
         return self.root / "blobs" / "sha256" / hx[:2] / hx
 
     def lock(self, sha256: str) -> FileLock:
-        return FileLock(str(self.root / "locks" / f"{_check_hex(sha256)}.lock"))
+        return FileLock(str(self.root / "locks" / f"{_check_hex(sha256)}.lock"), is_singleton=True)
 
     def tmpdir(self) -> Path:
         return self.root / "tmp"

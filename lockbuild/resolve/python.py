@@ -99,11 +99,18 @@ def target_tags(t: PythonTarget) -> list[Tag]:
     return list(cpython_tags(py, platforms=platforms)) + list(compatible_tags(py, platforms=platforms))
 
 
+def wheel_filename(w: dict) -> str:
+    """PEP 751 makes a wheel's `name` optional: it is then the URL's last path segment."""
+    from urllib.parse import unquote, urlsplit
+
+    return str(w.get("name") or unquote(urlsplit(w["url"]).path.rsplit("/", 1)[-1]))
+
+
 def pick_wheel(wheels: list[dict], tags: list[Tag]) -> dict | None:
     rank = {tag: i for i, tag in enumerate(tags)}
     best: tuple[int, dict] | None = None
     for w in wheels:
-        _, _, _, wtags = parse_wheel_filename(w["name"])
+        _, _, _, wtags = parse_wheel_filename(wheel_filename(w))
         score = min((rank[t] for t in wtags if t in rank), default=None)
         if score is not None and (best is None or score < best[0]):
             best = (score, w)
@@ -161,15 +168,15 @@ def parse_pylock(text: str, tags: list[Tag], platform: str) -> list[Wheel]:
             )
         w = pick_wheel(candidates, tags)
         if w is None:
-            have = ", ".join(sorted({t for c in candidates for t in _platforms(c["name"])}))
+            have = ", ".join(sorted({t for c in candidates for t in _platforms(wheel_filename(c))}))
             raise ResolveError(
                 f"{name} {pkg.get('version')} has no wheel for {platform} (wheels exist for: {have})",
                 hint=f"pin another {name} version or change [target] platform",
             )
         sha = (w.get("hashes") or {}).get("sha256")
         if not sha or "size" not in w:
-            raise ResolveError(f"uv returned no sha256/size for {w['name']}")
-        wheels.append(Wheel(name=name, version=str(pkg["version"]), filename=w["name"], url=w["url"],
+            raise ResolveError(f"uv returned no sha256/size for {wheel_filename(w)}")
+        wheels.append(Wheel(name=name, version=str(pkg["version"]), filename=wheel_filename(w), url=w["url"],
                             size=int(w["size"]), sha256=sha))
     return sorted(wheels, key=lambda w: w.name)
 

@@ -1,0 +1,1 @@
+"""Proof: verify (image vs lock), smoke (a real container serves), doctor (static rules)."""

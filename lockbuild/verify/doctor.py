@@ -1,0 +1,185 @@
+"""`lockbuild doctor`: static checks on spec + model + lock, before anything is built.
+
+RULES is the one readable table: each rule has an id, a severity, and a check function that
+returns findings saying what is wrong, why it breaks at serve time, and the spec change that
+fixes it. `lockbuild lock` runs these as warnings; `doctor --strict` makes warnings errors.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
+
+from lockbuild.fetch.cache import Cache
+from lockbuild.lock.model import Lock
+from lockbuild.model.metadata import keras_major
+
+
+@dataclass(frozen=True)
+class Finding:
+    rule: str
+    severity: str  # error | warning
+    what: str
+    why: str
+    fix: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"rule": self.rule, "severity": self.severity, "what": self.what, "why": self.why, "fix": self.fix}
+
+
+# Distributions that install the same top-level package: at most one may be present.
+SAME_FILES = [
+    ("tensorflow", "tensorflow-cpu", "tensorflow-intel", "tensorflow-aarch64", "tf-nightly"),
+    ("opencv-python", "opencv-python-headless", "opencv-contrib-python", "opencv-contrib-python-headless"),
+    ("mlflow", "mlflow-skinny", "mlflow-tracing"),
+]
+
+
+def _versions(lock: Lock) -> dict[str, str]:
+    return {w.name: w.version for w in lock.python.packages}
+
+
+def _pins(requirements: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for line in requirements:
+        try:
+            req = Requirement(line)
+        except InvalidRequirement:
+            continue
+        exact = [s.version for s in req.specifier if s.operator in ("==", "===")]
+        if exact:
+            out[canonicalize_name(req.name)] = exact[0]
+    return out
+
+
+def rule_python_minor(lock: Lock, cache: Cache | None) -> list[Finding]:
+    if not lock.model.python_version:
+        return []
+    logged = Version(lock.model.python_version)
+    image = Version(lock.target.python)
+    if (logged.major, logged.minor) != (image.major, image.minor):
+        return [Finding("python-minor", "error",
+                        f"the model was logged with Python {logged}, the image runs {image}",
+                        "pickled models and compiled wheels are tied to the Python minor; loading can fail "
+                        "with pickle-protocol or ABI errors",
+                        f'remove [target] python (or set it to "{logged.major}.{logged.minor}") and re-lock')]
+    return []
+
+
+def rule_mlflow_version(lock: Lock, cache: Cache | None) -> list[Finding]:
+    v = _versions(lock)
+    locked = v.get("mlflow-skinny") or v.get("mlflow")
+    if lock.model.mlflow_version and locked and locked != lock.model.mlflow_version:
+        return [Finding("mlflow-version", "warning",
+                        f"the model was logged with MLflow {lock.model.mlflow_version}, the lock has {locked}",
+                        "flavor loaders change between MLflow versions; the model may not load",
+                        f'pin "mlflow-skinny=={lock.model.mlflow_version}" in [python] requirements and re-lock')]
+    return []
+
+
+def rule_loader_module(lock: Lock, cache: Cache | None) -> list[Finding]:
+    mod = lock.model.loader_module
+    if not mod.startswith("mlflow.") or cache is None:
+        return []
+    wheel = next((w for w in lock.python.packages if w.name in ("mlflow-skinny", "mlflow")), None)
+    if wheel is None:
+        return [Finding("loader-module", "error", "no MLflow distribution is locked",
+                        "the scoring server is MLflow's", 'set [python] serving = "mlflow-skinny" and re-lock')]
+    path = cache.get(wheel.sha256, wheel.size)
+    if path is None:
+        return []  # not downloaded yet: checked again by `doctor` after `image`
+    rel = mod.replace(".", "/")
+    with zipfile.ZipFile(path) as zf:
+        names = set(zf.namelist())
+    if f"{rel}.py" not in names and f"{rel}/__init__.py" not in names:
+        return [Finding("loader-module", "error",
+                        f"the model's loader {mod} does not exist in {wheel.name} {wheel.version}",
+                        "pyfunc.load_model imports the loader module; the server fails at start",
+                        f'pin "{wheel.name}=={lock.model.mlflow_version}" in [python] requirements and re-lock')]
+    return []
+
+
+def rule_keras_major(lock: Lock, cache: Cache | None) -> list[Finding]:
+    v = _versions(lock)
+    model_major = keras_major(lock.model.requirements, lock.model.saved_format)
+    tf = v.get("tensorflow-cpu") or v.get("tensorflow")
+    if model_major is None or tf is None:
+        return []
+    if "tf-keras" in v:
+        serve_major = 2 if dict(lock.runtime.env).get("TF_USE_LEGACY_KERAS") == "1" else 3
+    elif "keras" in v:
+        serve_major = Version(v["keras"]).major
+    else:
+        serve_major = 3 if Version(tf) >= Version("2.16") else 2
+    if serve_major != model_major:
+        how = ("a SavedModel directory" if lock.model.saved_format == "savedmodel" else
+               "a .keras file" if lock.model.saved_format == "keras" else "its logged requirements")
+        return [Finding("keras-major", "error",
+                        f"the model was saved with Keras {model_major} ({how}); the image would load it with "
+                        f"Keras {serve_major} (TensorFlow {tf})",
+                        "Keras 3 cannot load a Keras 2 SavedModel (and Keras 2 cannot read .keras v3 files)",
+                        "pin the TensorFlow/Keras the model was logged with in [python] requirements, or add "
+                        '"tf-keras" and [image] env = { TF_USE_LEGACY_KERAS = "1" }, then re-lock')]
+    return []
+
+
+def rule_tf_keras_env(lock: Lock, cache: Cache | None) -> list[Finding]:
+    v = _versions(lock)
+    if "tf-keras" in v and dict(lock.runtime.env).get("TF_USE_LEGACY_KERAS") != "1":
+        return [Finding("tf-keras-env", "warning",
+                        "tf-keras is locked but the image does not set TF_USE_LEGACY_KERAS=1",
+                        "tf.keras then means Keras 3: /ping answers 200, /invocations fails for a Keras 2 model",
+                        '[image] env = { TF_USE_LEGACY_KERAS = "1" } in lockbuild.toml, then re-lock')]
+    return []
+
+
+def rule_same_files(lock: Lock, cache: Cache | None) -> list[Finding]:
+    v = _versions(lock)
+    out = []
+    for group in SAME_FILES:
+        present = [n for n in group if n in v]
+        if len(present) > 1 and (group[0] != "mlflow" or len({v[n] for n in present}) > 1):
+            listed = ", ".join(f"{n}=={v[n]}" for n in present)
+            out.append(Finding("same-files", "error", f"{listed} install the same top-level package",
+                               "the last one installed silently wins; imports then mix two builds",
+                               f"keep one: [python] exclude = [\"{present[0]}\"] or pin the one you want, "
+                               "then re-lock"))
+    return out
+
+
+def rule_changed_pins(lock: Lock, cache: Cache | None) -> list[Finding]:
+    v = _versions(lock)
+    pins = _pins(lock.model.requirements)
+    out = []
+    for name, pinned in sorted(pins.items()):
+        if name in ("mlflow",):
+            continue
+        if name in v and v[name] != pinned:
+            out.append(Finding("changed-pin", "warning",
+                               f"the model pinned {name}=={pinned}, the lock has {v[name]}",
+                               "the model was trained and logged with the pinned version",
+                               f'remove what overrides it (e.g. [python] requirements) so "{name}=={pinned}" holds'))
+    return out
+
+
+RULES: list[tuple[str, Callable[[Lock, Cache | None], list[Finding]]]] = [
+    ("python-minor", rule_python_minor),
+    ("mlflow-version", rule_mlflow_version),
+    ("loader-module", rule_loader_module),
+    ("keras-major", rule_keras_major),
+    ("tf-keras-env", rule_tf_keras_env),
+    ("same-files", rule_same_files),
+    ("changed-pin", rule_changed_pins),
+]
+
+
+def doctor(lock: Lock, cache: Cache | None = None) -> list[Finding]:
+    findings: list[Finding] = []
+    for _name, rule in RULES:
+        findings += rule(lock, cache)
+    return findings

@@ -1,0 +1,199 @@
+"""`lockbuild smoke`: run the image in a real Docker engine and check real predictions.
+
+Host networking, 127.0.0.1 only, a free port. Waits for /ping, POSTs the model's input to
+/invocations, checks HTTP 200, the output shape the signature promises and (when expected
+predictions are given) the values within a tolerance, and that /version is the locked
+MLflow. The container is always removed; on failure the log tail and a diagnosis are kept.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import socket
+import tarfile
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from lockbuild.errors import SmokeFailed
+from lockbuild.lock.model import Lock
+from lockbuild.verify.diagnose import Diagnosis, diagnose
+
+
+@dataclass
+class SmokeReport:
+    image: str
+    ok: bool = False
+    port: int = 0
+    seconds_to_ready: float | None = None
+    status: int | None = None
+    predictions: Any = None
+    version: str | None = None
+    problems: list[str] = field(default_factory=list)
+    diagnoses: list[Diagnosis] = field(default_factory=list)
+    log_tail: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"image": self.image, "ok": self.ok, "port": self.port, "seconds_to_ready": self.seconds_to_ready,
+                "status": self.status, "predictions": self.predictions, "version": self.version,
+                "problems": self.problems, "log_tail": self.log_tail,
+                "diagnoses": [{"name": d.name, "why": d.why, "fix": d.fix} for d in self.diagnoses]}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _layout_archive(layout: Path, tag: str, dest: Path) -> None:
+    """A docker-loadable tar of an OCI layout dir (adds Docker's manifest.json)."""
+    from lockbuild.verify.source import from_layout
+
+    src = from_layout(layout)
+    m = json.loads(src.manifest or b"{}")
+    entry = [{"Config": "blobs/sha256/" + m["config"]["digest"].split(":", 1)[1], "RepoTags": [tag],
+              "Layers": ["blobs/sha256/" + d["digest"].split(":", 1)[1] for d in m["layers"]]}]
+    data = json.dumps(entry).encode()
+    with tarfile.open(dest, "w") as tar:
+        for p in sorted(layout.rglob("*")):
+            tar.add(p, arcname=p.relative_to(layout).as_posix(), recursive=False)
+        info = tarfile.TarInfo("manifest.json")
+        info.size = len(data)
+        import io
+
+        tar.addfile(info, io.BytesIO(data))
+
+
+def ensure_loaded(client: Any, image: str, tag: str) -> str:
+    """Make `image` (layout dir, archive file or engine ref) available in the engine; return a ref."""
+    p = Path(image)
+    if not p.exists():
+        return image
+    with tempfile.TemporaryDirectory(prefix="lockbuild-smoke-") as d:
+        archive = p
+        if p.is_dir():
+            archive = Path(d) / "image.tar"
+            _layout_archive(p, tag, archive)
+        with open(archive, "rb") as f:
+            loaded = client.images.load(f)
+    if loaded and loaded[0].tags:
+        return str(loaded[0].tags[0])
+    return str(loaded[0].id) if loaded else tag
+
+
+def _shape(value: Any) -> list[int]:
+    shape = []
+    while isinstance(value, list):
+        shape.append(len(value))
+        value = value[0] if value else None
+    return shape
+
+
+def _close(a: Any, b: Any, tol: float) -> bool:
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_close(x, y, tol) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_close(a[k], b[k], tol) for k in a)
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        return math.isclose(float(a), float(b), rel_tol=tol, abs_tol=tol)
+    return bool(a == b)
+
+
+def expected_output_shape(mlmodel_text: str) -> list[int] | None:
+    import yaml
+
+    sig = (yaml.safe_load(mlmodel_text) or {}).get("signature") or {}
+    outputs = json.loads(sig.get("outputs") or "null")
+    if isinstance(outputs, list) and len(outputs) == 1 and outputs[0].get("type") == "tensor":
+        return list(outputs[0]["tensor-spec"]["shape"])
+    return None
+
+
+def _wait_ready(http: httpx.Client, base: str, container: Any, timeout: float) -> tuple[bool, bool]:
+    """(ready, exited)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        container.reload()
+        if container.status in ("exited", "dead"):
+            return False, True
+        try:
+            if http.get(f"{base}/ping", timeout=2).status_code == 200:
+                return True, False
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    return False, False
+
+
+def smoke(client: Any, image: str, lock: Lock, *, body: dict, expected: Any | None, tolerance: float,
+          timeout: float, mlmodel_text: str | None = None) -> SmokeReport:
+    ref = ensure_loaded(client, image, f"{lock.image_name}:smoke")
+    report = SmokeReport(image=ref, port=free_port())
+    base = f"http://127.0.0.1:{report.port}"
+    env = {"PORT": str(report.port), "HOST": "127.0.0.1"}
+    container = client.containers.run(ref, detach=True, network_mode="host", environment=env)
+    started = time.monotonic()
+    exited = False
+    ready = False
+    invocations_failed = False
+    try:
+        with httpx.Client() as http:
+            ready, exited = _wait_ready(http, base, container, timeout)
+            if not ready:
+                report.problems.append("the container exited before answering /ping" if exited
+                                       else f"/ping did not answer within {timeout:.0f}s")
+            else:
+                report.seconds_to_ready = round(time.monotonic() - started, 2)
+                r = http.post(f"{base}/invocations", json=body, timeout=120)
+                report.status = r.status_code
+                if r.status_code != 200:
+                    invocations_failed = True
+                    report.problems.append(f"/invocations answered HTTP {r.status_code}: {r.text[:500]}")
+                else:
+                    _check_predictions(report, r.json(), expected, tolerance, mlmodel_text)
+                v = http.get(f"{base}/version", timeout=10)
+                report.version = v.text.strip().strip('"')
+                if report.version != lock.runtime.mlflow_version:
+                    report.problems.append(f"/version is {report.version!r}, the lock pins MLflow "
+                                           f"{lock.runtime.mlflow_version}")
+    finally:
+        try:
+            report.log_tail = container.logs(tail=60).decode("utf-8", "replace")
+        finally:
+            container.remove(force=True)
+    env_map = dict(lock.runtime.env)
+    legacy_unset = any(w.name == "tf-keras" for w in lock.python.packages) and env_map.get(
+        "TF_USE_LEGACY_KERAS") != "1"
+    if report.problems:
+        report.diagnoses = diagnose(report.log_tail + "\n" + "\n".join(report.problems),
+                                    legacy_keras_unset=legacy_unset, invocations_failed=invocations_failed,
+                                    port_opened=ready, exited=exited)
+    report.ok = not report.problems
+    return report
+
+
+def _check_predictions(report: SmokeReport, answer: Any, expected: Any | None, tolerance: float,
+                       mlmodel_text: str | None) -> None:
+    preds = answer.get("predictions", answer) if isinstance(answer, dict) else answer
+    report.predictions = preds
+    want_shape = expected_output_shape(mlmodel_text) if mlmodel_text else None
+    got = _shape(preds)
+    if want_shape is not None:
+        ok = len(got) == len(want_shape) and all(w in (-1, None) or w == g for w, g in zip(want_shape, got,
+                                                                                               strict=True))
+        if not ok:
+            report.problems.append(f"output shape {got} does not match the signature's {want_shape}")
+    if expected is not None and not _close(preds, expected, tolerance):
+        report.problems.append(f"predictions differ from the expected ones beyond tolerance {tolerance}: "
+                               f"got {json.dumps(preds)[:300]}, expected {json.dumps(expected)[:300]}")
+
+
+def require_ok(report: SmokeReport) -> None:
+    if not report.ok:
+        raise SmokeFailed("smoke test failed: " + "; ".join(report.problems))
