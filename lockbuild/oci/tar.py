@@ -1,0 +1,254 @@
+"""Deterministic layer tar: a staging directory in, one gzip blob in the cache out.
+
+The recipe (docs/image-layout.md): byte-sorted POSIX paths (parents first, no duplicates), a
+fresh TarInfo per entry (never ``gettarinfo``), uid/gid 0 with empty names, normalised modes,
+one fixed mtime, PAX format, no xattrs. Hard links become independent regular files, so the
+bytes depend on paths, modes and contents only, never on inode sharing in the staging tree.
+
+One streaming pass computes both digests: the tar bytes are hashed (diff_id) on their way into
+``gzip.GzipFile(filename="", mtime=0)``, whose output is hashed (digest) by the cache writer
+as it lands on disk. Memory stays at a few MiB whatever the layer size.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import stat
+import tarfile
+import zlib
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+from lockbuild.errors import BuildError
+from lockbuild.fetch.cache import Cache
+
+LAYER_MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar+gzip"
+READ_SIZE = 1 << 20
+META_NAMESPACE = "layers"
+
+Exclude = Callable[[str], bool]  # relative posix path -> skip it (and, for a dir, its subtree)
+Owners = Mapping[str, tuple[int, int]]  # relative posix path -> (uid, gid); default (0, 0)
+
+
+def compressor_name(level: int) -> str:
+    """What made the compressed bytes: recorded because zlib builds differ (zlib-ng)."""
+    return f"gzip level {level} (python zlib {zlib.ZLIB_RUNTIME_VERSION})"
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One layer blob in the cache. ``digest`` names the gzip bytes, ``diff_id`` the tar."""
+
+    digest: str  # sha256:<hex> of the compressed blob
+    diff_id: str  # sha256:<hex> of the uncompressed tar: the reproducibility guarantee
+    size: int  # compressed bytes
+    media_type: str = LAYER_MEDIA_TYPE
+    compressor: str = ""
+
+    def path(self, cache: Cache) -> Path:
+        return cache.path(self.digest)
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, object]) -> Layer:
+        return cls(
+            digest=str(data["digest"]),
+            diff_id=str(data["diff_id"]),
+            size=int(str(data["size"])),
+            media_type=str(data.get("media_type", LAYER_MEDIA_TYPE)),
+            compressor=str(data.get("compressor", "")),
+        )
+
+
+# -- walking the staging tree ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Entry:
+    rel: str  # posix path relative to the root, no leading "./", no trailing "/"
+    path: Path
+    st: os.stat_result
+
+
+def _walk(root: Path, exclude: Exclude | None) -> list[_Entry]:
+    """Every entry below root (not root itself), sorted by the bytes of the full path.
+
+    Byte order of full paths puts a parent before its children ("a" < "a/..."), but may put a
+    sibling such as "a-b" between "a" and "a/b"; that is fine for extraction and still a
+    single total order.
+    """
+    entries: list[_Entry] = []
+    stack = [(root, "")]
+    while stack:
+        directory, prefix = stack.pop()
+        with os.scandir(directory) as it:
+            for de in it:
+                rel = f"{prefix}{de.name}"
+                if exclude is not None and exclude(rel):
+                    continue
+                st = de.stat(follow_symlinks=False)
+                entries.append(_Entry(rel, Path(de.path), st))
+                if stat.S_ISDIR(st.st_mode):
+                    stack.append((Path(de.path), rel + "/"))
+    entries.sort(key=lambda e: os.fsencode(e.rel))
+    return entries
+
+
+# -- one tar header per entry --------------------------------------------------------------------
+
+
+def _dir_mode(st_mode: int) -> int:
+    sticky_world_writable = st_mode & stat.S_ISVTX and st_mode & stat.S_IWOTH
+    return 0o1777 if sticky_world_writable else 0o755
+
+
+def _file_mode(st_mode: int) -> int:
+    return 0o755 if st_mode & 0o111 else 0o644
+
+
+def new_tarinfo(name: str, kind: bytes, *, mode: int, mtime: int, size: int = 0, linkname: str = "",
+                owner: tuple[int, int] = (0, 0)) -> tarfile.TarInfo:
+    """A fresh header carrying only what the recipe allows (no names, no xattrs, one mtime)."""
+    info = tarfile.TarInfo(name)
+    info.type, info.mode, info.mtime, info.size, info.linkname = kind, mode, mtime, size, linkname
+    info.uid, info.gid = owner
+    info.uname = info.gname = ""
+    return info
+
+
+def _tarinfo(entry: _Entry, *, mtime: int, owners: Owners | None) -> tarfile.TarInfo:
+    """The header for one staged entry; raises for special files."""
+    owner = owners.get(entry.rel, (0, 0)) if owners else (0, 0)
+    mode = entry.st.st_mode
+    if stat.S_ISDIR(mode):
+        return new_tarinfo(entry.rel, tarfile.DIRTYPE, mode=_dir_mode(mode), mtime=mtime, owner=owner)
+    if stat.S_ISREG(mode):
+        return new_tarinfo(entry.rel, tarfile.REGTYPE, mode=_file_mode(mode), mtime=mtime,
+                           size=entry.st.st_size, owner=owner)
+    if stat.S_ISLNK(mode):
+        return new_tarinfo(entry.rel, tarfile.SYMTYPE, mode=0o777, mtime=mtime,
+                           linkname=os.readlink(entry.path), owner=owner)
+    raise BuildError(
+        f"cannot put special file {entry.rel!r} into a layer ({_kind(mode)})",
+        hint="image trees may hold only files, directories and symlinks; "
+        "remove it from the staging tree (devices come from the container runtime)",
+        where=str(entry.path),
+    )
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"),
+                       (stat.S_ISFIFO, "fifo"), (stat.S_ISSOCK, "socket")):
+        if test(mode):
+            return name
+    return f"mode {oct(mode)}"
+
+
+# -- streaming: tar -> sha256 (diff_id) -> gzip -> sha256 (digest) -> cache ---------------------
+
+
+class Sink(Protocol):
+    def write(self, data: bytes, /) -> int: ...
+
+
+class _HashingTee:
+    """The uncompressed side: hashes tar bytes (diff_id) and passes them to the compressor."""
+
+    def __init__(self, sink: Sink) -> None:
+        self.sink = sink
+        self.h = hashlib.sha256()
+        self.offset = 0
+
+    def write(self, data: bytes) -> int:
+        self.h.update(data)
+        self.sink.write(data)
+        self.offset += len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self.offset
+
+
+def _add(tar: tarfile.TarFile, entry: _Entry, info: tarfile.TarInfo) -> None:
+    if info.type != tarfile.REGTYPE:
+        tar.addfile(info)
+        return
+    try:
+        f = open(entry.path, "rb")
+    except PermissionError:
+        raise BuildError(f"cannot read {entry.rel!r} from the staging tree",
+                         hint="build as root, or make the staged files readable") from None
+    with f:
+        if os.fstat(f.fileno()).st_size != info.size:
+            raise BuildError(f"{entry.rel!r} changed size while the layer was written",
+                             hint="nothing may write into the staging tree during a build")
+        tar.addfile(info, f)
+
+
+def gzip_writer(sink: Sink, level: int) -> gzip.GzipFile:
+    """gzip with a fixed header: no file name, mtime 0, OS byte 255 (unlike gzip.compress)."""
+    return gzip.GzipFile(filename="", mode="wb", fileobj=sink, compresslevel=level,  # type: ignore[call-overload]
+                         mtime=0)
+
+
+def open_tar(out: BinaryIO) -> tarfile.TarFile:
+    """A tar writer with the recipe's fixed settings (PAX, UTF-8 names, 1 MiB copies)."""
+    return tarfile.TarFile(fileobj=out, mode="w", format=tarfile.PAX_FORMAT, encoding="utf-8",
+                           errors="surrogateescape", copybufsize=READ_SIZE)
+
+
+def _write_tar(out: BinaryIO, root: Path, *, mtime: int, exclude: Exclude | None,
+               owners: Owners | None) -> None:
+    with open_tar(out) as tar:
+        for entry in _walk(root, exclude):
+            _add(tar, entry, _tarinfo(entry, mtime=mtime, owners=owners))
+
+
+def write_layer(cache: Cache, root: Path, *, mtime: int, level: int = 1,
+                exclude: Exclude | None = None, owners: Owners | None = None) -> Layer:
+    """Tar + gzip the tree below ``root`` into the cache; return its descriptor.
+
+    ``mtime`` is the one timestamp of every entry (the lock's SOURCE_DATE_EPOCH; not 0, which
+    breaks tools that treat epoch 0 as "unset"). ``owners`` overrides uid/gid for a few paths
+    (e.g. a writable home for the runtime user); everything else is 0:0.
+    """
+    if not root.is_dir():
+        raise BuildError(f"layer staging directory {root} does not exist",
+                         hint="this is a lockbuild bug: the builder must stage the tree first")
+    with cache.writer() as blob, gzip_writer(blob, level) as gz:
+        tee = _HashingTee(gz)
+        _write_tar(tee, root, mtime=mtime, exclude=exclude, owners=owners)  # type: ignore[arg-type]
+    return Layer(digest=f"sha256:{blob.hexdigest()}", diff_id=f"sha256:{tee.h.hexdigest()}",
+                 size=blob.size, compressor=compressor_name(level))
+
+
+# -- layer cache: skip re-tarring when the builder's input key is unchanged ---------------------
+
+
+def _meta_key(key: str) -> str:
+    safe = key.replace("sha256:", "")
+    if not safe or "/" in safe or safe.startswith("."):
+        raise BuildError(f"bad layer cache key {key!r}", hint="use a digest of the layer's inputs")
+    return safe
+
+
+def cached_layer(cache: Cache, key: str) -> Layer | None:
+    """The layer remembered for ``key``, if its blob is still in the cache (not re-hashed)."""
+    record = cache.meta_get(META_NAMESPACE, _meta_key(key))
+    if record is None:
+        return None
+    try:
+        layer = Layer.from_dict(record)
+    except (KeyError, ValueError):
+        return None
+    return layer if cache.has(layer.digest) else None
+
+
+def remember_layer(cache: Cache, key: str, layer: Layer) -> None:
+    cache.meta_put(META_NAMESPACE, _meta_key(key), layer.to_dict())
