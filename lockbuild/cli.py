@@ -139,13 +139,19 @@ def lock(
                            notify=lambda m: status.update(m))
     changed = write_lock(result.lock, path)
     for note in result.notes:
-        err.print(f"[yellow]note[/] {note}")
+        err.print(f"[yellow]note[/] {escape(note)}")
+    from lockbuild.verify.doctor import doctor as run_doctor
+
+    findings = run_doctor(result.lock, None)
+    for f in findings:
+        err.print(f"[yellow]doctor {f.severity}[/] [{f.rule}] {escape(f.what)}; fix: {escape(f.fix)}")
     lk = result.lock
     summary = {
         "lock": str(path), "changed": changed, "reused": result.reused, "inputs_digest": lk.inputs_digest,
         "python": lk.target.python, "base": lk.target.base, "wheel_platform": lk.target.wheel_platform,
         "python_packages": len(lk.python.packages), "debian_packages": len(lk.debian.packages),
         "model": lk.model.resolved_uri, "notes": result.notes,
+        "doctor": [f.to_dict() for f in findings],
     }
     if as_json:
         emit_json(summary)
@@ -239,7 +245,7 @@ def image(
 
         pushed = registry_push(img, push, cache)
         outputs["pushed"] = push
-        outputs["push"] = pushed if isinstance(pushed, dict) else str(pushed)
+        outputs["push"] = pushed.to_dict()
     size = sum(layer.size for _, layer, _ in result.layers)
     summary = {
         "digest": img.manifest_digest, "config_digest": img.config_digest, "compressed_bytes": size,

@@ -38,6 +38,7 @@ class Spec:
     security_mirror: str = "http://deb.debian.org/debian-security"
     requirements: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
+    omit: tuple[str, ...] = ()
     index_url: str = DEFAULT_INDEX
     exclude_newer: str | None = None
     serving: str = "mlflow-skinny"
@@ -146,6 +147,7 @@ def _from_dict(doc: dict[str, Any], path: Path) -> Spec:
         security_mirror=target.get("security-mirror", Spec.security_mirror).rstrip("/"),
         requirements=tuple(py.get("requirements", ())),
         exclude=tuple(py.get("exclude", ())),
+        omit=tuple(py.get("omit", ())),
         index_url=py.get("index-url", DEFAULT_INDEX),
         exclude_newer=_normalize_time(py["exclude-newer"]) if "exclude-newer" in py else None,
         serving=py.get("serving", "mlflow-skinny"),

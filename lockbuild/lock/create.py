@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
+from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 from lockbuild import __version__
-from lockbuild.errors import PythonVersionError
+from lockbuild.errors import PythonVersionError, SpecError
 from lockbuild.fetch.cache import Cache
 from lockbuild.fetch.model import cache_model_tree
 from lockbuild.lock.model import LOCK_VERSION, DebianLock, Lock, ModelFile, ModelLock, PythonLock, Runtime, Target
@@ -152,9 +153,22 @@ def _make_lock(spec: Spec, source: ModelSource, info: ModelInfo, *, previous: Lo
     reqs = (model_requirements(info.requirements, serving=spec.serving, exclude=spec.exclude)
             + runtime_requirements(spec.serving, mlflow_version) + list(spec.requirements))
     notify(f"resolving Python {python_exact} for {wheel_platform} with uv")
-    wheels = resolve_python(reqs, list(info.constraints),
-                            target=PythonTarget(python=python_exact, wheel_platform=wheel_platform),
-                            index_url=spec.index_url, exclude_newer=exclude_newer)
+    py_target = PythonTarget(python=python_exact, wheel_platform=wheel_platform)
+    wheels = resolve_python(reqs, list(info.constraints), target=py_target, index_url=spec.index_url,
+                            exclude_newer=exclude_newer)
+    server = serving_server(wheels)
+    if server is None:  # an older MLflow 2 whose scoring server is a Flask app
+        reqs = (model_requirements(info.requirements, serving=spec.serving, exclude=spec.exclude)
+                + runtime_requirements(spec.serving, mlflow_version, flask=True) + list(spec.requirements))
+        wheels = resolve_python(reqs, list(info.constraints), target=py_target, index_url=spec.index_url,
+                                exclude_newer=exclude_newer)
+        server = serving_server(wheels) or "gunicorn"
+    omit = {canonicalize_name(n) for n in spec.omit}
+    unknown = sorted(omit - {w.name for w in wheels})
+    if unknown:
+        raise SpecError(f"[python] omit names {', '.join(unknown)}, which the resolution does not contain",
+                        where=str(spec.path), hint="remove it from [python] omit")
+    wheels = [w for w in wheels if w.name not in omit]
     versions = {w.name: w.version for w in wheels}
     v = Version(python_exact)
     lock = Lock(
@@ -178,12 +192,12 @@ def _make_lock(spec: Spec, source: ModelSource, info: ModelInfo, *, previous: Lo
             files=tuple(ModelFile(p, s, h) for p, s, h in info.files),
         ),
         runtime=Runtime(
-            serving=spec.serving, mlflow_version=mlflow_version, server=serving_server(mlflow_version),
+            serving=spec.serving, mlflow_version=mlflow_version, server=server,
             port=spec.port, workers=spec.workers, user=NONROOT_UID,
             env=tuple(sorted(runtime_env(spec, info, versions).items())),
         ),
         python=PythonLock(exclude_newer=exclude_newer, index_url=spec.index_url, requirements=tuple(reqs),
-                          packages=tuple(wheels)),
+                          packages=tuple(wheels), omitted=tuple(sorted(omit))),
         debian=deb_lock,
     )
     return LockResult(lock, reused=False, notes=notes)

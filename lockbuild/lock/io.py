@@ -70,6 +70,7 @@ def to_dict(lock: Lock) -> dict[str, Any]:
         "python": {
             "exclude-newer": p.exclude_newer, "index-url": p.index_url,
             "requirements": list(p.requirements),
+            "omitted": list(p.omitted),
             "packages": [
                 {"name": w.name, "version": w.version, "filename": w.filename, "url": w.url,
                  "size": w.size, "sha256": w.sha256}
@@ -222,6 +223,7 @@ def from_dict(data: dict[str, Any]) -> Lock:
         ),
         python=PythonLock(
             exclude_newer=p["exclude-newer"], index_url=p["index-url"], requirements=tuple(p["requirements"]),
+            omitted=tuple(p.get("omitted", ())),
             packages=tuple(Wheel(**{k.replace("-", "_"): v for k, v in w.items()}) for w in p["packages"]),
         ),
         debian=DebianLock(

@@ -101,6 +101,7 @@ class PythonLock:
     index_url: str
     requirements: tuple[str, ...]  # the inputs given to the resolver
     packages: tuple[Wheel, ...] = ()
+    omitted: tuple[str, ...] = ()  # resolved but deliberately left out ([python] omit)
 
 
 @dataclass(frozen=True)

@@ -45,18 +45,33 @@ def uv_bin() -> str:
     return str(find_uv_bin())
 
 
-def serving_server(mlflow_version: str) -> str:
-    """MLflow >= 3 serves with FastAPI/uvicorn, MLflow 2 with Flask/gunicorn."""
-    return "uvicorn" if Version(mlflow_version).major >= 3 else "gunicorn"
+def serving_server(wheels: list[Wheel]) -> str | None:
+    """Which server the locked MLflow's scoring server runs on: recent MLflow (2.2x, 3.x) ships a
+    FastAPI app and depends on uvicorn; older MLflow 2 ships a Flask app served by gunicorn."""
+    names = {w.name for w in wheels}
+    if "uvicorn" in names and "fastapi" in names:
+        return "uvicorn"
+    if "gunicorn" in names and "flask" in names:
+        return "gunicorn"
+    return None
 
 
-def runtime_requirements(serving: str, mlflow_version: str) -> list[str]:
+# Known serve-time incompatibilities the logged requirements do not rule out. Each entry:
+# (applies to MLflow versions, extra requirement, why).
+COMPAT_CONSTRAINTS: list[tuple[str, str, str]] = [
+    ("<3", "starlette<1", "MLflow 2's FastAPI scoring server uses app.route, which Starlette 1.0 removed"),
+]
+
+
+def runtime_requirements(serving: str, mlflow_version: str, *, flask: bool = False) -> list[str]:
     """What MLflow's scoring server needs beyond the model's own requirements."""
+    from packaging.specifiers import SpecifierSet
+
     reqs = [f"{serving}=={mlflow_version}", "pandas", "numpy"]
-    if serving_server(mlflow_version) == "uvicorn":
-        reqs += ["uvicorn", "fastapi"]
-    else:
-        reqs += ["flask", "gunicorn"]
+    reqs += ["flask", "gunicorn"] if flask else []
+    for applies, extra, _why in COMPAT_CONSTRAINTS:
+        if Version(mlflow_version) in SpecifierSet(applies):
+            reqs.append(extra)
     return reqs
 
 

@@ -167,6 +167,15 @@ def rule_changed_pins(lock: Lock, cache: Cache | None) -> list[Finding]:
     return out
 
 
+def rule_omitted(lock: Lock, cache: Cache | None) -> list[Finding]:
+    if not lock.python.omitted:
+        return []
+    return [Finding("omitted", "warning",
+                    f"resolved distributions are left out of the image: {', '.join(lock.python.omitted)}",
+                    "if the model or server imports them, the container fails with ModuleNotFoundError",
+                    "remove them from [python] omit unless `lockbuild smoke` proves the image serves without them")]
+
+
 RULES: list[tuple[str, Callable[[Lock, Cache | None], list[Finding]]]] = [
     ("python-minor", rule_python_minor),
     ("mlflow-version", rule_mlflow_version),
@@ -175,6 +184,7 @@ RULES: list[tuple[str, Callable[[Lock, Cache | None], list[Finding]]]] = [
     ("tf-keras-env", rule_tf_keras_env),
     ("same-files", rule_same_files),
     ("changed-pin", rule_changed_pins),
+    ("omitted", rule_omitted),
 ]
 
 
