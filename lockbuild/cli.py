@@ -180,6 +180,8 @@ def _progress_reporter(enabled: bool):  # type: ignore[no-untyped-def]
             progress.update(tasks["fetch"], completed=data["done"])
         elif event == "layer-start":
             tasks[data["name"]] = progress.add_task(f"layer {data['name']}", total=None)
+        elif event == "warning":
+            err.print(f"[yellow]warning[/] {escape(data['message'])}")
         elif event == "layer-done":
             progress.update(tasks[data["name"]], total=data["size"], completed=data["size"])
 

@@ -22,12 +22,12 @@ from lockbuild.assemble.plan import LayerPlan, plan_layers
 from lockbuild.assemble.rootfs import assemble_rootfs
 from lockbuild.errors import BuildError, IntegrityError
 from lockbuild.fetch.cache import Cache
+from lockbuild.fetch.debs import deb_items
 from lockbuild.fetch.download import Item, fetch_all
 from lockbuild.fetch.model import fetch_model_files
 from lockbuild.lock.model import Lock
 from lockbuild.oci.image import Image, ImageSpec, build_image
 from lockbuild.oci.tar import Layer, cached_layer, remember_layer, write_layer
-from lockbuild.resolve.debian import deb_items
 
 LEVEL = 1  # gzip level: compression dominates a cold build (field notes: -6 is 2.7x slower)
 Report = Callable[[str, dict], None]
@@ -105,7 +105,7 @@ def build(lock: Lock, lock_bytes: bytes, cache: Cache, *, lock_dir: Path, jobs: 
         _check_conflicts(lock, cache, blobs)
     for p in todo:
         report("layer-start", {"name": p.name})
-        layer = _build_layer(p, lock, lock_bytes, cache, blobs, mtime=mtime)
+        layer = _build_layer(p, lock, lock_bytes, cache, blobs, mtime=mtime, report=report)
         remember_layer(cache, p.key, layer)
         done[p.name] = layer
         report("layer-done", {"name": p.name, "size": layer.size, "diff_id": layer.diff_id})
@@ -166,13 +166,14 @@ def _check_conflicts(lock: Lock, cache: Cache, blobs: dict[str, Path]) -> None:
 
 
 def _build_layer(p: LayerPlan, lock: Lock, lock_bytes: bytes, cache: Cache, blobs: dict[str, Path], *,
-                 mtime: int) -> Layer:
+                 mtime: int, report: Report) -> Layer:
     stage = Path(tempfile.mkdtemp(prefix=f"stage-{p.name}-", dir=cache.tmpdir()))
     try:
         owners = None
         if p.kind == "debian":
             debs = [(d, blobs[d.sha256]) for d in lock.debian.packages]
-            assemble_rootfs(debs, stage, uid=lock.runtime.user)
+            for warning in assemble_rootfs(debs, stage, uid=lock.runtime.user):
+                report("warning", {"message": f"debian layer: {warning}"})
             owners = {"home/nonroot": (lock.runtime.user, lock.runtime.user)}
         elif p.kind == "python":
             for w in p.wheels:

@@ -39,7 +39,7 @@ def python_groups(wheels: tuple[Wheel, ...]) -> list[tuple[str, tuple[Wheel, ...
     big = sorted((w for w in wheels if w.size >= BIG_WHEEL), key=lambda w: (-w.size, w.name))
     big = big[: MAX_LAYERS - 5]
     small = tuple(sorted((w for w in wheels if w not in big), key=lambda w: w.name))
-    groups = [(f"python-{w.name}", (w,)) for w in big]
+    groups: list[tuple[str, tuple[Wheel, ...]]] = [(f"python-{w.name}", (w,)) for w in big]
     if small:
         groups.append(("python", small))
     return groups

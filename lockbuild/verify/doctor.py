@@ -45,7 +45,7 @@ def _versions(lock: Lock) -> dict[str, str]:
 
 
 def _pins(requirements: tuple[str, ...]) -> dict[str, str]:
-    out = {}
+    out: dict[str, str] = {}
     for line in requirements:
         try:
             req = Requirement(line)

@@ -1,0 +1,1 @@
+"""Assembly: staging directories that the OCI layer writer tars deterministically."""

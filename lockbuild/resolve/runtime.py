@@ -1,0 +1,100 @@
+"""The target runtime: which Debian suite carries the model's Python, and what that implies.
+
+The interpreter is Debian's own ``python3.X`` package, so the logged Python minor picks the
+suite (3.11 -> bookworm) and the suite's glibc picks the wheel platform uv resolves for.
+Everything here is a pure function of its arguments: no I/O.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from lockbuild.errors import PythonVersionError, ResolveError
+
+# Python minor -> the Debian release whose default python3 is that minor.
+SUITES: dict[str, str] = {"3.9": "bullseye", "3.11": "bookworm", "3.13": "trixie"}
+
+# Debian architecture -> the machine name in manylinux tags.
+WHEEL_MACHINES: dict[str, str] = {"amd64": "x86_64", "arm64": "aarch64"}
+
+# OCI platform -> Debian architecture.
+PLATFORM_ARCHES: dict[str, str] = {"linux/amd64": "amd64", "linux/arm64": "arm64", "linux/arm64/v8": "arm64"}
+
+OVERRIDE_HINT = 'set the interpreter explicitly in lockbuild.toml: [target] python = "3.11"'
+
+
+@dataclass(frozen=True)
+class SuiteChoice:
+    codename: str  # bookworm
+    interpreter_package: str  # python3.11
+    python_minor: str  # 3.11
+
+
+def minor_of(version: str) -> str:
+    """'3.11.4' -> '3.11'; '3.11' -> '3.11'. Raises PythonVersionError if not X.Y[...]."""
+    m = re.match(r"^\s*(\d+)\.(\d+)", version or "")
+    if not m:
+        raise PythonVersionError(
+            f"cannot read a Python version from {version!r}",
+            hint=f"supported: {', '.join(SUITES)}; {OVERRIDE_HINT}",
+        )
+    return f"{int(m.group(1))}.{int(m.group(2))}"
+
+
+def choose_suite(python_minor: str) -> SuiteChoice:
+    """The Debian suite whose python3.X package provides this Python minor."""
+    minor = minor_of(python_minor)
+    codename = SUITES.get(minor)
+    if codename is None:
+        available = ", ".join(f"{v} ({c})" for v, c in SUITES.items())
+        raise PythonVersionError(
+            f"the model was logged with Python {python_minor}, but lockbuild builds images only "
+            f"on Debian's own interpreters: {available}",
+            hint=f"{OVERRIDE_HINT} (choose a version the model's libraries support; pickled models "
+            "are safest on the logged minor)",
+        )
+    return SuiteChoice(codename=codename, interpreter_package=f"python{minor}", python_minor=minor)
+
+
+def debian_arch(platform_or_arch: str) -> str:
+    """'linux/amd64' or 'amd64' -> 'amd64'. Unknown -> ResolveError listing the supported ones."""
+    arch = PLATFORM_ARCHES.get(platform_or_arch, platform_or_arch)
+    if arch not in WHEEL_MACHINES:
+        raise ResolveError(
+            f"unsupported target architecture {platform_or_arch!r}",
+            hint=f"supported platforms: {', '.join(sorted(PLATFORM_ARCHES))} "
+            f"(Debian architectures {', '.join(WHEEL_MACHINES)})",
+        )
+    return arch
+
+
+def wheel_platform(glibc: str, arch: str) -> str:
+    """uv's --python-platform for glibc and a Debian arch: ('2.36', 'amd64') -> 'x86_64-manylinux_2_36'."""
+    m = re.fullmatch(r"(\d+)\.(\d+)", glibc)
+    if not m:
+        raise ResolveError(f"not a glibc version: {glibc!r}", hint="expected MAJOR.MINOR, e.g. 2.36")
+    machine = WHEEL_MACHINES[debian_arch(arch)]
+    return f"{machine}-manylinux_{m.group(1)}_{m.group(2)}"
+
+
+def _upstream(deb_version: str) -> str:
+    """Debian version -> upstream part: drop the epoch and the Debian revision."""
+    v = deb_version.split(":", 1)[1] if ":" in deb_version else deb_version
+    return v.rsplit("-", 1)[0] if "-" in v else v
+
+
+def python_version_from_deb(version: str) -> str:
+    """'3.11.2-6+deb12u6' -> '3.11.2' (the interpreter's own version)."""
+    m = re.match(r"(\d+\.\d+(?:\.\d+)?)", _upstream(version))
+    if not m:
+        raise ResolveError(f"cannot read a Python version from Debian version {version!r}")
+    return m.group(1)
+
+
+def glibc_from_deb(version: str) -> str:
+    """'2.36-9+deb12u13' -> '2.36' (libc6's version -> the manylinux glibc level)."""
+    m = re.match(r"(\d+\.\d+)", _upstream(version))
+    if not m:
+        raise ResolveError(f"cannot read a glibc version from Debian version {version!r}")
+    return m.group(1)
