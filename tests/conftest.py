@@ -1,1 +1,1 @@
-pytest_plugins = ["tests.conftest_services"]
+pytest_plugins = ["tests.mlflow_server", "tests.conftest_services", "tests.tiny_project"]

@@ -22,6 +22,7 @@ import gzip
 import hashlib
 import posixpath
 import tarfile
+import zlib
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
@@ -172,8 +173,13 @@ def check_digests(src: ImageSource, report: Report, files: dict[str, FileRec], c
         report.add("digests", "config.rootfs.diff_ids", str(len(src.layer_digests)), str(len(diff_ids)),
                    "the config lists a different number of layers than the image has")
     for i, expected_digest in enumerate(src.layer_digests):
-        with src.open_layer(i) as stream:
-            blob, diff = scan_layer(stream, files, contents)
+        try:
+            with src.open_layer(i) as stream:
+                blob, diff = scan_layer(stream, files, contents)
+        except (OSError, EOFError, tarfile.TarError, zlib.error) as e:
+            report.add("digests", f"layer {i}", expected_digest or (diff_ids[i] if i < len(diff_ids) else "?"),
+                       "unreadable", f"layer cannot be read: {e}")
+            continue
         if expected_digest and blob != expected_digest:
             report.add("digests", f"layer {i}", expected_digest, blob, "layer blob does not match its digest")
         if i < len(diff_ids) and diff != diff_ids[i]:
