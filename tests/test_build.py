@@ -1,0 +1,118 @@
+"""The builder: reads only the lock, checks every byte, refuses unsafe or conflicting wheels."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from lockbuild.assemble import wheels as W
+from lockbuild.errors import BuildError
+from lockbuild.fetch.cache import Cache
+from lockbuild.lock.model import Target, Wheel
+from tests.tiny_project import run_lockbuild
+
+TARGET = Target(platform="linux/amd64", python="3.11.2", python_abi="cp311", wheel_platform="x86_64-manylinux_2_36",
+                glibc="2.36", base="debian:bookworm", interpreter_package="python3.11",
+                interpreter_deb_version="3.11.2-6+deb12u9")
+
+
+def make_wheel(tmp: Path, name: str, version: str, files: dict[str, bytes]) -> tuple[Wheel, Path]:
+    filename = f"{name.replace('-', '_')}-{version}-py3-none-any.whl"
+    path = tmp / filename
+    dist_info = f"{name.replace('-', '_')}-{version}.dist-info"
+    contents = dict(files)
+    contents[f"{dist_info}/METADATA"] = f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode()
+    contents[f"{dist_info}/WHEEL"] = b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+    record = []
+    for rel, data in contents.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record.append(f"{rel},sha256={digest},{len(data)}")
+    record.append(f"{dist_info}/RECORD,,")
+    with zipfile.ZipFile(path, "w") as zf:
+        for rel, data in contents.items():
+            zf.writestr(rel, data)
+        zf.writestr(f"{dist_info}/RECORD", "\n".join(record) + "\n")
+    return Wheel(name=name, version=version, filename=filename, url="file://" + str(path), size=path.stat().st_size,
+                 sha256="0" * 64), path
+
+
+def test_two_distributions_writing_the_same_file_are_an_error_naming_both(tmp_path: Path) -> None:
+    a = make_wheel(tmp_path, "tensorflow", "2.21.0", {"tensorflow/__init__.py": b"a"})
+    b = make_wheel(tmp_path, "tensorflow-cpu", "2.21.0", {"tensorflow/__init__.py": b"b"})
+    listings = [(w, W.install_paths(w, p, TARGET)) for w, p in (a, b)]
+    conflicts = W.find_conflicts(listings)
+    assert conflicts == [("usr/local/lib/python3.11/dist-packages/tensorflow/__init__.py", "tensorflow",
+                          "tensorflow-cpu")]
+    err = W.conflict_error(conflicts)
+    assert "tensorflow and tensorflow-cpu" in err.message and "[python] exclude" in (err.hint or "")
+
+
+@pytest.mark.parametrize("member", ["../../etc/passwd", "/etc/passwd", "pkg/../../../x"])
+def test_a_wheel_member_escaping_the_install_root_is_refused(tmp_path: Path, member: str) -> None:
+    wheel, path = make_wheel(tmp_path, "evil", "1.0", {member: b"x"})
+    with pytest.raises(BuildError, match="outside the install root"):
+        W.install_paths(wheel, path, TARGET)
+
+
+def test_wheels_install_into_debian_site_packages_with_the_image_interpreter(tmp_path: Path) -> None:
+    wheel, path = make_wheel(tmp_path, "demo", "1.0", {"demo/__init__.py": b"X = 1\n",
+                                                      "demo-1.0.data/scripts/demo-run": b"#!python\nprint(1)\n"})
+    root = tmp_path / "root"
+    W.install_wheel(wheel, path, TARGET, root)
+    site = root / "usr/local/lib/python3.11/dist-packages"
+    assert (site / "demo/__init__.py").read_text() == "X = 1\n"
+    assert (site / "demo-1.0.dist-info/INSTALLER").read_text() == "lockbuild\n"
+    assert (root / "usr/local/bin/demo-run").read_text().startswith("#!/usr/bin/python3.11")
+    assert not list(root.rglob("*.pyc")), "no timestamped bytecode in the image"
+
+
+def test_a_flipped_byte_in_the_cache_is_detected_and_the_entry_dropped(tmp_path: Path) -> None:
+    cache = Cache(tmp_path / "cache")
+    digest = cache.put_bytes(b"hello wheel")
+    path = cache.path(digest)
+    path.chmod(0o644)
+    path.write_bytes(b"hellO wheel")
+    assert cache.get(digest) is None
+    assert not path.exists()
+
+
+def test_the_builder_imports_nothing_from_the_resolvers() -> None:
+    code = ("import sys, lockbuild.assemble.build, lockbuild.oci.layout, lockbuild.oci.registry, "
+            "lockbuild.oci.docker_archive, lockbuild.oci.daemon; "
+            "print([m for m in sys.modules if m.startswith('lockbuild.resolve') or m == 'uv'])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+@pytest.mark.network
+def test_a_hand_edited_wheel_hash_fails_the_build_and_writes_nothing(tiny_project: dict, tmp_path: Path) -> None:
+    lock_text = (tiny_project["dir"] / "lockbuild.lock").read_text()
+    marker = 'name = "idna"'
+    start = lock_text.index(marker)
+    sha_at = lock_text.index('sha256 = "', start) + len('sha256 = "')
+    bad = lock_text[:sha_at] + "0" * 64 + lock_text[sha_at + 64:]
+    (tmp_path / "lockbuild.lock").write_text(bad)
+    (tmp_path / "lockbuild.toml").write_text((tiny_project["dir"] / "lockbuild.toml").read_text())
+    (tmp_path / "model").symlink_to(tiny_project["dir"] / "model")
+    proc = run_lockbuild("image", "--oci", "out/oci", cwd=tmp_path, ok=False)
+    assert proc.returncode == 9, proc.stderr
+    assert "do not match the lock" in proc.stderr and "idna" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.network
+def test_image_json_reports_layers_and_digest(tiny_project: dict) -> None:
+    image = tiny_project["image"]
+    names = [layer["name"] for layer in image["layers"]]
+    assert names[0] == "debian" and names[-2:] == ["model", "config"]
+    assert len(names) < 20
+    again = json.loads(run_lockbuild("image", "--oci", "out/oci", "--json", cwd=tiny_project["dir"]).stdout)
+    assert again["digest"] == image["digest"]
+    assert all(layer["reused"] for layer in again["layers"])
