@@ -202,3 +202,19 @@ def test_verify_reads_an_image_from_the_engine(tiny_project: dict, docker_engine
     ref = loaded[0].tags[0]
     report = verify_json(tiny_project, f"docker-daemon:{ref}")
     assert report["ok"]
+
+
+@pytest.mark.docker
+def test_the_debian_runtime_runs_python_as_nonroot_with_ssl_sqlite_and_ld_cache(tiny_project: dict,
+                                                                               docker_engine) -> None:  # type: ignore[no-untyped-def]
+    with open(tiny_project["dir"] / "out" / "image.tar", "rb") as f:
+        ref = docker_engine.images.load(f)[0].tags[0]
+    code = ("import os, ssl, sqlite3, ctypes.util, zoneinfo, urllib.request; "
+            "cas = ssl.create_default_context().cert_store_stats()['x509_ca']; "
+            "print(os.getuid(), ctypes.util.find_library('ssl'), cas > 100, "
+            "zoneinfo.ZoneInfo('Europe/Paris').key, sqlite3.sqlite_version_info >= (3, 0))")
+    out = docker_engine.containers.run(ref, entrypoint=["/usr/bin/python3", "-c", code], network_mode="host",
+                                       remove=True).decode()
+    uid, lib, cas, tz, sqlite = out.split()
+    assert uid == "65532" and lib.startswith("libssl.so") and cas == "True" and tz == "Europe/Paris"
+    assert sqlite == "True"
