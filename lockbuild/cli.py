@@ -441,6 +441,11 @@ def version() -> None:
     out.print(__version__)
 
 
+from lockbuild import cli_audit  # noqa: E402
+
+cli_audit.register(app)
+
+
 def main() -> None:
     try:
         app()
@@ -455,3 +460,12 @@ def main() -> None:
     except KeyboardInterrupt:
         err.print("[red]interrupted[/]: nothing was left half-written")
         sys.exit(130)
+    except OSError as e:  # disk full, permissions, ...: a clear line, never a traceback
+        import errno
+
+        if e.errno == errno.ENOSPC:
+            err.print(f"[bold red]disk full:[/] {escape(str(e))}")
+            err.print("[cyan]hint:[/] free space or point LOCKBUILD_CACHE at a larger disk; no partial output was kept")
+            sys.exit(11)
+        err.print(f"[bold red]os error:[/] {escape(str(e))}")
+        sys.exit(2)
