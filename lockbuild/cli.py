@@ -188,6 +188,25 @@ def _progress_reporter(enabled: bool):  # type: ignore[no-untyped-def]
     return progress, report
 
 
+def _attachments(lk: Any, lock_bytes: bytes, image_digest: str, cache: Any, *, sbom: bool,
+                 provenance: bool) -> list[tuple[str, bytes]]:
+    """(artifact type, bytes) for the SBOM / provenance to attach to the image."""
+    from lockbuild.audit.attach import PROVENANCE_TYPE, SBOM_TYPE
+    from lockbuild.fsutil import sha256_bytes
+
+    lock_digest = "sha256:" + sha256_bytes(lock_bytes)
+    out: list[tuple[str, bytes]] = []
+    if sbom:
+        from lockbuild.audit.sbom import sbom_json
+
+        out.append((SBOM_TYPE, sbom_json(lk, lock_digest, image_digest=image_digest, cache=cache).encode()))
+    if provenance:
+        from lockbuild.audit.provenance import render, statement
+
+        out.append((PROVENANCE_TYPE, render(statement(lk, lock_digest, image_digest)).encode()))
+    return out
+
+
 @app.command()
 def image(
     spec: SpecOpt = Path("lockbuild.toml"),
@@ -198,6 +217,8 @@ def image(
     push: Annotated[str | None, typer.Option("--push", help="push to REGISTRY/REPO[:TAG]")] = None,
     tag: Annotated[str | None, typer.Option("--tag", help="tag for --load / archive (default: name:lock)")] = None,
     jobs: Annotated[int, typer.Option("--jobs", "-j", help="parallel downloads")] = 4,
+    attach_sbom: Annotated[bool, typer.Option("--sbom", help="attach a CycloneDX SBOM (OCI layout and push)")] = False,
+    attach_provenance: Annotated[bool, typer.Option("--provenance", help="attach SLSA provenance")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Build the image from the lock alone (no daemon, no resolution); print its digest.
@@ -226,11 +247,16 @@ def image(
     if oci is None and archive is None and not load and push is None:
         oci = path.resolve().parent / "out" / "oci"
     outputs: dict[str, Any] = {}
+    attachments = _attachments(lk, lock_bytes, img.manifest_digest, cache, sbom=attach_sbom,
+                               provenance=attach_provenance)
     if oci is not None:
+        from lockbuild.audit.attach import attach_to_layout
         from lockbuild.oci.layout import write_oci_layout
 
         write_oci_layout(img, oci, cache, ref_name=repo_tag.rsplit(":", 1)[1])
         outputs["oci"] = str(oci)
+        for artifact_type, data in attachments:
+            attach_to_layout(oci, img.manifest_digest, data, artifact_type)
     if archive is not None:
         from lockbuild.oci.docker_archive import write_docker_archive
 
@@ -248,6 +274,11 @@ def image(
         pushed = registry_push(img, push, cache)
         outputs["pushed"] = push
         outputs["push"] = pushed.to_dict()
+        if attachments:
+            from lockbuild.audit.attach import push_referrer, subject_descriptor
+
+            outputs["referrers"] = [push_referrer(push, subject_descriptor(img.manifest), data, artifact_type).digest
+                                    for artifact_type, data in attachments]
     size = sum(layer.size for _, layer, _ in result.layers)
     summary = {
         "digest": img.manifest_digest, "config_digest": img.config_digest, "compressed_bytes": size,

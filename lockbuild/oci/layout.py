@@ -178,7 +178,8 @@ def _read_blob(root: Path, digest: str, what: str) -> bytes:
 
 
 def _pick_manifest(index: dict, ref_name: str | None, root: Path) -> dict:
-    manifests = [m for m in index.get("manifests", []) if m.get("mediaType") == MANIFEST_MEDIA_TYPE]
+    manifests = [m for m in index.get("manifests", []) if m.get("mediaType") == MANIFEST_MEDIA_TYPE
+                 and not m.get("artifactType")]  # attached SBOM/provenance are not images
     if ref_name is not None:
         manifests = [m for m in manifests if m.get("annotations", {}).get(REF_NAME) == ref_name]
     if len(manifests) != 1:

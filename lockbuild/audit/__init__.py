@@ -1,0 +1,57 @@
+"""Release artifacts platform teams can audit: SBOM, provenance, lock diff, Kubernetes manifests.
+
+Everything here is derived from the lock alone (plus, optionally, the image digest and the
+cache for wheel licenses), so the same lock always gives the same bytes. Shared helpers:
+reading a lock together with its file digest, and normalising image digests.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from lockbuild.errors import LockbuildError, LockFileError
+from lockbuild.fsutil import sha256_bytes
+from lockbuild.lock.io import loads
+from lockbuild.lock.model import Lock
+
+_DIGEST = re.compile(r"^(?:sha256:)?([0-9a-f]{64})$")
+NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://lockbuild.dev/")
+
+
+@dataclass(frozen=True)
+class LockedInput:
+    """A lock and the sha256 of its exact bytes (what `image` records as io.lockbuild.lock.digest)."""
+
+    lock: Lock
+    digest: str  # sha256:<hex> of the lock file
+    path: Path
+
+
+def read_locked(path: Path) -> LockedInput:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise LockFileError(f"no lock at {path}", hint="run `lockbuild lock` first, or pass --lock PATH") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise LockFileError(f"lock is not UTF-8: {e}", where=str(path),
+                            hint="re-run `lockbuild lock` to rewrite it") from None
+    return LockedInput(lock=loads(text, str(path)), digest="sha256:" + sha256_bytes(data), path=path)
+
+
+def normalize_digest(value: str, what: str = "--image-digest") -> str:
+    """'sha256:<hex>' or a bare 64-hex digest -> 'sha256:<hex>' (lowercase)."""
+    m = _DIGEST.match(value.strip().lower())
+    if not m:
+        raise LockbuildError(f"{what} {value!r} is not a sha256 digest",
+                             hint="pass sha256:<64 hex>, e.g. the digest `lockbuild image` prints")
+    return "sha256:" + m.group(1)
+
+
+def stable_uuid(*parts: str) -> uuid.UUID:
+    """A UUID that depends only on ``parts`` (uuid5 in lockbuild's namespace): no clock, no randomness."""
+    return uuid.uuid5(NAMESPACE, "\n".join(parts))

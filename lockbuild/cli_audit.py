@@ -1,0 +1,225 @@
+"""Audit commands: sbom, provenance, diff, k8s. ``register(app)`` adds them to lockbuild's CLI.
+
+The option aliases mirror lockbuild.cli's (defined here so importing this module never imports
+the CLI half-initialised); printing helpers are taken from lockbuild.cli at call time.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from lockbuild.errors import LockbuildError
+
+SpecOpt = Annotated[Path, typer.Option("--spec", "-s", help="lockbuild.toml (or its directory)")]
+LockOpt = Annotated[Path | None, typer.Option("--lock", "-l", help="lockbuild.lock (default: beside the spec)")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable result on stdout")]
+DigestOpt = Annotated[str | None, typer.Option("--image-digest", help="image manifest digest sha256:…")]
+LayoutOpt = Annotated[Path | None, typer.Option("--image", help="OCI layout dir to read the image digest from")]
+
+
+# -- helpers -----------------------------------------------------------------------------------------
+
+
+def _lock_path(spec: Path, lock: Path | None) -> Path:
+    from lockbuild.cli import _lock_path as cli_lock_path
+
+    return cli_lock_path(spec, lock)
+
+
+def _spec_file(spec: Path) -> Path:
+    return spec / "lockbuild.toml" if spec.is_dir() else spec
+
+
+def _image_digest(digest: str | None, layout: Path | None) -> str | None:
+    """--image-digest, or the digest of the one image in the --image OCI layout, or None."""
+    from lockbuild.audit import normalize_digest
+
+    if digest and layout:
+        raise LockbuildError("pass either --image-digest or --image, not both",
+                             hint="--image reads the digest from an OCI layout written by `lockbuild image --oci`")
+    if digest:
+        return normalize_digest(digest)
+    if layout:
+        from lockbuild.audit.attach import layout_image_descriptor
+
+        return str(layout_image_descriptor(layout)["digest"])
+    return None
+
+
+def _check_output(output: Path, as_json: bool) -> None:
+    if str(output) == "-" and as_json:
+        raise LockbuildError("-o - and --json both write to stdout", hint="write the document to a file with -o FILE")
+
+
+def _write(output: Path, text: str) -> str:
+    """Write atomically (or to stdout for '-'); returns where it went."""
+    if str(output) == "-":
+        sys.stdout.write(text)
+        return "-"
+    from lockbuild.fsutil import atomic_write_text
+
+    atomic_write_text(output, text)
+    return str(output)
+
+
+def _report(as_json: bool, summary: dict[str, Any], line: str) -> None:
+    from lockbuild.cli import emit_json, err
+
+    if as_json:
+        emit_json(summary)
+    else:
+        err.print(line)
+
+
+# -- commands ----------------------------------------------------------------------------------------
+
+
+def sbom(
+    spec: SpecOpt = Path("lockbuild.toml"),
+    lock_file: LockOpt = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="file to write ('-': stdout)")] = Path(
+        "sbom.cdx.json"),
+    image_digest: DigestOpt = None,
+    image: LayoutOpt = None,
+    licenses: Annotated[bool, typer.Option("--licenses/--no-licenses",
+                                           help="declare wheel licenses read from cached wheels")] = True,
+    as_json: JsonOpt = False,
+) -> None:
+    """Write a CycloneDX 1.6 JSON SBOM of the image: every .deb, wheel, the interpreter and the model.
+
+    Deterministic (serial number and timestamp come from the lock). Schema-validated before writing.
+
+    Example: [bold]lockbuild sbom --image out/oci -o sbom.cdx.json[/]
+    """
+    from lockbuild.audit import read_locked
+    from lockbuild.audit import sbom as sbom_mod
+    from lockbuild.fetch.cache import Cache
+
+    _check_output(output, as_json)
+    locked = read_locked(_lock_path(spec, lock_file))
+    digest = _image_digest(image_digest, image)
+    text = sbom_mod.sbom_json(locked.lock, locked.digest, image_digest=digest, cache=Cache() if licenses else None)
+    problem = sbom_mod.validate(text)
+    if problem:
+        raise LockbuildError(f"the SBOM does not match the CycloneDX schema: {problem.splitlines()[0]}",
+                             hint="this is a lockbuild bug: please report it with the lock")
+    where = _write(output, text)
+    lk = locked.lock
+    components = len(lk.debian.packages) + len(lk.python.packages) + 1
+    _report(as_json, {"sbom": where, "format": "CycloneDX", "spec_version": sbom_mod.SCHEMA_VERSION.to_version(),
+                      "components": components, "image_digest": digest, "lock_digest": locked.digest},
+            f"[green]wrote[/] {where}: CycloneDX {sbom_mod.SCHEMA_VERSION.to_version()}, {components} components"
+            + (f", image {digest}" if digest else " (no image digest: pass --image or --image-digest)"))
+
+
+def provenance(
+    spec: SpecOpt = Path("lockbuild.toml"),
+    lock_file: LockOpt = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="file to write ('-': stdout)")] = Path(
+        "provenance.intoto.json"),
+    image_digest: DigestOpt = None,
+    image: LayoutOpt = None,
+    name: Annotated[str | None, typer.Option("--name", help="subject name (default: the lock's image name)")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Write SLSA v1 provenance (an unsigned in-toto Statement v1) for the image digest.
+
+    Example: [bold]lockbuild provenance --image out/oci -o provenance.intoto.json[/]
+    """
+    from lockbuild.audit import provenance as prov
+    from lockbuild.audit import read_locked
+
+    _check_output(output, as_json)
+    lock_path = _lock_path(spec, lock_file)
+    locked = read_locked(lock_path)
+    digest = _image_digest(image_digest, image)
+    if digest is None:
+        raise LockbuildError("provenance needs the image digest it describes",
+                             hint="pass --image out/oci (an OCI layout) or --image-digest sha256:…")
+    base = lock_path.resolve().parent
+    doc = prov.statement(locked.lock, locked.digest, digest, spec_name=prov.relative_name(_spec_file(spec), base),
+                         lock_name=prov.relative_name(lock_path, base), image_name=name)
+    where = _write(output, prov.render(doc))
+    deps = len(doc["predicate"]["buildDefinition"]["resolvedDependencies"])
+    _report(as_json, {"provenance": where, "predicate_type": prov.PREDICATE_TYPE, "subject": doc["subject"],
+                      "resolved_dependencies": deps, "lock_digest": locked.digest},
+            f"[green]wrote[/] {where}: SLSA provenance v1 for {digest}, {deps} resolved dependencies (unsigned)")
+
+
+def diff(
+    old: Annotated[Path, typer.Argument(metavar="OLD.lock", help="the lock before")],
+    new: Annotated[Path, typer.Argument(metavar="NEW.lock", help="the lock after")],
+    as_json: JsonOpt = False,
+    as_markdown: Annotated[bool, typer.Option("--markdown", help="a Markdown PR comment on stdout")] = False,
+) -> None:
+    """Compare two locks: interpreter, platform, Debian and Python packages, model, runtime.
+
+    Exit status like diff(1): 0 no changes, 1 changes, other codes for errors (8: unreadable lock).
+
+    Example: [bold]lockbuild diff <(git show main:lockbuild.lock) lockbuild.lock --markdown[/]
+    """
+    from lockbuild.audit import diff as diff_mod
+    from lockbuild.cli import emit_json, out
+
+    if as_json and as_markdown:
+        raise LockbuildError("--json and --markdown are exclusive", hint="pick one output format")
+    a, b = diff_mod.load_pair(old, new)
+    result = diff_mod.diff_locks(a, b, str(old), str(new))
+    if as_json:
+        emit_json(result.to_dict())
+    elif as_markdown:
+        sys.stdout.write(diff_mod.markdown(result))
+    elif result.changed:
+        out.print(diff_mod.rich_table(result))
+        out.print(diff_mod.summary_line(result))
+    else:
+        out.print("no changes")
+    if result.changed:
+        raise typer.Exit(1)
+
+
+def k8s(
+    spec: SpecOpt = Path("lockbuild.toml"),
+    lock_file: LockOpt = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="file to write ('-': stdout)")] = Path(
+        "deploy.yaml"),
+    image: Annotated[str | None, typer.Option("--image", help="REPO@sha256:… to deploy (pinned by digest)")] = None,
+    image_digest: Annotated[str | None, typer.Option("--image-digest",
+                                                     help="digest; the repository is the lock's image name")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Write a Kubernetes Deployment + Service (AKS-ready, non-root, read-only root) pinned by digest.
+
+    Resources come from [deploy] in lockbuild.toml; MLFLOW_MODELS_WORKERS follows the CPU limit.
+
+    Example: [bold]lockbuild k8s --image myacr.azurecr.io/churn@sha256:… -o deploy.yaml[/]
+    """
+    from lockbuild.audit import k8s as k8s_mod
+    from lockbuild.audit import normalize_digest, read_locked
+    from lockbuild.spec import load_spec
+
+    _check_output(output, as_json)
+    if (image is None) == (image_digest is None):
+        raise LockbuildError("pass exactly one of --image REPO@sha256:… or --image-digest sha256:…",
+                             hint="Kubernetes must pull the exact image that was verified: pin it by digest")
+    s = load_spec(spec)
+    locked = read_locked(_lock_path(s.path, lock_file))
+    ref = image if image is not None else f"{locked.lock.image_name}@{normalize_digest(str(image_digest))}"
+    docs = k8s_mod.manifests(locked.lock, locked.digest, ref, s.deploy)
+    where = _write(output, k8s_mod.render(docs))
+    container = docs[0]["spec"]["template"]["spec"]["containers"][0]
+    workers = next(e["value"] for e in container["env"] if e["name"] == "MLFLOW_MODELS_WORKERS")
+    objects = [f"{d['kind']}/{d['metadata']['name']}" for d in docs]
+    _report(as_json, {"output": where, "image": container["image"], "objects": objects, "workers": int(workers),
+                      "resources": container["resources"], "lock_digest": locked.digest},
+            f"[green]wrote[/] {where}: {', '.join(objects)}, image {container['image']}, {workers} worker(s)")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the audit commands to lockbuild's CLI."""
+    for command in (sbom, provenance, diff, k8s):
+        app.command()(command)
