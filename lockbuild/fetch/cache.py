@@ -21,7 +21,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any
 
 from filelock import FileLock
 
@@ -46,9 +46,9 @@ def _check_hex(sha256: str) -> str:
 
 
 class HashingWriter:
-    """A file-like sink that hashes what it writes."""
+    """A write-only sink that hashes what passes through it on the way to `f`."""
 
-    def __init__(self, f: BinaryIO) -> None:
+    def __init__(self, f: Any) -> None:
         self.f = f
         self.h = hashlib.sha256()
         self.size = 0
@@ -58,6 +58,9 @@ class HashingWriter:
         self.h.update(data)
         self.size += len(data)
         return len(data)
+
+    def tell(self) -> int:
+        return self.size
 
     def hexdigest(self) -> str:
         return self.h.hexdigest()

@@ -7,7 +7,6 @@ returns verified cache paths, and never leaves a partial entry in the cache.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -20,7 +19,7 @@ import httpx
 from lockbuild import __version__
 from lockbuild.errors import FetchError, IntegrityError
 from lockbuild.fetch.cache import Cache
-from lockbuild.fsutil import CHUNK
+from lockbuild.fsutil import CHUNK, sha256_file
 
 USER_AGENT = f"lockbuild/{__version__}"
 RETRIES = int(os.environ.get("LOCKBUILD_RETRIES", "4"))
@@ -70,7 +69,7 @@ def _download_one(http: httpx.Client, cache: Cache, item: Item, progress: Progre
                 continue
             if not partial.exists():
                 continue
-            digest, size = _hash(partial)
+            digest, size = sha256_file(partial)
             if digest != item.sha256 or (item.size is not None and size != item.size):
                 partial.unlink()
                 errors.append(f"{url}: served sha256:{digest} ({size} bytes)")
@@ -89,16 +88,6 @@ def _download_one(http: httpx.Client, cache: Cache, item: Item, progress: Progre
         hint="check the network / mirror; the cache holds no partial entry. Last errors: "
         + "; ".join(errors[-3:]),
     )
-
-
-def _hash(path: Path) -> tuple[str, int]:
-    h = hashlib.sha256()
-    n = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-            n += len(chunk)
-    return h.hexdigest(), n
 
 
 def _stream_to(http: httpx.Client, url: str, partial: Path, progress: Progress | None) -> None:

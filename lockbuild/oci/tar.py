@@ -13,7 +13,6 @@ as it lands on disk. Memory stays at a few MiB whatever the layer size.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import os
 import stat
 import tarfile
@@ -24,7 +23,7 @@ from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from lockbuild.errors import BuildError
-from lockbuild.fetch.cache import Cache
+from lockbuild.fetch.cache import Cache, HashingWriter
 
 LAYER_MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar+gzip"
 READ_SIZE = 1 << 20
@@ -157,24 +156,6 @@ class Sink(Protocol):
     def write(self, data: bytes, /) -> int: ...
 
 
-class _HashingTee:
-    """The uncompressed side: hashes tar bytes (diff_id) and passes them to the compressor."""
-
-    def __init__(self, sink: Sink) -> None:
-        self.sink = sink
-        self.h = hashlib.sha256()
-        self.offset = 0
-
-    def write(self, data: bytes) -> int:
-        self.h.update(data)
-        self.sink.write(data)
-        self.offset += len(data)
-        return len(data)
-
-    def tell(self) -> int:
-        return self.offset
-
-
 def _add(tar: tarfile.TarFile, entry: _Entry, info: tarfile.TarInfo) -> None:
     if info.type != tarfile.REGTYPE:
         tar.addfile(info)
@@ -222,7 +203,7 @@ def write_layer(cache: Cache, root: Path, *, mtime: int, level: int = 1,
         raise BuildError(f"layer staging directory {root} does not exist",
                          hint="this is a lockbuild bug: the builder must stage the tree first")
     with cache.writer() as blob, gzip_writer(blob, level) as gz:
-        tee = _HashingTee(gz)
+        tee = HashingWriter(gz)
         _write_tar(tee, root, mtime=mtime, exclude=exclude, owners=owners)  # type: ignore[arg-type]
     return Layer(digest=f"sha256:{blob.hexdigest()}", diff_id=f"sha256:{tee.h.hexdigest()}",
                  size=blob.size, compressor=compressor_name(level))
