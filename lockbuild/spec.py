@@ -77,11 +77,15 @@ def _key_line(text: str, table: str | None, key: str | None) -> int | None:
     for i, line in enumerate(lines, 1):
         s = line.strip()
         if s.startswith("["):
-            in_table = table is not None and s.strip("[] ") == table
+            m = re.match(r"^\[\[?([^\]]*)\]", s)  # the header name, without a trailing # comment
+            name = re.sub(r'\s*\.\s*', ".", m.group(1).strip()).replace('"', "") if m else ""
+            if table is None and key is not None and (name == key or name.startswith(key + ".")):
+                return i  # an unknown top-level table
+            in_table = table is not None and name == table
             if key is None and in_table:
                 return i
             continue
-        if in_table and key is not None and re.match(rf'^"?{re.escape(key)}"?\s*=', s):
+        if in_table and key is not None and re.match(rf'^"?{re.escape(key)}"?\s*[=.]', s):
             return i
     return None
 
@@ -105,7 +109,8 @@ def _schema_error(path: Path, text: str, err: jsonschema.ValidationError) -> Spe
     if err.validator == "required":
         scope = f"[{'.'.join(parts)}]" if parts else "the spec"
         return SpecError(f"{scope}: {err.message}", hint="see docs/spec.md for the keys", where=str(path))
-    line = _key_line(text, table, key)
+    line = _key_line(text, ".".join(parts[:-1]), parts[-1]) if len(parts) > 2 else None  # [image.env] A
+    line = line or _key_line(text, table, key)
     where = f"{path}:{line}" if line else str(path)
     dotted = ".".join(parts)
     return SpecError(f"[{table}] {key or ''}: {err.message}".replace(" :", ":"), hint=f"fix `{dotted}`",
@@ -124,6 +129,15 @@ def parse_spec(text: str, path: Path) -> Spec:
     errors = sorted(validator.iter_errors(doc), key=lambda e: (list(map(str, e.absolute_path)), e.message))
     if errors:
         raise _schema_error(path, text, errors[0])
+    cutoff = doc.get("python", {}).get("exclude-newer")
+    if cutoff is not None:
+        try:
+            _normalize_time(cutoff)
+        except ValueError as e:  # the schema checks the shape, not the calendar (month 13, Feb 30)
+            line = _key_line(text, "python", "exclude-newer")
+            raise SpecError(f"[python] exclude-newer: {cutoff!r} is not a valid date or time ({e})",
+                            hint='use YYYY-MM-DD or RFC 3339, e.g. "2026-01-31" or "2026-01-31T12:00:00Z"',
+                            where=f"{path}:{line}" if line else str(path)) from None
     return _from_dict(doc, path)
 
 

@@ -15,7 +15,9 @@ def to_pylock(lock: Lock) -> str:
                             f"Python {lock.target.python}, {lock.target.wheel_platform}"))
     doc.add("lock-version", "1.0")
     doc.add("created-by", "lockbuild")
-    doc.add("requires-python", f"=={lock.target.python}")
+    # The wheels are tagged for the minor (cp311), not the patch: any 3.11.x interpreter may install them.
+    major, minor = lock.target.python.split(".")[:2]
+    doc.add("requires-python", f"=={major}.{minor}.*")
     pkgs = tomlkit.aot()
     for w in sorted(lock.python.packages, key=lambda w: w.name):
         t = tomlkit.table()

@@ -107,7 +107,8 @@ def _fetch_remote(uri: str, tracking_uri: str | None) -> ModelSource:
             mv = client.get_model_version_by_alias(name, m["alias"])
         except Exception as e:
             err = _translate(e, uri, tracking_uri)
-            if isinstance(err, ModelError) and not isinstance(err, TrackingServerError):
+            no_such_model = "RESOURCE_DOES_NOT_EXIST" in str(getattr(e, "error_code", ""))
+            if isinstance(err, ModelError) and not isinstance(err, TrackingServerError) and not no_such_model:
                 raise ModelError(
                     f"alias @{m['alias']} is not set on registered model {name!r}",
                     hint=f"set it (MlflowClient().set_registered_model_alias({name!r}, {m['alias']!r}, VERSION))"
@@ -116,14 +117,16 @@ def _fetch_remote(uri: str, tracking_uri: str | None) -> ModelSource:
             raise err from None
         version, run_id = str(mv.version), mv.run_id or ""
         resolved = f"models:/{name}/{version}"
+        download = client.get_model_version_download_uri(name, version)
     elif m := _MODELS_VERSION.match(uri):
         name, version = m["name"], m["version"]
         mv = client.get_model_version(name, version)
         run_id = mv.run_id or ""
         resolved = f"models:/{name}/{version}"
+        download = client.get_model_version_download_uri(name, version)
     elif m := _RUNS.match(uri):
         run_id = m["run"]
-        resolved = uri.rstrip("/")
+        resolved = download = uri.rstrip("/")
     else:
         raise ModelError(
             f"unsupported model URI {uri!r}",
@@ -133,7 +136,9 @@ def _fetch_remote(uri: str, tracking_uri: str | None) -> ModelSource:
 
     tmp = Path(tempfile.mkdtemp(prefix="lockbuild-model-"))
     try:
-        local = Path(download_artifacts(artifact_uri=resolved, dst_path=str(tmp), tracking_uri=tracking_uri))
+        # Not models:/ itself: MLflow resolves that against its default registry (./mlflow.db in MLflow 3),
+        # whatever tracking/registry URI is passed. The version's download URI is plain artifact storage.
+        local = Path(download_artifacts(artifact_uri=download, dst_path=str(tmp), tracking_uri=tracking_uri))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
