@@ -115,7 +115,7 @@ def lock(
     s = load_spec(spec)
     path = _lock_path(s.path, lock_file)
     if check:
-        current = read_lock(path)
+        current = read_lock(path, verify_content=False)  # a hand edit is reported below as a reason
         reasons = explain_stale(s, current)
         text = path.read_text(encoding="utf-8")
         if dumps(current) != text:
@@ -468,7 +468,10 @@ def export_pylock(
 
 @app.command()
 def version() -> None:
-    """Print lockbuild's version."""
+    """Print lockbuild's version.
+
+    Example: [bold]lockbuild version[/]
+    """
     out.print(__version__)
 
 
