@@ -20,7 +20,7 @@ deps:  ## system tools the tests use: dockerd, registry, skopeo, umoci
 	bash scripts/install-deps.sh
 
 lint: venv
-	$(BIN)/ruff check lockbuild tests benchmarks
+	$(BIN)/ruff check lockbuild tests $(wildcard benchmarks)
 	$(BIN)/mypy lockbuild
 
 test: venv deps lint
