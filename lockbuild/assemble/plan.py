@@ -31,6 +31,13 @@ class LayerPlan:
     key: str = ""
 
 
+def launcher_digest() -> str:
+    """The config layer also depends on the launcher shipped with this lockbuild."""
+    from importlib import resources
+
+    return hashlib.sha256(resources.files("lockbuild").joinpath("serve/launcher.py").read_bytes()).hexdigest()
+
+
 def _key(obj: object) -> str:
     return "sha256:" + hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
@@ -54,5 +61,5 @@ def plan_layers(lock: Lock, *, mtime: int, lock_digest: str, level: int) -> list
         plans.append(LayerPlan(name, "python", group, key=_key({**base, "wheels": sorted(w.sha256 for w in group)})))
     plans.append(LayerPlan("model", "model", key=_key({**base, "model": lock.model.tree_digest})))
     plans.append(LayerPlan("config", "config", key=_key({**base, "lock": lock_digest,
-                                                         "runtime": [lock.runtime.server, lock.runtime.port]})))
+                                                         "launcher": launcher_digest()})))
     return plans

@@ -17,7 +17,9 @@ RUNTIME = "/opt/lockbuild/runtime.json"
 def main() -> None:
     with open(RUNTIME) as f:
         rt = json.load(f)
-    port = os.environ.get("PORT") or os.environ.get("MLFLOW_PORT") or str(rt["port"])
+    # Kubernetes service links can inject MLFLOW_PORT=tcp://...: only a number counts as a port.
+    port = next((p for p in (os.environ.get("PORT"), os.environ.get("MLFLOW_PORT")) if p and p.isdigit()),
+                str(rt["port"]))
     host = os.environ.get("HOST") or os.environ.get("MLFLOW_HOST") or "0.0.0.0"
     workers = os.environ.get("MLFLOW_MODELS_WORKERS") or str(rt["workers"])
     os.environ["__pyfunc_model_path__"] = rt["model_path"]
