@@ -16,6 +16,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 
+from lockbuild import __version__
 from lockbuild.lock.model import Lock, Wheel
 
 RECIPE = "lockbuild-layers-1"
@@ -53,7 +54,7 @@ def python_groups(wheels: tuple[Wheel, ...]) -> list[tuple[str, tuple[Wheel, ...
 
 
 def plan_layers(lock: Lock, *, mtime: int, lock_digest: str, level: int) -> list[LayerPlan]:
-    base = {"recipe": RECIPE, "mtime": mtime, "level": level, "python": lock.target.python,
+    base = {"recipe": RECIPE, "lockbuild": __version__, "mtime": mtime, "level": level, "python": lock.target.python,
             "platform": lock.target.platform}
     plans = [LayerPlan("debian", "debian", key=_key({**base, "debs": sorted(d.sha256 for d in lock.debian.packages),
                                                       "interpreter": lock.target.interpreter_package}))]
