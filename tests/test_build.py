@@ -91,20 +91,36 @@ def test_the_builder_imports_nothing_from_the_resolvers() -> None:
     assert out.strip() == "[]"
 
 
-@pytest.mark.network
-def test_a_hand_edited_wheel_hash_fails_the_build_and_writes_nothing(tiny_project: dict, tmp_path: Path) -> None:
+def _wrong_hash_project(tiny_project: dict, tmp_path: Path) -> tuple[Path, str]:
     lock_text = (tiny_project["dir"] / "lockbuild.lock").read_text()
-    marker = 'name = "idna"'
-    start = lock_text.index(marker)
+    start = lock_text.index('name = "idna"')
     sha_at = lock_text.index('sha256 = "', start) + len('sha256 = "')
-    bad = lock_text[:sha_at] + "0" * 64 + lock_text[sha_at + 64:]
-    (tmp_path / "lockbuild.lock").write_text(bad)
     (tmp_path / "lockbuild.toml").write_text((tiny_project["dir"] / "lockbuild.toml").read_text())
     (tmp_path / "model").symlink_to(tiny_project["dir"] / "model")
-    proc = run_lockbuild("image", "--oci", "out/oci", cwd=tmp_path, ok=False)
+    return tmp_path, lock_text[:sha_at] + "0" * 64 + lock_text[sha_at + 64:]
+
+
+@pytest.mark.network
+def test_a_hand_edited_wheel_hash_is_refused_before_anything_is_fetched(tiny_project: dict, tmp_path: Path) -> None:
+    work, bad = _wrong_hash_project(tiny_project, tmp_path)
+    (work / "lockbuild.lock").write_text(bad)
+    proc = run_lockbuild("image", "--oci", "out/oci", cwd=work, ok=False)
+    assert proc.returncode == 8, proc.stderr
+    assert "edited by hand" in proc.stderr
+    assert not (work / "out").exists()
+
+
+@pytest.mark.network
+def test_a_wrong_wheel_hash_in_a_well_formed_lock_fails_the_download_and_writes_nothing(
+        tiny_project: dict, tmp_path: Path) -> None:
+    from lockbuild.lock.io import dumps, loads
+
+    work, bad = _wrong_hash_project(tiny_project, tmp_path)
+    (work / "lockbuild.lock").write_text(dumps(loads(bad, verify_content=False)))  # as a lying resolver would
+    proc = run_lockbuild("image", "--oci", "out/oci", cwd=work, ok=False)
     assert proc.returncode == 9, proc.stderr
     assert "do not match the lock" in proc.stderr and "idna" in proc.stderr
-    assert not (tmp_path / "out").exists()
+    assert not (work / "out").exists()
 
 
 @pytest.mark.network

@@ -1,0 +1,102 @@
+"""The benchmark runner's pure parts: summary, target verdicts, table, README splice, JSON write.
+
+Cheap (no builds, no network): imports benchmarks/run.py and feeds it made-up numbers.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+RUN_PY = Path(__file__).resolve().parents[1] / "benchmarks" / "run.py"
+
+
+@pytest.fixture(scope="module")
+def bench():  # type: ignore[no-untyped-def]
+    spec = importlib.util.spec_from_file_location("lockbuild_bench_run", RUN_PY)
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def fake(bench):  # type: ignore[no-untyped-def]
+    res = bench.Results(scratch=Path("/nonexistent"))
+    res.add("lock_upgrade_s", [6.0, 7.0, 8.0], "lock")
+    res.add("uv_compile_s", [2.0, 2.0, 2.5], "uv")
+    res.add("cold_image_s", [60.0, 50.0, 70.0], "cold")
+    res.add("docker_build_s", [200.0, 250.0, 220.0], "docker")
+    res.add("download_floor_s", [20.0, 22.0, 21.0], "download")
+    res.add("compress_floor_s", [18.0, 19.0, 17.0], "compress")
+    res.add("warm_downloads_image_s", [35.0, 36.0, 34.0], "warm downloads")
+    res.add("noop_image_s", [1.2, 1.1, 1.3], "noop")
+    res.add("model_lock_s", [6.0, 6.0, 6.0], "lock")
+    res.add("model_image_s", [2.0, 2.0, 2.0], "image")
+    res.add("model_total_s", [8.0, 8.0, 8.0], "total")
+    res.facts.update(compressed_bytes=433_000_000, uncompressed_bytes=1_600_000_000,
+                     lockbuild_engine_bytes=1_614_000_000, mlflow_image_bytes=2_523_000_000,
+                     peak_rss_cold_kb=120 * 1024, peak_rss_warm_kb=60 * 1024, download_bytes=600_000_000,
+                     model_change_rebuilt_layers=["config", "model"], unchanged_lock_builds=7,
+                     unchanged_lock_digests_identical=True, image_digest="sha256:" + "ab" * 32)
+    return res
+
+
+def test_summary_ratios_and_verdicts(bench) -> None:  # type: ignore[no-untyped-def]
+    res = fake(bench)
+    summary = bench.summarize(res.metrics, res.facts)
+    r = summary["ratios"]
+    assert r["lock_vs_uv"] == pytest.approx(7.0 / 2.0)
+    assert r["cold_vs_docker"] == pytest.approx(60.0 / 220.0)
+    assert r["floor_s"] == pytest.approx(21.0 + 18.0)
+    assert r["cold_vs_floor"] == pytest.approx(60.0 / 39.0)
+    assert r["size_vs_mlflow"] == pytest.approx(1_614_000_000 / 2_523_000_000)  # engine size preferred
+    assert r["peak_rss_mb"] == pytest.approx(120.0)
+    met = {t["key"]: t["met"] for t in summary["targets"]}
+    assert met == {"cold_vs_docker": True, "noop_seconds": True, "model_change_vs_cold": False,
+                   "size_vs_mlflow": False, "peak_rss_mb": True}
+
+
+def test_missing_measurements_are_not_measured_never_met(bench) -> None:  # type: ignore[no-untyped-def]
+    res = bench.Results(scratch=Path("/nonexistent"))
+    res.add("noop_image_s", [0.9], "noop")
+    summary = bench.summarize(res.metrics, res.facts)
+    met = {t["key"]: t["met"] for t in summary["targets"]}
+    assert met["noop_seconds"] is True
+    assert met["cold_vs_docker"] is None and met["size_vs_mlflow"] is None
+    table = bench.render_table(res.metrics, res.facts, summary, {"nproc": 2})
+    assert "not measured" in table and "n/a" in table
+
+
+def test_table_and_readme_splice(bench, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    res = fake(bench)
+    summary = bench.summarize(res.metrics, res.facts)
+    machine = {"nproc": 2, "cpu": "Test CPU", "ram_gb": 8, "date": "2026-01-01T00:00:00Z",
+               "lockbuild_commit": "0123456789abcdef", "loadavg_start": [1.0, 1.0, 1.0]}
+    table = bench.render_table(res.metrics, res.facts, summary, machine)
+    assert "| cold | `lockbuild image`, empty cache | 60.0 s | 3 | 0.27x docker, 1.54x floor |" in table
+    assert "| model-only change (lock + image) <= 0.1x cold | 0.13x | **not met** |" in table
+    assert "1,614 MB" in table and "Test CPU" in table and "identical image digests" in table
+
+    readme = "intro\n<!-- bench-table -->\nOLD-CONTENT\n<!-- /bench-table -->\ntail\n"
+    spliced = bench.replace_readme_table(readme, table)
+    assert spliced.startswith("intro\n<!-- bench-table -->\n| |")
+    assert spliced.endswith("\n<!-- /bench-table -->\ntail\n") and "OLD-CONTENT" not in spliced
+    assert bench.replace_readme_table(spliced, table) == spliced  # idempotent
+
+    out = tmp_path / "results" / "latest.json"
+    bench.write_json(out, {"table_markdown": table, **summary})
+    assert json.loads(out.read_text())["ratios"]["lock_vs_uv"] == pytest.approx(3.5)
+    assert [p.name for p in out.parent.iterdir()] == ["latest.json"]  # no temp file left behind
+
+
+def test_run_measures_time_and_rss(bench) -> None:  # type: ignore[no-untyped-def]
+    r = bench.run([sys.executable, "-c", "import sys; b = bytearray(64 << 20); print('ok'); sys.exit(3)"])
+    assert r.returncode == 3 and r.stdout.strip() == "ok"
+    assert r.max_rss_kb > 60 * 1024 and r.seconds > 0
+    with pytest.raises(RuntimeError, match="command failed"):
+        r.check()
