@@ -166,9 +166,13 @@ def test_verify_catches_a_swapped_model_file(tiny_project: dict, layout_copy: Pa
 
 
 def test_verify_against_another_lock_fails_on_the_label(tiny_project: dict, tmp_path: Path) -> None:
+    import dataclasses
+
+    from lockbuild.lock.io import dumps, read_lock
+
+    lock = read_lock(tiny_project["dir"] / "lockbuild.lock")
     other = tmp_path / "other.lock"
-    text = (tiny_project["dir"] / "lockbuild.lock").read_text().replace('port = 8080', 'port = 8081', 1)
-    other.write_text(text)
+    other.write_text(dumps(dataclasses.replace(lock, runtime=dataclasses.replace(lock.runtime, port=8081))))
     proc = run_lockbuild("verify", "out/oci", "--lock", str(other), "--json", cwd=tiny_project["dir"], ok=False)
     report = json.loads(proc.stdout)
     assert [f["check"] for f in report["findings"]] == ["labels"]
