@@ -167,6 +167,6 @@ def test_smoke_diagnoses_a_missing_module(keras3: dict, tmp_path: Path) -> None:
                     if "[python]" in spec.read_text() else spec.read_text() + '\n[python]\nomit = ["absl-py"]\n')
     lockbuild("lock", cwd=work)
     lockbuild("image", "--docker-archive", "out/image.tar", cwd=work)
-    proc = lockbuild("smoke", "out/image.tar", "--timeout", "120", cwd=work, ok=False)
+    proc = lockbuild("smoke", "out/image.tar", "--timeout", "60", cwd=work, ok=False)
     assert proc.returncode == 14, proc.stderr
     assert "missing-module" in proc.stderr and "absl" in proc.stderr
