@@ -660,8 +660,12 @@ def summarize(metrics: dict[str, dict[str, Any]], facts: dict[str, Any]) -> dict
         floor = med("download_floor_s") + med("compress_floor_s")  # type: ignore[operator]
     uncompressed = facts.get("lockbuild_engine_bytes") or facts.get("uncompressed_bytes")
     rss_mb = [facts[k] / 1024 for k in ("peak_rss_cold_kb", "peak_rss_warm_kb") if facts.get(k)]
-    ratios = {
+    cold_s = (metrics.get("cold_image_s") or {}).get("samples") or []
+    dock_s = (metrics.get("docker_build_s") or {}).get("samples") or []
+    ratios: dict[str, Any] = {
         "lock_vs_uv": ratio(med("lock_upgrade_s"), med("uv_compile_s")),
+        # round by round (the two builds of a round ran back to back): shows the spread under load
+        "cold_vs_docker_per_round": [round(a / b, 3) for a, b in zip(cold_s, dock_s, strict=False)] or None,
         "cold_vs_docker": ratio(cold, med("docker_build_s")),
         "floor_s": floor,
         "cold_vs_floor": ratio(cold, floor),
@@ -675,7 +679,7 @@ def summarize(metrics: dict[str, dict[str, Any]], facts: dict[str, Any]) -> dict
     }
     targets = []
     for key, (what, limit) in TARGETS.items():
-        value = ratios.get(key)
+        value: float | None = ratios.get(key)
         met = None if value is None else (value < limit if key == "peak_rss_mb" else value <= limit)
         targets.append({"key": key, "target": what, "limit": limit, "value": value, "met": met})
     return {"ratios": ratios, "targets": targets}
@@ -716,7 +720,10 @@ def render_table(metrics: dict[str, dict[str, Any]], facts: dict[str, Any], summ
          f"{_x(r['lock_vs_uv'])} bare uv"),
         ("lock", "bare `uv pip compile`, same inputs/flags", _s(med("uv_compile_s")), n("uv_compile_s"), ""),
         ("cold", "`lockbuild image`, empty cache", _s(med("cold_image_s")), n("cold_image_s"),
-         f"{_x(r['cold_vs_docker'])} docker, {_x(r['cold_vs_floor'])} floor"),
+         f"{_x(r['cold_vs_docker'])} docker"
+         + (f" (by round: {', '.join(f'{x:.2f}' for x in r['cold_vs_docker_per_round'])})"
+            if r.get("cold_vs_docker_per_round") else "")
+         + f", {_x(r['cold_vs_floor'])} floor"),
         ("cold", "`docker build --no-cache`, MLflow's Dockerfile", _s(med("docker_build_s")), n("docker_build_s"),
          ""),
         ("floor", "download only (same wheels + .debs)", _s(med("download_floor_s")), n("download_floor_s"),
@@ -763,8 +770,9 @@ def render_table(metrics: dict[str, dict[str, Any]], facts: dict[str, Any], summ
             for x in facts["layers"]) + "."]
     if facts.get("unchanged_lock_builds"):
         same = "identical" if facts.get("unchanged_lock_digests_identical") else "**DIFFERENT**"
-        lines += ["", f"Reproducibility: {facts['unchanged_lock_builds']} builds of the unchanged lock (cold, "
-                  f"warm-downloads, warm) gave {same} image digests"
+        kinds = ", ".join(dict.fromkeys(x.split(" ", 1)[0] for x in facts.get("unchanged_lock_digests", [])))
+        lines += ["", f"Reproducibility: {facts['unchanged_lock_builds']} builds of the unchanged lock"
+                  + (f" ({kinds})" if kinds else "") + f" gave {same} image digests"
                   + (f" (`{str(facts.get('image_digest'))[:19]}…`)." if facts.get("image_digest") else ".")]
     lines += ["", "Baseline: the Dockerfile `mlflow models generate-dockerfile --env-manager local` writes, built "
               "with `docker build --no-cache` on a local stand-in for `python:3.11.7-slim` (Debian's Python "
@@ -839,12 +847,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--output", type=Path, default=RESULTS, help="JSON results file")
     ap.add_argument("--update-readme", action="store_true", help="put the table into README.md's bench block")
     ap.add_argument("--keep-scratch", action="store_true", help="keep the scratch directory")
-    ap.add_argument("--render", type=Path, metavar="JSON", help="only re-render the table of a results file")
+    ap.add_argument("--render", type=Path, metavar="JSON",
+                    help="only recompute ratios and the table of a results file (rewritten in place)")
     args = ap.parse_args(argv)
     if args.render:
         doc = json.loads(args.render.read_text())
         table = render_table(doc["metrics"], doc["facts"], summarize(doc["metrics"], doc["facts"]), doc["machine"])
         print(table)
+        doc.update(summarize(doc["metrics"], doc["facts"]), table_markdown=table)
+        write_json(args.render, doc)
         if args.update_readme and doc.get("mode") == "full":
             README.write_text(replace_readme_table(README.read_text(), table))
         return 0

@@ -78,7 +78,8 @@ def test_table_and_readme_splice(bench, tmp_path: Path) -> None:  # type: ignore
     machine = {"nproc": 2, "cpu": "Test CPU", "ram_gb": 8, "date": "2026-01-01T00:00:00Z",
                "lockbuild_commit": "0123456789abcdef", "loadavg_start": [1.0, 1.0, 1.0]}
     table = bench.render_table(res.metrics, res.facts, summary, machine)
-    assert "| cold | `lockbuild image`, empty cache | 60.0 s | 3 | 0.27x docker, 1.54x floor |" in table
+    assert ("| cold | `lockbuild image`, empty cache | 60.0 s | 3 | 0.27x docker (by round: 0.30, 0.20, 0.32), "
+            "1.54x floor |") in table
     assert "| model-only change (lock + image) <= 0.1x cold | 0.13x | **not met** |" in table
     assert "1,614 MB" in table and "Test CPU" in table and "identical image digests" in table
 
