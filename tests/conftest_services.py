@@ -107,3 +107,16 @@ def make_tiny_image(cache: Cache, staging: Path, *, text: str = "hello\n", busyb
 def tiny_image() -> Callable[..., Image]:
     """``tiny_image(cache, staging_dir, text=..., busybox=False) -> Image`` (see make_tiny_image)."""
     return make_tiny_image
+
+
+def skopeo(*args: str) -> str:
+    """Run skopeo (the independent checker of what we write); skip when it is not installed."""
+    if shutil.which("skopeo") is None:
+        pytest.skip("skopeo not installed: run scripts/install-deps.sh")
+    return subprocess.run(["skopeo", *args], check=True, capture_output=True, text=True, timeout=120).stdout
+
+
+@pytest.fixture()
+def cache(tmp_path: Path) -> Cache:
+    """A fresh, empty content-addressed cache for one test."""
+    return Cache(tmp_path / "cache")

@@ -7,8 +7,6 @@ tag schema (tag sha256-<hex> holding an index); the API path is exercised agains
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,22 +20,13 @@ from lockbuild.fsutil import sha256_bytes
 from lockbuild.oci import registry as reg
 from lockbuild.oci.image import MANIFEST_MEDIA_TYPE, Image, sha256_digest
 from lockbuild.oci.layout import blob_name, write_oci_layout
+from tests.conftest_services import skopeo
 
 TinyImage = Callable[..., Image]
 SBOM = b'{"bomFormat":"CycloneDX","specVersion":"1.6"}\n'
 PROVENANCE = b'{"_type":"https://in-toto.io/Statement/v1"}\n'
 NOTES = {attach.CREATED: "2026-11-25T00:00:00Z", attach.TITLE: "sbom.cdx.json"}
 
-
-def skopeo(*args: str) -> str:
-    if shutil.which("skopeo") is None:
-        pytest.skip("skopeo not installed: run scripts/install-deps.sh")
-    return subprocess.run(["skopeo", *args], check=True, capture_output=True, text=True, timeout=120).stdout
-
-
-@pytest.fixture()
-def cache(tmp_path: Path) -> Cache:
-    return Cache(tmp_path / "cache")
 
 
 @pytest.fixture()

@@ -36,11 +36,6 @@ def run(*args: str) -> str:
     return subprocess.run(args, check=True, capture_output=True, text=True, timeout=120).stdout
 
 
-@pytest.fixture()
-def cache(tmp_path: Path) -> Cache:
-    return Cache(tmp_path / "cache")
-
-
 # -- config and manifest ---------------------------------------------------------------------------
 
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import shutil
-import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -24,21 +22,12 @@ from lockbuild.fetch.cache import Cache
 from lockbuild.oci import registry as reg
 from lockbuild.oci.image import Image
 from lockbuild.oci.layout import read_oci_layout
+from tests.conftest_services import skopeo
 
 pytest_plugins = ["tests.conftest_services"]
 
 TinyImage = Callable[..., Image]
 
-
-def skopeo(*args: str) -> str:
-    if shutil.which("skopeo") is None:
-        pytest.skip("skopeo not installed: run scripts/install-deps.sh")
-    return subprocess.run(["skopeo", *args], check=True, capture_output=True, text=True, timeout=120).stdout
-
-
-@pytest.fixture()
-def cache(tmp_path: Path) -> Cache:
-    return Cache(tmp_path / "cache")
 
 
 def test_second_push_uploads_nothing_and_skopeo_sees_our_digest(
