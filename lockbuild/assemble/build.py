@@ -183,26 +183,44 @@ def _check_conflicts(lock: Lock, cache: Cache, blobs: dict[str, Path]) -> None:
         raise wheel_install.conflict_error(conflicts)
 
 
+@dataclass(frozen=True)
+class StagedLayer:
+    """A layer's tree, staged: what write_layer (build) and verify's expected-image derivation both tar."""
+
+    root: Path
+    mtime: int
+    owners: dict[str, tuple[int, int]] | None = None
+
+
+def stage_layer(p: LayerPlan, lock: Lock, lock_bytes: bytes, blobs: dict[str, Path], stage: Path, *,
+                mtime: int, report: Report = lambda _e, _d: None) -> StagedLayer:
+    """Stage one planned layer's tree into the empty directory ``stage``. The one place that decides a
+    layer's content, mtime and owners: the builder tars it into the cache, verify derives the expected
+    image from it, so the two can never disagree about what the lock means."""
+    owners = None
+    if p.kind == "debian":
+        debs = [(d, blobs[d.sha256]) for d in lock.debian.packages]
+        for warning in assemble_rootfs(debs, stage, uid=lock.runtime.user):
+            report("warning", {"message": f"debian layer: {warning}"})
+        owners = {"home/nonroot": (lock.runtime.user, lock.runtime.user)}
+    elif p.kind == "python":
+        for w in p.wheels:
+            wheel_install.install_wheel(w, blobs[w.sha256], lock.target, stage)
+    elif p.kind == "model":
+        stage_model(lock.model, blobs, stage)
+    elif p.kind == "config":
+        config_layer.stage_config(lock, lock_bytes, stage)
+    else:
+        raise BuildError(f"unknown layer kind {p.kind}")
+    return StagedLayer(root=stage, mtime=mtime, owners=owners)
+
+
 def _build_layer(p: LayerPlan, lock: Lock, lock_bytes: bytes, cache: Cache, blobs: dict[str, Path], *,
                  mtime: int, report: Report) -> Layer:
     stage = Path(tempfile.mkdtemp(prefix=f"stage-{p.name}-", dir=cache.tmpdir()))
     try:
-        owners = None
-        if p.kind == "debian":
-            debs = [(d, blobs[d.sha256]) for d in lock.debian.packages]
-            for warning in assemble_rootfs(debs, stage, uid=lock.runtime.user):
-                report("warning", {"message": f"debian layer: {warning}"})
-            owners = {"home/nonroot": (lock.runtime.user, lock.runtime.user)}
-        elif p.kind == "python":
-            for w in p.wheels:
-                wheel_install.install_wheel(w, blobs[w.sha256], lock.target, stage)
-        elif p.kind == "model":
-            stage_model(lock.model, blobs, stage)
-        elif p.kind == "config":
-            config_layer.stage_config(lock, lock_bytes, stage)
-        else:
-            raise BuildError(f"unknown layer kind {p.kind}")
-        return write_layer(cache, stage, mtime=mtime, level=LEVEL, owners=owners)
+        staged = stage_layer(p, lock, lock_bytes, blobs, stage, mtime=mtime, report=report)
+        return write_layer(cache, staged.root, mtime=staged.mtime, level=LEVEL, owners=staged.owners)
     except OSError as e:
         if e.errno == 28:
             raise BuildError(f"disk full while building layer {p.name} in {cache.root}",

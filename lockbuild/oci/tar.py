@@ -184,8 +184,9 @@ def open_tar(out: BinaryIO) -> tarfile.TarFile:
                            errors="surrogateescape", copybufsize=READ_SIZE)
 
 
-def _write_tar(out: BinaryIO, root: Path, *, mtime: int, exclude: Exclude | None,
-               owners: Owners | None) -> None:
+def write_tar(out: BinaryIO, root: Path, *, mtime: int, exclude: Exclude | None,
+              owners: Owners | None) -> None:
+    """The uncompressed layer tar of the tree below ``root``: its sha256 is the diff_id."""
     with open_tar(out) as tar:
         for entry in _walk(root, exclude):
             _add(tar, entry, _tarinfo(entry, mtime=mtime, owners=owners))
@@ -204,7 +205,7 @@ def write_layer(cache: Cache, root: Path, *, mtime: int, level: int = 1,
                          hint="this is a lockbuild bug: the builder must stage the tree first")
     with cache.writer() as blob, gzip_writer(blob, level) as gz:
         tee = HashingWriter(gz)
-        _write_tar(tee, root, mtime=mtime, exclude=exclude, owners=owners)  # type: ignore[arg-type]
+        write_tar(tee, root, mtime=mtime, exclude=exclude, owners=owners)  # type: ignore[arg-type]
     return Layer(digest=f"sha256:{blob.hexdigest()}", diff_id=f"sha256:{tee.h.hexdigest()}",
                  size=blob.size, compressor=compressor_name(level))
 
