@@ -8,6 +8,7 @@ export LOCKBUILD_CACHE ?= $(HOME)/.cache/lockbuild
 .PHONY: venv deps demo test test-fast lint bench clean
 
 $(BIN)/lockbuild: pyproject.toml
+	PY=$(PY) bash scripts/install-deps.sh venv
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip uv
 	$(BIN)/uv pip install -q --compile-bytecode --python $(BIN)/python -e '.[test]'

@@ -1,10 +1,23 @@
 #!/usr/bin/env bash
-# Install the system tools lockbuild's tests and demo use: a Docker engine (started only by
-# scripts/dockerd.sh, never as a system service), a local registry, skopeo, umoci, and a static
-# busybox for tiny runnable test images. Idempotent and quiet: does nothing when all are present.
+# Install the system tools lockbuild's tests, demo and benchmarks use: a Docker engine (started
+# only by scripts/dockerd.sh, never as a system service), a local registry, skopeo and umoci (the
+# independent checkers), gnupg (test signing keys), Debian's archive keyring, debootstrap (the
+# other-host reproducibility test) and a static busybox for tiny runnable test images.
+# Idempotent and quiet: does nothing when all are present.
+#
+#   install-deps.sh          everything above (make deps)
+#   install-deps.sh venv     only what `python3 -m venv` needs (python3-venv where ensurepip is missing)
 set -euo pipefail
 
-PACKAGES=(docker.io docker-registry skopeo umoci busybox-static)
+PACKAGES=(docker.io docker-registry skopeo umoci busybox-static gnupg gpgv debian-archive-keyring debootstrap)
+if [ "${1:-}" = "venv" ]; then
+    # Debian (and its cloud images) split ensurepip out of python3: `python3 -m venv` then stops with
+    # "ensurepip is not available". Install the package of the python3 the Makefile uses.
+    py=${PY:-python3}
+    "$py" -c 'import ensurepip, venv' 2>/dev/null && exit 0
+    minor=$("$py" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
+    PACKAGES=("python$minor-venv")
+fi
 
 is_installed() {
     [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = "install ok installed" ]

@@ -1,10 +1,13 @@
 """Session fixtures for real services: lockbuild's own dockerd and a throwaway registry.
 
 Use from tests/conftest.py with ``pytest_plugins = ["tests.conftest_services"]`` (test modules
-may also name it). Both start through the scripts a developer or CI would run by hand, and
-skip the test with the reason when they cannot start, unless LOCKBUILD_REQUIRE_DOCKER=1 (CI),
-which turns the skip into a failure. An engine this session started is stopped at the end
-(keep it with LOCKBUILD_KEEP_DOCKER=1); a registry always is.
+may also name it). Both start through the scripts a developer or CI would run by hand.
+
+One switch for every missing tool or privilege (gpg, skopeo, umoci, dockerd, registry, root, ...):
+``unavailable(reason)`` skips the test on a developer's machine, and fails it when
+LOCKBUILD_STRICT_TESTS=1, which .ci/run sets, so CI never lands untested work by skipping.
+An engine this session started is stopped at the end (keep it with LOCKBUILD_KEEP_DOCKER=1);
+a registry always is.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import socket
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import docker
 import pytest
@@ -28,10 +32,26 @@ from lockbuild.oci.tar import write_layer
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 
 
-def _unavailable(reason: str) -> None:
-    if os.environ.get("LOCKBUILD_REQUIRE_DOCKER") == "1":
-        pytest.fail(f"{reason} (LOCKBUILD_REQUIRE_DOCKER=1)", pytrace=False)
+STRICT = "LOCKBUILD_STRICT_TESTS"
+
+
+def unavailable(reason: str) -> NoReturn:
+    """A tool or privilege the test needs is missing: skip here, fail in CI (LOCKBUILD_STRICT_TESTS=1)."""
+    if os.environ.get(STRICT) == "1":
+        pytest.fail(f"{reason} ({STRICT}=1: CI must not skip; run scripts/install-deps.sh as root)", pytrace=False)
     pytest.skip(reason)
+
+
+def need_tool(*names: str) -> None:
+    """Every named command on PATH, else unavailable()."""
+    missing = [n for n in names if shutil.which(n) is None]
+    if missing:
+        unavailable(f"{', '.join(missing)} not installed: run scripts/install-deps.sh")
+
+
+def need_root(why: str) -> None:
+    if os.geteuid() != 0:
+        unavailable(f"{why} needs root")
 
 
 def _script(*args: str, timeout: int = 120) -> subprocess.CompletedProcess[str]:
@@ -55,12 +75,12 @@ def docker_engine() -> Iterator[docker.DockerClient]:
     was_running = _script("dockerd.sh", "status").returncode == 0
     started = _script("dockerd.sh", "start")
     if started.returncode != 0:
-        _unavailable(f"scripts/dockerd.sh start failed: {_tail(started.stderr or started.stdout)}")
+        unavailable(f"scripts/dockerd.sh start failed: {_tail(started.stderr or started.stdout)}")
     host = started.stdout.strip().splitlines()[-1].removeprefix("DOCKER_HOST=")
     try:
         client = daemon.engine(host)
     except EngineUnavailable as e:
-        _unavailable(e.message)
+        unavailable(e.message)
     yield client
     client.close()
     if not was_running and os.environ.get("LOCKBUILD_KEEP_DOCKER") != "1":
@@ -73,7 +93,7 @@ def registry() -> Iterator[str]:
     port = str(free_port())
     started = _script("registry.sh", "start", port)
     if started.returncode != 0:
-        _unavailable(f"scripts/registry.sh start failed: {_tail(started.stderr or started.stdout)}")
+        unavailable(f"scripts/registry.sh start failed: {_tail(started.stderr or started.stdout)}")
     yield f"127.0.0.1:{port}"
     _script("registry.sh", "stop", port)
 
@@ -94,7 +114,7 @@ def make_tiny_image(cache: Cache, staging: Path, *, text: str = "hello\n", busyb
     spec = ImageSpec(env={"PATH": "/bin"}, labels={"org.opencontainers.image.title": "tiny"})
     if busybox:
         if not BUSYBOX.is_file():
-            _unavailable(f"{BUSYBOX} missing: run scripts/install-deps.sh (busybox-static)")
+            unavailable(f"{BUSYBOX} missing: run scripts/install-deps.sh (busybox-static)")
         (staging / "bin").mkdir(exist_ok=True)
         shutil.copy2(BUSYBOX, staging / "bin" / "busybox")
         spec = ImageSpec(env={"PATH": "/bin"}, entrypoint=("/bin/busybox",), cmd=("echo", "ok"))
@@ -111,8 +131,7 @@ def tiny_image() -> Callable[..., Image]:
 
 def skopeo(*args: str) -> str:
     """Run skopeo (the independent checker of what we write); skip when it is not installed."""
-    if shutil.which("skopeo") is None:
-        pytest.skip("skopeo not installed: run scripts/install-deps.sh")
+    need_tool("skopeo")
     return subprocess.run(["skopeo", *args], check=True, capture_output=True, text=True, timeout=120).stdout
 
 

@@ -12,7 +12,6 @@ import http.server
 import lzma
 import os
 import re
-import shutil
 import subprocess
 import threading
 import time
@@ -33,6 +32,7 @@ from lockbuild.resolve.runtime import (
     python_version_from_deb,
     wheel_platform,
 )
+from tests.conftest_services import need_tool, unavailable
 
 DATE = "Sat, 11 Jul 2026 10:16:37 UTC"
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -213,8 +213,7 @@ class Signer:
 
 @pytest.fixture(scope="session")
 def signer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Signer]:
-    if not (shutil.which("gpg") and shutil.which("gpgv")):
-        pytest.skip("gpg/gpgv not installed")
+    need_tool("gpg", "gpgv")
     home = tmp_path_factory.mktemp("gnupg")
     os.chmod(home, 0o700)
     env = {**os.environ, "GNUPGHOME": str(home)}
@@ -386,7 +385,7 @@ def test_tampered_inrelease_is_rejected(archive: Archive, tmp_path: Path) -> Non
 
 def test_unknown_signing_key_is_rejected(archive: Archive, tmp_path: Path) -> None:
     if not D.DEFAULT_KEYRING.is_file():
-        pytest.skip("debian-archive-keyring not installed")
+        unavailable("debian-archive-keyring not installed: run scripts/install-deps.sh")
     with pytest.raises(IntegrityError, match="signature does not verify"):
         archive.resolve(Cache(tmp_path / "cache"), keyring=D.DEFAULT_KEYRING)
 

@@ -18,6 +18,7 @@ from lockbuild.fetch.cache import Cache
 from lockbuild.oci.docker_archive import split_tag, write_docker_archive
 from lockbuild.oci.image import Image, ImageSpec, build_image
 from lockbuild.oci.layout import read_oci_layout, write_oci_layout
+from tests.conftest_services import need_root, need_tool
 
 pytest_plugins = ["tests.conftest_services"]
 
@@ -26,10 +27,8 @@ TinyImage = Callable[..., Image]
 
 
 def tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        pytest.skip(f"{name} not installed: run scripts/install-deps.sh")
-    return path
+    need_tool(name)
+    return str(shutil.which(name))
 
 
 def run(*args: str) -> str:
@@ -92,8 +91,7 @@ def test_layout_is_accepted_by_skopeo_and_umoci(
     assert inspected["Layers"] == [image.layers[0].digest]
     assert run(tool("umoci"), "ls", "--layout", str(out)).split() == ["v1"]
     run("umoci", "stat", "--image", f"{out}:v1")
-    if os.geteuid() != 0:
-        pytest.skip("umoci unpack without --rootless needs root")
+    need_root("umoci unpack without --rootless")
     bundle = tmp_path / "bundle"
     run("umoci", "unpack", "--image", f"{out}:v1", str(bundle))
     rootfs = bundle / "rootfs"

@@ -16,6 +16,7 @@ import pytest
 from lockbuild.errors import BuildError
 from lockbuild.fetch.cache import Cache
 from lockbuild.oci.tar import LAYER_MEDIA_TYPE, Layer, cached_layer, remember_layer, write_layer
+from tests.conftest_services import need_root
 
 pytest_plugins = ["tests.conftest_services"]
 
@@ -157,8 +158,7 @@ def test_special_files_are_a_build_error(tmp_path: Path, kind: str) -> None:
     if kind == "fifo":
         os.mkfifo(root / "dev" / "pipe")
     else:
-        if os.geteuid() != 0:
-            pytest.skip("mknod of a device needs root")
+        need_root("mknod of a device")
         os.mknod(root / "dev" / "null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
     with pytest.raises(BuildError) as err:
         write_layer(Cache(tmp_path / "cache"), root, mtime=MTIME)

@@ -24,6 +24,7 @@ from lockbuild.fetch import download
 from lockbuild.fetch.cache import Cache
 from lockbuild.lock.model import Deb
 from lockbuild.resolve import debian as D
+from tests.conftest_services import need_root, need_tool
 
 
 # -- hand-built .debs ------------------------------------------------------------------------
@@ -352,8 +353,8 @@ def test_bookworm_rootfs_is_reproducible(bookworm: Built, tmp_path: Path) -> Non
 @pytest.fixture
 def chroot_dev_null(bookworm: Built) -> Iterator[Path]:
     """A /dev/null inside the rootfs for the test (a container runtime mounts /dev)."""
-    if os.geteuid() != 0 or not shutil.which("chroot"):
-        pytest.skip("chroot needs root")
+    need_root("chroot")
+    need_tool("chroot")
     node = bookworm.dest / "dev/null"
     os.mknod(node, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
     os.chmod(node, 0o666)
