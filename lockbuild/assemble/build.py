@@ -28,6 +28,7 @@ from lockbuild.fetch.model import fetch_model_files
 from lockbuild.lock.model import Lock
 from lockbuild.oci.image import Image, ImageSpec, build_image
 from lockbuild.oci.tar import Layer, cached_layer, remember_layer, write_layer
+from lockbuild.platforms import debian_arch
 
 LEVEL = 1  # gzip level: compression dominates a cold build (field notes: -6 is 2.7x slower)
 Report = Callable[[str, dict], None]
@@ -66,7 +67,7 @@ def labels_for(lock: Lock, lock_digest: str) -> dict[str, str]:
 
 def image_spec(lock: Lock, labels: dict[str, str]) -> ImageSpec:
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", **dict(lock.runtime.env)}
-    arch = lock.target.platform.split("/")[1]
+    arch = debian_arch(lock.target.platform)
     return ImageSpec(
         entrypoint=tuple(config_layer.entrypoint(lock)),
         env=env,

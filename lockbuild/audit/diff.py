@@ -25,6 +25,7 @@ from packaging.version import Version as PyVersion
 from lockbuild.errors import LockFileError
 from lockbuild.lock.io import loads
 from lockbuild.lock.model import Lock
+from lockbuild.platforms import debian_arch
 
 SECTIONS = ("interpreter", "platform", "debian", "python", "model", "runtime", "image")
 Order = Callable[[str, str], int | None]  # -1/0/1, None when the two cannot be ordered
@@ -168,12 +169,9 @@ def wheels(lock: Lock) -> dict[str, Pinned]:
 
 
 def debs(lock: Lock) -> dict[str, Pinned]:
-    return {f"{d.name}:{d.architecture}" if d.architecture not in ("all", _arch(lock)) else d.name:
+    arch = debian_arch(lock.target.platform)
+    return {f"{d.name}:{d.architecture}" if d.architecture not in ("all", arch) else d.name:
             Pinned(d.version, d.sha256, d.suite) for d in lock.debian.packages}
-
-
-def _arch(lock: Lock) -> str:
-    return lock.target.platform.rpartition("/")[2]
 
 
 # -- sections -------------------------------------------------------------------------------------------

@@ -7,7 +7,6 @@ returns verified cache paths, and never leaves a partial entry in the cache.
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -16,13 +15,11 @@ from pathlib import Path
 
 import httpx
 
-from lockbuild import __version__
 from lockbuild.errors import FetchError, IntegrityError
 from lockbuild.fetch.cache import Cache
 from lockbuild.fsutil import CHUNK, sha256_file
+from lockbuild.net import RETRIES, USER_AGENT
 
-USER_AGENT = f"lockbuild/{__version__}"
-RETRIES = int(os.environ.get("LOCKBUILD_RETRIES", "4"))
 TIMEOUT = httpx.Timeout(60.0, connect=15.0)
 
 Progress = Callable[[int], None]  # called with the number of new bytes

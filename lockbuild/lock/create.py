@@ -65,10 +65,6 @@ def now_utc() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _arch(platform: str) -> str:
-    return {"linux/amd64": "amd64", "linux/arm64": "arm64"}[platform]
-
-
 def python_minor(spec: Spec, info: ModelInfo) -> str:
     if spec.python:
         return spec.python
@@ -122,7 +118,7 @@ def _make_lock(spec: Spec, source: ModelSource, info: ModelInfo, *, previous: Lo
     minor = python_minor(spec, info)
     choice = runtime.choose_suite(minor)
     codename = spec.base.split(":", 1)[1] if spec.base else choice.codename
-    arch = _arch(spec.platform)
+    arch = runtime.debian_arch(spec.platform)
     roots = tuple(sorted(set(debian.default_roots(choice.interpreter_package)) | set(spec.debian_packages)))
     keep_debian = (previous is not None and not upgrade and previous.debian.roots == roots
                    and previous.target.base == f"debian:{codename}" and previous.target.platform == spec.platform)

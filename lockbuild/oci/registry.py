@@ -27,17 +27,16 @@ from typing import TypeVar
 
 import httpx
 
-from lockbuild import __version__
 from lockbuild.errors import IntegrityError, PublishError
 from lockbuild.fetch.cache import Cache
 from lockbuild.fsutil import CHUNK
+from lockbuild.net import RETRIES, USER_AGENT
 from lockbuild.oci.image import MANIFEST_MEDIA_TYPE, BlobSource, Image, blob_sources, sha256_digest
 from lockbuild.oci.tar import Sink
 
 Progress = Callable[[int], None]  # called with the number of bytes done since the last call
 T = TypeVar("T")
 
-USER_AGENT = f"lockbuild/{__version__}"
 TIMEOUT = httpx.Timeout(300.0, connect=15.0)
 DOCKER_HUB = "docker.io"
 DOCKER_HUB_API = "registry-1.docker.io"
@@ -46,7 +45,6 @@ INDEX_MEDIA_TYPES = ("application/vnd.oci.image.index.v1+json",
 MANIFEST_ACCEPT = ", ".join((MANIFEST_MEDIA_TYPE, "application/vnd.docker.distribution.manifest.v2+json",
                              *INDEX_MEDIA_TYPES))
 LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
-RETRIES = int(os.environ.get("LOCKBUILD_RETRIES", "4"))
 
 
 # -- references ----------------------------------------------------------------------------------

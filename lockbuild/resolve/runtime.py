@@ -11,15 +11,12 @@ import re
 from dataclasses import dataclass
 
 from lockbuild.errors import PythonVersionError, ResolveError
+from lockbuild.platforms import PLATFORM_ARCHES, WHEEL_MACHINES, debian_arch
+
+__all__ = ["PLATFORM_ARCHES", "WHEEL_MACHINES", "debian_arch"]  # re-exported: one mapping, in platforms.py
 
 # Python minor -> the Debian release whose default python3 is that minor.
 SUITES: dict[str, str] = {"3.9": "bullseye", "3.11": "bookworm", "3.13": "trixie"}
-
-# Debian architecture -> the machine name in manylinux tags.
-WHEEL_MACHINES: dict[str, str] = {"amd64": "x86_64", "arm64": "aarch64"}
-
-# OCI platform -> Debian architecture.
-PLATFORM_ARCHES: dict[str, str] = {"linux/amd64": "amd64", "linux/arm64": "arm64", "linux/arm64/v8": "arm64"}
 
 OVERRIDE_HINT = 'set the interpreter explicitly in lockbuild.toml: [target] python = "3.11"'
 
@@ -55,18 +52,6 @@ def choose_suite(python_minor: str) -> SuiteChoice:
             "are safest on the logged minor)",
         )
     return SuiteChoice(codename=codename, interpreter_package=f"python{minor}", python_minor=minor)
-
-
-def debian_arch(platform_or_arch: str) -> str:
-    """'linux/amd64' or 'amd64' -> 'amd64'. Unknown -> ResolveError listing the supported ones."""
-    arch = PLATFORM_ARCHES.get(platform_or_arch, platform_or_arch)
-    if arch not in WHEEL_MACHINES:
-        raise ResolveError(
-            f"unsupported target architecture {platform_or_arch!r}",
-            hint=f"supported platforms: {', '.join(sorted(PLATFORM_ARCHES))} "
-            f"(Debian architectures {', '.join(WHEEL_MACHINES)})",
-        )
-    return arch
 
 
 def wheel_platform(glibc: str, arch: str) -> str:

@@ -1,0 +1,24 @@
+"""Target platforms: the one mapping between OCI platforms, Debian architectures and the machine
+names in wheel tags. Pure data and pure functions; every stage (resolve, lock, build, audit) uses it."""
+
+from __future__ import annotations
+
+from lockbuild.errors import ResolveError
+
+# Debian architecture -> the machine name in manylinux tags.
+WHEEL_MACHINES: dict[str, str] = {"amd64": "x86_64", "arm64": "aarch64"}
+
+# OCI platform -> Debian architecture (which is also the OCI architecture for these two).
+PLATFORM_ARCHES: dict[str, str] = {"linux/amd64": "amd64", "linux/arm64": "arm64", "linux/arm64/v8": "arm64"}
+
+
+def debian_arch(platform_or_arch: str) -> str:
+    """'linux/amd64' or 'amd64' -> 'amd64'. Unknown -> ResolveError listing the supported ones."""
+    arch = PLATFORM_ARCHES.get(platform_or_arch, platform_or_arch)
+    if arch not in WHEEL_MACHINES:
+        raise ResolveError(
+            f"unsupported target architecture {platform_or_arch!r}",
+            hint=f"supported platforms: {', '.join(sorted(PLATFORM_ARCHES))} "
+            f"(Debian architectures {', '.join(WHEEL_MACHINES)})",
+        )
+    return arch
