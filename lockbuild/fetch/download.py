@@ -19,10 +19,10 @@ from lockbuild.errors import FetchError, IntegrityError
 from lockbuild.fetch.cache import Cache
 from lockbuild.fsutil import CHUNK, sha256_file
 from lockbuild.net import RETRIES, USER_AGENT
+from lockbuild.progress import Progress
 
 TIMEOUT = httpx.Timeout(60.0, connect=15.0)
 
-Progress = Callable[[int], None]  # called with the number of new bytes
 
 
 @dataclass(frozen=True)

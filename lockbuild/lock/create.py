@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -24,6 +23,7 @@ from lockbuild.fetch.model import cache_model_tree
 from lockbuild.lock.model import LOCK_VERSION, DebianLock, Lock, ModelFile, ModelLock, PythonLock, Runtime, Target
 from lockbuild.model.intake import ModelSource, fetch_model
 from lockbuild.model.metadata import ModelInfo, keras_major, read_model
+from lockbuild.progress import Notify
 from lockbuild.resolve import debian, runtime
 from lockbuild.resolve.python import (
     PythonTarget,
@@ -35,7 +35,6 @@ from lockbuild.resolve.python import (
 from lockbuild.spec import Spec
 
 NONROOT_UID = 65532
-Notify = Callable[[str], None]
 
 
 @dataclass

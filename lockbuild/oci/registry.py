@@ -33,8 +33,8 @@ from lockbuild.fsutil import CHUNK
 from lockbuild.net import RETRIES, USER_AGENT
 from lockbuild.oci.image import MANIFEST_MEDIA_TYPE, BlobSource, Image, blob_sources, sha256_digest
 from lockbuild.oci.tar import Sink
+from lockbuild.progress import Progress
 
-Progress = Callable[[int], None]  # called with the number of bytes done since the last call
 T = TypeVar("T")
 
 TIMEOUT = httpx.Timeout(300.0, connect=15.0)

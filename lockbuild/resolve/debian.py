@@ -26,7 +26,7 @@ import os
 import subprocess
 import tempfile
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -44,6 +44,7 @@ from lockbuild.fetch.cache import Cache
 from lockbuild.fetch.debs import SNAPSHOT_ROOT, deb_items  # noqa: F401  (re-exported)
 from lockbuild.fsutil import sha256_bytes
 from lockbuild.lock.model import Deb, DebianLock, Suite
+from lockbuild.progress import Notify, quiet
 from lockbuild.resolve.runtime import debian_arch
 
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
@@ -69,7 +70,6 @@ DEFAULT_EXCLUDE = ("debconf", "debconf-2.0", "dpkg", "install-info")
 
 PRIORITY_RANK = {"required": 0, "important": 1, "standard": 2, "optional": 3, "extra": 4}
 
-Progress = Callable[[str], None]  # called with one human-readable line per step
 
 Relation = list[dict]  # one comma-separated item: alternatives as parsed by python-debian
 
@@ -282,7 +282,7 @@ class LoadedSuite:
 
 
 def load_suite(http: httpx.Client, cache: Cache, src: SuiteSource, arch: str, keyring: Path,
-               say: Progress) -> LoadedSuite:
+               say: Notify) -> LoadedSuite:
     """Fetch and verify one suite's InRelease and Packages index."""
     inrelease = download.fetch_bytes(f"{src.dists}/InRelease", http=http)
     release = parse_release(verify_inrelease(inrelease, keyring, src.name), src)
@@ -553,7 +553,7 @@ def resolve_debian(
     mirror: str = DEFAULT_MIRROR,
     security_mirror: str = DEFAULT_SECURITY_MIRROR,
     keyring: Path | None = None,
-    progress: Progress | None = None,
+    progress: Notify | None = None,
     exclude: Sequence[str] = DEFAULT_EXCLUDE,
 ) -> DebianLock:
     """Lock the Pre-Depends/Depends closure of `roots` from the signed suites of `codename`.
@@ -563,7 +563,7 @@ def resolve_debian(
     never excluded). `progress` gets one line per verified suite and one for the closure.
     """
     arch = debian_arch(arch)
-    say: Progress = progress or (lambda _msg: None)
+    say: Notify = progress or quiet
     sources = suite_sources(codename, mirror, security_mirror)
     keyring = keyring or DEFAULT_KEYRING
     with download.client() as http:
