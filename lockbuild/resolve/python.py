@@ -197,12 +197,17 @@ def source_only(text: str, tags: list[Tag]) -> list[str]:
 
 
 def parse_pylock(text: str, tags: list[Tag], platform: str, *,
-                 sdist_ok: frozenset[str] = frozenset()) -> tuple[list[Wheel], list[SdistPin]]:
+                 sdist_ok: frozenset[str] = frozenset(),
+                 bundled: frozenset[str] = frozenset()) -> tuple[list[Wheel], list[SdistPin]]:
+    """Wheels (and sdists of ``sdist_ok`` packages) from uv's pylock; ``bundled`` names come from the
+    model's own files instead (uv saw them through --find-links)."""
     doc = tomlkit.parse(text).unwrap()
     wheels: list[Wheel] = []
     sdists: list[SdistPin] = []
     for pkg in doc.get("packages", []):
         name = canonicalize_name(pkg["name"])
+        if name in bundled:
+            continue
         candidates = [c for c in pkg.get("wheels") or [] if c.get("url") or c.get("name") or c.get("path")]
         sd = pkg.get("sdist")
         if name in sdist_ok and sd and pick_wheel(candidates, tags) is None:
@@ -263,6 +268,8 @@ def bundled_wheel_pins(bundled: tuple[BundledWheel, ...], tags: list[Tag], platf
                 hint="bundle the libraries on a machine matching the target (add_libraries_to_model), or "
                 "drop the wheel line from requirements.txt and pin the package in [python] requirements",
             )
+        if canonicalize_name(name) in MLFLOW_DISTS:
+            continue  # like an mlflow* requirement line: the runtime pins the serving distribution
         out.append(Wheel(name=canonicalize_name(name), version=str(version), filename=filename, url="",
                          size=b.size, sha256=b.sha256, source="model", path=b.path))
     return out
@@ -302,7 +309,8 @@ def resolve_python(requirements: list[str], constraints: list[str], *, target: P
                 raise strict from None
             notify(f"no wheel for {target.wheel_platform}: {', '.join(sorted(sdist_ok))}; building from sdist")
             text = compile_(no_binary=tuple(sorted(sdist_ok)))
-    wheels, sdists = parse_pylock(text, tags, target.wheel_platform, sdist_ok=sdist_ok)
+    wheels, sdists = parse_pylock(text, tags, target.wheel_platform, sdist_ok=sdist_ok,
+                                  bundled=frozenset(w.name for w in pins))
     by_name = {w.name: w for w in wheels}
     for w in pins:
         by_name[w.name] = w  # the model's own bytes, whatever the index has under that version
