@@ -166,8 +166,7 @@ def _run(python: str, work: Path, mode: str, site_dir: Path, src: Path, out: Pat
     if proc.returncode != 0:
         log = (proc.stdout + "\n" + proc.stderr).strip()
         tail = [ln for ln in log.splitlines() if ln.strip()][-1:] or ["(no output)"]
-        compiler = any(s in log for s in ("command 'false' failed", "'false' failed", "unable to execute 'false'",
-                                          "error: command", "gcc", "Python.h"))
+        compiler = any(s in log for s in ("'false'", "unable to execute", "gcc", "Python.h", "cc1"))
         if compiler:
             raise SourceBuildError(
                 f"{label} needs a C/C++ compiler to build from its sdist; lockbuild builds only pure-Python "
