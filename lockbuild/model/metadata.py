@@ -101,7 +101,7 @@ def _inside(path: Path, root: Path) -> bool:
 
 
 def _bad(where: str, message: str, hint: str) -> RequirementsError:
-    return RequirementsError(f"{where}: {message}", where=where, hint=hint)
+    return RequirementsError(message, where=where, hint=hint)
 
 
 def read_requirements(path: Path, _seen: frozenset[Path] = frozenset(), *,
