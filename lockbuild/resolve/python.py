@@ -208,7 +208,10 @@ def parse_pylock(text: str, tags: list[Tag], platform: str, *,
         name = canonicalize_name(pkg["name"])
         if name in bundled:
             continue
-        candidates = [c for c in pkg.get("wheels") or [] if c.get("url") or c.get("name") or c.get("path")]
+        # index wheels only: a local file uv saw through --find-links (the model's wheels/) is used
+        # only for a bundled name, never recorded as a file:// URL of this machine
+        candidates = [c for c in pkg.get("wheels") or []
+                      if c.get("url") and not str(c["url"]).startswith("file:") and not c.get("path")]
         sd = pkg.get("sdist")
         if name in sdist_ok and sd and pick_wheel(candidates, tags) is None:
             sha = (sd.get("hashes") or {}).get("sha256")
