@@ -209,3 +209,13 @@ def test_python_override_note_names_the_spec_not_the_model(carriers: dict[str, t
     assert 'the spec\'s [target] python = "3.11" (lockbuild.toml) overrides the Python the model logged ' \
            "(3.10.12)" in err, err
     assert lock["model"]["python-version"] == "3.10.12" and lock["target"]["python"].startswith("3.11.")
+
+
+def test_unsupported_python_override_is_reported_as_the_specs_value(tmp_path: Path) -> None:
+    d = project(tmp_path, "py312", SPEC + '\n[target]\npython = "3.12"\n')
+    r = finish(lockbuild_process("lock", cwd=d, env={"LOCKBUILD_CACHE": str(tmp_path / "cache")}))
+    err = " ".join(r.stderr.split())
+    assert r.code == 7 and "Traceback" not in err, err
+    assert 'the spec\'s [target] python = "3.12" (lockbuild.toml) is not one of Debian\'s own interpreters' in err
+    assert "the model itself logged Python 3.11.7" in err and "model was logged with Python 3.12" not in err
+    assert not (d / "lockbuild.lock").exists()

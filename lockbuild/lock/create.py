@@ -121,7 +121,8 @@ def _make_lock(spec: Spec, source: ModelSource, info: ModelInfo, *, previous: Lo
     notes: list[str] = []
 
     minor = python_minor(spec, info)
-    choice = runtime.choose_suite(minor)
+    choice = runtime.choose_suite(minor, spec_file=spec.path.name if spec.python else None,
+                                  logged=info.python_version)
     codename = spec.base.split(":", 1)[1] if spec.base else choice.codename
     arch = _arch(spec.platform)
     roots = tuple(sorted(set(debian.default_roots(choice.interpreter_package)) | set(spec.debian_packages)))
