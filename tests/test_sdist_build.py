@@ -170,3 +170,28 @@ def test_a_package_without_wheel_or_sdist_still_fails_with_uvs_reason() -> None:
         resolve_python(["this-package-does-not-exist-lockbuild==1.0"], [], target=TARGET,
                        index_url="https://pypi.org/simple", exclude_newer=CUTOFF)
     assert "this-package-does-not-exist-lockbuild" in e.value.message
+
+
+def test_the_build_has_no_network_and_no_host_site_packages(locked: tuple[list[Wheel], Cache], tmp_path: Path) -> None:
+    """A setup.py that reaches for the network, or for a package only the host has, fails the build."""
+    wheels, cache = locked
+    setuptools = _docopt(wheels).build_requires[0]
+    env = [(setuptools, cache.path(setuptools.sha256))]
+    for name, body in (("netpkg", b"import urllib.request\nurllib.request.urlopen('https://pypi.org/simple/', "
+                                  b"timeout=10)\n"),
+                       ("hostpkg", b"import httpx\n")):  # httpx is installed where lockbuild runs
+        sdist = tmp_path / f"{name}-1.0.tar.gz"
+        with tarfile.open(sdist, "w:gz") as tf:
+            for member, data in ((f"{name}-1.0/setup.py", body + f"from setuptools import setup\n"
+                                  f"setup(name='{name}', version='1.0', py_modules=[])\n".encode()),
+                                 (f"{name}-1.0/PKG-INFO", f"Metadata-Version: 2.1\nName: {name}\n".encode())):
+                info = tarfile.TarInfo(member)
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+        with pytest.raises(SourceBuildError) as e:
+            build_wheel(name=name, version="1.0", sdist=sdist, build_env=env,
+                        backend="setuptools.build_meta:__legacy__", python=TARGET.python, epoch=EPOCH,
+                        workdir=tmp_path / f"w-{name}")
+        assert f"building {name} 1.0 from its sdist failed" in e.value.message, e.value.message
+        assert ("URLError" in e.value.message or "Tunnel" in e.value.message or "refused" in e.value.message
+                if name == "netpkg" else "No module named 'httpx'" in e.value.message), e.value.message
