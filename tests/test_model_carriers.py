@@ -219,3 +219,17 @@ def test_unsupported_python_override_is_reported_as_the_specs_value(tmp_path: Pa
     assert 'the spec\'s [target] python = "3.12" (lockbuild.toml) is not one of Debian\'s own interpreters' in err
     assert "the model itself logged Python 3.11.7" in err and "model was logged with Python 3.12" not in err
     assert not (d / "lockbuild.lock").exists()
+
+
+def test_hash_options_and_continuations_as_pip_writes_them(tmp_path: Path) -> None:
+    """`pip-compile --generate-hashes` output (continuations, --hash options) reads as plain pins."""
+    from lockbuild.model.metadata import parse_requirements
+
+    (tmp_path / "requirements.txt").write_text(
+        "docopt==0.6.2 \\\n    --hash=sha256:49b3a825280bd66b3aa83585ef59c4a8c82f2c8a522dbe754a8bc8d08c85c491\n"
+        "pandas==3.1.1 --hash=sha256:00  # via mlflow\n-e ./pkg\n")
+    with pytest.raises(RequirementsError) as e:
+        parse_requirements(tmp_path / "requirements.txt")
+    assert e.value.where == "requirements.txt:4"  # the line number of the file, continuations counted
+    (tmp_path / "requirements.txt").write_text("docopt==0.6.2 \\\n    --hash=sha256:49b3\npandas==3.1.1\n")
+    assert parse_requirements(tmp_path / "requirements.txt").requirements == ["docopt==0.6.2", "pandas==3.1.1"]

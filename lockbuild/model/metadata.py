@@ -134,14 +134,34 @@ def parse_requirements(path: Path, *, root: Path | None = None, _seen: frozenset
                        _as_constraints=_as_constraints)
 
 
+def _logical_lines(lines: list[str]) -> list[tuple[int, str]]:
+    """(first line number, text) with pip's backslash continuations joined."""
+    out: list[tuple[int, str]] = []
+    pending: tuple[int, str] | None = None
+    for lineno, raw in enumerate(lines, 1):
+        if pending is not None:
+            raw = pending[1] + " " + raw.strip()
+            lineno = pending[0]
+            pending = None
+        if raw.rstrip().endswith("\\"):
+            pending = (lineno, raw.rstrip()[:-1])
+            continue
+        out.append((lineno, raw))
+    if pending is not None:
+        out.append(pending)
+    return out
+
+
 def parse_lines(lines: list[str], rel: str, *, base: Path, root: Path, _seen: frozenset[Path] = frozenset(),
                 _out: Requirements | None = None, _as_constraints: bool = False) -> Requirements:
     """The lines of one requirements file (``rel`` names it in messages; ``base`` resolves its paths)."""
     out = _out if _out is not None else Requirements([], [], "", [], [])
     assert out.extra_index_urls is not None and out.bundled_wheels is not None
-    for lineno, raw in enumerate(lines, 1):
+    for lineno, raw in _logical_lines(lines):
         where = f"{rel}:{lineno}"
         line = re.sub(r"(^|\s)#.*$", "", raw).strip()
+        # pip's per-requirement hash options: lockbuild pins by its own resolution, uv checks hashes
+        line = re.sub(r"\s+--hash[=\s]\s*\S+", "", line).strip()
         if not line:
             continue
         if m := re.match(r"^(-r|--requirement|-c|--constraint)\s*=?\s*(\S.*)$", line):
