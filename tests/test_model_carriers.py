@@ -233,3 +233,15 @@ def test_hash_options_and_continuations_as_pip_writes_them(tmp_path: Path) -> No
     assert e.value.where == "requirements.txt:4"  # the line number of the file, continuations counted
     (tmp_path / "requirements.txt").write_text("docopt==0.6.2 \\\n    --hash=sha256:49b3\npandas==3.1.1\n")
     assert parse_requirements(tmp_path / "requirements.txt").requirements == ["docopt==0.6.2", "pandas==3.1.1"]
+
+
+def test_pylock_export_pins_a_built_package_by_its_sdist(carriers: dict[str, tuple[Path, object]],
+                                                         tmp_path: Path) -> None:
+    d, _ = carriers["constraints"]
+    r = finish(lockbuild_process("export", "pylock", "-o", str(tmp_path / "pylock.toml"), cwd=d))
+    assert r.code == 0, r.stderr
+    pylock = tomllib.loads((tmp_path / "pylock.toml").read_text())
+    docopt = next(p for p in pylock["packages"] if p["name"] == "docopt")
+    assert "wheels" not in docopt
+    assert docopt["sdist"]["hashes"]["sha256"] == "49b3a825280bd66b3aa83585ef59c4a8c82f2c8a522dbe754a8bc8d08c85c491"
+    assert all(w["url"].startswith("https://") for p in pylock["packages"] for w in p.get("wheels", []))
