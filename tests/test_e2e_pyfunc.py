@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -41,7 +42,8 @@ def _make_wheeled(dest: Path) -> Path:
 
 
 @pytest.fixture(scope="module", params=["pyfunc-sdist", "pyfunc-wheels"])
-def built(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, docker_engine: object) -> dict:
+def built(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+          docker_engine: object) -> Iterator[dict]:
     tmp = tmp_path_factory.mktemp("e2e-pyfunc")
     if request.param == "pyfunc-wheels":
         work = _make_wheeled(tmp)
@@ -50,7 +52,14 @@ def built(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     lock = json.loads(lockbuild("lock", "--json", cwd=work).stdout)
     image = json.loads(lockbuild("image", "--oci", "out/oci", "--docker-archive", "out/image.tar", "--json",
                                  cwd=work).stdout)
-    return {"name": request.param, "dir": work, "lock": lock, "image": image}
+    yield {"name": request.param, "dir": work, "lock": lock, "image": image}
+    if not os.environ.get("LOCKBUILD_KEEP_IMAGES"):  # smoke loads the image into the shared engine
+        import docker
+
+        client = docker_engine
+        assert isinstance(client, docker.DockerClient)
+        for img in client.images.list(name=f"lockbuild-example/{request.param}"):
+            client.images.remove(img.id, force=True)
 
 
 def _locked(built: dict) -> dict:

@@ -195,3 +195,18 @@ def test_the_build_has_no_network_and_no_host_site_packages(locked: tuple[list[W
         assert f"building {name} 1.0 from its sdist failed" in e.value.message, e.value.message
         assert ("URLError" in e.value.message or "Tunnel" in e.value.message or "refused" in e.value.message
                 if name == "netpkg" else "No module named 'httpx'" in e.value.message), e.value.message
+
+
+def test_a_target_python_the_host_lacks_fails_naming_package_and_interpreter(locked: tuple[list[Wheel], Cache],
+                                                                             tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+
+    found = shutil.which("python3.9")
+    if found and subprocess.run([found, "-V"], capture_output=True).returncode == 0:
+        pytest.skip("this host has a python3.9")
+    d = _docopt(locked[0])
+    with pytest.raises(SourceBuildError) as e:
+        ensure_built(d, locked[1].__class__(tmp_path / "c"), python="3.9.2")
+    assert e.value.message == ("building docopt 0.6.2 from its sdist for Python 3.9 needs a python3.9 interpreter "
+                               "on this host")

@@ -67,16 +67,19 @@ class MissingBuildRequires(SourceBuildError):
         self.requires = requires
 
 
-def find_interpreter(python: str) -> str:
+def find_interpreter(python: str, label: str = "a source-only dependency") -> str:
     """A host interpreter of the target's minor version (pure-Python wheels only depend on that)."""
     minor = ".".join(python.split(".")[:2])
     if f"{sys.version_info.major}.{sys.version_info.minor}" == minor:
         return sys.executable
     found = shutil.which(f"python{minor}")
-    if found:
-        return found
+    if found:  # a shim (pyenv) may exist without the version behind it: ask the interpreter itself
+        probe = subprocess.run([found, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                               capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+        if probe.returncode == 0 and probe.stdout.strip() == minor:
+            return found
     raise SourceBuildError(
-        f"building a source-only dependency for Python {minor} needs a python{minor} interpreter on this host",
+        f"building {label} from its sdist for Python {minor} needs a python{minor} interpreter on this host",
         hint=f"install python{minor} (or run lockbuild under Python {minor}), or pin a version that publishes "
         "a wheel",
     )
@@ -225,7 +228,7 @@ def build_wheel(*, name: str, version: str, sdist: Path, build_env: list[tuple[W
     from packaging.utils import canonicalize_name, parse_wheel_filename
 
     label = f"{name} {version}"
-    interp = find_interpreter(python)
+    interp = find_interpreter(python, label)
     workdir.mkdir(parents=True, exist_ok=True)
     _requires, _backend, backend_path = read_build_system(sdist)
     (workdir / "src").mkdir()
