@@ -55,6 +55,13 @@ class TrackingServerError(ModelError):
     kind = "tracking-server"
 
 
+class RequirementsError(ModelError):
+    """A requirement line lockbuild cannot pin: -e, VCS/URL, a path or include outside the model."""
+
+    exit_code = 21
+    kind = "requirements"
+
+
 class ResolveError(LockbuildError):
     """Python or Debian resolution failed (no wheel, conflict, unsatisfiable)."""
 
@@ -126,3 +133,10 @@ class EngineUnavailable(LockbuildError):
 
     exit_code = 16
     kind = "engine"
+
+
+class SourceBuildError(ResolveError):
+    """A source-only dependency (sdist) cannot be built into a wheel hermetically."""
+
+    exit_code = 22
+    kind = "source-build"

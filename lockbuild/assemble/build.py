@@ -25,6 +25,7 @@ from lockbuild.fetch.cache import Cache
 from lockbuild.fetch.debs import deb_items
 from lockbuild.fetch.download import Item, fetch_all
 from lockbuild.fetch.model import fetch_model_files
+from lockbuild.fetch.sdist import ensure_built
 from lockbuild.lock.model import Lock
 from lockbuild.oci.image import Image, ImageSpec, build_image
 from lockbuild.oci.tar import Layer, cached_layer, remember_layer, write_layer
@@ -103,7 +104,7 @@ def build(lock: Lock, lock_bytes: bytes, cache: Cache, *, lock_dir: Path, jobs: 
 
     blobs = _fetch_inputs(lock, todo, cache, jobs=jobs, report=report, lock_dir=lock_dir)
     if any(p.kind == "python" for p in todo):
-        _check_conflicts(lock, cache, blobs)
+        _check_conflicts(lock, cache, blobs, lock_dir=lock_dir)
     done.update(_build_layers(todo, lock, lock_bytes, cache, blobs, mtime=mtime, report=report))
 
     labels = labels_for(lock, lock_digest)
@@ -149,7 +150,8 @@ def _fetch_inputs(lock: Lock, todo: list[LayerPlan], cache: Cache, *, jobs: int,
         items += deb_items(lock.debian)
     for p in todo:
         for w in p.wheels:
-            items.append(Item(urls=(w.url,), sha256=w.sha256, size=w.size, label=w.filename))
+            if not w.source:  # built (sdist) and bundled (model) wheels come from elsewhere, below
+                items.append(Item(urls=(w.url,), sha256=w.sha256, size=w.size, label=w.filename))
     blobs: dict[str, Path] = {}
     if items:
         total = sum(i.size or 0 for i in items)
@@ -157,9 +159,26 @@ def _fetch_inputs(lock: Lock, todo: list[LayerPlan], cache: Cache, *, jobs: int,
         blobs.update(fetch_all(cache, items, jobs=jobs,
                                on_progress=lambda done, tot: report("fetch-progress", {"done": done, "total": tot})))
         report("fetch-done", {"items": len(items)})
-    if "model" in kinds:
+    wheels = [w for p in todo for w in p.wheels]
+    if "model" in kinds or any(w.source == "model" for w in wheels):
         blobs.update(fetch_model_files(lock.model, cache, lock_dir=lock_dir))
+    for w in wheels:
+        if w.source == "sdist":
+            report("sdist-build", {"name": w.name, "version": w.version})
+            blobs[w.sha256] = ensure_built(w, cache, python=lock.target.python, jobs=jobs)
     return blobs
+
+
+def wheel_blob(lock: Lock, w, cache: Cache, *, lock_dir: Path) -> Path:  # type: ignore[no-untyped-def]
+    """One locked wheel's verified bytes, wherever the lock says they come from."""
+    if w.source == "sdist":
+        return ensure_built(w, cache, python=lock.target.python)
+    if w.source == "model":
+        return fetch_model_files(lock.model, cache, lock_dir=lock_dir)[w.sha256]
+    path = cache.get(w.sha256, w.size)
+    if path is None:
+        path = fetch_all(cache, [Item(urls=(w.url,), sha256=w.sha256, size=w.size, label=w.filename)])[w.sha256]
+    return path
 
 
 def _wheel_listing(lock: Lock, cache: Cache, w, path: Path) -> list[str]:  # type: ignore[no-untyped-def]
@@ -171,13 +190,10 @@ def _wheel_listing(lock: Lock, cache: Cache, w, path: Path) -> list[str]:  # typ
     return paths
 
 
-def _check_conflicts(lock: Lock, cache: Cache, blobs: dict[str, Path]) -> None:
+def _check_conflicts(lock: Lock, cache: Cache, blobs: dict[str, Path], *, lock_dir: Path) -> None:
     listings = []
     for w in lock.python.packages:
-        path = blobs.get(w.sha256) or cache.get(w.sha256, w.size)
-        if path is None:
-            fetched = fetch_all(cache, [Item(urls=(w.url,), sha256=w.sha256, size=w.size, label=w.filename)])
-            path = fetched[w.sha256]
+        path = blobs.get(w.sha256) or wheel_blob(lock, w, cache, lock_dir=lock_dir)
         listings.append((w, _wheel_listing(lock, cache, w, path)))
     conflicts = wheel_install.find_conflicts(listings)
     if conflicts:

@@ -67,7 +67,19 @@ def deb_resources(lock: Lock) -> list[dict[str, Any]]:
 
 
 def wheel_resources(lock: Lock) -> list[dict[str, Any]]:
-    return [_resource(w.filename, w.sha256, w.url) for w in lock.python.packages]
+    """Index wheels by URL; a wheel built from an sdist by the sdist (and its build requirements); a wheel
+    bundled in the model by its model path."""
+    out = []
+    for w in lock.python.packages:
+        if w.source == "sdist" and w.sdist is not None:
+            out.append(_resource(w.filename, w.sha256, w.sdist.url, sdist=w.sdist.filename,
+                                 sdist_sha256=w.sdist.sha256))
+            out += [_resource(b.filename, b.sha256, b.url, build_requirement_of=w.name) for b in w.build_requires]
+        elif w.source == "model":
+            out.append(_resource(w.filename, w.sha256, model_file_uri(lock.model, w.path) or w.path))
+        else:
+            out.append(_resource(w.filename, w.sha256, w.url))
+    return out
 
 
 def model_file_uri(model: ModelLock, path: str) -> str | None:

@@ -150,9 +150,12 @@ def wheel_component(w: Wheel, licenses: list[str] | None) -> Component:
     purl = wheel_purl(w)
     return Component(
         type=ComponentType.LIBRARY, name=w.name, version=w.version, bom_ref=purl.to_string(), purl=purl,
-        hashes=[_sha256(w.sha256)], external_references=_distribution([w.url]),
+        hashes=[_sha256(w.sha256)],
+        external_references=_distribution([u for u in (w.url or (w.sdist.url if w.sdist else ""),) if u]),
         licenses=cdx_licenses(licenses) if licenses else None,
-        properties=_props([("wheel:filename", w.filename)]),
+        properties=_props([("wheel:filename", w.filename), ("wheel:source", w.source),
+                           ("wheel:sdist-sha256", w.sdist.sha256 if w.sdist else ""),
+                           ("wheel:model-path", w.path)]),
     )
 
 

@@ -33,9 +33,18 @@ class Item:
     label: str = ""
 
 
+def netrc_path() -> Path | None:
+    """Index credentials live in netrc (``$NETRC`` or ~/.netrc), never in the lock: the lock, the image,
+    the pylock export and provenance carry URLs without userinfo."""
+    path = Path(os.environ.get("NETRC") or Path.home() / ".netrc")
+    return path if path.is_file() else None
+
+
 def client() -> httpx.Client:
+    netrc = netrc_path()
     return httpx.Client(
-        headers={"User-Agent": USER_AGENT}, timeout=TIMEOUT, follow_redirects=True, http2=False
+        headers={"User-Agent": USER_AGENT}, timeout=TIMEOUT, follow_redirects=True, http2=False,
+        auth=httpx.NetRCAuth(str(netrc)) if netrc else None,
     )
 
 

@@ -26,6 +26,7 @@ from lockbuild.model.metadata import ModelInfo, keras_major, read_model
 from lockbuild.progress import Notify
 from lockbuild.resolve import debian, runtime
 from lockbuild.resolve.python import (
+    BundledWheel,
     PythonTarget,
     model_requirements,
     resolve_python,
@@ -115,7 +116,8 @@ def _make_lock(spec: Spec, source: ModelSource, info: ModelInfo, *, previous: Lo
     notes: list[str] = []
 
     minor = python_minor(spec, info)
-    choice = runtime.choose_suite(minor)
+    choice = runtime.choose_suite(minor, spec_file=spec.path.name if spec.python else None,
+                                  logged=info.python_version)
     codename = spec.base.split(":", 1)[1] if spec.base else choice.codename
     arch = runtime.debian_arch(spec.platform)
     roots = tuple(sorted(set(debian.default_roots(choice.interpreter_package)) | set(spec.debian_packages)))
@@ -133,7 +135,11 @@ def _make_lock(spec: Spec, source: ModelSource, info: ModelInfo, *, previous: Lo
     python_exact = runtime.python_version_from_deb(interp.version)
     glibc = runtime.glibc_from_deb(by_name["libc6"].version)
     wheel_platform = runtime.wheel_platform(glibc, arch)
-    if info.python_version and info.python_version != python_exact:
+    logged_minor = ".".join(info.python_version.split(".")[:2])
+    if spec.python and logged_minor and spec.python != logged_minor:
+        notes.append(f"the spec's [target] python = \"{spec.python}\" ({spec.path.name}) overrides the Python "
+                     f"the model logged ({info.python_version}): the image runs {python_exact}")
+    elif info.python_version and info.python_version != python_exact:
         notes.append(f"the model logged Python {info.python_version}; the image runs {python_exact} "
                      f"({choice.interpreter_package} {interp.version}): same minor, different patch")
 
@@ -149,14 +155,23 @@ def _make_lock(spec: Spec, source: ModelSource, info: ModelInfo, *, previous: Lo
             + runtime_requirements(spec.serving, mlflow_version) + list(spec.requirements))
     notify(f"resolving Python {python_exact} for {wheel_platform} with uv")
     py_target = PythonTarget(python=python_exact, wheel_platform=wheel_platform)
-    wheels = resolve_python(reqs, list(info.constraints), target=py_target, index_url=spec.index_url,
-                            exclude_newer=exclude_newer)
+    index_url = spec.index_url
+    if "index-url" not in (spec.raw.get("python") or {}) and info.index_url:
+        index_url = info.index_url  # the model's --index-url line, when the spec does not choose one
+        notify(f"index {index_url} (from the model's requirements)")
+    files = {p: (size, sha) for p, size, sha in info.files}
+    bundled = tuple(BundledWheel(path=p, local=source.path / p, size=files[p][0], sha256=files[p][1])
+                    for p in info.bundled_wheels)
+    created = created_time(exclude_newer, deb_lock)
+    epoch = int(datetime.fromisoformat(created.replace("Z", "+00:00")).timestamp())
+    resolve_kw = dict(target=py_target, index_url=index_url, exclude_newer=exclude_newer,
+                      extra_index_urls=info.extra_index_urls, bundled=bundled, cache=cache, epoch=epoch, notify=notify)
+    wheels = resolve_python(reqs, list(info.constraints), **resolve_kw)  # type: ignore[arg-type]
     server = serving_server(wheels)
     if server is None:  # an older MLflow 2 whose scoring server is a Flask app
         reqs = (model_requirements(info.requirements, serving=spec.serving, exclude=spec.exclude)
                 + runtime_requirements(spec.serving, mlflow_version, flask=True) + list(spec.requirements))
-        wheels = resolve_python(reqs, list(info.constraints), target=py_target, index_url=spec.index_url,
-                                exclude_newer=exclude_newer)
+        wheels = resolve_python(reqs, list(info.constraints), **resolve_kw)  # type: ignore[arg-type]
         server = serving_server(wheels) or "gunicorn"
     omit = {canonicalize_name(n) for n in spec.omit}
     unknown = sorted(omit - {w.name for w in wheels})
@@ -170,7 +185,7 @@ def _make_lock(spec: Spec, source: ModelSource, info: ModelInfo, *, previous: Lo
         tool_version=__version__,
         inputs_digest=digest,
         inputs=tuple(sorted(inputs.items())),
-        created=created_time(exclude_newer, deb_lock),
+        created=created,
         image_name=spec.image_name,
         labels=spec.labels,
         target=Target(
@@ -191,8 +206,9 @@ def _make_lock(spec: Spec, source: ModelSource, info: ModelInfo, *, previous: Lo
             port=spec.port, workers=spec.workers, user=NONROOT_UID,
             env=tuple(sorted(runtime_env(spec, info, versions).items())),
         ),
-        python=PythonLock(exclude_newer=exclude_newer, index_url=spec.index_url, requirements=tuple(reqs),
-                          packages=tuple(wheels), omitted=tuple(sorted(omit))),
+        python=PythonLock(exclude_newer=exclude_newer, index_url=index_url, requirements=tuple(reqs),
+                          packages=tuple(wheels), omitted=tuple(sorted(omit)),
+                          extra_index_urls=info.extra_index_urls, constraints=info.constraints),
         debian=deb_lock,
     )
     return LockResult(lock, reused=False, notes=notes)

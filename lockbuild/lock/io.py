@@ -27,6 +27,7 @@ from lockbuild.lock.model import (
     ModelLock,
     PythonLock,
     Runtime,
+    Sdist,
     Suite,
     Target,
     Wheel,
@@ -72,11 +73,9 @@ def to_dict(lock: Lock) -> dict[str, Any]:
             "exclude-newer": p.exclude_newer, "index-url": p.index_url,
             "requirements": list(p.requirements),
             "omitted": list(p.omitted),
-            "packages": [
-                {"name": w.name, "version": w.version, "filename": w.filename, "url": w.url,
-                 "size": w.size, "sha256": w.sha256}
-                for w in sorted(p.packages, key=lambda w: w.name)
-            ],
+            **({"extra-index-urls": list(p.extra_index_urls)} if p.extra_index_urls else {}),
+            **({"constraints": list(p.constraints)} if p.constraints else {}),
+            "packages": [wheel_to_dict(w) for w in sorted(p.packages, key=lambda w: w.name)],
         },
         "debian": {
             "roots": list(d.roots),
@@ -92,6 +91,36 @@ def to_dict(lock: Lock) -> dict[str, Any]:
             ],
         },
     }
+
+
+def wheel_to_dict(w: Wheel) -> dict[str, Any]:
+    """One [[python.packages]] row; the fields of built / bundled wheels only when set, so locks of
+    index-only environments are unchanged."""
+    row: dict[str, Any] = {"name": w.name, "version": w.version, "filename": w.filename, "url": w.url,
+                           "size": w.size, "sha256": w.sha256}
+    if w.source:
+        row["source"] = w.source
+    if w.path:
+        row["path"] = w.path
+    if w.sdist is not None:
+        row["source-date-epoch"] = w.source_date_epoch
+        row["build-backend"] = w.build_backend
+        row["sdist"] = {"filename": w.sdist.filename, "url": w.sdist.url, "size": w.sdist.size,
+                        "sha256": w.sdist.sha256}
+        row["build-requires"] = [wheel_to_dict(b) for b in sorted(w.build_requires, key=lambda b: b.name)]
+    return row
+
+
+def wheel_from_dict(row: dict[str, Any]) -> Wheel:
+    sd = row.get("sdist")
+    return Wheel(
+        name=row["name"], version=row["version"], filename=row["filename"], url=row["url"], size=row["size"],
+        sha256=row["sha256"], source=row.get("source", ""), path=row.get("path", ""),
+        sdist=Sdist(sd["filename"], sd["url"], sd["size"], sd["sha256"]) if sd else None,
+        build_backend=row.get("build-backend", ""),
+        build_requires=tuple(wheel_from_dict(b) for b in row.get("build-requires", ())),
+        source_date_epoch=row.get("source-date-epoch", 0),
+    )
 
 
 def _inline_rows(rows: list[dict[str, Any]]) -> tomlkit.items.Array:
@@ -246,7 +275,9 @@ def from_dict(data: dict[str, Any]) -> Lock:
         python=PythonLock(
             exclude_newer=p["exclude-newer"], index_url=p["index-url"], requirements=tuple(p["requirements"]),
             omitted=tuple(p.get("omitted", ())),
-            packages=tuple(Wheel(**{k.replace("-", "_"): v for k, v in w.items()}) for w in p["packages"]),
+            extra_index_urls=tuple(p.get("extra-index-urls", ())),
+            constraints=tuple(p.get("constraints", ())),
+            packages=tuple(wheel_from_dict(w) for w in p["packages"]),
         ),
         debian=DebianLock(
             roots=tuple(d["roots"]),

@@ -8,8 +8,23 @@ LOCK_VERSION = 1
 
 
 @dataclass(frozen=True)
+class Sdist:
+    """A source distribution on the index, pinned by sha256 (for a package published only as an sdist)."""
+
+    filename: str
+    url: str
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
 class Wheel:
-    """One Python distribution, pinned to the single wheel for the target."""
+    """One Python distribution, pinned to the single wheel for the target.
+
+    ``source`` says where the wheel's bytes come from: "" the index (``url``); "sdist" built by
+    lockbuild from ``sdist`` in an isolated env of the locked ``build_requires`` (normalised, so the
+    sha256 is reproducible); "model" a wheel bundled in the model at ``path``
+    (mlflow.models.add_libraries_to_model)."""
 
     name: str  # normalized (PEP 503)
     version: str
@@ -17,6 +32,12 @@ class Wheel:
     url: str
     size: int
     sha256: str
+    source: str = ""
+    path: str = ""  # source == "model": the wheel's path inside the model
+    sdist: Sdist | None = None  # source == "sdist"
+    build_backend: str = ""  # source == "sdist": PEP 517 backend, e.g. setuptools.build_meta:__legacy__
+    build_requires: tuple[Wheel, ...] = ()  # source == "sdist": the locked isolated build env
+    source_date_epoch: int = 0  # source == "sdist": SOURCE_DATE_EPOCH of the build
 
 
 @dataclass(frozen=True)
@@ -98,10 +119,12 @@ class Runtime:
 @dataclass(frozen=True)
 class PythonLock:
     exclude_newer: str  # RFC 3339, recorded so re-resolution is reproducible
-    index_url: str
+    index_url: str  # credentials never recorded (they come from netrc at fetch time)
     requirements: tuple[str, ...]  # the inputs given to the resolver
     packages: tuple[Wheel, ...] = ()
     omitted: tuple[str, ...] = ()  # resolved but deliberately left out ([python] omit)
+    extra_index_urls: tuple[str, ...] = ()  # the model's --extra-index-url lines, credentials stripped
+    constraints: tuple[str, ...] = ()  # the model's -c constraints given to the resolver
 
 
 @dataclass(frozen=True)

@@ -23,9 +23,21 @@ def to_pylock(lock: Lock) -> str:
         t = tomlkit.table()
         t.add("name", w.name)
         t.add("version", w.version)
-        t.add("index", lock.python.index_url)
+        if w.source == "sdist" and w.sdist is not None:
+            # built by lockbuild from this sdist; an installer builds it again (hash-checked sdist)
+            t.add("index", lock.python.index_url)
+            sd = tomlkit.inline_table()
+            sd.update({"name": w.sdist.filename, "url": w.sdist.url, "size": w.sdist.size,
+                       "hashes": {"sha256": w.sdist.sha256}})
+            t.add("sdist", sd)
+            pkgs.append(t)
+            continue
         wheel = tomlkit.inline_table()
-        wheel.update({"name": w.filename, "url": w.url, "size": w.size, "hashes": {"sha256": w.sha256}})
+        if w.source == "model":  # bundled in the model: the path is relative to the model directory
+            wheel.update({"name": w.filename, "path": w.path, "size": w.size, "hashes": {"sha256": w.sha256}})
+        else:
+            t.add("index", lock.python.index_url)
+            wheel.update({"name": w.filename, "url": w.url, "size": w.size, "hashes": {"sha256": w.sha256}})
         arr = tomlkit.array()
         arr.append(wheel)
         t.add("wheels", arr)

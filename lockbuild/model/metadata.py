@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from lockbuild.errors import ModelError
+from lockbuild.errors import ModelError, RequirementsError
 from lockbuild.fsutil import tree_digest, tree_files
 
 
@@ -28,6 +28,9 @@ class ModelInfo:
     files: tuple[tuple[str, int, str], ...]  # (path, size, sha256)
     tree_digest: str
     input_example: str | None  # relative path of serving_input_example.json if present
+    index_url: str = ""  # from a requirements file's --index-url, credentials stripped
+    extra_index_urls: tuple[str, ...] = ()  # --extra-index-url lines, credentials stripped
+    bundled_wheels: tuple[str, ...] = ()  # model-relative paths of wheels the requirements point at
 
 
 def keras_major(requirements: tuple[str, ...] | list[str], saved_format: str) -> int | None:
@@ -62,32 +65,157 @@ def _load_yaml(path: Path) -> Any:
         raise ModelError(f"cannot parse {path.name}: {e}", where=str(path)) from None
 
 
-def read_requirements(path: Path, _seen: frozenset[Path] = frozenset()) -> tuple[list[str], list[str]]:
+def strip_userinfo(url: str) -> str:
+    """The URL without ``user:password@``: credentials never reach the lock, the image or provenance."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host += f":{parts.port}"
+    return urlunsplit(parts._replace(netloc=host))
+
+
+@dataclass
+class Requirements:
+    """What a requirements file (with its -r/-c includes) says."""
+
+    requirements: list[str]
+    constraints: list[str]
+    index_url: str = ""
+    extra_index_urls: list[str] | None = None
+    bundled_wheels: list[str] | None = None  # model-relative wheel paths
+
+
+_URL_REQ = re.compile(r"^(git\+|hg\+|svn\+|bzr\+|https?://|file:|ftp://)", re.I)
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        path.relative_to(root)
+        return True
+    except ValueError:
+        return False
+
+
+def _bad(where: str, message: str, hint: str) -> RequirementsError:
+    return RequirementsError(message, where=where, hint=hint)
+
+
+def read_requirements(path: Path, _seen: frozenset[Path] = frozenset(), *,
+                      root: Path | None = None) -> tuple[list[str], list[str]]:
     """(requirements, constraints) from a pip requirements file, following -r and -c."""
-    reqs: list[str] = []
-    cons: list[str] = []
+    r = parse_requirements(path, root=root, _seen=_seen)
+    return r.requirements, r.constraints
+
+
+def parse_requirements(path: Path, *, root: Path | None = None, _seen: frozenset[Path] = frozenset(),
+                       _out: Requirements | None = None, _as_constraints: bool = False) -> Requirements:
+    """Parse a pip requirements file the way MLflow writes them (and users edit them).
+
+    ``root`` is the model directory: -r/-c includes and wheel paths must stay inside it. Lines
+    pip would accept but lockbuild cannot pin (-e, VCS, URLs, local paths outside the model)
+    are refused with the file and line, never dropped silently."""
+    path = path.resolve()
+    root = (root or path.parent).resolve()
+    out = _out if _out is not None else Requirements([], [], "", [], [])
     if path in _seen:
-        return reqs, cons
+        return out
+    rel = path.relative_to(root).as_posix() if _inside(path, root) else str(path)
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
         raise ModelError(f"{path.name} is referenced but missing", where=str(path)) from None
-    for raw in lines:
+    except (UnicodeDecodeError, IsADirectoryError) as e:
+        raise ModelError(f"{rel} cannot be read as a requirements file: {e}", where=str(path)) from None
+    return parse_lines(lines, rel, base=path.parent, root=root, _seen=_seen | {path}, _out=out,
+                       _as_constraints=_as_constraints)
+
+
+def _logical_lines(lines: list[str]) -> list[tuple[int, str]]:
+    """(first line number, text) with pip's backslash continuations joined."""
+    out: list[tuple[int, str]] = []
+    pending: tuple[int, str] | None = None
+    for lineno, raw in enumerate(lines, 1):
+        if pending is not None:
+            raw = pending[1] + " " + raw.strip()
+            lineno = pending[0]
+            pending = None
+        if raw.rstrip().endswith("\\"):
+            pending = (lineno, raw.rstrip()[:-1])
+            continue
+        out.append((lineno, raw))
+    if pending is not None:
+        out.append(pending)
+    return out
+
+
+def parse_lines(lines: list[str], rel: str, *, base: Path, root: Path, _seen: frozenset[Path] = frozenset(),
+                _out: Requirements | None = None, _as_constraints: bool = False) -> Requirements:
+    """The lines of one requirements file (``rel`` names it in messages; ``base`` resolves its paths)."""
+    out = _out if _out is not None else Requirements([], [], "", [], [])
+    assert out.extra_index_urls is not None and out.bundled_wheels is not None
+    for lineno, raw in _logical_lines(lines):
+        where = f"{rel}:{lineno}"
         line = re.sub(r"(^|\s)#.*$", "", raw).strip()
+        # pip's per-requirement hash options: lockbuild pins by its own resolution, uv checks hashes
+        line = re.sub(r"\s+--hash[=\s]\s*\S+", "", line).strip()
         if not line:
             continue
-        if m := re.match(r"^(-r|--requirement)\s*=?\s*(.+)$", line):
-            r, c = read_requirements((path.parent / m.group(2)).resolve(), _seen | {path})
-            reqs += r
-            cons += c
-        elif m := re.match(r"^(-c|--constraint)\s*=?\s*(.+)$", line):
-            r, c = read_requirements((path.parent / m.group(2)).resolve(), _seen | {path})
-            cons += r + c
-        elif line.startswith("-"):
-            continue  # index options etc.: the spec's [python] index-url governs
-        else:
-            reqs.append(line)
-    return reqs, cons
+        if m := re.match(r"^(-r|--requirement|-c|--constraint)\s*=?\s*(\S.*)$", line):
+            include = (base / m.group(2).strip()).resolve()
+            if not _inside(include, root):
+                raise _bad(where, f"`{line}` includes {include}, which is outside the model directory",
+                           "copy that file into the model (next to requirements.txt) and refer to it by a "
+                           "relative path, or list its requirements in [python] requirements in lockbuild.toml")
+            constraint = m.group(1) in ("-c", "--constraint")
+            parse_requirements(include, root=root, _seen=_seen, _out=out,
+                               _as_constraints=_as_constraints or constraint)
+            continue
+        if m := re.match(r"^(-i|--index-url|--extra-index-url)(?:\s+|\s*=\s*)(\S+)$", line):
+            url = strip_userinfo(m.group(2))
+            if m.group(1) == "--extra-index-url":
+                if url not in out.extra_index_urls:
+                    out.extra_index_urls.append(url)
+            else:
+                out.index_url = url
+            continue
+        if re.match(r"^(-e|--editable)\b", line):
+            raise _bad(where, f"editable requirement `{line}` cannot be locked",
+                       "log the model with a released version (name==X) or build a wheel and bundle it with "
+                       "mlflow.models.add_libraries_to_model")
+        if line.startswith("-"):
+            continue  # other pip options (--prefer-binary, --trusted-host, ...): resolution is lockbuild's
+        target = line.split("@", 1)[1].strip() if re.match(r"^[A-Za-z0-9._-]+(\[[^\]]*\])?\s*@", line) else line
+        if _URL_REQ.match(target):
+            raise _bad(where, f"`{line}` is a VCS/URL requirement, which cannot be pinned by sha256",
+                       "log the model with a released version (name==X), or build a wheel and bundle it with "
+                       "mlflow.models.add_libraries_to_model")
+        if target.endswith(".whl") or "/" in target or target.startswith("."):
+            local = (base / target).resolve()
+            if not _inside(local, root):
+                raise _bad(where, f"`{line}` points at {local}, outside the model directory",
+                           "bundle the wheel into the model (mlflow.models.add_libraries_to_model) or pin a "
+                           "released version")
+            if not (target.endswith(".whl") and local.is_file()):
+                raise _bad(where, f"`{line}` is a local path, not a wheel file in the model",
+                           "build a wheel and bundle it with mlflow.models.add_libraries_to_model, or pin a "
+                           "released version")
+            wrel = local.relative_to(root).as_posix()
+            if wrel not in out.bundled_wheels:
+                out.bundled_wheels.append(wrel)
+            continue
+        from packaging.requirements import InvalidRequirement, Requirement
+
+        try:
+            Requirement(line)
+        except InvalidRequirement as e:
+            raise _bad(where, f"`{line}` is not a valid requirement: {str(e).splitlines()[0]}",
+                       "fix the line, or drop it and list the package in [python] requirements") from None
+        (out.constraints if _as_constraints else out.requirements).append(line)
+    return out
 
 
 def _python_from_conda(conda: Any) -> tuple[str, list[str]]:
@@ -121,11 +249,13 @@ def read_model(path: Path) -> ModelInfo:
     cons: list[str] = []
     python_version = ""
     env_source = ""
+    parsed = Requirements([], [], "", [], [])
     if (path / "requirements.txt").is_file():
-        reqs, cons = read_requirements(path / "requirements.txt")
+        parsed = parse_requirements(path / "requirements.txt", root=path)
+        reqs, cons = parsed.requirements, parsed.constraints
         env_source = "requirements.txt"
     if (path / "constraints.txt").is_file() and not cons:
-        cons = read_requirements(path / "constraints.txt")[0]
+        cons = parse_requirements(path / "constraints.txt", root=path).requirements
     virtualenv = env_files.get("virtualenv")
     if virtualenv and (path / virtualenv).is_file():
         pe = _load_yaml(path / virtualenv) or {}
@@ -135,7 +265,10 @@ def read_model(path: Path) -> ModelInfo:
         conda_py, conda_pip = _python_from_conda(_load_yaml(path / conda_file))
         python_version = python_version or conda_py
         if not env_source and conda_pip:
-            reqs = [r for r in conda_pip if not r.startswith("-")]
+            # pip lines nested in conda.yaml (older MLflow): the same rules as requirements.txt
+            parsed = parse_lines(conda_pip, f"{conda_file} (dependencies: pip: item)", base=path,
+                                 root=path.resolve())
+            reqs, cons = parsed.requirements, parsed.constraints
             env_source = conda_file
     python_version = python_version or str(pyfunc.get("python_version", "") or "")
     if not env_source:
@@ -160,6 +293,7 @@ def read_model(path: Path) -> ModelInfo:
         saved_format = "savedmodel"
 
     files = tuple(tree_files(path))
+    assert parsed.extra_index_urls is not None and parsed.bundled_wheels is not None
     example = pyfunc.get("serving_input_example") or None
     if example is None and (path / "serving_input_example.json").is_file():
         example = "serving_input_example.json"
@@ -176,4 +310,7 @@ def read_model(path: Path) -> ModelInfo:
         files=files,
         tree_digest=tree_digest(list(files)),
         input_example=example,
+        index_url=parsed.index_url,
+        extra_index_urls=tuple(parsed.extra_index_urls),
+        bundled_wheels=tuple(parsed.bundled_wheels),
     )

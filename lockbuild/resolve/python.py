@@ -12,8 +12,10 @@ import os
 import re
 import subprocess
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import tomlkit
 from packaging.requirements import InvalidRequirement, Requirement
@@ -22,7 +24,8 @@ from packaging.utils import canonicalize_name, parse_wheel_filename
 from packaging.version import Version
 
 from lockbuild.errors import ResolveError
-from lockbuild.lock.model import Wheel
+from lockbuild.lock.model import Sdist, Wheel
+from lockbuild.model.metadata import strip_userinfo
 
 # Names that all write site-packages/mlflow/: the serving runtime must be exactly one of them.
 MLFLOW_DISTS = {"mlflow", "mlflow-skinny", "mlflow-tracing"}
@@ -115,10 +118,8 @@ def target_tags(t: PythonTarget) -> list[Tag]:
 
 
 def wheel_filename(w: dict) -> str:
-    """PEP 751 makes a wheel's `name` optional: it is then the URL's last path segment."""
-    from urllib.parse import unquote, urlsplit
-
-    return str(w.get("name") or unquote(urlsplit(w["url"]).path.rsplit("/", 1)[-1]))
+    """PEP 751 makes a wheel's `name` optional: it is then the URL's (or path's) last segment."""
+    return str(w.get("name") or unquote(urlsplit(w.get("url") or w.get("path") or "").path.rsplit("/", 1)[-1]))
 
 
 def pick_wheel(wheels: list[dict], tags: list[Tag]) -> dict | None:
@@ -133,19 +134,28 @@ def pick_wheel(wheels: list[dict], tags: list[Tag]) -> dict | None:
 
 
 def uv_compile(requirements: list[str], constraints: list[str], *, target: PythonTarget, index_url: str,
-               exclude_newer: str, workdir: Path) -> str:
-    """Run uv; return the pylock.toml text. uv's own explanation becomes the error message."""
+               exclude_newer: str, workdir: Path, extra_index_urls: tuple[str, ...] = (),
+               find_links: tuple[str, ...] = (), only_binary: bool = True, no_binary: tuple[str, ...] = ()) -> str:
+    """Run uv; return the pylock.toml text. uv's own explanation becomes the error message.
+
+    Wheels only (``only_binary``), except the packages in ``no_binary``: those have no wheel for the
+    target and are built from their sdist (lockbuild.fetch.sdist). Index credentials are never on
+    the command line: uv reads them from netrc."""
     req_in = workdir / "requirements.in"
     req_in.write_text("\n".join(requirements) + "\n")
     out = workdir / "pylock.toml"
+    out.unlink(missing_ok=True)
     cmd = [
         uv_bin(), "pip", "compile", str(req_in),
         "--python-platform", target.wheel_platform,
         "--python-version", target.python,
-        "--only-binary", ":all:",
+        *(["--only-binary", ":all:"] if only_binary else []),
+        *[a for name in no_binary for a in ("--no-binary", name)],
         "--generate-hashes",
         "--exclude-newer", exclude_newer,
         "--index-url", index_url,
+        *[a for url in extra_index_urls for a in ("--extra-index-url", url)],
+        *[a for d in find_links for a in ("--find-links", d)],
         "--format", "pylock.toml",
         "--no-header", "--quiet",
         "--output-file", str(out),
@@ -170,12 +180,48 @@ def uv_compile(requirements: list[str], constraints: list[str], *, target: Pytho
     return out.read_text()
 
 
-def parse_pylock(text: str, tags: list[Tag], platform: str) -> list[Wheel]:
+@dataclass(frozen=True)
+class SdistPin:
+    """A package the target has no wheel for: its sdist, to be built at lock time."""
+
+    name: str
+    version: str
+    sdist: Sdist
+
+
+def source_only(text: str, tags: list[Tag]) -> list[str]:
+    """Names in a pylock (resolved with sdists allowed) that have an sdist but no wheel for the target."""
+    doc = tomlkit.parse(text).unwrap()
+    return sorted(canonicalize_name(p["name"]) for p in doc.get("packages", [])
+                  if p.get("sdist") and pick_wheel(p.get("wheels") or [], tags) is None)
+
+
+def parse_pylock(text: str, tags: list[Tag], platform: str, *,
+                 sdist_ok: frozenset[str] = frozenset(),
+                 bundled: frozenset[str] = frozenset()) -> tuple[list[Wheel], list[SdistPin]]:
+    """Wheels (and sdists of ``sdist_ok`` packages) from uv's pylock; ``bundled`` names come from the
+    model's own files instead (uv saw them through --find-links)."""
     doc = tomlkit.parse(text).unwrap()
     wheels: list[Wheel] = []
+    sdists: list[SdistPin] = []
     for pkg in doc.get("packages", []):
         name = canonicalize_name(pkg["name"])
-        candidates = pkg.get("wheels") or []
+        if name in bundled:
+            continue
+        # index wheels only: a local file uv saw through --find-links (the model's wheels/) is used
+        # only for a bundled name, never recorded as a file:// URL of this machine
+        candidates = [c for c in pkg.get("wheels") or []
+                      if c.get("url") and not str(c["url"]).startswith("file:") and not c.get("path")]
+        sd = pkg.get("sdist")
+        if name in sdist_ok and sd and pick_wheel(candidates, tags) is None:
+            sha = (sd.get("hashes") or {}).get("sha256")
+            if not sha or "size" not in sd or not sd.get("url"):
+                raise ResolveError(f"uv returned no url/sha256/size for the sdist of {name}")
+            url = strip_userinfo(str(sd["url"]))
+            sdists.append(SdistPin(name, str(pkg["version"]), Sdist(
+                filename=unquote(urlsplit(url).path.rsplit("/", 1)[-1]), url=url, size=int(sd["size"]),
+                sha256=sha)))
+            continue
         if not candidates:
             raise ResolveError(
                 f"{name} {pkg.get('version')} has no wheel (only an sdist) for {platform}",
@@ -191,23 +237,97 @@ def parse_pylock(text: str, tags: list[Tag], platform: str) -> list[Wheel]:
         sha = (w.get("hashes") or {}).get("sha256")
         if not sha or "size" not in w:
             raise ResolveError(f"uv returned no sha256/size for {wheel_filename(w)}")
-        wheels.append(Wheel(name=name, version=str(pkg["version"]), filename=wheel_filename(w), url=w["url"],
-                            size=int(w["size"]), sha256=sha))
-    return sorted(wheels, key=lambda w: w.name)
+        wheels.append(Wheel(name=name, version=str(pkg["version"]), filename=wheel_filename(w),
+                            url=strip_userinfo(str(w.get("url") or "")), size=int(w["size"]), sha256=sha))
+    return sorted(wheels, key=lambda w: w.name), sorted(sdists, key=lambda s: s.name)
 
 
 def _platforms(filename: str) -> set[str]:
     return {t.platform for t in parse_wheel_filename(filename)[3]}
 
 
+@dataclass(frozen=True)
+class BundledWheel:
+    """A wheel shipped inside the model (mlflow.models.add_libraries_to_model), already hashed."""
+
+    path: str  # relative to the model root
+    local: Path  # where it is on disk now
+    size: int
+    sha256: str
+
+
+def bundled_wheel_pins(bundled: tuple[BundledWheel, ...], tags: list[Tag], platform: str) -> list[Wheel]:
+    out = []
+    for b in bundled:
+        filename = b.path.rsplit("/", 1)[-1]
+        try:
+            name, version, _build, wtags = parse_wheel_filename(filename)
+        except Exception as e:
+            raise ResolveError(f"the model's bundled wheel {b.path} has an invalid file name: {e}") from None
+        if not set(wtags) & set(tags):
+            raise ResolveError(
+                f"the model's bundled wheel {b.path} does not install on {platform} "
+                f"(tags {', '.join(sorted(str(t) for t in wtags))})",
+                hint="bundle the libraries on a machine matching the target (add_libraries_to_model), or "
+                "drop the wheel line from requirements.txt and pin the package in [python] requirements",
+            )
+        if canonicalize_name(name) in MLFLOW_DISTS:
+            continue  # like an mlflow* requirement line: the runtime pins the serving distribution
+        out.append(Wheel(name=canonicalize_name(name), version=str(version), filename=filename, url="",
+                         size=b.size, sha256=b.sha256, source="model", path=b.path))
+    return out
+
+
+Notify = Callable[[str], None]
+
+
 def resolve_python(requirements: list[str], constraints: list[str], *, target: PythonTarget, index_url: str,
-                   exclude_newer: str) -> list[Wheel]:
+                   exclude_newer: str, extra_index_urls: tuple[str, ...] = (),
+                   bundled: tuple[BundledWheel, ...] = (), cache: object = None, epoch: int = 0,
+                   notify: Notify = lambda _m: None) -> list[Wheel]:
+    """Resolve to one pinned wheel per distribution: from the index, from the model (bundled wheels,
+    pinned at their version so the rest resolves around them), or built from an sdist when the
+    target has no wheel at all (only then: everything else stays wheels-only)."""
+    tags = target_tags(target)
+    pins = bundled_wheel_pins(bundled, tags, target.wheel_platform)
+    reqs = list(requirements) + [f"{w.name}=={w.version}" for w in pins]
+    links = tuple(sorted({str(b.local.parent) for b in bundled}))
     with tempfile.TemporaryDirectory(prefix="lockbuild-uv-") as d:
-        text = uv_compile(requirements, constraints, target=target, index_url=index_url,
-                          exclude_newer=exclude_newer, workdir=Path(d))
-    wheels = parse_pylock(text, target_tags(target), target.wheel_platform)
-    check_single_mlflow(wheels)
-    return wheels
+
+        def compile_(only_binary: bool = True, no_binary: tuple[str, ...] = ()) -> str:
+            return uv_compile(reqs, constraints, target=target, index_url=index_url, exclude_newer=exclude_newer,
+                              workdir=Path(d), extra_index_urls=extra_index_urls, find_links=links,
+                              only_binary=only_binary, no_binary=no_binary)
+
+        sdist_ok: frozenset[str] = frozenset()
+        try:
+            text = compile_()
+        except ResolveError as strict:
+            try:
+                loose = compile_(only_binary=False)
+            except ResolveError:
+                raise strict from None
+            sdist_ok = frozenset(source_only(loose, tags)) - {w.name for w in pins}
+            if not sdist_ok:
+                raise strict from None
+            notify(f"no wheel for {target.wheel_platform}: {', '.join(sorted(sdist_ok))}; building from sdist")
+            text = compile_(no_binary=tuple(sorted(sdist_ok)))
+    wheels, sdists = parse_pylock(text, tags, target.wheel_platform, sdist_ok=sdist_ok,
+                                  bundled=frozenset(w.name for w in pins))
+    by_name = {w.name: w for w in wheels}
+    for w in pins:
+        by_name[w.name] = w  # the model's own bytes, whatever the index has under that version
+    if sdists:
+        from lockbuild.resolve.sdist import lock_source_build
+
+        for pin in sdists:
+            notify(f"building {pin.name} {pin.version} from {pin.sdist.filename}")
+            by_name[pin.name] = lock_source_build(pin, target=target, index_url=index_url,
+                                                  extra_index_urls=extra_index_urls, exclude_newer=exclude_newer,
+                                                  cache=cache, epoch=epoch)
+    result = sorted(by_name.values(), key=lambda w: w.name)
+    check_single_mlflow(result)
+    return result
 
 
 def check_single_mlflow(wheels: list[Wheel]) -> None:

@@ -39,12 +39,22 @@ def minor_of(version: str) -> str:
     return f"{int(m.group(1))}.{int(m.group(2))}"
 
 
-def choose_suite(python_minor: str) -> SuiteChoice:
-    """The Debian suite whose python3.X package provides this Python minor."""
+def choose_suite(python_minor: str, *, spec_file: str | None = None, logged: str = "") -> SuiteChoice:
+    """The Debian suite whose python3.X package provides this Python minor. ``spec_file`` is set when the
+    minor is the spec's ``[target] python`` (not what the model logged): the message must say so."""
     minor = minor_of(python_minor)
     codename = SUITES.get(minor)
     if codename is None:
         available = ", ".join(f"{v} ({c})" for v, c in SUITES.items())
+        if spec_file is not None:
+            raise PythonVersionError(
+                f'the spec\'s [target] python = "{python_minor}" ({spec_file}) is not one of Debian\'s own '
+                f"interpreters lockbuild builds on: {available}"
+                + (f"; the model itself logged Python {logged}" if logged else ""),
+                where=f"{spec_file} [target] python",
+                hint="set [target] python to one of " + ", ".join(SUITES)
+                + (" or remove it to use the model's logged Python" if logged else ""),
+            )
         raise PythonVersionError(
             f"the model was logged with Python {python_minor}, but lockbuild builds images only "
             f"on Debian's own interpreters: {available}",
