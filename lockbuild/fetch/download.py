@@ -7,6 +7,7 @@ returns verified cache paths, and never leaves a partial entry in the cache.
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
