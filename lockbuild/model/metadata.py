@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,12 +63,18 @@ def _load_yaml(path: Path) -> Any:
         raise ModelError(f"cannot parse {path.name}: {e}", where=str(path)) from None
 
 
-def read_requirements(path: Path, _seen: frozenset[Path] = frozenset()) -> tuple[list[str], list[str]]:
-    """(requirements, constraints) from a pip requirements file, following -r and -c."""
+def read_requirements(path: Path, _seen: frozenset[Path] = frozenset(),
+                      root: Path | None = None) -> tuple[list[str], list[str]]:
+    """(requirements, constraints) from a pip requirements file, following -r and -c
+    (never out of `root`, the model directory, when given)."""
     reqs: list[str] = []
     cons: list[str] = []
     if path in _seen:
         return reqs, cons
+    if root is not None and not path.resolve().is_relative_to(root.resolve()):
+        raise ModelError(f"{sorted(_seen)[-1].name if _seen else 'requirements'} includes {path}, outside the "
+                         "model directory", where=str(path),
+                         hint="lockbuild reads only the model directory: inline those requirements")
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
@@ -77,11 +84,11 @@ def read_requirements(path: Path, _seen: frozenset[Path] = frozenset()) -> tuple
         if not line:
             continue
         if m := re.match(r"^(-r|--requirement)\s*=?\s*(.+)$", line):
-            r, c = read_requirements((path.parent / m.group(2)).resolve(), _seen | {path})
+            r, c = read_requirements((path.parent / m.group(2)).resolve(), _seen | {path}, root)
             reqs += r
             cons += c
         elif m := re.match(r"^(-c|--constraint)\s*=?\s*(.+)$", line):
-            r, c = read_requirements((path.parent / m.group(2)).resolve(), _seen | {path})
+            r, c = read_requirements((path.parent / m.group(2)).resolve(), _seen | {path}, root)
             cons += r + c
         elif line.startswith("-"):
             continue  # index options etc.: the spec's [python] index-url governs
@@ -101,7 +108,46 @@ def _python_from_conda(conda: Any) -> tuple[str, list[str]]:
     return py, pip_reqs
 
 
+def check_symlinks(root: Path) -> None:
+    """Refuse symlinks that would make lockbuild read outside the model directory.
+
+    A file symlink whose target stays inside the model directory is read as the file it names
+    (the lock records its content; the image gets a regular file). A symlink out of the directory
+    (absolute or via ..), a dangling one, and every directory symlink are refused.
+    """
+    base = root.resolve()
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in sorted(dirnames) + sorted(filenames):
+            p = Path(dirpath, name)
+            if not p.is_symlink():
+                continue
+            rel = p.relative_to(root).as_posix()
+            target = os.readlink(p)
+            resolved = p.resolve()
+            if not resolved.is_relative_to(base):
+                raise ModelError(
+                    f"model file {rel} is a symlink to {target}, outside the model directory",
+                    where=str(p), hint="replace the link by a copy of the file inside the model directory "
+                    "(lockbuild never reads outside it)")
+            if resolved.is_dir():
+                raise ModelError(f"model directory {rel} is a symlink (to {target}); directory links are not "
+                                 "supported", where=str(p), hint="replace it by a real directory (a copy)")
+            if not resolved.is_file():
+                raise ModelError(f"model file {rel} is a dangling symlink (to {target})", where=str(p),
+                                 hint="remove the link or restore its target")
+
+
+def inside_model(root: Path, rel: str) -> Path:
+    """root/rel, refused unless it resolves to a file inside root (no symlink out of the model)."""
+    p = root / rel
+    if not p.resolve().is_relative_to(root.resolve()):
+        raise ModelError(f"model file {rel} resolves outside the model directory ({p.resolve()})", where=str(p),
+                         hint="replace the link by a copy of the file inside the model directory")
+    return p
+
+
 def read_model(path: Path) -> ModelInfo:
+    check_symlinks(path)
     mlmodel_path = path / "MLmodel"
     mlmodel = _load_yaml(mlmodel_path)
     if not isinstance(mlmodel, dict) or "flavors" not in mlmodel:
@@ -122,10 +168,10 @@ def read_model(path: Path) -> ModelInfo:
     python_version = ""
     env_source = ""
     if (path / "requirements.txt").is_file():
-        reqs, cons = read_requirements(path / "requirements.txt")
+        reqs, cons = read_requirements(path / "requirements.txt", root=path)
         env_source = "requirements.txt"
     if (path / "constraints.txt").is_file() and not cons:
-        cons = read_requirements(path / "constraints.txt")[0]
+        cons = read_requirements(path / "constraints.txt", root=path)[0]
     virtualenv = env_files.get("virtualenv")
     if virtualenv and (path / virtualenv).is_file():
         pe = _load_yaml(path / virtualenv) or {}
