@@ -150,3 +150,15 @@ def test_lock_stops_on_a_corrupt_lock(project: Path) -> None:
     r = run_cli("lock", "--spec", str(project))
     assert r.code == 8 and "malformed TOML" in r.text and "--upgrade" in r.text
     assert path.read_text() == "this is not toml = = \n"
+
+
+def test_lock_without_signer_fingerprints_still_audits(project: Path) -> None:
+    """Locks written before `signed-by` existed parse and audit (their InRelease files are re-verified)."""
+    def older_format(lk: Lock) -> Lock:
+        suites = tuple(dataclasses.replace(s, signed_by=()) for s in lk.debian.suites)
+        return dataclasses.replace(lk, debian=dataclasses.replace(lk.debian, suites=suites))
+
+    tamper(project, older_format)
+    assert "signed-by" not in (project / "lockbuild.lock").read_text()
+    code, out, report = audit(project)
+    assert code == 0, out
