@@ -153,13 +153,68 @@ def test_spec_keyring_paths(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def archive_fp(server: tuple[Path, str], signer: Signer) -> tuple[Archive, str]:  # noqa: F811
-    root = server[0] / "fp"
-    root.mkdir(exist_ok=True)
-    a = Archive(root, f"{server[1]}/fp", signer)
+def archive_fp(server: tuple[Path, str], signer: Signer,  # noqa: F811
+               request: pytest.FixtureRequest) -> tuple[Archive, str]:
+    name = "fp-" + request.node.name.replace("[", "_").replace("]", "_")
+    root = server[0] / name
+    root.mkdir()
+    a = Archive(root, f"{server[1]}/{name}", signer)
     a.add_suite("debian", "bookworm", [a.add_deb("debian", "hello", "1.0-1")])
     a.add_suite("debian", "bookworm-updates", [])
     a.add_suite("debian-security", "bookworm-security", [])
     listing = subprocess.run(["gpg", "--show-keys", "--with-colons", str(signer.keyring)],
                              capture_output=True, check=True).stdout.decode()
     return a, next(ln.split(":")[9] for ln in listing.splitlines() if ln.startswith("fpr:"))
+
+
+# -- re-derivation from the locked InRelease files -----------------------------------------------
+def _rederive(archive: Archive, lock: D.DebianLock, cache: Cache) -> D.DebianLock:
+    return D.rederive_debian(lock, "bookworm", "amd64", list(lock.roots), cache, mirror=archive.mirror,
+                             security_mirror=archive.security, keyring=archive.signer.keyring)
+
+
+def test_rederive_debian_from_the_cache_after_the_archive_moved_on(archive_fp: tuple[Archive, str],
+                                                                   tmp_path: Path) -> None:
+    archive, _ = archive_fp
+    cache = Cache(tmp_path / "cache")
+    lock = archive.resolve(cache)
+    shutil.rmtree(archive.root / "debian" / "dists")  # the mirror no longer serves that state
+    assert _rederive(archive, lock, cache) == lock
+
+
+def test_rederive_says_which_pinned_input_is_unavailable(archive_fp: tuple[Archive, str], tmp_path: Path) -> None:
+    from lockbuild.errors import AuditUnavailable
+
+    archive, _ = archive_fp
+    cache = Cache(tmp_path / "cache")
+    lock = archive.resolve(cache)
+    # the InRelease is neither cached nor served any more
+    archive.add_suite("debian", "bookworm", [archive.add_deb("debian", "hello", "2.0-1")])
+    with pytest.raises(AuditUnavailable) as e:
+        _rederive(archive, lock, Cache(tmp_path / "empty"))
+    assert "bookworm: the InRelease the lock recorded" in e.value.message
+    assert "not in the cache and the live archive now serves another one" in e.value.message
+    assert e.value.hint and "snapshot.debian.org" in e.value.hint and e.value.exit_code == 18
+    # the InRelease is cached but the Packages index it names is gone from cache and archive
+    index = next(s for s in lock.suites if s.name == "bookworm")
+    bare = Cache(tmp_path / "bare")
+    bare.put_file(cache.path(index.inrelease_sha256))
+    shutil.rmtree(archive.root / "debian" / "dists" / "bookworm" / "main")
+    with pytest.raises(AuditUnavailable, match="Packages index the locked InRelease names is neither in the cache"):
+        _rederive(archive, lock, bare)
+
+
+def test_spec_keyring_is_used_by_lock(keys: dict[str, Key], tmp_path: Path,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A spec whose keyring does not hold Debian's keys cannot lock the real archive."""
+    from tests.lockbuild_testing import make_project, run_cli
+
+    keys["other"] = k = Key(tmp_path / "other", "other <o@lockbuild.invalid>")
+    project = make_project(tmp_path / "p", '[model]\nuri = "model"\n[target]\nkeyring = "keys/other.asc"\n')
+    (project / "keys").mkdir()
+    k.keyring(project / "keys" / "other.asc", armor=True)
+    monkeypatch.setenv("LOCKBUILD_CACHE", str(tmp_path / "cache"))
+    r = run_cli("lock", "--spec", str(project))
+    assert r.code == 9, r.text
+    assert "InRelease signature does not verify against" in r.text and "other.asc" in r.text
+    assert not (project / "lockbuild.lock").exists()

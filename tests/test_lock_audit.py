@@ -162,3 +162,11 @@ def test_lock_without_signer_fingerprints_still_audits(project: Path) -> None:
     assert "signed-by" not in (project / "lockbuild.lock").read_text()
     code, out, report = audit(project)
     assert code == 0, out
+
+
+def test_rederive_reports_stale_inputs_first(project: Path) -> None:
+    spec = project / "lockbuild.toml"
+    spec.write_text(spec.read_text() + '[image]\nport = 9090\n')
+    code, out, report = audit(project)
+    assert code == 1, out
+    assert report["fresh"] is False and any("spec edited" in r for r in report["reasons"])
