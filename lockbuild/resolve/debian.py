@@ -725,9 +725,9 @@ def _pinned_inrelease(http: httpx.Client, cache: Cache, src: SuiteSource, locked
         raise AuditUnavailable(
             f"{src.name}: the InRelease the lock recorded (sha256:{locked.inrelease_sha256}, Date {locked.date}) "
             f"is not in the cache and {why}",
-            hint=f"re-derive on the machine that ran `lockbuild lock` (its cache keeps it), or fetch it from "
-            f"https://snapshot.debian.org/archive/{locked.snapshot_archive}/{locked.snapshot}/dists/{src.name}/"
-            "InRelease into the cache (`lockbuild` checks it against the lock)",
+            hint="re-derive where `lockbuild lock` ran (its LOCKBUILD_CACHE keeps every verified InRelease), or "
+            f"from a cache holding https://snapshot.debian.org/archive/{locked.snapshot_archive}/{locked.snapshot}/"
+            f"dists/{src.name}/InRelease (stored by its sha256)",
         )
     return live
 
@@ -772,7 +772,8 @@ def rederive_debian(
                 raise AuditUnavailable(
                     f"{src.name}: a Packages index the locked InRelease names is neither in the cache nor on the "
                     f"live archive ({e.message})",
-                    hint="re-derive on the machine that ran `lockbuild lock` (its cache keeps the index), or from "
-                    f"https://snapshot.debian.org/archive/{suite.snapshot_archive}/{suite.snapshot}/",
+                    hint="re-derive where `lockbuild lock` ran (its LOCKBUILD_CACHE keeps the index), or from a "
+                    f"cache holding it from https://snapshot.debian.org/archive/{suite.snapshot_archive}/"
+                    f"{suite.snapshot}/",
                 ) from None
     return _close(loaded, sources, arch, roots, exclude, say)
