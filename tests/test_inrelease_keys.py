@@ -218,3 +218,20 @@ def test_spec_keyring_is_used_by_lock(keys: dict[str, Key], tmp_path: Path,
     assert r.code == 9, r.text
     assert "InRelease signature does not verify against" in r.text and "other.asc" in r.text
     assert not (project / "lockbuild.lock").exists()
+
+
+def test_one_good_signature_among_worthless_ones_is_enough() -> None:
+    """Debian signs with several keys; like apt, one good signature suffices when another key expired."""
+    a, b = "A" * 40, "B" * 40
+    status = [
+        ["NEWSIG"], ["KEYEXPIRED", "1700000000"], ["EXPKEYSIG", a[-16:], "old", "key"],
+        ["VALIDSIG", a, "2026-11-30", "1", "0", "4", "0", "22", "8", "01", a],
+        ["NEWSIG"], ["GOODSIG", b[-16:], "new", "key"],
+        ["VALIDSIG", b, "2026-11-30", "1", "0", "4", "0", "22", "8", "01", b],
+        ["NEWSIG"], ["GOODSIG", "C" * 16, "sha1"],
+        ["VALIDSIG", "C" * 40, "2026-11-30", "1", "0", "4", "0", "22", "2", "01", "C" * 40],
+    ]
+    good, refused = D.judge_signatures(status)
+    assert good == [b]
+    assert refused == [f"key {a}: made by an expired key (expired 2023-11-14 22:13 UTC)",
+                       f"key {'C' * 40}: signature uses the weak digest SHA1"]
