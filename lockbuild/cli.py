@@ -101,11 +101,15 @@ def lock(
     lock_file: LockOpt = None,
     check: Annotated[bool, typer.Option("--check", help="exit 1 with the reason if the lock is stale")] = False,
     upgrade: Annotated[bool, typer.Option("--upgrade", help="re-resolve everything (Python and Debian)")] = False,
+    rederive: Annotated[bool, typer.Option(
+        "--rederive", help="with --check: audit the lock by re-deriving it from the spec and model at its "
+        "recorded cutoff and Debian InRelease files; exit 17 naming every field that differs")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Resolve and pin everything the image needs into lockbuild.lock.
 
-    Example: [bold]lockbuild lock[/]   ·   CI: [bold]lockbuild lock --check[/]
+    Example: [bold]lockbuild lock[/]   ·   CI: [bold]lockbuild lock --check[/]   ·   audit:
+    [bold]lockbuild lock --check --rederive[/]
     """
     from lockbuild.fetch.cache import Cache
     from lockbuild.lock.create import explain_stale, make_lock
@@ -114,12 +118,20 @@ def lock(
 
     s = load_spec(spec)
     path = _lock_path(s.path, lock_file)
+    if rederive and not check:
+        from lockbuild.errors import SpecError
+
+        raise SpecError("--rederive audits an existing lock and writes nothing: use it with --check",
+                        hint="run `lockbuild lock --check --rederive`")
     if check:
         current = read_lock(path, verify_content=False)  # a hand edit is reported below as a reason
         reasons = explain_stale(s, current)
         text = path.read_text(encoding="utf-8")
         if dumps(current) != text:
             reasons.append(f"{path.name} was edited by hand (it does not render back to the same bytes)")
+        if rederive and not reasons:
+            _rederive_check(s, current, path, as_json)
+            return
         if as_json:
             emit_json({"lock": str(path), "fresh": not reasons, "reasons": reasons})
         if reasons:
@@ -133,7 +145,15 @@ def lock(
         try:
             previous = read_lock(path)
         except LockbuildError as e:
-            err.print(f"[yellow]note[/] ignoring the existing lock: {e.message}")
+            if not upgrade:  # re-resolving now would silently move the cutoff and the Debian side
+                from lockbuild.errors import LockFileError
+
+                raise LockFileError(
+                    f"the existing lock cannot be used: {e.message}", where=e.where or str(path),
+                    hint="nothing was written. `lockbuild lock --upgrade` re-resolves everything at today's "
+                    f"date (new cutoff, new Debian state); or restore {path.name} from version control",
+                ) from None
+            err.print(f"[yellow]note[/] --upgrade: replacing the unreadable lock ({escape(e.message)})")
     with err.status("locking…") as status:
         result = make_lock(s, previous=previous, upgrade=upgrade, cache=Cache(),
                            notify=lambda m: status.update(m))
@@ -160,6 +180,29 @@ def lock(
         err.print(f"[green]{state}[/] {path}: Python {lk.target.python} on {lk.target.base} "
                   f"({len(lk.debian.packages)} .debs), {len(lk.python.packages)} wheels for "
                   f"{lk.target.wheel_platform}, model {lk.model.resolved_uri}")
+
+
+def _rederive_check(s: Any, current: Any, path: Path, as_json: bool) -> None:
+    """`lock --check --rederive`: derive the lock again at its pins and compare field by field."""
+    from lockbuild.errors import LockMismatch
+    from lockbuild.fetch.cache import Cache
+    from lockbuild.lock.audit import rederive as audit
+
+    with err.status("re-deriving the lock…") as status:
+        diffs = audit(s, current, Cache(), notify=lambda m: status.update(escape(m)))
+    if as_json:
+        emit_json({"lock": str(path), "fresh": True, "rederived": True, "genuine": not diffs,
+                   "differences": [d.to_dict() for d in diffs]})
+    if diffs:
+        shown = [str(d) for d in diffs[:20]] + ([f"… and {len(diffs) - 20} more"] if len(diffs) > 20 else [])
+        raise LockMismatch(
+            f"{path} does not re-derive from its spec and model ({len(diffs)} field(s) differ):\n  - "
+            + "\n  - ".join(shown),
+            hint="the lock was edited (its content header recomputed) or made by another tool: do not build from "
+            "it; restore it from version control or re-create it with `lockbuild lock --upgrade`")
+    if not as_json:
+        err.print(f"[green]genuine[/] {path}: every field re-derives from the spec and model at its pins "
+                  f"(cutoff {current.python.exclude_newer}, {len(current.debian.suites)} signed InRelease files)")
 
 
 def _progress_reporter(enabled: bool):  # type: ignore[no-untyped-def]

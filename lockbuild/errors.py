@@ -140,3 +140,17 @@ class SourceBuildError(ResolveError):
 
     exit_code = 22
     kind = "source-build"
+
+
+class LockMismatch(LockbuildError):
+    """`lock --check --rederive`: the lock does not re-derive from its spec and model."""
+
+    exit_code = 17
+    kind = "lock-mismatch"
+
+
+class AuditUnavailable(LockbuildError):
+    """`lock --check --rederive`: an input the lock pins (InRelease, Packages index) is not available."""
+
+    exit_code = 18
+    kind = "audit-unavailable"

@@ -32,7 +32,9 @@ def sha256_bytes(data: bytes) -> str:
 
 
 def iter_tree_files(root: Path) -> Iterator[Path]:
-    """Regular files below root, relative, byte-sorted by POSIX path. Symlinks are refused."""
+    """Files below root, relative, byte-sorted by POSIX path. Directory symlinks are not descended
+    into and file symlinks are read as their target: callers reading untrusted trees check links
+    first (model/metadata.py check_symlinks refuses any that leave the tree)."""
     found: list[str] = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()

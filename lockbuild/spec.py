@@ -36,6 +36,7 @@ class Spec:
     debian_packages: tuple[str, ...] = ()
     mirror: str = "http://deb.debian.org/debian"
     security_mirror: str = "http://deb.debian.org/debian-security"
+    keyrings: tuple[Path, ...] = ()  # [target] keyring, resolved; () = the Debian archive keyring
     requirements: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     omit: tuple[str, ...] = ()
@@ -159,6 +160,7 @@ def _from_dict(doc: dict[str, Any], path: Path) -> Spec:
         debian_packages=tuple(target.get("packages", ())),
         mirror=target.get("mirror", Spec.mirror).rstrip("/"),
         security_mirror=target.get("security-mirror", Spec.security_mirror).rstrip("/"),
+        keyrings=_keyrings(target.get("keyring"), path),
         requirements=tuple(py.get("requirements", ())),
         exclude=tuple(py.get("exclude", ())),
         omit=tuple(py.get("omit", ())),
@@ -177,6 +179,21 @@ def _from_dict(doc: dict[str, Any], path: Path) -> Spec:
         deploy=dict(doc.get("deploy", {})),
         raw=doc,
     )
+
+
+def _keyrings(value: str | list[str] | None, path: Path) -> tuple[Path, ...]:
+    """[target] keyring: one path or a list, relative to the spec; each must be a file."""
+    if value is None:
+        return ()
+    out = []
+    for rel in [value] if isinstance(value, str) else value:
+        p = (path.parent / rel).resolve()
+        if not p.is_file():
+            raise SpecError(f"[target] keyring: {rel!r} is not a file ({p})", where=str(path),
+                            hint="point it at an OpenPGP keyring (`gpg --export KEY > archive.gpg`), relative "
+                            "to lockbuild.toml, or remove it to use debian-archive-keyring")
+        out.append(p)
+    return tuple(out)
 
 
 def _normalize_time(value: str) -> str:

@@ -287,3 +287,53 @@ def test_downloaded_model_is_removed_on_cleanup_even_when_unreadable(
     src.cleanup()
     assert src.tmpdir is not None and not src.tmpdir.exists()
     shutil.rmtree(broken)
+
+
+# -- hardening: no files in the user's directory, no reads outside the model ---------------------
+@pytest.mark.parametrize("uri", ["runs:/0123abcd/model", "models:/churn/1", "models:/churn@champion"])
+def test_remote_uri_without_tracking_server_writes_nothing_in_cwd(
+        uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(TrackingServerError) as e:
+        fetch_model(uri, tracking_uri=None, base_dir=tmp_path)
+    assert "needs an MLflow tracking server" in e.value.message and "tracking-uri" in (e.value.hint or "")
+    assert list(tmp_path.iterdir()) == []  # no mlflow.db, no mlruns/
+
+
+@pytest.mark.parametrize("kind", ["etc-passwd", "parent-outside", "dir-link", "dangling", "mlmodel-out"])
+def test_symlinks_out_of_the_model_are_refused(kind: str, model_copy: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.txt").write_text("not part of the model\n")
+    if kind == "etc-passwd":
+        (model_copy / "data" / "passwd").symlink_to("/etc/passwd")
+    elif kind == "parent-outside":
+        (model_copy / "extra.txt").symlink_to("../outside/secret.txt")
+    elif kind == "dir-link":
+        (model_copy / "more").symlink_to(outside, target_is_directory=True)
+    elif kind == "dangling":
+        (model_copy / "gone.txt").symlink_to("nowhere.txt")
+    else:
+        (outside / "MLmodel").write_bytes((model_copy / "MLmodel").read_bytes())
+        (model_copy / "MLmodel").unlink()
+        (model_copy / "MLmodel").symlink_to(outside / "MLmodel")
+    with pytest.raises(ModelError) as e:
+        read_model(model_copy)
+    assert "symlink" in e.value.message and e.value.hint
+
+
+def test_symlink_inside_the_model_is_read_as_its_file(model_copy: Path) -> None:
+    before = read_model(model_copy)
+    (model_copy / "requirements-copy.txt").symlink_to("requirements.txt")
+    after = dict((p, h) for p, _, h in read_model(model_copy).files)
+    assert after["requirements-copy.txt"] == after["requirements.txt"]
+    assert len(after) == len(before.files) + 1
+
+
+def test_requirements_include_out_of_the_model_is_refused(model_copy: Path, tmp_path: Path) -> None:
+    (tmp_path / "evil.txt").write_text("numpy\n")
+    req = model_copy / "requirements.txt"
+    req.write_text(req.read_text() + "\n-r ../evil.txt\n")
+    with pytest.raises(ModelError, match="outside the model directory"):
+        read_model(model_copy)

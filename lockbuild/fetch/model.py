@@ -15,9 +15,11 @@ from lockbuild.lock.model import ModelLock
 
 def cache_model_tree(model_dir: Path, model: ModelLock, cache: Cache) -> None:
     """Put every locked model file into the cache (done at lock time, so builds need no source)."""
+    from lockbuild.model.metadata import inside_model
+
     for f in model.files:
         if not cache.has(f.sha256):
-            cache.put_file(model_dir / f.path, expected_sha256=f.sha256)
+            cache.put_file(inside_model(model_dir, f.path), expected_sha256=f.sha256)
 
 
 def fetch_model_files(model: ModelLock, cache: Cache, *, lock_dir: Path) -> dict[str, Path]:
@@ -55,6 +57,8 @@ def _refill(model: ModelLock, cache: Cache, lock_dir: Path) -> None:
     try:
         for f in model.files:
             p = source.path / f.path
+            if not p.resolve().is_relative_to(source.path.resolve()):
+                continue  # a symlink out of the model directory is never read (reported below as missing)
             if p.is_file() and not cache.has(f.sha256):
                 try:
                     cache.put_file(p, expected_sha256=f.sha256)

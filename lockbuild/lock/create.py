@@ -129,7 +129,7 @@ def _make_lock(spec: Spec, source: ModelSource, info: ModelInfo, *, previous: Lo
     else:
         notify(f"resolving Debian {codename}/{arch}")
         deb_lock = debian.resolve_debian(codename, arch, roots, cache, mirror=spec.mirror,
-                                         security_mirror=spec.security_mirror)
+                                         security_mirror=spec.security_mirror, keyring=spec.keyrings or None)
     by_name = {d.name: d for d in deb_lock.packages}
     interp = by_name[choice.interpreter_package]
     python_exact = runtime.python_version_from_deb(interp.version)

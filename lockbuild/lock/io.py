@@ -79,11 +79,7 @@ def to_dict(lock: Lock) -> dict[str, Any]:
         },
         "debian": {
             "roots": list(d.roots),
-            "suites": [
-                {"name": s.name, "archive": s.archive, "date": s.date, "inrelease-sha256": s.inrelease_sha256,
-                 "snapshot": s.snapshot, "snapshot-archive": s.snapshot_archive}
-                for s in d.suites
-            ],
+            "suites": [_suite_dict(s) for s in d.suites],
             "packages": [
                 {"name": b.name, "version": b.version, "architecture": b.architecture, "suite": b.suite,
                  "filename": b.filename, "size": b.size, "sha256": b.sha256, "source": b.source}
@@ -121,6 +117,15 @@ def wheel_from_dict(row: dict[str, Any]) -> Wheel:
         build_requires=tuple(wheel_from_dict(b) for b in row.get("build-requires", ())),
         source_date_epoch=row.get("source-date-epoch", 0),
     )
+
+
+def _suite_dict(s: Suite) -> dict[str, Any]:
+    row: dict[str, Any] = {"name": s.name, "archive": s.archive, "date": s.date,
+                           "inrelease-sha256": s.inrelease_sha256, "snapshot": s.snapshot,
+                           "snapshot-archive": s.snapshot_archive}
+    if s.signed_by:  # absent in locks written before signer fingerprints were recorded
+        row["signed-by"] = list(s.signed_by)
+    return row
 
 
 def _inline_rows(rows: list[dict[str, Any]]) -> tomlkit.items.Array:
@@ -281,7 +286,13 @@ def from_dict(data: dict[str, Any]) -> Lock:
         ),
         debian=DebianLock(
             roots=tuple(d["roots"]),
-            suites=tuple(Suite(**{k.replace("-", "_"): v for k, v in s.items()}) for s in d["suites"]),
+            suites=tuple(_suite(s) for s in d["suites"]),
             packages=tuple(Deb(**{k.replace("-", "_"): v for k, v in b.items()}) for b in d["packages"]),
         ),
     )
+
+
+def _suite(row: dict[str, Any]) -> Suite:
+    kw: dict[str, Any] = {k.replace("-", "_"): v for k, v in row.items()}
+    kw["signed_by"] = tuple(kw.get("signed_by", ()))
+    return Suite(**kw)

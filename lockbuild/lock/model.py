@@ -64,6 +64,7 @@ class Suite:
     inrelease_sha256: str
     snapshot: str  # snapshot.debian.org timestamp, e.g. 20261125T000000Z
     snapshot_archive: str  # "debian" or "debian-security" on snapshot.debian.org
+    signed_by: tuple[str, ...] = ()  # primary-key fingerprints of the good InRelease signatures
 
 
 @dataclass(frozen=True)

@@ -90,6 +90,14 @@ def fetch_model(uri: str, *, tracking_uri: str | None, base_dir: Path) -> ModelS
                 hint="point [model] uri at the directory that holds MLmodel",
             )
         return ModelSource(path=local, uri=uri, resolved_uri=uri)
+    if not (tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")):
+        # MLflow's default tracking URI would create ./mlflow.db (MLflow 3) or ./mlruns in the user's
+        # working directory and then report the run or model as missing: refuse before touching it.
+        raise TrackingServerError(
+            f"{uri} needs an MLflow tracking server, and none is configured",
+            hint="set [model] tracking-uri in lockbuild.toml (e.g. http://127.0.0.1:5000) or MLFLOW_TRACKING_URI; "
+            "for a model on disk, give its directory",
+        )
     try:
         return _fetch_remote(uri, tracking_uri)
     except (ModelError, TrackingServerError):

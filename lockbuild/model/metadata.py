@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -229,7 +230,46 @@ def _python_from_conda(conda: Any) -> tuple[str, list[str]]:
     return py, pip_reqs
 
 
+def check_symlinks(root: Path) -> None:
+    """Refuse symlinks that would make lockbuild read outside the model directory.
+
+    A file symlink whose target stays inside the model directory is read as the file it names
+    (the lock records its content; the image gets a regular file). A symlink out of the directory
+    (absolute or via ..), a dangling one, and every directory symlink are refused.
+    """
+    base = root.resolve()
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in sorted(dirnames) + sorted(filenames):
+            p = Path(dirpath, name)
+            if not p.is_symlink():
+                continue
+            rel = p.relative_to(root).as_posix()
+            target = os.readlink(p)
+            resolved = p.resolve()
+            if not resolved.is_relative_to(base):
+                raise ModelError(
+                    f"model file {rel} is a symlink to {target}, outside the model directory",
+                    where=str(p), hint="replace the link by a copy of the file inside the model directory "
+                    "(lockbuild never reads outside it)")
+            if resolved.is_dir():
+                raise ModelError(f"model directory {rel} is a symlink (to {target}); directory links are not "
+                                 "supported", where=str(p), hint="replace it by a real directory (a copy)")
+            if not resolved.is_file():
+                raise ModelError(f"model file {rel} is a dangling symlink (to {target})", where=str(p),
+                                 hint="remove the link or restore its target")
+
+
+def inside_model(root: Path, rel: str) -> Path:
+    """root/rel, refused unless it resolves to a file inside root (no symlink out of the model)."""
+    p = root / rel
+    if not p.resolve().is_relative_to(root.resolve()):
+        raise ModelError(f"model file {rel} resolves outside the model directory ({p.resolve()})", where=str(p),
+                         hint="replace the link by a copy of the file inside the model directory")
+    return p
+
+
 def read_model(path: Path) -> ModelInfo:
+    check_symlinks(path)
     mlmodel_path = path / "MLmodel"
     mlmodel = _load_yaml(mlmodel_path)
     if not isinstance(mlmodel, dict) or "flavors" not in mlmodel:

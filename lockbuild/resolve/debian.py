@@ -23,6 +23,7 @@ import io
 import json
 import lzma
 import os
+import re
 import subprocess
 import tempfile
 from collections import deque
@@ -38,7 +39,7 @@ import httpx
 from debian import deb822
 from debian.debian_support import PackageFile, ParseError, Version, version_compare
 
-from lockbuild.errors import FetchError, IntegrityError, ResolveError
+from lockbuild.errors import AuditUnavailable, FetchError, IntegrityError, ResolveError
 from lockbuild.fetch import download
 from lockbuild.fetch.cache import Cache
 from lockbuild.fetch.debs import SNAPSHOT_ROOT, deb_items  # noqa: F401  (re-exported)
@@ -108,45 +109,160 @@ def _gpg_status(stdout: bytes) -> list[list[str]]:
     return [ln.split()[1:] for ln in lines if ln.startswith("[GNUPG:] ") and len(ln.split()) > 1]
 
 
-def verify_inrelease(data: bytes, keyring: Path, label: str) -> bytes:
-    """Verify a clear-signed InRelease with gpgv; return only the signed text.
+# OpenPGP hash algorithms apt refuses in Release signatures (MD5, SHA1, RIPEMD160).
+WEAK_HASH_ALGOS = {"1": "MD5", "2": "SHA1", "3": "RIPEMD160"}
+# gpgv outcomes that make a signature worthless for apt (the signature maths may still check out:
+# gpgv then also prints VALIDSIG, so VALIDSIG alone proves nothing).
+_WORTHLESS = {
+    "EXPKEYSIG": "made by an expired key",
+    "REVKEYSIG": "made by a revoked key",
+    "EXPSIG": "expired signature",
+    "BADSIG": "bad signature",
+}
 
-    At least one VALIDSIG by a key in `keyring` is required and any BADSIG fails, like apt.
-    Signatures by keys missing from the keyring (ERRSIG/NO_PUBKEY) are ignored.
+
+@dataclass(frozen=True)
+class SignatureCheck:
+    """gpgv's verdict on one clear-signed InRelease."""
+
+    text: bytes  # the signed Release text (only what the signature covers)
+    signers: tuple[str, ...]  # primary-key fingerprints of the good signatures, sorted
+    refused: tuple[str, ...]  # one reason per worthless signature ("key 1234…: made by an expired key")
+
+
+def _signature_groups(status: list[list[str]]) -> list[list[list[str]]]:
+    groups: list[list[list[str]]] = []
+    for s in status:
+        if s[0] == "NEWSIG" or not groups:
+            groups.append([])
+        if s[0] != "NEWSIG":
+            groups[-1].append(s)
+    return groups
+
+
+def judge_signatures(status: list[list[str]]) -> tuple[list[str], list[str]]:
+    """(good signer fingerprints, reasons for refused signatures) from gpgv's status lines, as apt
+    judges them: a signature counts only with GOODSIG *and* VALIDSIG and a strong hash; EXPKEYSIG
+    (expired key), REVKEYSIG (revoked key), EXPSIG and BADSIG never count; signatures by keys outside
+    the keyring (ERRSIG/NO_PUBKEY) are ignored."""
+    good: list[str] = []
+    refused: list[str] = []
+    for group in _signature_groups(status):
+        kinds = {s[0]: s for s in group}
+        validsig = kinds.get("VALIDSIG")
+        # VALIDSIG <fpr> <date> <ts> <expire-ts> <version> <reserved> <pk-algo> <hash-algo> <class> <primary-fpr>
+        primary = (validsig[10] if len(validsig) > 10 else validsig[1]).upper() if validsig else ""
+        for kind, why in _WORTHLESS.items():
+            if kind in kinds:
+                keyid = kinds[kind][1] if len(kinds[kind]) > 1 else "?"
+                if kind == "EXPKEYSIG" and "KEYEXPIRED" in kinds and len(kinds["KEYEXPIRED"]) > 1:
+                    ts = kinds["KEYEXPIRED"][1]
+                    if ts.isdigit():
+                        why += f" (expired {datetime.fromtimestamp(int(ts), UTC):%Y-%m-%d %H:%M UTC})"
+                refused.append(f"key {primary or keyid}: {why}")
+                break
+        else:
+            if "GOODSIG" in kinds and validsig:
+                algo = validsig[8] if len(validsig) > 8 else ""
+                if algo in WEAK_HASH_ALGOS:
+                    refused.append(f"key {primary}: signature uses the weak digest {WEAK_HASH_ALGOS[algo]}")
+                else:
+                    good.append(primary)
+    return sorted(set(good)), refused
+
+
+def _keyring_files(keyrings: Path | Sequence[Path], tmp: Path) -> list[Path]:
+    """Keyrings as gpgv reads them: binary ones as they are, ASCII-armored ones (.asc) dearmored."""
+    paths = [keyrings] if isinstance(keyrings, Path) else list(keyrings)
+    out = []
+    for i, kr in enumerate(paths):
+        if not kr.is_file():
+            raise IntegrityError(
+                f"OpenPGP keyring {kr} not found",
+                hint="install it with `apt-get install debian-archive-keyring`, or fix [target] keyring "
+                "in lockbuild.toml",
+            )
+        data = kr.read_bytes()
+        if data.lstrip().startswith(b"-----BEGIN PGP"):
+            out.append(_dearmor(data, kr, tmp / f"keyring-{i}.gpg"))
+        else:
+            out.append(kr.resolve())
+    return out
+
+
+def _dearmor(data: bytes, where: Path, dest: Path) -> Path:
+    import base64
+    import binascii
+
+    data = data.replace(b"\r\n", b"\n")
+    blobs = []
+    for m in re.finditer(rb"-----BEGIN PGP PUBLIC KEY BLOCK-----\r?\n(.*?)-----END PGP PUBLIC KEY BLOCK-----",
+                         data, re.S):
+        body = m.group(1).split(b"\n\n", 1)[-1] if b"\n\n" in m.group(1) else m.group(1)
+        lines = [ln.strip() for ln in body.splitlines() if ln.strip() and not ln.strip().startswith(b"=")]
+        try:
+            blobs.append(base64.b64decode(b"".join(lines), validate=True))
+        except binascii.Error:
+            blobs = []
+            break
+    if not blobs:
+        raise IntegrityError(f"OpenPGP keyring {where} is ASCII-armored but holds no readable public key block",
+                             hint="export it again with `gpg --export --armor FINGERPRINT`, or use a binary "
+                             "keyring (`gpg --export`)")
+    dest.write_bytes(b"".join(blobs))
+    return dest
+
+
+def check_inrelease(data: bytes, keyrings: Path | Sequence[Path], label: str) -> SignatureCheck:
+    """Verify a clear-signed InRelease with gpgv against `keyrings`, judged as apt judges it.
+
+    At least one good signature (GOODSIG + VALIDSIG, strong hash) by a key in the keyrings is
+    required; a signature by an expired or revoked key, an expired signature, a weak hash or a
+    BADSIG is refused. Signatures by keys outside the keyrings are ignored.
     """
     if not data.startswith(b"-----BEGIN PGP SIGNED MESSAGE-----"):
         raise IntegrityError(
             f"{label}: InRelease is not a clear-signed OpenPGP message",
             hint="the mirror served something else (captive portal? proxy error page?); check the mirror URL",
         )
-    if not keyring.is_file():
-        raise IntegrityError(
-            f"OpenPGP keyring {keyring} not found",
-            hint="install it with `apt-get install debian-archive-keyring`, or pass another keyring",
-        )
+    names = ", ".join(str(k) for k in ([keyrings] if isinstance(keyrings, Path) else keyrings))
     with tempfile.TemporaryDirectory(prefix="lockbuild-gpgv-") as tmp:
         signed, out = Path(tmp, "InRelease"), Path(tmp, "Release")
         signed.write_bytes(data)
-        cmd = ["gpgv", "--homedir", tmp, "--status-fd", "1", "--keyring", str(keyring.resolve()),
-               "--output", str(out), str(signed)]
+        cmd = ["gpgv", "--homedir", tmp, "--status-fd", "1"]
+        for kr in _keyring_files(keyrings, Path(tmp)):
+            cmd += ["--keyring", str(kr)]
+        cmd += ["--output", str(out), str(signed)]
         try:
             proc = subprocess.run(cmd, capture_output=True, timeout=120, env={**os.environ, "LC_ALL": "C"})
         except FileNotFoundError:
             raise IntegrityError("gpgv is not installed: InRelease signatures cannot be checked",
                                  hint="install it with `apt-get install gpgv`") from None
         status = _gpg_status(proc.stdout)
+        good, refused = judge_signatures(status)
         bad = [s for s in status if s[0] == "BADSIG"]
-        valid = [s for s in status if s[0] == "VALIDSIG"]
-        if bad or not valid or not out.is_file():
-            detail = "; ".join(" ".join(s[:2]) for s in status if s[0] in ("BADSIG", "ERRSIG", "NO_PUBKEY",
-                                                                               "EXPKEYSIG", "REVKEYSIG"))
+        if bad or not good or not out.is_file():
+            if refused and not bad:
+                detail = "; ".join(refused)
+                raise IntegrityError(
+                    f"{label}: InRelease signature refused: {detail} (keyring {names})",
+                    hint="apt refuses such signatures too; if the archive rotated its keys, update "
+                    "debian-archive-keyring (or [target] keyring); otherwise the mirror serves a stale or "
+                    "forged index: use another mirror",
+                )
+            detail = "; ".join(" ".join(s[:2]) for s in status if s[0] in ("BADSIG", "ERRSIG", "NO_PUBKEY"))
             raise IntegrityError(
-                f"{label}: InRelease signature does not verify against {keyring}"
+                f"{label}: InRelease signature does not verify against {names}"
                 + (f" ({detail})" if detail else ""),
                 hint="the index may be tampered with or the mirror is broken; do not use it. If the archive "
-                "rotated its keys, update debian-archive-keyring",
+                "rotated its keys, update debian-archive-keyring (or [target] keyring in lockbuild.toml)",
             )
-        return out.read_bytes()
+        return SignatureCheck(out.read_bytes(), tuple(good), tuple(refused))
+
+
+def verify_inrelease(data: bytes, keyring: Path | Sequence[Path], label: str) -> bytes:
+    """Verify a clear-signed InRelease (see check_inrelease); return only the signed text."""
+    return check_inrelease(data, keyring, label).text
 
 
 def _rfc2822(value: str, label: str) -> datetime:
@@ -281,11 +397,18 @@ class LoadedSuite:
     entries: list[dict[str, str]]
 
 
-def load_suite(http: httpx.Client, cache: Cache, src: SuiteSource, arch: str, keyring: Path,
-               say: Notify) -> LoadedSuite:
+def load_suite(http: httpx.Client, cache: Cache, src: SuiteSource, arch: str,
+               keyring: Path | Sequence[Path], say: Notify) -> LoadedSuite:
     """Fetch and verify one suite's InRelease and Packages index."""
     inrelease = download.fetch_bytes(f"{src.dists}/InRelease", http=http)
-    release = parse_release(verify_inrelease(inrelease, keyring, src.name), src)
+    return _load_verified_suite(http, cache, src, arch, keyring, say, inrelease)
+
+
+def _load_verified_suite(http: httpx.Client, cache: Cache, src: SuiteSource, arch: str,
+                         keyring: Path | Sequence[Path], say: Notify, inrelease: bytes,
+                         now: datetime | None = None) -> LoadedSuite:
+    sig = check_inrelease(inrelease, keyring, src.name)
+    release = parse_release(sig.text, src, now)
     inrelease_sha = cache.put_bytes(inrelease)  # only verified bytes enter the cache (kept for audits)
     f = index_file(release, arch, src.name)
     by_hash = release.get("Acquire-By-Hash", "").strip().lower() == "yes"
@@ -296,6 +419,7 @@ def load_suite(http: httpx.Client, cache: Cache, src: SuiteSource, arch: str, ke
     suite = Suite(
         name=src.name, archive=src.archive, date=release["Date"], inrelease_sha256=inrelease_sha,
         snapshot=snapshot_timestamp(release["Date"]), snapshot_archive=src.snapshot_archive,
+        signed_by=sig.signers,
     )
     return LoadedSuite(suite, entries)
 
@@ -552,7 +676,7 @@ def resolve_debian(
     *,
     mirror: str = DEFAULT_MIRROR,
     security_mirror: str = DEFAULT_SECURITY_MIRROR,
-    keyring: Path | None = None,
+    keyring: Path | Sequence[Path] | None = None,
     progress: Notify | None = None,
     exclude: Sequence[str] = DEFAULT_EXCLUDE,
 ) -> DebianLock:
@@ -568,6 +692,11 @@ def resolve_debian(
     keyring = keyring or DEFAULT_KEYRING
     with download.client() as http:
         loaded = [load_suite(http, cache, src, arch, keyring, say) for src in sources]
+    return _close(loaded, sources, arch, roots, exclude, say)
+
+
+def _close(loaded: Sequence[LoadedSuite], sources: Sequence[SuiteSource], arch: str, roots: Sequence[str],
+           exclude: Sequence[str], say: Notify) -> DebianLock:
     index = merge_suites([(ls.suite.name, ls.entries) for ls in loaded])
     closure = Closure(index, arch, [s.name for s in sources], exclude)
     for root in roots:
@@ -577,3 +706,74 @@ def resolve_debian(
     say(f"debian closure: {len(debs)} packages, {sum(d.size for d in debs) / 1e6:.1f} MB of .debs"
         + (f" (excluded: {', '.join(sorted(closure.skipped))})" if closure.skipped else ""))
     return DebianLock(suites=tuple(ls.suite for ls in loaded), roots=tuple(roots), packages=debs)
+
+
+# -- re-derivation (lock --check --rederive) -------------------------------------------------
+def _pinned_inrelease(http: httpx.Client, cache: Cache, src: SuiteSource, locked: Suite) -> bytes:
+    """The exact InRelease the lock recorded: from the cache, else from the live archive if it still
+    serves those bytes. snapshot.debian.org is not used (often unreachable); say so when neither has it."""
+    cached = cache.get(locked.inrelease_sha256)
+    if cached is not None:
+        return cached.read_bytes()
+    live: bytes | None = None
+    try:
+        live = download.fetch_bytes(f"{src.dists}/InRelease", http=http)
+        why = f"the live archive now serves another one (sha256:{sha256_bytes(live)})"
+    except FetchError as e:
+        why = f"the live archive is unreachable ({e.message})"
+    if live is None or sha256_bytes(live) != locked.inrelease_sha256:
+        raise AuditUnavailable(
+            f"{src.name}: the InRelease the lock recorded (sha256:{locked.inrelease_sha256}, Date {locked.date}) "
+            f"is not in the cache and {why}",
+            hint="re-derive where `lockbuild lock` ran (its LOCKBUILD_CACHE keeps every verified InRelease), or "
+            f"from a cache holding https://snapshot.debian.org/archive/{locked.snapshot_archive}/{locked.snapshot}/"
+            f"dists/{src.name}/InRelease (stored by its sha256)",
+        )
+    return live
+
+
+def rederive_debian(
+    locked: DebianLock,
+    codename: str,
+    arch: str,
+    roots: Sequence[str],
+    cache: Cache,
+    *,
+    mirror: str = DEFAULT_MIRROR,
+    security_mirror: str = DEFAULT_SECURITY_MIRROR,
+    keyring: Path | Sequence[Path] | None = None,
+    progress: Notify | None = None,
+    exclude: Sequence[str] = DEFAULT_EXCLUDE,
+) -> DebianLock:
+    """The Debian side re-derived from the signed InRelease files the lock names (by sha256).
+
+    Each InRelease is re-verified (signature, keyring, Codename; Valid-Until is judged at its own
+    Date, since the lock pins a past archive state) and every Packages index is re-checked against
+    it, from the cache or the live archive's by-hash store. The closure is then recomputed.
+    """
+    arch = debian_arch(arch)
+    say: Notify = progress or (lambda _msg: None)
+    sources = suite_sources(codename, mirror, security_mirror)
+    by_name = {s.name: s for s in locked.suites}
+    keyring = keyring or DEFAULT_KEYRING
+    loaded = []
+    with download.client() as http:
+        for src in sources:
+            suite = by_name.get(src.name)
+            if suite is None:
+                raise AuditUnavailable(
+                    f"the lock records no Debian suite {src.name} (it has: {', '.join(by_name) or 'none'})",
+                    hint="the lock does not belong to this spec: re-create it with `lockbuild lock --upgrade`")
+            inrelease = _pinned_inrelease(http, cache, src, suite)
+            when = _rfc2822(suite.date, src.name)
+            try:
+                loaded.append(_load_verified_suite(http, cache, src, arch, keyring, say, inrelease, now=when))
+            except FetchError as e:
+                raise AuditUnavailable(
+                    f"{src.name}: a Packages index the locked InRelease names is neither in the cache nor on the "
+                    f"live archive ({e.message})",
+                    hint="re-derive where `lockbuild lock` ran (its LOCKBUILD_CACHE keeps the index), or from a "
+                    f"cache holding it from https://snapshot.debian.org/archive/{suite.snapshot_archive}/"
+                    f"{suite.snapshot}/",
+                ) from None
+    return _close(loaded, sources, arch, roots, exclude, say)
