@@ -29,6 +29,7 @@ from lockbuild.lock.model import (
     Runtime,
     Suite,
     Target,
+    VariantChoice,
     Wheel,
 )
 
@@ -72,6 +73,8 @@ def to_dict(lock: Lock) -> dict[str, Any]:
             "exclude-newer": p.exclude_newer, "index-url": p.index_url,
             "requirements": list(p.requirements),
             "omitted": list(p.omitted),
+            **({"variants": [{"dropped": c.dropped, "kept": c.kept, "reason": c.reason, "paths": c.paths,
+                              "example": c.example} for c in p.variants]} if p.variants else {}),
             "packages": [
                 {"name": w.name, "version": w.version, "filename": w.filename, "url": w.url,
                  "size": w.size, "sha256": w.sha256}
@@ -246,6 +249,7 @@ def from_dict(data: dict[str, Any]) -> Lock:
         python=PythonLock(
             exclude_newer=p["exclude-newer"], index_url=p["index-url"], requirements=tuple(p["requirements"]),
             omitted=tuple(p.get("omitted", ())),
+            variants=tuple(VariantChoice(**c) for c in p.get("variants", ())),
             packages=tuple(Wheel(**{k.replace("-", "_"): v for k, v in w.items()}) for w in p["packages"]),
         ),
         debian=DebianLock(

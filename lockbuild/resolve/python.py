@@ -133,7 +133,7 @@ def pick_wheel(wheels: list[dict], tags: list[Tag]) -> dict | None:
 
 
 def uv_compile(requirements: list[str], constraints: list[str], *, target: PythonTarget, index_url: str,
-               exclude_newer: str, workdir: Path) -> str:
+               exclude_newer: str, workdir: Path, overrides: list[str] | None = None) -> str:
     """Run uv; return the pylock.toml text. uv's own explanation becomes the error message."""
     req_in = workdir / "requirements.in"
     req_in.write_text("\n".join(requirements) + "\n")
@@ -154,6 +154,10 @@ def uv_compile(requirements: list[str], constraints: list[str], *, target: Pytho
         con = workdir / "constraints.txt"
         con.write_text("\n".join(constraints) + "\n")
         cmd += ["--constraint", str(con)]
+    if overrides:  # lockbuild.resolve.overlap: drop a variant name everywhere
+        ovr = workdir / "overrides.txt"
+        ovr.write_text("\n".join(overrides) + "\n")
+        cmd += ["--override", str(ovr)]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("UV_", "PIP_"))}
     env["UV_NO_CONFIG"] = "1"
     env.setdefault("UV_CACHE_DIR", str(Path(os.environ.get("LOCKBUILD_CACHE", Path.home() / ".cache/lockbuild"))
@@ -201,10 +205,10 @@ def _platforms(filename: str) -> set[str]:
 
 
 def resolve_python(requirements: list[str], constraints: list[str], *, target: PythonTarget, index_url: str,
-                   exclude_newer: str) -> list[Wheel]:
+                   exclude_newer: str, overrides: list[str] | None = None) -> list[Wheel]:
     with tempfile.TemporaryDirectory(prefix="lockbuild-uv-") as d:
         text = uv_compile(requirements, constraints, target=target, index_url=index_url,
-                          exclude_newer=exclude_newer, workdir=Path(d))
+                          exclude_newer=exclude_newer, workdir=Path(d), overrides=overrides)
     wheels = parse_pylock(text, target_tags(target), target.wheel_platform)
     check_single_mlflow(wheels)
     return wheels
