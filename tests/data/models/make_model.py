@@ -32,12 +32,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 if KIND == "tfkeras-tf221":
     os.environ["TF_USE_LEGACY_KERAS"] = "1"  # how tf-keras users get Keras 2 as tf.keras on TF >= 2.16
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
 import mlflow  # noqa: E402
 import mlflow.pyfunc  # noqa: E402
 import mlflow.tensorflow  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
 from mlflow.models import infer_signature  # noqa: E402
 
 SEED = 0
