@@ -209,3 +209,39 @@ def test_a_tampered_wheel_behind_a_no_range_server_is_refused(tmp_path: Path, lb
     with client() as http, pytest.raises(IntegrityError):
         overlap.wheel_members(local, fresh, http)
     assert fresh.meta_get(overlap.META, w.sha256) is None
+
+
+# -- the policy, on its own --------------------------------------------------------------------------
+@pytest.mark.parametrize(("pair", "versions", "logged", "expect"), [
+    (("tensorflow", "tensorflow-cpu"), {"tensorflow": "2.21.0", "tensorflow-cpu": "2.21.0"},
+     {"tensorflow", "tensorflow-cpu"}, ("tensorflow", "tensorflow-cpu")),  # MLflow's default pin beside it
+    (("tensorflow", "tensorflow-cpu"), {"tensorflow": "2.21.0", "tensorflow-cpu": "2.21.0"},
+     {"tensorflow-cpu", "tf-keras"}, ("tensorflow", "tensorflow-cpu")),  # tensorflow only through tf-keras
+    (("tensorflow", "tensorflow-cpu"), {"tensorflow": "2.21.0", "tensorflow-cpu": "2.21.0"},
+     {"tensorflow"}, ("tensorflow-cpu", "tensorflow")),  # the model named only tensorflow
+    (("tensorflow", "tensorflow-cpu"), {"tensorflow": "2.20.0", "tensorflow-cpu": "2.21.0"},
+     {"tensorflow", "tensorflow-cpu"}, None),  # different versions: not variants of one build
+    (("opencv-python-headless", "opencv-contrib-python"),
+     {"opencv-python-headless": "4.10.0.84", "opencv-contrib-python": "4.10.0.84"},
+     {"opencv-python-headless", "opencv-contrib-python"}, None),  # both logged, neither is the default name
+    (("psycopg2", "psycopg2-binary"), {"psycopg2": "2.9.10", "psycopg2-binary": "2.9.10"}, set(), None),
+    (("jwt", "pyjwt"), {"jwt": "1.3.1", "pyjwt": "2.9.0"}, {"jwt", "pyjwt"}, None),  # no family
+])
+def test_default_policy(pair: tuple[str, str], versions: dict[str, str], logged: set[str],
+                        expect: tuple[str, str] | None) -> None:
+    choice = overlap.decide(pair, ["site-packages/x/__init__.py"], versions, logged)
+    assert (None if choice is None else (choice.dropped, choice.kept)) == expect
+
+
+def test_full_mlflow_beside_skinny_names_the_serving_fix() -> None:
+    e = overlap.unsettled_error(("mlflow", "mlflow-skinny"), ["site-packages/mlflow/__init__.py"],
+                                {"mlflow": "3.17.2", "mlflow-skinny": "3.17.2"})
+    assert e.exit_code == 17 and 'serving = "mlflow-skinny"' in (e.hint or "")
+
+
+def test_a_member_escaping_the_install_root_is_refused_at_lock_time() -> None:
+    w = Wheel(name="evil", version="1", filename="evil-1-py3-none-any.whl", url="", size=1, sha256="0" * 64)
+    with pytest.raises(Exception, match="outside the install root"):
+        overlap.install_paths(w, ["evil/../../../etc/passwd"])
+    assert overlap.install_paths(w, ["evil-1.data/scripts/run", "evil-1.data/purelib/e.py", "e/__init__.py"]) == [
+        "bin/run", "site-packages/e.py", "site-packages/e/__init__.py"]

@@ -264,6 +264,14 @@ def decide(pair: tuple[str, str], shared: list[str], versions: dict[str, str],
 
 def unsettled_error(pair: tuple[str, str], shared: list[str], versions: dict[str, str]) -> OverlapError:
     a, b = pair
+    if {a, b} <= {"mlflow", "mlflow-skinny", "mlflow-tracing"}:
+        sample = ", ".join(shared[:3])
+        return OverlapError(
+            f"{a}=={versions[a]} and {b}=={versions[b]} write the same files ({len(shared)} paths: {sample}, ...); "
+            "the image cannot hold both",
+            hint='serve with [python] serving = "mlflow-skinny" (the default) and drop full mlflow from '
+            "[python] requirements, then run `lockbuild lock`",
+        )
     sample = ", ".join(shared[:3]) + (f" and {len(shared) - 3} more" if len(shared) > 3 else "")
     return OverlapError(
         f"{a}=={versions[a]} and {b}=={versions[b]} write the same files ({len(shared)} paths: {sample}); "
