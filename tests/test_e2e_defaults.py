@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,15 @@ def test_default_logged_model_locks_builds_verifies_and_serves_its_predictions(
         return out
 
     step("init", "init", "--model", "./model")
+    try:
+        _lock_build_verify_smoke(kind, work, step)
+    finally:  # smoke loads the image into the shared engine: remove what this test created
+        for img in docker_engine.images.list(name=f"lockbuild/{kind}"):  # type: ignore[attr-defined]
+            docker_engine.images.remove(img.id, force=True)  # type: ignore[attr-defined]
+    print(f"{kind}: {times}")
+
+
+def _lock_build_verify_smoke(kind: str, work: Path, step: Callable[..., str]) -> None:
     lock = json.loads(step("lock", "lock", "--json"))
     assert [(v["dropped"], v["kept"]) for v in lock["variants"]] == [("tensorflow", "tensorflow-cpu")]
     assert not [f for f in lock["doctor"] if f["severity"] == "error"], lock["doctor"]
@@ -53,4 +63,3 @@ def test_default_logged_model_locks_builds_verifies_and_serves_its_predictions(
     flat = [x for row in got for x in (row if isinstance(row, list) else [row])]
     want = [x for row in expected for x in row]
     assert len(flat) == len(want) and all(abs(a - b) <= 1e-5 for a, b in zip(flat, want, strict=True)), (got, expected)
-    print(f"{kind}: {times}")
