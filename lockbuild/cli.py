@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from lockbuild import __version__
-from lockbuild.errors import LockbuildError, StaleLock
+from lockbuild.errors import DoctorFailed, LockbuildError, StaleLock
 
 app = typer.Typer(
     name="lockbuild",
@@ -126,6 +126,10 @@ def lock(
     if check:
         current = read_lock(path, verify_content=False)  # a hand edit is reported below as a reason
         reasons = explain_stale(s, current)
+        from lockbuild.verify.doctor import doctor as run_doctor
+
+        reasons += [f"doctor error [{f.rule}]: {f.what} (fix: {f.fix})"
+                    for f in run_doctor(current, None) if f.severity == "error"]
         text = path.read_text(encoding="utf-8")
         if dumps(current) != text:
             reasons.append(f"{path.name} was edited by hand (it does not render back to the same bytes)")
@@ -157,7 +161,6 @@ def lock(
     with err.status("locking…") as status:
         result = make_lock(s, previous=previous, upgrade=upgrade, cache=Cache(),
                            notify=lambda m: status.update(m))
-    changed = write_lock(result.lock, path)
     for note in result.notes:
         err.print(f"[yellow]note[/] {escape(note)}")
     from lockbuild.verify.doctor import doctor as run_doctor
@@ -165,14 +168,25 @@ def lock(
     findings = run_doctor(result.lock, None)
     for f in findings:
         err.print(f"[yellow]doctor {f.severity}[/] [{f.rule}] {escape(f.what)}; fix: {escape(f.fix)}")
+    errors = [f for f in findings if f.severity == "error"]
+    if errors:  # a lock that `lock` writes must build and serve: nothing is written
+        raise DoctorFailed(f"the lock would not serve; {path} was not written: "
+                           + "; ".join(f"[{f.rule}] {f.what}" for f in errors),
+                           hint=errors[0].fix)
+    changed = write_lock(result.lock, path)
     lk = result.lock
     summary = {
         "lock": str(path), "changed": changed, "reused": result.reused, "inputs_digest": lk.inputs_digest,
         "python": lk.target.python, "base": lk.target.base, "wheel_platform": lk.target.wheel_platform,
         "python_packages": len(lk.python.packages), "debian_packages": len(lk.debian.packages),
         "model": lk.model.resolved_uri, "notes": result.notes,
+        "variants": [{"dropped": c.dropped, "kept": c.kept, "reason": c.reason, "paths": c.paths,
+                      "example": c.example} for c in lk.python.variants],
         "doctor": [f.to_dict() for f in findings],
     }
+    if result.reused:
+        for c in lk.python.variants:
+            err.print(f"[yellow]note[/] variant: {c.kept} kept, {c.dropped} dropped ({escape(c.reason)})")
     if as_json:
         emit_json(summary)
     else:
@@ -463,7 +477,6 @@ def doctor(
 
     Example: [bold]lockbuild doctor --strict[/]
     """
-    from lockbuild.errors import DoctorFailed
     from lockbuild.fetch.cache import Cache
     from lockbuild.lock.io import read_lock
     from lockbuild.verify.doctor import doctor as run_doctor

@@ -154,3 +154,10 @@ class AuditUnavailable(LockbuildError):
 
     exit_code = 18
     kind = "audit-unavailable"
+
+
+class OverlapError(ResolveError):
+    """Two resolved distributions write the same files and no variant policy settles it."""
+
+    exit_code = 19
+    kind = "overlap"

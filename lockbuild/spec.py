@@ -40,6 +40,7 @@ class Spec:
     requirements: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     omit: tuple[str, ...] = ()
+    variants: tuple[tuple[str, str], ...] = ()  # (dropped, kept): requirements on dropped resolve to kept
     index_url: str = DEFAULT_INDEX
     exclude_newer: str | None = None
     serving: str = "mlflow-skinny"
@@ -164,6 +165,7 @@ def _from_dict(doc: dict[str, Any], path: Path) -> Spec:
         requirements=tuple(py.get("requirements", ())),
         exclude=tuple(py.get("exclude", ())),
         omit=tuple(py.get("omit", ())),
+        variants=tuple(sorted(py.get("variants", {}).items())),
         index_url=py.get("index-url", DEFAULT_INDEX),
         exclude_newer=_normalize_time(py["exclude-newer"]) if "exclude-newer" in py else None,
         serving=py.get("serving", "mlflow-skinny"),

@@ -51,7 +51,7 @@ def test_two_distributions_writing_the_same_file_are_an_error_naming_both(tmp_pa
     assert conflicts == [("usr/local/lib/python3.11/dist-packages/tensorflow/__init__.py", "tensorflow",
                           "tensorflow-cpu")]
     err = W.conflict_error(conflicts)
-    assert "tensorflow and tensorflow-cpu" in err.message and "[python] exclude" in (err.hint or "")
+    assert "tensorflow and tensorflow-cpu" in err.message and "[python] variants" in (err.hint or "")
 
 
 @pytest.mark.parametrize("member", ["../../etc/passwd", "/etc/passwd", "pkg/../../../x"])

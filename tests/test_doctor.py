@@ -89,7 +89,7 @@ def test_tf_keras_without_the_legacy_flag(legacy: Lock) -> None:
 def test_two_tensorflow_distributions(keras3: Lock) -> None:
     bent = with_packages(keras3, add=(("tensorflow", "2.21.0"),))
     (f,) = [f for f in doctor(bent) if f.rule == "same-files"]
-    assert "tensorflow" in f.what and "tensorflow-cpu" in f.what and "[python] exclude" in f.fix
+    assert "tensorflow" in f.what and "tensorflow-cpu" in f.what and "[python] variants" in f.fix
 
 
 def test_mlflow_and_skinny_at_different_versions(keras3: Lock) -> None:

@@ -90,9 +90,8 @@ def conflict_error(conflicts: list[tuple[str, str, str]]) -> BuildError:
     names = ", ".join(f"{a} and {b}" for a, b in pairs)
     return BuildError(
         f"two distributions write the same files: {names}; e.g. {sample}",
-        hint="keep exactly one of them: add the unwanted one to [python] exclude in lockbuild.toml, or pin the "
-        "same single distribution in [python] requirements (e.g. tensorflow-cpu instead of tensorflow), "
-        "then run `lockbuild lock`",
+        hint="keep exactly one of them: [python] variants = { unwanted = \"wanted\" } in lockbuild.toml (every "
+        "requirement on the unwanted name then resolves to the wanted one), then run `lockbuild lock`",
     )
 
 

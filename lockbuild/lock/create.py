@@ -20,11 +20,21 @@ from lockbuild import __version__
 from lockbuild.errors import PythonVersionError, SpecError
 from lockbuild.fetch.cache import Cache
 from lockbuild.fetch.model import cache_model_tree
-from lockbuild.lock.model import LOCK_VERSION, DebianLock, Lock, ModelFile, ModelLock, PythonLock, Runtime, Target
+from lockbuild.lock.model import (
+    LOCK_VERSION,
+    DebianLock,
+    Lock,
+    ModelFile,
+    ModelLock,
+    PythonLock,
+    Runtime,
+    Target,
+    Wheel,
+)
 from lockbuild.model.intake import ModelSource, fetch_model
 from lockbuild.model.metadata import ModelInfo, keras_major, read_model
 from lockbuild.progress import Notify
-from lockbuild.resolve import debian, runtime
+from lockbuild.resolve import debian, overlap, runtime
 from lockbuild.resolve.python import (
     BundledWheel,
     PythonTarget,
@@ -32,6 +42,7 @@ from lockbuild.resolve.python import (
     resolve_python,
     runtime_requirements,
     serving_server,
+    target_tags,
 )
 from lockbuild.spec import Spec
 
@@ -173,6 +184,19 @@ def _make_lock(spec: Spec, source: ModelSource, info: ModelInfo, *, previous: Lo
                 + runtime_requirements(spec.serving, mlflow_version, flask=True) + list(spec.requirements))
         wheels = resolve_python(reqs, list(info.constraints), **resolve_kw)  # type: ignore[arg-type]
         server = serving_server(wheels) or "gunicorn"
+    final_reqs = reqs
+
+    def re_resolve(extra: list[str], overrides: list[str]) -> list[Wheel]:
+        return resolve_python(final_reqs + extra, list(info.constraints), **resolve_kw,  # type: ignore[arg-type]
+                              overrides=overrides)
+
+    settled = overlap.settle(wheels, re_resolve, cache=cache,
+                             model_requirements=list(info.requirements) + list(spec.requirements),
+                             spec_variants=spec.variants, spec_where=str(spec.path), notify=notify,
+                             tags=target_tags(py_target), platform=wheel_platform)
+    wheels, reqs = settled.wheels, reqs + settled.extra_requirements
+    for c in settled.choices:
+        notes.append(f"variant: {c.kept} kept, {c.dropped} dropped ({c.reason})")
     omit = {canonicalize_name(n) for n in spec.omit}
     unknown = sorted(omit - {w.name for w in wheels})
     if unknown:
@@ -208,7 +232,8 @@ def _make_lock(spec: Spec, source: ModelSource, info: ModelInfo, *, previous: Lo
         ),
         python=PythonLock(exclude_newer=exclude_newer, index_url=index_url, requirements=tuple(reqs),
                           packages=tuple(wheels), omitted=tuple(sorted(omit)),
-                          extra_index_urls=info.extra_index_urls, constraints=info.constraints),
+                          extra_index_urls=info.extra_index_urls, constraints=info.constraints,
+                          variants=settled.choices),
         debian=deb_lock,
     )
     return LockResult(lock, reused=False, notes=notes)

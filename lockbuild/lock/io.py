@@ -30,6 +30,7 @@ from lockbuild.lock.model import (
     Sdist,
     Suite,
     Target,
+    VariantChoice,
     Wheel,
 )
 
@@ -75,6 +76,8 @@ def to_dict(lock: Lock) -> dict[str, Any]:
             "omitted": list(p.omitted),
             **({"extra-index-urls": list(p.extra_index_urls)} if p.extra_index_urls else {}),
             **({"constraints": list(p.constraints)} if p.constraints else {}),
+            **({"variants": [{"dropped": c.dropped, "kept": c.kept, "reason": c.reason, "paths": c.paths,
+                              "example": c.example} for c in p.variants]} if p.variants else {}),
             "packages": [wheel_to_dict(w) for w in sorted(p.packages, key=lambda w: w.name)],
         },
         "debian": {
@@ -282,6 +285,7 @@ def from_dict(data: dict[str, Any]) -> Lock:
             omitted=tuple(p.get("omitted", ())),
             extra_index_urls=tuple(p.get("extra-index-urls", ())),
             constraints=tuple(p.get("constraints", ())),
+            variants=tuple(VariantChoice(**c) for c in p.get("variants", ())),
             packages=tuple(wheel_from_dict(w) for w in p["packages"]),
         ),
         debian=DebianLock(

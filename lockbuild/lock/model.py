@@ -118,6 +118,18 @@ class Runtime:
 
 
 @dataclass(frozen=True)
+class VariantChoice:
+    """Two distributions that write the same files, settled at lock time: every requirement on
+    `dropped` resolves to `kept` (uv override `<dropped> ; sys_platform == 'never'`)."""
+
+    dropped: str  # normalized name, never installed
+    kept: str  # normalized name, installed in its place
+    reason: str  # why, in words (the spec's [python] variants, or the evidence the default used)
+    paths: int = 0  # how many install paths the two share (0: chosen in the spec, not observed)
+    example: str = ""  # one shared path, e.g. site-packages/tensorflow/__init__.py
+
+
+@dataclass(frozen=True)
 class PythonLock:
     exclude_newer: str  # RFC 3339, recorded so re-resolution is reproducible
     index_url: str  # credentials never recorded (they come from netrc at fetch time)
@@ -126,6 +138,7 @@ class PythonLock:
     omitted: tuple[str, ...] = ()  # resolved but deliberately left out ([python] omit)
     extra_index_urls: tuple[str, ...] = ()  # the model's --extra-index-url lines, credentials stripped
     constraints: tuple[str, ...] = ()  # the model's -c constraints given to the resolver
+    variants: tuple[VariantChoice, ...] = ()  # overlapping distributions settled at lock time
 
 
 @dataclass(frozen=True)

@@ -135,7 +135,8 @@ def pick_wheel(wheels: list[dict], tags: list[Tag]) -> dict | None:
 
 def uv_compile(requirements: list[str], constraints: list[str], *, target: PythonTarget, index_url: str,
                exclude_newer: str, workdir: Path, extra_index_urls: tuple[str, ...] = (),
-               find_links: tuple[str, ...] = (), only_binary: bool = True, no_binary: tuple[str, ...] = ()) -> str:
+               find_links: tuple[str, ...] = (), only_binary: bool = True, no_binary: tuple[str, ...] = (),
+               overrides: list[str] | None = None) -> str:
     """Run uv; return the pylock.toml text. uv's own explanation becomes the error message.
 
     Wheels only (``only_binary``), except the packages in ``no_binary``: those have no wheel for the
@@ -164,6 +165,10 @@ def uv_compile(requirements: list[str], constraints: list[str], *, target: Pytho
         con = workdir / "constraints.txt"
         con.write_text("\n".join(constraints) + "\n")
         cmd += ["--constraint", str(con)]
+    if overrides:  # lockbuild.resolve.overlap: drop a variant name everywhere
+        ovr = workdir / "overrides.txt"
+        ovr.write_text("\n".join(overrides) + "\n")
+        cmd += ["--override", str(ovr)]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("UV_", "PIP_"))}
     env["UV_NO_CONFIG"] = "1"
     env.setdefault("UV_CACHE_DIR", str(Path(os.environ.get("LOCKBUILD_CACHE", Path.home() / ".cache/lockbuild"))
@@ -284,7 +289,7 @@ Notify = Callable[[str], None]
 def resolve_python(requirements: list[str], constraints: list[str], *, target: PythonTarget, index_url: str,
                    exclude_newer: str, extra_index_urls: tuple[str, ...] = (),
                    bundled: tuple[BundledWheel, ...] = (), cache: object = None, epoch: int = 0,
-                   notify: Notify = lambda _m: None) -> list[Wheel]:
+                   notify: Notify = lambda _m: None, overrides: list[str] | None = None) -> list[Wheel]:
     """Resolve to one pinned wheel per distribution: from the index, from the model (bundled wheels,
     pinned at their version so the rest resolves around them), or built from an sdist when the
     target has no wheel at all (only then: everything else stays wheels-only)."""
@@ -297,7 +302,7 @@ def resolve_python(requirements: list[str], constraints: list[str], *, target: P
         def compile_(only_binary: bool = True, no_binary: tuple[str, ...] = ()) -> str:
             return uv_compile(reqs, constraints, target=target, index_url=index_url, exclude_newer=exclude_newer,
                               workdir=Path(d), extra_index_urls=extra_index_urls, find_links=links,
-                              only_binary=only_binary, no_binary=no_binary)
+                              only_binary=only_binary, no_binary=no_binary, overrides=overrides)
 
         sdist_ok: frozenset[str] = frozenset()
         try:

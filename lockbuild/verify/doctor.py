@@ -2,7 +2,8 @@
 
 RULES is the one readable table: each rule has an id, a severity, and a check function that
 returns findings saying what is wrong, why it breaks at serve time, and the spec change that
-fixes it. `lockbuild lock` runs these as warnings; `doctor --strict` makes warnings errors.
+fixes it. `lockbuild lock` prints warnings and fails on errors (writing no lock); `doctor --strict` makes warnings
+errors.
 """
 
 from __future__ import annotations
@@ -147,8 +148,8 @@ def rule_same_files(lock: Lock, cache: Cache | None) -> list[Finding]:
             listed = ", ".join(f"{n}=={v[n]}" for n in present)
             out.append(Finding("same-files", "error", f"{listed} install the same top-level package",
                                "the last one installed silently wins; imports then mix two builds",
-                               f"keep one: [python] exclude = [\"{present[0]}\"] or pin the one you want, "
-                               "then re-lock"))
+                               f"keep one: [python] variants = {{ \"{present[0]}\" = \"{present[1]}\" }} "
+                               "(or the reverse), then re-lock"))
     return out
 
 
