@@ -46,6 +46,13 @@ def test_python_minor_differs_from_the_logged_one(keras3: Lock) -> None:
     bent = dataclasses.replace(keras3, target=dataclasses.replace(keras3.target, python="3.13.5"))
     (f,) = doctor(bent)
     assert f.rule == "python-minor" and "3.11.7" in f.what and "3.13.5" in f.what and "[target] python" in f.fix
+    assert f.severity == "error"  # a silent mismatch blocks `lock`
+
+
+def test_python_minor_chosen_by_the_spec_is_a_warning(keras3: Lock) -> None:
+    target = dataclasses.replace(keras3.target, python="3.13.5", python_requested="3.13")
+    (f,) = doctor(dataclasses.replace(keras3, target=target))
+    assert f.rule == "python-minor" and f.severity == "warning"  # deliberate: said, but the lock is written
 
 
 def test_locked_mlflow_differs_from_the_model(keras3: Lock) -> None:

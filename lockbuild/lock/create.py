@@ -216,6 +216,7 @@ def _make_lock(spec: Spec, source: ModelSource, info: ModelInfo, *, previous: Lo
             platform=spec.platform, python=python_exact, python_abi=f"cp{v.major}{v.minor}",
             wheel_platform=wheel_platform, glibc=glibc, base=f"debian:{codename}",
             interpreter_package=choice.interpreter_package, interpreter_deb_version=interp.version,
+            python_requested=spec.python or "",
         ),
         model=ModelLock(
             uri=source.uri, resolved_uri=source.resolved_uri, name=source.name, version=source.version,

@@ -57,6 +57,7 @@ def to_dict(lock: Lock) -> dict[str, Any]:
             "platform": t.platform, "python": t.python, "python-abi": t.python_abi,
             "wheel-platform": t.wheel_platform, "glibc": t.glibc, "base": t.base,
             "interpreter-package": t.interpreter_package, "interpreter-deb-version": t.interpreter_deb_version,
+            **({"python-requested": t.python_requested} if t.python_requested else {}),
         },
         "runtime": {
             "serving": r.serving, "mlflow-version": r.mlflow_version, "server": r.server,
@@ -267,6 +268,7 @@ def from_dict(data: dict[str, Any]) -> Lock:
             platform=t["platform"], python=t["python"], python_abi=t["python-abi"],
             wheel_platform=t["wheel-platform"], glibc=t["glibc"], base=t["base"],
             interpreter_package=t["interpreter-package"], interpreter_deb_version=t["interpreter-deb-version"],
+            python_requested=t.get("python-requested", ""),
         ),
         runtime=Runtime(
             serving=r["serving"], mlflow_version=r["mlflow-version"], server=r["server"], port=r["port"],

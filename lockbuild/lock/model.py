@@ -102,6 +102,7 @@ class Target:
     base: str  # debian:bookworm
     interpreter_package: str  # python3.11
     interpreter_deb_version: str  # 3.11.2-6+deb12u6
+    python_requested: str = ""  # the spec's [target] python when it chose one (a deliberate override)
 
 
 @dataclass(frozen=True)
