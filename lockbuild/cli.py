@@ -283,7 +283,7 @@ def image(
     summary = {
         "digest": img.manifest_digest, "config_digest": img.config_digest, "compressed_bytes": size,
         "layers": [{"name": p.name, "digest": layer.digest, "diff_id": layer.diff_id, "size": layer.size,
-                    "reused": reused} for p, layer, reused in result.layers],
+                    "reused": reused, **(result.stats or {}).get(p.name, {})} for p, layer, reused in result.layers],
         **outputs,
     }
     if as_json:
@@ -291,8 +291,22 @@ def image(
     else:
         for k, v in outputs.items():
             err.print(f"  {k}: {v}")
+        _print_layer_sizes(err, result)
         err.print(f"[green]image[/] {lk.image_name} {size / 1e6:.1f} MB compressed, {len(result.layers)} layers")
         out.print(img.manifest_digest)
+
+
+def _print_layer_sizes(err: Console, result: Any) -> None:
+    """Per layer: unpacked MB before -> after the lock's [build] rules (pruned files, .pyc added), gzip MB."""
+    mb = 1e6
+    for p, layer, reused in result.layers:
+        st = (result.stats or {}).get(p.name) or {}
+        if not st:
+            err.print(f"  {p.name:<28} {layer.size / mb:9.1f} MB gz{' (cached)' if reused else ''}")
+            continue
+        err.print(f"  {p.name:<28} unpacked {st['before_bytes'] / mb:8.1f} -> {st['unpacked_bytes'] / mb:8.1f} MB"
+                  f" (-{st['pruned_files']} files {st['pruned_bytes'] / mb:.1f} MB, +{st['pyc_files']} .pyc"
+                  f" {st['pyc_bytes'] / mb:.1f} MB), {layer.size / mb:.1f} MB gz{' (cached)' if reused else ''}")
 
 
 @app.command()

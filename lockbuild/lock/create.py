@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -18,10 +19,21 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 from lockbuild import __version__
+from lockbuild.assemble.prune import DEFAULT_OMIT, DEFAULT_PRUNE
 from lockbuild.errors import PythonVersionError, SpecError
 from lockbuild.fetch.cache import Cache
 from lockbuild.fetch.model import cache_model_tree
-from lockbuild.lock.model import LOCK_VERSION, DebianLock, Lock, ModelFile, ModelLock, PythonLock, Runtime, Target
+from lockbuild.lock.model import (
+    LOCK_VERSION,
+    BuildRules,
+    DebianLock,
+    Lock,
+    ModelFile,
+    ModelLock,
+    PythonLock,
+    Runtime,
+    Target,
+)
 from lockbuild.model.intake import ModelSource, fetch_model
 from lockbuild.model.metadata import ModelInfo, keras_major, read_model
 from lockbuild.resolve import debian, runtime
@@ -35,6 +47,26 @@ from lockbuild.resolve.python import (
 from lockbuild.spec import Spec
 
 NONROOT_UID = 65532
+# Bumped when the default [build] rules change, so `lock --check` reports existing locks stale.
+BUILD_RULES_VERSION = 1
+
+
+def build_rules(spec: Spec) -> BuildRules:
+    """The spec's [build] table with the documented defaults expanded (assemble/prune.py)."""
+    prune = (DEFAULT_PRUNE if spec.prune_defaults else ()) + tuple(g for g in spec.prune if g not in DEFAULT_PRUNE)
+    return BuildRules(bytecode="unchecked-hash" if spec.bytecode else "none", prune=prune, keep=spec.keep)
+
+
+def default_omit(spec: Spec, resolved: set[str]) -> set[str]:
+    """DEFAULT_OMIT names that were resolved and that the spec does not ask for by name."""
+    if not spec.prune_defaults:
+        return set()
+    wanted = set()
+    for line in spec.requirements:
+        m = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", line)
+        if m:
+            wanted.add(canonicalize_name(m.group(1)))
+    return {n for n in DEFAULT_OMIT if n in resolved and n not in wanted}
 Notify = Callable[[str], None]
 
 
@@ -53,7 +85,7 @@ def input_digests(spec: Spec, source: ModelSource, info: ModelInfo) -> dict[str,
     return {
         "spec": _digest(spec.raw),
         "model": _digest({"resolved-uri": source.resolved_uri, "tree": info.tree_digest}),
-        "tool": _digest({"lockbuild": __version__, "lock-format": LOCK_VERSION}),
+        "tool": _digest({"lockbuild": __version__, "lock-format": LOCK_VERSION, "build-rules": BUILD_RULES_VERSION}),
     }
 
 
@@ -163,11 +195,12 @@ def _make_lock(spec: Spec, source: ModelSource, info: ModelInfo, *, previous: Lo
         wheels = resolve_python(reqs, list(info.constraints), target=py_target, index_url=spec.index_url,
                                 exclude_newer=exclude_newer)
         server = serving_server(wheels) or "gunicorn"
-    omit = {canonicalize_name(n) for n in spec.omit}
+    omit: set[str] = {canonicalize_name(n) for n in spec.omit}
     unknown = sorted(omit - {w.name for w in wheels})
     if unknown:
         raise SpecError(f"[python] omit names {', '.join(unknown)}, which the resolution does not contain",
                         where=str(spec.path), hint="remove it from [python] omit")
+    omit |= default_omit(spec, {w.name for w in wheels})
     wheels = [w for w in wheels if w.name not in omit]
     versions = {w.name: w.version for w in wheels}
     v = Version(python_exact)
@@ -199,6 +232,7 @@ def _make_lock(spec: Spec, source: ModelSource, info: ModelInfo, *, previous: Lo
         python=PythonLock(exclude_newer=exclude_newer, index_url=spec.index_url, requirements=tuple(reqs),
                           packages=tuple(wheels), omitted=tuple(sorted(omit))),
         debian=deb_lock,
+        build=build_rules(spec),
     )
     return LockResult(lock, reused=False, notes=notes)
 

@@ -20,6 +20,7 @@ from lockbuild.errors import LockFileError
 from lockbuild.fsutil import atomic_write_text
 from lockbuild.lock.model import (
     LOCK_VERSION,
+    BuildRules,
     Deb,
     DebianLock,
     Lock,
@@ -78,6 +79,7 @@ def to_dict(lock: Lock) -> dict[str, Any]:
                 for w in sorted(p.packages, key=lambda w: w.name)
             ],
         },
+        "build": {"bytecode": lock.build.bytecode, "prune": list(lock.build.prune), "keep": list(lock.build.keep)},
         "debian": {
             "roots": list(d.roots),
             "suites": [
@@ -136,6 +138,11 @@ def dumps(lock: Lock) -> str:
     pt.update(py)
     pt.add("packages", _aot(pkgs))
     doc.add("python", pt)
+    if lock.build != BuildRules():  # absent = the defaults, so locks written before [build] render unchanged
+        doc.add(tomlkit.nl())
+        bt = tomlkit.table()
+        bt.update(data["build"])
+        doc.add("build", bt)
     deb = dict(data["debian"])
     doc.add(tomlkit.nl())
     dt = tomlkit.table()
@@ -248,9 +255,16 @@ def from_dict(data: dict[str, Any]) -> Lock:
             omitted=tuple(p.get("omitted", ())),
             packages=tuple(Wheel(**{k.replace("-", "_"): v for k, v in w.items()}) for w in p["packages"]),
         ),
+        build=_build_rules(data.get("build", {})),
         debian=DebianLock(
             roots=tuple(d["roots"]),
             suites=tuple(Suite(**{k.replace("-", "_"): v for k, v in s.items()}) for s in d["suites"]),
             packages=tuple(Deb(**{k.replace("-", "_"): v for k, v in b.items()}) for b in d["packages"]),
         ),
     )
+
+
+def _build_rules(b: dict[str, Any]) -> BuildRules:
+    """A lock without [build] (written before it existed) means: no bytecode, nothing pruned."""
+    return BuildRules(bytecode=b.get("bytecode", "none"), prune=tuple(b.get("prune", ())),
+                      keep=tuple(b.get("keep", ())))
