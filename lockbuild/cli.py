@@ -301,12 +301,14 @@ def _print_layer_sizes(err: Console, result: Any) -> None:
     mb = 1e6
     for p, layer, reused in result.layers:
         st = (result.stats or {}).get(p.name) or {}
-        if not st:
-            err.print(f"  {p.name:<28} {layer.size / mb:9.1f} MB gz{' (cached)' if reused else ''}")
-            continue
-        err.print(f"  {p.name:<28} unpacked {st['before_bytes'] / mb:8.1f} -> {st['unpacked_bytes'] / mb:8.1f} MB"
-                  f" (-{st['pruned_files']} files {st['pruned_bytes'] / mb:.1f} MB, +{st['pyc_files']} .pyc"
-                  f" {st['pyc_bytes'] / mb:.1f} MB), {layer.size / mb:.1f} MB gz{' (cached)' if reused else ''}")
+        line = f"  {p.name:<24}"
+        if st:
+            line += f" unpacked {st['before_bytes'] / mb:7.1f} -> {st['unpacked_bytes'] / mb:7.1f} MB"
+            if st["pruned_files"]:
+                line += f", pruned {st['pruned_files']} files {st['pruned_bytes'] / mb:.1f} MB"
+            if st["pyc_files"]:
+                line += f", +{st['pyc_files']} .pyc {st['pyc_bytes'] / mb:.1f} MB"
+        err.print(f"{line}; {layer.size / mb:.1f} MB gzip{' (cached)' if reused else ''}")
 
 
 @app.command()
