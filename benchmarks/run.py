@@ -793,6 +793,30 @@ def startup_ratios(med: Callable[[str], float | None], facts: dict[str, Any]) ->
     }
 
 
+def startup_rows(metrics: dict[str, dict[str, Any]], facts: dict[str, Any],
+                 r: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
+    """Issue 12's rows: start-up with and without build-time bytecode, and that image's sizes."""
+    if not any(k.startswith("ping_") for k in metrics):
+        return []
+
+    def cell(k: str) -> tuple[str, str]:
+        m = metrics.get(k)
+        return (_s(m["median"]), str(len(m["samples"]))) if m else ("n/a", "0")
+
+    return [
+        ("start", "`docker run` -> /ping 200, build-time .pyc + pruning", *cell("ping_bytecode_s"),
+         f"{_x(r.get('ready_vs_nopyc'))} without"),
+        ("start", "`docker run` -> /ping 200, no .pyc, no pruning", *cell("ping_none_s"), ""),
+        ("start", "`docker run` -> correct /invocations, .pyc + pruning", *cell("invocations_bytecode_s"),
+         f"{_x(r.get('answer_vs_nopyc'))} without"),
+        ("start", "`docker run` -> correct /invocations, no .pyc", *cell("invocations_none_s"), ""),
+        ("size", "image with .pyc + pruning, uncompressed (engine)",
+         _mb(facts.get("startup_bytecode_engine_bytes")), "", f"{_x(r.get('startup_size_vs_mlflow'))} MLflow-style"),
+        ("size", "image with .pyc + pruning, compressed", _mb(facts.get("startup_bytecode_compressed_bytes")), "",
+         f"{_x(r.get('startup_compressed_vs_mlflow'))} MLflow-style"),
+    ]
+
+
 def _s(x: float | None) -> str:
     if x is None:
         return "n/a"
@@ -863,6 +887,7 @@ def render_table(metrics: dict[str, dict[str, Any]], facts: dict[str, Any], summ
         ("memory", "peak RSS `lockbuild image`, warm",
          "n/a" if not facts.get("peak_rss_warm_kb") else f"{facts['peak_rss_warm_kb'] / 1024:.0f} MB", "", ""),
     ]
+    rows += startup_rows(metrics, facts, r)
     lines = ["| | measurement | median | runs | ratio / note |", "|---|---|---:|---:|---|"]
     lines += [f"| {a} | {b} | {c} | {d} | {e} |" for a, b, c, d, e in rows]
     lines += ["", "| target (issue 6) | measured | met |", "|---|---:|---|"]
