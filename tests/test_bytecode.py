@@ -166,3 +166,30 @@ def test_wheel_layer_keys_ignore_the_lock_time_and_model() -> None:
     c = {p.name: p.key for p in plan_layers(pruned_less, mtime=lock.epoch(), lock_digest="sha256:a", level=1)}
     assert c["python-tensorflow-cpu"] != a["python-tensorflow-cpu"]  # the rules are part of the key
     assert WHEEL_MTIME == 315532800
+
+
+# -- spec -> lock rules ----------------------------------------------------------------------------
+def test_spec_build_table_becomes_the_locks_rules(tmp_path: Path) -> None:
+    from lockbuild.errors import SpecError
+    from lockbuild.lock.create import build_rules, default_omit
+    from lockbuild.spec import load_spec
+
+    spec_file = tmp_path / "lockbuild.toml"
+    spec_file.write_text('[model]\nuri = "./model"\n')
+    default = load_spec(spec_file)
+    assert build_rules(default) == BuildRules("unchecked-hash", DEFAULT_PRUNE, ())
+    assert default_omit(default, {"libclang", "numpy"}) == {"libclang"}
+    assert default_omit(default, {"numpy"}) == set()
+
+    spec_file.write_text('[model]\nuri = "./model"\n[python]\nrequirements = ["libclang>=18"]\n'
+                         '[build]\nbytecode = false\nprune-defaults = false\nprune = ["pkg/include/**"]\n'
+                         'keep = ["pkg/include/keep.h"]\n')
+    custom = load_spec(spec_file)
+    assert build_rules(custom) == BuildRules("none", ("pkg/include/**",), ("pkg/include/keep.h",))
+    assert default_omit(custom, {"libclang"}) == set()  # defaults off
+    spec_file.write_text('[model]\nuri = "./model"\n[python]\nrequirements = ["LibClang>=18"]\n')
+    assert default_omit(load_spec(spec_file), {"libclang"}) == set()  # asked for by name: kept
+
+    spec_file.write_text('[model]\nuri = "./model"\n[build]\nprune-default = false\n')
+    with pytest.raises(SpecError, match="prune-default"):
+        load_spec(spec_file)
