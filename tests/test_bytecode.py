@@ -193,3 +193,13 @@ def test_spec_build_table_becomes_the_locks_rules(tmp_path: Path) -> None:
     spec_file.write_text('[model]\nuri = "./model"\n[build]\nprune-default = false\n')
     with pytest.raises(SpecError, match="prune-default"):
         load_spec(spec_file)
+
+
+def test_lock_diff_shows_build_rule_changes() -> None:
+    from lockbuild.audit.diff import diff_locks
+
+    lock = read_lock(EXAMPLE_LOCK)
+    old = dataclasses.replace(lock, build=BuildRules())
+    changes = {(c.section, c.name, c.kind) for c in diff_locks(old, lock).changes}
+    assert ("build", "bytecode", "changed") in changes
+    assert ("build", "prune tensorflow/include/**", "added") in changes
