@@ -97,7 +97,7 @@ def test_image_is_pruned_and_byte_compiled_by_the_locks_rules(built: dict) -> No
     layers = {la["name"]: la for la in built["image"]["layers"]}
     assert "python-libclang" not in layers  # omitted by default: serving never imports it
     tf = layers["python-tensorflow-cpu"]
-    assert tf["pruned_bytes"] > 200_000_000  # tensorflow/include
+    assert tf["pruned_bytes"] > 100_000_000  # tensorflow/include: 268 MB (2.21), 155 MB (legacy example)
     assert tf["pyc_files"] > 1000 and layers["debian"]["pyc_files"] > 500
     assert tf["unpacked_bytes"] == tf["before_bytes"] - tf["pruned_bytes"] + tf["pyc_bytes"]
 
