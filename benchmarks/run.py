@@ -11,6 +11,9 @@ Measures, in ONE run, on examples/keras3 (copied to a scratch directory) and its
            ("warm-downloads build"); once per run: gzip level 1 of the image's own tar bytes.
 3. warm:   no-op rebuild; model-only change (add a file to the model, `lock`, `image`);
            image sizes; peak RSS of every `lockbuild image` process.
+4. start-up: time from `docker run` to the first 200 on /ping and to the first correct
+           /invocations answer, for the image with build-time bytecode + pruning and for the same
+           lock without either ([build] bytecode = false, prune-defaults = false), interleaved.
 
 Writes benchmarks/results/latest.json (atomically) and prints a markdown table. See
 benchmarks/README.md for the baseline's construction and the caveats.
@@ -70,6 +73,7 @@ TARGETS = {
     "model_change_vs_cold": ("model-only change (lock + image) <= 0.1x cold", 0.1),
     "size_vs_mlflow": ("image (uncompressed) <= 0.5x MLflow-style image", 0.5),
     "peak_rss_mb": ("peak RSS of `lockbuild image` < 500 MB", 500.0),
+    "ready_vs_nopyc": ("docker run -> /ping 200 <= 0.5x the image without bytecode", 0.5),  # issue 12
 }
 
 
@@ -628,6 +632,98 @@ def bench_warm(res: Results, cache: Path, host: str | None, repeats: int, compre
         docker(host, "rmi", "-f", LOADED_TAG)
 
 
+# -- start-up: docker run -> first /ping 200 -> first correct /invocations (issue 12) ---------------
+
+STARTUP_TAGS = {"bytecode": "lockbuild-bench/keras3:startup-pyc", "none": "lockbuild-bench/keras3:startup-nopyc"}
+
+
+def _http(url: str, body: bytes | None = None) -> tuple[int, bytes]:
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"} if body else {})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+    except OSError:
+        return 0, b""
+
+
+def _close(a: Any, b: Any, tol: float) -> bool:
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_close(x, y, tol) for x, y in zip(a, b, strict=True))
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return abs(a - b) <= tol * max(1.0, abs(b))
+    return bool(a == b)
+
+
+def time_to_serve(host: str, tag: str, body: bytes, expected: Any, tol: float,
+                  timeout: float = 300) -> tuple[float, float]:
+    """Seconds from `docker run` to the first 200 on /ping, and to the first correct /invocations answer."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    base = f"http://127.0.0.1:{port}"
+    t0 = time.perf_counter()
+    cid = docker(host, "run", "-d", "--network", "host", "-e", f"PORT={port}", "-e", "HOST=127.0.0.1",
+                 tag).stdout.strip()
+    try:
+        ping = inv = None
+        while time.perf_counter() - t0 < timeout:
+            if ping is None:
+                if _http(base + "/ping")[0] == 200:
+                    ping = time.perf_counter() - t0
+            else:
+                code, out = _http(base + "/invocations", body)
+                if code == 200 and _close(json.loads(out).get("predictions"), expected, tol):
+                    inv = time.perf_counter() - t0
+                    break
+            time.sleep(0.05)
+        if ping is None or inv is None:
+            raise RuntimeError(f"{tag} did not serve a correct answer in {timeout} s")
+        return ping, inv
+    finally:
+        docker(host, "rm", "-f", cid)
+
+
+def bench_startup(res: Results, cache: Path, host: str | None, repeats: int) -> None:
+    """The TF example with and without build-time bytecode (and without pruning: today's image),
+    interleaved; plus each image's unpacked (engine) and compressed size."""
+    if host is None:
+        log("4. start-up: skipped (no Docker engine)")
+        return
+    log(f"4. start-up: docker run -> /ping 200 -> correct /invocations, bytecode vs none, x{repeats}")
+    expected = json.loads((EXAMPLE / "predictions.json").read_text())
+    body = json.dumps(expected.get("input") or json.loads(
+        (EXAMPLE / "model" / "serving_input_example.json").read_text())).encode()
+    for kind, tag in STARTUP_TAGS.items():
+        work = copy_example(res.scratch / f"startup-{kind}")
+        if kind == "none":  # what images were before issue 12: no .pyc, nothing pruned
+            with open(work / "lockbuild.toml", "a") as f:
+                f.write("\n[build]\nbytecode = false\nprune-defaults = false\n")
+            run([*lockbuild_cmd(), "lock"], env=lb_env(cache, None), cwd=work).check()
+        docker(host, "rmi", "-f", tag)
+        d = lb_image(work, cache, host, "--load", "--tag", tag).json()
+        res.facts[f"startup_{kind}_engine_bytes"] = image_size(host, tag)
+        res.facts[f"startup_{kind}_compressed_bytes"] = d["compressed_bytes"]
+    samples: dict[str, tuple[list[float], list[float]]] = {k: ([], []) for k in STARTUP_TAGS}
+    for i in range(repeats):
+        for kind in (list(STARTUP_TAGS) if i % 2 == 0 else list(reversed(STARTUP_TAGS))):
+            ping, inv = time_to_serve(host, STARTUP_TAGS[kind], body, expected["predictions"],
+                                      float(expected.get("tolerance", 1e-5)))
+            samples[kind][0].append(ping)
+            samples[kind][1].append(inv)
+    for kind, (ping_s, inv_s) in samples.items():
+        res.add(f"ping_{kind}_s", ping_s, f"docker run -> first /ping 200 ({kind})")
+        res.add(f"invocations_{kind}_s", inv_s, f"docker run -> first correct /invocations ({kind})")
+    for tag in STARTUP_TAGS.values():
+        docker(host, "rmi", "-f", tag)
+
+
 # -- results -----------------------------------------------------------------------------------------
 
 
@@ -676,6 +772,7 @@ def summarize(metrics: dict[str, dict[str, Any]], facts: dict[str, Any]) -> dict
         "size_vs_mlflow": ratio(uncompressed, facts.get("mlflow_image_bytes")),
         "compressed_vs_mlflow": ratio(facts.get("compressed_bytes"), facts.get("mlflow_compressed_bytes")),
         "peak_rss_mb": max(rss_mb) if rss_mb else None,
+        **startup_ratios(med, facts),
     }
     targets = []
     for key, (what, limit) in TARGETS.items():
@@ -683,6 +780,41 @@ def summarize(metrics: dict[str, dict[str, Any]], facts: dict[str, Any]) -> dict
         met = None if value is None else (value < limit if key == "peak_rss_mb" else value <= limit)
         targets.append({"key": key, "target": what, "limit": limit, "value": value, "met": met})
     return {"ratios": ratios, "targets": targets}
+
+
+def startup_ratios(med: Callable[[str], float | None], facts: dict[str, Any]) -> dict[str, Any]:
+    """Issue 12: ready time with bytecode vs without (today's image), and the sizes vs MLflow-style."""
+    return {
+        "ready_vs_nopyc": ratio(med("ping_bytecode_s"), med("ping_none_s")),
+        "answer_vs_nopyc": ratio(med("invocations_bytecode_s"), med("invocations_none_s")),
+        "startup_size_vs_mlflow": ratio(facts.get("startup_bytecode_engine_bytes"), facts.get("mlflow_image_bytes")),
+        "startup_compressed_vs_mlflow": ratio(facts.get("startup_bytecode_compressed_bytes"),
+                                              facts.get("mlflow_compressed_bytes")),
+    }
+
+
+def startup_rows(metrics: dict[str, dict[str, Any]], facts: dict[str, Any],
+                 r: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
+    """Issue 12's rows: start-up with and without build-time bytecode, and that image's sizes."""
+    if not any(k.startswith("ping_") for k in metrics):
+        return []
+
+    def cell(k: str) -> tuple[str, str]:
+        m = metrics.get(k)
+        return (_s(m["median"]), str(len(m["samples"]))) if m else ("n/a", "0")
+
+    return [
+        ("start", "`docker run` -> /ping 200, build-time .pyc + pruning", *cell("ping_bytecode_s"),
+         f"{_x(r.get('ready_vs_nopyc'))} without"),
+        ("start", "`docker run` -> /ping 200, no .pyc, no pruning", *cell("ping_none_s"), ""),
+        ("start", "`docker run` -> correct /invocations, .pyc + pruning", *cell("invocations_bytecode_s"),
+         f"{_x(r.get('answer_vs_nopyc'))} without"),
+        ("start", "`docker run` -> correct /invocations, no .pyc", *cell("invocations_none_s"), ""),
+        ("size", "image with .pyc + pruning, uncompressed (engine)",
+         _mb(facts.get("startup_bytecode_engine_bytes")), "", f"{_x(r.get('startup_size_vs_mlflow'))} MLflow-style"),
+        ("size", "image with .pyc + pruning, compressed", _mb(facts.get("startup_bytecode_compressed_bytes")), "",
+         f"{_x(r.get('startup_compressed_vs_mlflow'))} MLflow-style"),
+    ]
 
 
 def _s(x: float | None) -> str:
@@ -755,6 +887,7 @@ def render_table(metrics: dict[str, dict[str, Any]], facts: dict[str, Any], summ
         ("memory", "peak RSS `lockbuild image`, warm",
          "n/a" if not facts.get("peak_rss_warm_kb") else f"{facts['peak_rss_warm_kb'] / 1024:.0f} MB", "", ""),
     ]
+    rows += startup_rows(metrics, facts, r)
     lines = ["| | measurement | median | runs | ratio / note |", "|---|---|---:|---:|---|"]
     lines += [f"| {a} | {b} | {c} | {d} | {e} |" for a, b, c, d, e in rows]
     lines += ["", "| target (issue 6) | measured | met |", "|---|---:|---|"]
@@ -887,6 +1020,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.quick:
             bench_cold(res, host, args.rounds, with_docker, mlflow_ctx)
         bench_warm(res, warm_cache, host, args.repeats, compress_repeats=0 if args.quick else args.rounds)
+        bench_startup(res, warm_cache, host, args.repeats)
         if with_docker and host:
             docker(host, "rmi", "-f", MLFLOW_TAG)
     machine["loadavg_end"] = list(os.getloadavg())

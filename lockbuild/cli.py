@@ -340,7 +340,7 @@ def image(
     summary = {
         "digest": img.manifest_digest, "config_digest": img.config_digest, "compressed_bytes": size,
         "layers": [{"name": p.name, "digest": layer.digest, "diff_id": layer.diff_id, "size": layer.size,
-                    "reused": reused} for p, layer, reused in result.layers],
+                    "reused": reused, **(result.stats or {}).get(p.name, {})} for p, layer, reused in result.layers],
         **outputs,
     }
     if as_json:
@@ -348,8 +348,24 @@ def image(
     else:
         for k, v in outputs.items():
             err.print(f"  {k}: {v}")
+        _print_layer_sizes(err, result)
         err.print(f"[green]image[/] {lk.image_name} {size / 1e6:.1f} MB compressed, {len(result.layers)} layers")
         out.print(img.manifest_digest)
+
+
+def _print_layer_sizes(err: Console, result: Any) -> None:
+    """Per layer: unpacked MB before -> after the lock's [build] rules (pruned files, .pyc added), gzip MB."""
+    mb = 1e6
+    for p, layer, reused in result.layers:
+        st = (result.stats or {}).get(p.name) or {}
+        line = f"  {p.name:<24}"
+        if st:
+            line += f" unpacked {st['before_bytes'] / mb:7.1f} -> {st['unpacked_bytes'] / mb:7.1f} MB"
+            if st["pruned_files"]:
+                line += f", pruned {st['pruned_files']} files {st['pruned_bytes'] / mb:.1f} MB"
+            if st["pyc_files"]:
+                line += f", +{st['pyc_files']} .pyc {st['pyc_bytes'] / mb:.1f} MB"
+        err.print(f"{line}; {layer.size / mb:.1f} MB gzip{' (cached)' if reused else ''}")
 
 
 @app.command()

@@ -54,6 +54,10 @@ class Spec:
     smoke_tolerance: float = 1e-5
     smoke_timeout: int = 180
     deploy: dict[str, Any] = field(default_factory=dict)
+    bytecode: bool = True
+    prune_defaults: bool = True
+    prune: tuple[str, ...] = ()
+    keep: tuple[str, ...] = ()
     raw: dict[str, Any] = field(default_factory=dict)  # validated plain dict, for the input digest
 
     @property
@@ -149,6 +153,7 @@ def _from_dict(doc: dict[str, Any], path: Path) -> Spec:
     py = doc.get("python", {})
     image = doc.get("image", {})
     smoke = doc.get("smoke", {})
+    build = doc.get("build", {})
     uri = model["uri"]
     name = image.get("name") or _default_image_name(uri, path)
     return Spec(
@@ -179,6 +184,10 @@ def _from_dict(doc: dict[str, Any], path: Path) -> Spec:
         smoke_tolerance=float(smoke.get("tolerance", 1e-5)),
         smoke_timeout=int(smoke.get("timeout", 180)),
         deploy=dict(doc.get("deploy", {})),
+        bytecode=bool(build.get("bytecode", True)),
+        prune_defaults=bool(build.get("prune-defaults", True)),
+        prune=tuple(build.get("prune", ())),
+        keep=tuple(build.get("keep", ())),
         raw=doc,
     )
 

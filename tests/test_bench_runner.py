@@ -58,7 +58,24 @@ def test_summary_ratios_and_verdicts(bench) -> None:  # type: ignore[no-untyped-
     assert r["peak_rss_mb"] == pytest.approx(120.0)
     met = {t["key"]: t["met"] for t in summary["targets"]}
     assert met == {"cold_vs_docker": True, "noop_seconds": True, "model_change_vs_cold": False,
-                   "size_vs_mlflow": False, "peak_rss_mb": True}
+                   "size_vs_mlflow": False, "peak_rss_mb": True, "ready_vs_nopyc": None}
+
+
+def test_startup_ratios(bench) -> None:  # type: ignore[no-untyped-def]
+    res = fake(bench)
+    res.add("ping_bytecode_s", [4.0, 5.0, 4.5], "ping with .pyc")
+    res.add("ping_none_s", [9.0, 10.0, 11.0], "ping without")
+    res.add("invocations_bytecode_s", [5.0], "answer with .pyc")
+    res.add("invocations_none_s", [10.0], "answer without")
+    res.facts.update(startup_bytecode_engine_bytes=1_393_000_000, mlflow_compressed_bytes=754_000_000,
+                     startup_bytecode_compressed_bytes=407_000_000)
+    summary = bench.summarize(res.metrics, res.facts)
+    r = summary["ratios"]
+    assert r["ready_vs_nopyc"] == pytest.approx(4.5 / 10.0)
+    assert r["answer_vs_nopyc"] == pytest.approx(0.5)
+    assert r["startup_size_vs_mlflow"] == pytest.approx(1_393 / 2_523)
+    assert r["startup_compressed_vs_mlflow"] == pytest.approx(407 / 754)
+    assert {t["key"]: t["met"] for t in summary["targets"]}["ready_vs_nopyc"] is True
 
 
 def test_missing_measurements_are_not_measured_never_met(bench) -> None:  # type: ignore[no-untyped-def]

@@ -93,6 +93,15 @@ def test_smoke_serves_the_recorded_predictions(built: dict) -> None:
     assert len(report["predictions"]) == len(expected["predictions"]), flat_got
 
 
+def test_image_is_pruned_and_byte_compiled_by_the_locks_rules(built: dict) -> None:
+    layers = {la["name"]: la for la in built["image"]["layers"]}
+    assert "python-libclang" not in layers  # omitted by default: serving never imports it
+    tf = layers["python-tensorflow-cpu"]
+    assert tf["pruned_bytes"] > 100_000_000  # tensorflow/include: 268 MB (2.21), 155 MB (legacy example)
+    assert tf["pyc_files"] > 1000 and layers["debian"]["pyc_files"] > 500
+    assert tf["unpacked_bytes"] == tf["before_bytes"] - tf["pruned_bytes"] + tf["pyc_bytes"]
+
+
 def test_relock_is_byte_identical_and_reused(built: dict) -> None:
     before = (built["dir"] / "lockbuild.lock").read_bytes()
     again = json.loads(lockbuild("lock", "--json", cwd=built["dir"]).stdout)

@@ -15,10 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lockbuild import __version__
+from lockbuild.assemble import bytecode
 from lockbuild.assemble import config as config_layer
 from lockbuild.assemble import wheels as wheel_install
 from lockbuild.assemble.model import stage_model
-from lockbuild.assemble.plan import LayerPlan, plan_layers
+from lockbuild.assemble.plan import WHEEL_MTIME, LayerPlan, plan_layers
+from lockbuild.assemble.prune import Rules
 from lockbuild.assemble.rootfs import assemble_rootfs
 from lockbuild.errors import BuildError, IntegrityError
 from lockbuild.fetch.cache import Cache
@@ -40,6 +42,8 @@ class BuildResult:
     image: Image
     layers: list[tuple[LayerPlan, Layer, bool]]  # plan, layer, reused from the layer cache
     labels: dict[str, str]
+    # per layer name: unpacked bytes before/after the [build] rules, files pruned, .pyc added
+    stats: dict[str, dict[str, int]] | None = None
 
 
 def source_date_epoch(lock: Lock) -> int:
@@ -116,7 +120,9 @@ def build(lock: Lock, lock_bytes: bytes, cache: Cache, *, lock_dir: Path, jobs: 
     }
     ordered = [(p.name, done[p.name]) for p in plans]
     image = build_image(ordered, config=image_spec(lock, labels), annotations=annotations, created=lock.created)
-    return BuildResult(image=image, layers=[(p, done[p.name], p not in todo) for p in plans], labels=labels)
+    stats = {p.name: cache.meta_get("layer-stats", p.key.replace(":", "-")) or {} for p in plans}
+    return BuildResult(image=image, layers=[(p, done[p.name], p not in todo) for p in plans], labels=labels,
+                       stats=stats)
 
 
 def _weight(p: LayerPlan) -> int:
@@ -146,8 +152,8 @@ def _fetch_inputs(lock: Lock, todo: list[LayerPlan], cache: Cache, *, jobs: int,
                   lock_dir: Path) -> dict[str, Path]:
     items: list[Item] = []
     kinds = {p.kind for p in todo}
-    if "debian" in kinds:
-        items += deb_items(lock.debian)
+    if "debian" in kinds or ("python" in kinds and lock.build.bytecode != "none"):
+        items += deb_items(lock.debian)  # python layers are byte-compiled by the lock's own interpreter
     for p in todo:
         for w in p.wheels:
             if not w.source:  # built (sdist) and bundled (model) wheels come from elsewhere, below
@@ -207,6 +213,8 @@ class StagedLayer:
     root: Path
     mtime: int
     owners: dict[str, tuple[int, int]] | None = None
+    # what the lock's [build] rules did: {"pruned_files", "pruned_bytes", "pyc_files", ...}
+    stats: dict[str, int] | None = None
 
 
 def stage_layer(p: LayerPlan, lock: Lock, lock_bytes: bytes, blobs: dict[str, Path], stage: Path, *,
@@ -215,21 +223,48 @@ def stage_layer(p: LayerPlan, lock: Lock, lock_bytes: bytes, blobs: dict[str, Pa
     layer's content, mtime and owners: the builder tars it into the cache, verify derives the expected
     image from it, so the two can never disagree about what the lock means."""
     owners = None
+    stats: dict[str, int] = {}
+    compile_pyc = lock.build.bytecode == bytecode.UNCHECKED_HASH
     if p.kind == "debian":
         debs = [(d, blobs[d.sha256]) for d in lock.debian.packages]
         for warning in assemble_rootfs(debs, stage, uid=lock.runtime.user):
             report("warning", {"message": f"debian layer: {warning}"})
         owners = {"home/nonroot": (lock.runtime.user, lock.runtime.user)}
+        if compile_pyc:
+            stats["pyc_files"] = bytecode.compile_debian(bytecode.TargetPython(stage, lock), stage, lock)
     elif p.kind == "python":
         for w in p.wheels:
             wheel_install.install_wheel(w, blobs[w.sha256], lock.target, stage)
+        py = bytecode.target_python(lock, blobs, stage.parent) if compile_pyc else None
+        contents = wheel_install.finish_distributions(stage, lock.target, Rules.of(lock.build.prune, lock.build.keep),
+                                                      py)
+        stats = {"installed_bytes": sum(c.installed_bytes for c in contents),
+                 "pruned_files": sum(c.pruned_files for c in contents),
+                 "pruned_bytes": sum(c.pruned_bytes for c in contents)}
+        mtime = WHEEL_MTIME  # shared across models: never the lock's created time (docs/image-layout.md)
     elif p.kind == "model":
         stage_model(lock.model, blobs, stage)
     elif p.kind == "config":
         config_layer.stage_config(lock, lock_bytes, stage)
     else:
         raise BuildError(f"unknown layer kind {p.kind}")
-    return StagedLayer(root=stage, mtime=mtime, owners=owners)
+    return StagedLayer(root=stage, mtime=mtime, owners=owners, stats=stats)
+
+
+def tree_stats(staged: StagedLayer) -> dict[str, int]:
+    """Unpacked size of a staged layer after the lock's [build] rules, and before them (without the
+    .pyc, with the pruned files)."""
+    total = pyc = pyc_files = 0
+    for dirpath, _dirs, files in os.walk(staged.root):
+        for f in files:
+            st = os.lstat(os.path.join(dirpath, f))
+            total += st.st_size
+            if f.endswith(".pyc"):
+                pyc += st.st_size
+                pyc_files += 1
+    pruned = (staged.stats or {}).get("pruned_bytes", 0)
+    return {"unpacked_bytes": total, "before_bytes": total - pyc + pruned, "pyc_bytes": pyc, "pyc_files": pyc_files,
+            "pruned_files": (staged.stats or {}).get("pruned_files", 0), "pruned_bytes": pruned}
 
 
 def _build_layer(p: LayerPlan, lock: Lock, lock_bytes: bytes, cache: Cache, blobs: dict[str, Path], *,
@@ -237,6 +272,7 @@ def _build_layer(p: LayerPlan, lock: Lock, lock_bytes: bytes, cache: Cache, blob
     stage = Path(tempfile.mkdtemp(prefix=f"stage-{p.name}-", dir=cache.tmpdir()))
     try:
         staged = stage_layer(p, lock, lock_bytes, blobs, stage, mtime=mtime, report=report)
+        cache.meta_put("layer-stats", p.key.replace(":", "-"), tree_stats(staged))
         return write_layer(cache, staged.root, mtime=staged.mtime, level=LEVEL, owners=staged.owners)
     except OSError as e:
         if e.errno == 28:

@@ -8,6 +8,12 @@ the model changes only the model and config layers. The total stays far under co
 
 A layer's key is a digest of everything that determines its bytes (recipe version, the
 sha256 of every input, the mtime, target paths), so an unchanged key means an unchanged layer.
+
+Python layers are keyed only by their wheels' sha256, the lock's [build] rules, the target
+interpreter (exact version and the sha256 of its Debian packages, which compile the .pyc) and
+the builder version, and their tar mtime is the fixed WHEEL_MTIME instead of the lock's created
+time: two models on the same TensorFlow get the same TensorFlow layer, stored once in a registry
+and on a node.
 """
 
 from __future__ import annotations
@@ -17,9 +23,13 @@ import json
 from dataclasses import dataclass
 
 from lockbuild import __version__
+from lockbuild.assemble.bytecode import interpreter_debs
 from lockbuild.lock.model import Lock, Wheel
 
-RECIPE = "lockbuild-layers-1"
+RECIPE = "lockbuild-layers-2"  # 2: wheel layers pruned + byte-compiled, fixed mtime
+# 1980-01-01T00:00:00Z: the earliest time a zip (hence a wheel) can record, and the floor pip/wheel
+# apply to SOURCE_DATE_EPOCH; not 0 (tools read 0 as "unset"). Every entry of a Python layer has it.
+WHEEL_MTIME = 315532800
 BIG_WHEEL = 8 << 20  # wheels at least this large get a layer of their own
 MAX_LAYERS = 40
 
@@ -54,12 +64,17 @@ def python_groups(wheels: tuple[Wheel, ...]) -> list[tuple[str, tuple[Wheel, ...
 
 
 def plan_layers(lock: Lock, *, mtime: int, lock_digest: str, level: int) -> list[LayerPlan]:
-    base = {"recipe": RECIPE, "lockbuild": __version__, "mtime": mtime, "level": level, "python": lock.target.python,
-            "platform": lock.target.platform}
+    shared = {"recipe": RECIPE, "lockbuild": __version__, "level": level, "python": lock.target.python,
+              "platform": lock.target.platform, "bytecode": lock.build.bytecode}
+    base = {**shared, "mtime": mtime}
     plans = [LayerPlan("debian", "debian", key=_key({**base, "debs": sorted(d.sha256 for d in lock.debian.packages),
                                                       "interpreter": lock.target.interpreter_package}))]
+    wheel_base = {**shared, "mtime": WHEEL_MTIME, "prune": list(lock.build.prune), "keep": list(lock.build.keep),
+                  "interpreter": sorted(d.sha256 for d in interpreter_debs(lock))
+                  if lock.build.bytecode != "none" else []}
     for name, group in python_groups(lock.python.packages):
-        plans.append(LayerPlan(name, "python", group, key=_key({**base, "wheels": sorted(w.sha256 for w in group)})))
+        plans.append(LayerPlan(name, "python", group,
+                               key=_key({**wheel_base, "wheels": sorted(w.sha256 for w in group)})))
     plans.append(LayerPlan("model", "model", key=_key({**base, "model": lock.model.tree_digest})))
     plans.append(LayerPlan("config", "config", key=_key({**base, "lock": lock_digest,
                                                          "launcher": launcher_digest()})))

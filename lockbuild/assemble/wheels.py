@@ -1,8 +1,10 @@
-"""Python packages into the image tree: pypa/installer with a Debian-python scheme, no .pyc.
+"""Python packages into the image tree: pypa/installer with a Debian-python scheme.
 
 Debian's python3.X searches /usr/local/lib/python3.X/dist-packages, so wheels go there and
-console scripts go to /usr/local/bin with the image's interpreter in their shebang. Nothing
-is byte-compiled: .pyc files embed timestamps and the host interpreter's exact version.
+console scripts go to /usr/local/bin with the image's interpreter in their shebang. installer
+writes no bytecode; `finish_distributions` then applies the lock's [build] rules: prunes files
+(assemble/prune.py) and byte-compiles the rest with the image's own interpreter
+(assemble/bytecode.py), rewriting each distribution's RECORD to match.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from installer import install
 from installer.destinations import SchemeDictionaryDestination
 from installer.sources import WheelFile
 
+from lockbuild.assemble.bytecode import TargetPython, compile_tree
+from lockbuild.assemble.prune import Rules, WheelContent, add_pyc_to_record, dist_infos, prune_distribution
 from lockbuild.errors import BuildError
 from lockbuild.lock.model import Target, Wheel
 
@@ -118,3 +122,19 @@ def install_wheel(wheel: Wheel, path: Path, target: Target, root: Path) -> None:
         if isinstance(e, BuildError):
             raise
         raise BuildError(f"cannot install {wheel.filename}: {e}") from None
+
+
+def finish_distributions(root: Path, target: Target, rules: Rules, py: TargetPython | None) -> list[WheelContent]:
+    """After installing a layer's wheels into ``root``: prune by ``rules``, then (when ``py`` is
+    given) byte-compile the remaining sources with in-image file names, and record both in each
+    distribution's RECORD, so the installed metadata describes exactly the files in the image."""
+    site_rel = scheme(target)["purelib"].strip("/")
+    site = root / site_rel
+    contents = [prune_distribution(site, d, rules) for d in dist_infos(site)]
+    if py is not None:
+        compiled = compile_tree(py, root, [f"{site_rel}/{s}" for c in contents for s in c.sources], "")
+        prefix = site_rel + "/"
+        by_site = {src[len(prefix):]: pyc[len(prefix):] for src, pyc in compiled.items()}
+        for c in contents:
+            add_pyc_to_record(site, c, by_site)
+    return contents

@@ -27,7 +27,7 @@ from lockbuild.lock.io import loads
 from lockbuild.lock.model import Lock
 from lockbuild.platforms import debian_arch
 
-SECTIONS = ("interpreter", "platform", "debian", "python", "model", "runtime", "image")
+SECTIONS = ("interpreter", "platform", "debian", "python", "build", "model", "runtime", "image")
 Order = Callable[[str, str], int | None]  # -1/0/1, None when the two cannot be ordered
 
 
@@ -220,6 +220,15 @@ def python_settings_changes(a: Lock, b: Lock) -> list[Change]:
     ])
 
 
+def build_changes(a: Lock, b: Lock) -> list[Change]:
+    """The [build] rules: bytecode mode, and prune/keep globs added or removed."""
+    ba, bb = a.build, b.build
+    out: list[Change | None] = [_plain("build", "bytecode", ba.bytecode, bb.bytecode)]
+    for key, ga, gb in (("prune", set(ba.prune), set(bb.prune)), ("keep", set(ba.keep), set(bb.keep))):
+        out += [Change("build", f"{key} {g}", "added" if g in gb else "removed") for g in sorted(ga ^ gb)]
+    return _keep(out)
+
+
 def model_changes(a: Lock, b: Lock) -> list[Change]:
     ma, mb = a.model, b.model
     fa = {f.path: f.sha256 for f in ma.files}
@@ -276,6 +285,7 @@ def diff_locks(a: Lock, b: Lock, old: str = "old", new: str = "new") -> LockDiff
         *compare_packages("debian", debs(a), debs(b), deb_order, deb_major),
         *compare_packages("python", wheels(a), wheels(b), py_order, py_major),
         *python_settings_changes(a, b),
+        *build_changes(a, b),
         *model_changes(a, b),
         *runtime_changes(a, b),
         *image_changes(a, b),

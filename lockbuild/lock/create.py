@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -17,11 +18,13 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 from lockbuild import __version__
+from lockbuild.assemble.prune import DEFAULT_OMIT, DEFAULT_PRUNE
 from lockbuild.errors import PythonVersionError, SpecError
 from lockbuild.fetch.cache import Cache
 from lockbuild.fetch.model import cache_model_tree
 from lockbuild.lock.model import (
     LOCK_VERSION,
+    BuildRules,
     DebianLock,
     Lock,
     ModelFile,
@@ -47,6 +50,26 @@ from lockbuild.resolve.python import (
 from lockbuild.spec import Spec
 
 NONROOT_UID = 65532
+# Bumped when the default [build] rules change, so `lock --check` reports existing locks stale.
+BUILD_RULES_VERSION = 1
+
+
+def build_rules(spec: Spec) -> BuildRules:
+    """The spec's [build] table with the documented defaults expanded (assemble/prune.py)."""
+    prune = (DEFAULT_PRUNE if spec.prune_defaults else ()) + tuple(g for g in spec.prune if g not in DEFAULT_PRUNE)
+    return BuildRules(bytecode="unchecked-hash" if spec.bytecode else "none", prune=prune, keep=spec.keep)
+
+
+def default_omit(spec: Spec, resolved: set[str]) -> set[str]:
+    """DEFAULT_OMIT names that were resolved and that the spec does not ask for by name."""
+    if not spec.prune_defaults:
+        return set()
+    wanted = set()
+    for line in spec.requirements:
+        m = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", line)
+        if m:
+            wanted.add(canonicalize_name(m.group(1)))
+    return {n for n in DEFAULT_OMIT if n in resolved and n not in wanted}
 
 
 @dataclass
@@ -64,7 +87,7 @@ def input_digests(spec: Spec, source: ModelSource, info: ModelInfo) -> dict[str,
     return {
         "spec": _digest(spec.raw),
         "model": _digest({"resolved-uri": source.resolved_uri, "tree": info.tree_digest}),
-        "tool": _digest({"lockbuild": __version__, "lock-format": LOCK_VERSION}),
+        "tool": _digest({"lockbuild": __version__, "lock-format": LOCK_VERSION, "build-rules": BUILD_RULES_VERSION}),
     }
 
 
@@ -197,11 +220,12 @@ def _make_lock(spec: Spec, source: ModelSource, info: ModelInfo, *, previous: Lo
     wheels, reqs = settled.wheels, reqs + settled.extra_requirements
     for c in settled.choices:
         notes.append(f"variant: {c.kept} kept, {c.dropped} dropped ({c.reason})")
-    omit = {canonicalize_name(n) for n in spec.omit}
+    omit: set[str] = {canonicalize_name(n) for n in spec.omit}
     unknown = sorted(omit - {w.name for w in wheels})
     if unknown:
         raise SpecError(f"[python] omit names {', '.join(unknown)}, which the resolution does not contain",
                         where=str(spec.path), hint="remove it from [python] omit")
+    omit |= default_omit(spec, {w.name for w in wheels})
     wheels = [w for w in wheels if w.name not in omit]
     versions = {w.name: w.version for w in wheels}
     v = Version(python_exact)
@@ -236,6 +260,7 @@ def _make_lock(spec: Spec, source: ModelSource, info: ModelInfo, *, previous: Lo
                           extra_index_urls=info.extra_index_urls, constraints=info.constraints,
                           variants=settled.choices),
         debian=deb_lock,
+        build=build_rules(spec),
     )
     return LockResult(lock, reused=False, notes=notes)
 

@@ -20,6 +20,7 @@ from lockbuild.errors import LockFileError
 from lockbuild.fsutil import atomic_write_text
 from lockbuild.lock.model import (
     LOCK_VERSION,
+    BuildRules,
     Deb,
     DebianLock,
     Lock,
@@ -81,6 +82,7 @@ def to_dict(lock: Lock) -> dict[str, Any]:
                               "example": c.example} for c in p.variants]} if p.variants else {}),
             "packages": [wheel_to_dict(w) for w in sorted(p.packages, key=lambda w: w.name)],
         },
+        "build": {"bytecode": lock.build.bytecode, "prune": list(lock.build.prune), "keep": list(lock.build.keep)},
         "debian": {
             "roots": list(d.roots),
             "suites": [_suite_dict(s) for s in d.suites],
@@ -174,6 +176,11 @@ def dumps(lock: Lock) -> str:
     pt.update(py)
     pt.add("packages", _aot(pkgs))
     doc.add("python", pt)
+    if lock.build != BuildRules():  # absent = the defaults, so locks written before [build] render unchanged
+        doc.add(tomlkit.nl())
+        bt = tomlkit.table()
+        bt.update(data["build"])
+        doc.add("build", bt)
     deb = dict(data["debian"])
     doc.add(tomlkit.nl())
     dt = tomlkit.table()
@@ -290,6 +297,7 @@ def from_dict(data: dict[str, Any]) -> Lock:
             variants=tuple(VariantChoice(**c) for c in p.get("variants", ())),
             packages=tuple(wheel_from_dict(w) for w in p["packages"]),
         ),
+        build=_build_rules(data.get("build", {})),
         debian=DebianLock(
             roots=tuple(d["roots"]),
             suites=tuple(_suite(s) for s in d["suites"]),
@@ -302,3 +310,9 @@ def _suite(row: dict[str, Any]) -> Suite:
     kw: dict[str, Any] = {k.replace("-", "_"): v for k, v in row.items()}
     kw["signed_by"] = tuple(kw.get("signed_by", ()))
     return Suite(**kw)
+
+
+def _build_rules(b: dict[str, Any]) -> BuildRules:
+    """A lock without [build] (written before it existed) means: no bytecode, nothing pruned."""
+    return BuildRules(bytecode=b.get("bytecode", "none"), prune=tuple(b.get("prune", ())),
+                      keep=tuple(b.get("keep", ())))

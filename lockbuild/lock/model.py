@@ -150,6 +150,18 @@ class DebianLock:
 
 
 @dataclass(frozen=True)
+class BuildRules:
+    """What the builder does to wheel contents beyond installing them ([build] in the lock).
+
+    The defaults (no bytecode, nothing pruned) are what locks written before this table meant,
+    so an old lock still builds the image it always described."""
+
+    bytecode: str = "none"  # "unchecked-hash": PEP 552 .pyc compiled by the target interpreter
+    prune: tuple[str, ...] = ()  # globs, relative to site-packages, of wheel files left out
+    keep: tuple[str, ...] = ()  # globs exempt from prune
+
+
+@dataclass(frozen=True)
 class Lock:
     tool_version: str
     inputs_digest: str  # sha256 over spec + model + tool version
@@ -162,6 +174,7 @@ class Lock:
     python: PythonLock
     debian: DebianLock
     labels: tuple[tuple[str, str], ...] = field(default=())
+    build: BuildRules = field(default=BuildRules())
     version: int = LOCK_VERSION
 
     def epoch(self) -> int:

@@ -172,10 +172,13 @@ def rule_changed_pins(lock: Lock, cache: Cache | None) -> list[Finding]:
 
 
 def rule_omitted(lock: Lock, cache: Cache | None) -> list[Finding]:
-    if not lock.python.omitted:
+    from lockbuild.assemble.prune import DEFAULT_OMIT
+
+    chosen = [n for n in lock.python.omitted if n not in DEFAULT_OMIT]  # defaults are documented, smoke-proven
+    if not chosen:
         return []
     return [Finding("omitted", "warning",
-                    f"resolved distributions are left out of the image: {', '.join(lock.python.omitted)}",
+                    f"resolved distributions are left out of the image: {', '.join(chosen)}",
                     "if the model or server imports them, the container fails with ModuleNotFoundError",
                     "remove them from [python] omit unless `lockbuild smoke` proves the image serves without them")]
 

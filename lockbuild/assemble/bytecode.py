@@ -1,0 +1,170 @@
+"""Deterministic bytecode: PEP 552 unchecked-hash .pyc compiled by the image's own interpreter.
+
+The locked Debian python3.X is run straight from a staged rootfs, without root, chroot or
+containers: ``<root>/usr/lib/<triplet>/ld-linux-*.so --library-path <root>/usr/lib/<triplet>
+<root>/usr/bin/python3.X -S -s -B`` with ``PYTHONHOME=<root>/usr`` (so the interpreter, its
+stdlib and its compiler are exactly the image's, whatever Python the host runs), an empty
+working directory, and ``PYTHONHASHSEED=0`` (frozenset constants are marshalled in hash order).
+
+Each .pyc is written by ``py_compile`` with ``UNCHECKED_HASH``: the header holds the source's
+SipHash instead of an mtime and is never re-validated, so the bytes depend only on the source,
+the in-image file name (``dfile``) and the interpreter build. Files are compiled one after the
+other in sorted order in one process per layer, so marshal's reference flags (which depend on
+object reference counts) see the same interpreter state on every host; a test compiles the same
+tree in separate processes, and in a different grouping, and compares the bytes. Sources that
+do not compile (Python 2 test data, templates) get no .pyc, as with compileall.
+
+Cost: the image grows by roughly the size of its .py files; every container start stops
+compiling TensorFlow's and MLflow's modules on import (nothing was written at run time either:
+the image sets PYTHONDONTWRITEBYTECODE=1, and the tree is read-only for uid 65532).
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from lockbuild.errors import BuildError
+from lockbuild.lock.model import Deb, Lock
+
+UNCHECKED_HASH = "unchecked-hash"
+
+_TRIPLETS = {"amd64": ("x86_64-linux-gnu", "ld-linux-x86-64.so.2", ("x86_64", "amd64")),
+             "arm64": ("aarch64-linux-gnu", "ld-linux-aarch64.so.1", ("aarch64", "arm64"))}
+
+_COMPILE = r"""
+import importlib.util, json, py_compile, sys
+jobs = json.load(sys.stdin)
+done = []
+for src, dfile in jobs:
+    cfile = importlib.util.cache_from_source(src)
+    try:
+        py_compile.compile(src, cfile=cfile, dfile=dfile, doraise=True,
+                           invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
+    except (py_compile.PyCompileError, SyntaxError, ValueError, UnicodeDecodeError):
+        done.append(None)
+    else:
+        done.append(cfile)
+json.dump(done, sys.stdout)
+"""
+
+
+def minor(lock: Lock) -> str:
+    return ".".join(lock.target.python.split(".")[:2])
+
+
+def interpreter_debs(lock: Lock) -> list[Deb]:
+    """The packages whose bytes decide the compiled .pyc: the interpreter and its stdlib."""
+    return sorted((d for d in lock.debian.packages if d.name.startswith(("python3", "libpython3"))),
+                  key=lambda d: d.name)
+
+
+class TargetPython:
+    """The locked interpreter inside a staged rootfs, runnable from the host."""
+
+    def __init__(self, root: Path, lock: Lock) -> None:
+        arch = lock.target.platform.split("/")[1]
+        if arch not in _TRIPLETS:
+            raise BuildError(f"no bytecode compiler for platform {lock.target.platform}")
+        triplet, loader, machines = _TRIPLETS[arch]
+        if platform.machine().lower() not in machines:
+            raise BuildError(
+                f"byte-compiling for {lock.target.platform} runs the image's own python{minor(lock)}, "
+                f"which this {platform.machine()} host cannot execute",
+                hint="build on a host of the target architecture, or set [build] bytecode = false in "
+                     "lockbuild.toml and re-lock")
+        self.root = root
+        self.libdir = root / "usr/lib" / triplet
+        self.loader = self.libdir / loader
+        self.python = root / "usr/bin" / f"python{minor(lock)}"
+        for p in (self.loader, self.python):
+            if not p.is_file():
+                raise BuildError(f"the staged Debian rootfs has no {p.relative_to(root)}; cannot byte-compile",
+                                 hint="the lock's Debian closure must contain the interpreter package")
+
+    def compile(self, jobs: Sequence[tuple[Path, str]]) -> list[Path | None]:
+        """Compile (source on the host, file name in the image) pairs in the given order; returns the
+        .pyc written for each, or None for a source that does not compile."""
+        if not jobs:
+            return []
+        env = {"PYTHONHOME": str(self.root / "usr"), "PYTHONHASHSEED": "0", "PYTHONUTF8": "1",
+               "PYTHONDONTWRITEBYTECODE": "1", "LC_ALL": "C.UTF-8", "PATH": "/usr/bin:/bin"}
+        argv = [str(self.loader), "--library-path", str(self.libdir), str(self.python), "-S", "-s", "-B",
+                "-c", _COMPILE]
+        payload = json.dumps([[str(src), dfile] for src, dfile in jobs])
+        with tempfile.TemporaryDirectory(prefix="pyc-cwd-") as cwd:  # sys.path[0] is the (empty) cwd
+            proc = subprocess.run(argv, input=payload.encode(), capture_output=True, env=env, cwd=cwd,
+                                  check=False)
+        if proc.returncode != 0:
+            tail = proc.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
+            raise BuildError(f"byte-compiling with the image's python{self.python.name[6:]} failed: {tail[0]}")
+        return [Path(p) if p else None for p in json.loads(proc.stdout)]
+
+
+def compile_tree(py: TargetPython, stage: Path, rels: Sequence[str], prefix: str) -> dict[str, str]:
+    """Compile ``stage/prefix/rel`` for each rel (sorted) with in-image name ``/prefix/rel``;
+    returns rel -> .pyc path relative to ``stage/prefix``."""
+    base = stage / prefix
+    ordered = sorted(rels)
+    out = py.compile([(base / rel, "/" + f"{prefix}/{rel}".strip("/")) for rel in ordered])
+    return {rel: pyc.relative_to(base).as_posix() for rel, pyc in zip(ordered, out, strict=True) if pyc is not None}
+
+
+def compile_debian(py: TargetPython, stage: Path, lock: Lock) -> int:
+    """Byte-compile the Debian interpreter's stdlib and Debian's dist-packages in the rootfs stage."""
+    rels = []
+    for top in (f"usr/lib/python{minor(lock)}", "usr/lib/python3/dist-packages"):
+        base = stage / top
+        if not base.is_dir():
+            continue
+        for dirpath, dirnames, filenames in os.walk(base):
+            dirnames[:] = [d for d in dirnames if d != "__pycache__" and not os.path.islink(os.path.join(dirpath, d))]
+            for f in filenames:
+                p = os.path.join(dirpath, f)
+                if f.endswith(".py") and not os.path.islink(p):
+                    rels.append(Path(p).relative_to(stage).as_posix())
+    return len(compile_tree(py, stage, rels, ""))
+
+
+# -- one staged interpreter rootfs per set of interpreter packages, shared by a build's wheel layers --
+_ROOTS: dict[tuple[str, ...], Path] = {}
+_ROOTS_LOCK = threading.Lock()
+
+
+def _cleanup() -> None:
+    for p in _ROOTS.values():
+        shutil.rmtree(p, ignore_errors=True)
+
+
+atexit.register(_cleanup)
+
+
+def target_python(lock: Lock, blobs: dict[str, Path], tmp_parent: Path) -> TargetPython:
+    """The lock's interpreter, staged once per process (from the lock's own verified .debs) into a
+    temporary rootfs beside the layer stages, and reused by every wheel layer of the build."""
+    from lockbuild.assemble.rootfs import assemble_rootfs
+
+    missing = [d.filename for d in lock.debian.packages if d.sha256 not in blobs]
+    if missing:
+        raise BuildError(f"byte-compiling wheel layers needs the lock's Debian packages; not fetched: {missing[0]}")
+    key = tuple(sorted(d.sha256 for d in lock.debian.packages))
+    with _ROOTS_LOCK:
+        root = _ROOTS.get(key)
+        if root is None or not root.is_dir():
+            root = Path(tempfile.mkdtemp(prefix="target-python-", dir=tmp_parent))
+            try:
+                assemble_rootfs([(d, blobs[d.sha256]) for d in lock.debian.packages], root / "r",
+                                uid=lock.runtime.user)
+            except BaseException:
+                shutil.rmtree(root, ignore_errors=True)
+                raise
+            _ROOTS[key] = root
+    return TargetPython(root / "r", lock)
