@@ -301,9 +301,12 @@ def verify(
                                              "registry ref (docker://host/repo:tag)")],
     spec: SpecOpt = Path("lockbuild.toml"),
     lock_file: LockOpt = None,
+    rederive: Annotated[bool, typer.Option("--rederive", help="derive every expected layer from the lock's "
+                                           "inputs; ignore the signed layer records of this machine")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Check an image file by file against the lock (streams; exits non-zero on any mismatch).
+    """Prove an image against the lock: the image the lock determines is derived with the builder's own
+    code and compared layer by layer, entry by entry, and config (exits 13 on any difference).
 
     Example: [bold]lockbuild verify out/oci[/]
     """
@@ -313,7 +316,7 @@ def verify(
     path = _lock_path(spec, lock_file)
     lk = read_lock(path)
     with err.status("verifying…"):
-        report = _run_verify(image_ref, lk, path)
+        report = _run_verify(image_ref, lk, path, rederive=rederive)
     if as_json:
         emit_json(report.to_dict())
     else:
@@ -326,14 +329,15 @@ def verify(
         err.print(f"[green]verified[/] {report.image} is the image {path} determines")
 
 
-def _run_verify(image_ref: str, lk: Any, path: Path) -> Any:
+def _run_verify(image_ref: str, lk: Any, path: Path, *, rederive: bool = False) -> Any:
     from lockbuild.fetch.cache import Cache
     from lockbuild.lock.io import lock_digest
     from lockbuild.verify.source import opened
     from lockbuild.verify.verify import verify as run_verify
 
     with opened(image_ref) as src:
-        return run_verify(src, lk, path.read_bytes(), lock_digest(path), Cache(), lock_dir=path.parent)
+        return run_verify(src, lk, path.read_bytes(), lock_digest(path), Cache(),
+                          lock_dir=path.resolve().parent, rederive=rederive)
 
 
 def _print_findings(report: Any) -> None:
