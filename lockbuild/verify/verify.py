@@ -314,11 +314,12 @@ class Origins:
 
                 for d in self.lock.debian.packages:
                     control, data = open_deb_tars(self.blobs[d.sha256], d.filename)
+                    label = f"deb {d.filename.rsplit('/', 1)[-1]} (sha256:{d.sha256[:12]}…)"
                     with control, data:
                         for m in data:
                             rel = member_path(m.name, d.name)
                             if rel:
-                                out.setdefault(_norm(rel), f"deb {d.filename} (sha256:{d.sha256[:12]}…)")
+                                out.setdefault(_norm(rel), label)
             elif plan.kind == "model":
                 from lockbuild.assemble.model import MODEL_DIR
 
