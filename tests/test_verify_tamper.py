@@ -103,6 +103,8 @@ def _add_to_layer(layer: str, path: str, data: bytes, edits: Callable[[Path], di
                 link = tarfile.TarInfo(path)
                 link.type, link.linkname, link.mode, link.mtime = tarfile.SYMTYPE, symlink, 0o777, m.mtime
                 return link, None
+            if symlink is None and m.name.rstrip("/") == path:
+                return None  # an entry the packages already ship there: the attacker's file replaces it
             return m, d
         repack(layout, layer, mutate, append=[] if symlink is not None else [_file(path, data)])
     return apply
@@ -143,8 +145,9 @@ VARIANTS: dict[str, tuple[Callable[[Path], None], str, str, str]] = {
                    f"{SITE}/zzz_evil.pth", "extra file"),
     "sitecustomize-site": (_add_to_layer("python", f"{SITE}/sitecustomize.py", EVIL), "layer",
                            f"{SITE}/sitecustomize.py", "extra file"),
+    # Debian ships /usr/lib/python3.11/sitecustomize.py as a symlink into /etc: the attacker's file replaces it
     "sitecustomize-usrlib": (_add_to_layer("debian", f"{STDLIB}/sitecustomize.py", EVIL), "layer",
-                             f"{STDLIB}/sitecustomize.py", "extra file"),
+                             f"{STDLIB}/sitecustomize.py", "symlink replaced by a file"),
     "ld.so.preload": (_add_to_layer("debian", "etc/ld.so.preload", b"/tmp/evil.so\n"), "layer",
                       "etc/ld.so.preload", "extra file"),
     "deb-file-to-symlink": (_add_to_layer("debian", f"{STDLIB}/json/decoder.py", b"", symlink="/tmp/evil.py"),

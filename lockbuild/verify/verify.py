@@ -359,7 +359,8 @@ def compare_entries(expected: Iterator[tuple[str, Entry]], found: Iterator[tuple
 
     for path, got in found:
         if path in seen:
-            add(path, "one entry", "duplicate entry", "the path occurs twice in the layer tar")
+            add(path, "one entry", f"another: {got.describe()}", "the path occurs twice in the layer tar (the "
+                "later entry wins on extraction)")
             continue
         seen.add(path)
         want = exp.pop(path, None)
