@@ -341,11 +341,12 @@ def _run_verify(image_ref: str, lk: Any, path: Path, *, rederive: bool = False) 
 
 
 def _print_findings(report: Any) -> None:
-    from rich.table import Table
+    from rich.table import Column, Table
 
     checked = ", ".join(f"{k} {v}" for k, v in sorted(report.checked.items()))
     if report.findings:
-        t = Table("check", "path", "expected", "found", "problem", "expected from", title="verify findings")
+        t = Table("check", Column("path", overflow="fold", min_width=24), "expected", "found", "problem",
+                  "expected from", title="verify findings")
         for f in report.findings[:200]:
             t.add_row(escape(f.check), escape(f.path), escape(f.expected[:40]), escape(f.actual[:40]),
                       escape(f.message), escape(f.source))
