@@ -251,9 +251,11 @@ class Expected:
 
 
 def _tar_expected(staged: Any, out: Any) -> None:
+    """The expected layer tar: the same write_tar call the builder's write_layer makes for a StagedLayer."""
     from lockbuild.oci.tar import write_tar
 
-    write_tar(out, staged.root, mtime=staged.mtime, exclude=None, owners=staged.owners)
+    write_tar(out, staged.root, mtime=staged.mtime, exclude=getattr(staged, "exclude", None),
+              owners=staged.owners)
 
 
 def expected_entries(staged: Any) -> Iterator[tuple[str, Entry]]:
