@@ -374,37 +374,57 @@ def verify(
                                              "registry ref (docker://host/repo:tag)")],
     spec: SpecOpt = Path("lockbuild.toml"),
     lock_file: LockOpt = None,
+    rederive: Annotated[bool, typer.Option("--rederive", help="derive every expected layer from the lock's "
+                                           "inputs; ignore the signed layer records of this machine")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Check an image file by file against the lock (streams; exits non-zero on any mismatch).
+    """Prove an image against the lock: the image the lock determines is derived with the builder's own
+    code and compared layer by layer, entry by entry, and config (exits 13 on any difference).
 
     Example: [bold]lockbuild verify out/oci[/]
     """
     from lockbuild.errors import VerifyFailed
-    from lockbuild.lock.io import lock_digest, read_lock
-    from lockbuild.verify.source import opened
-    from lockbuild.verify.verify import verify as run_verify
+    from lockbuild.lock.io import read_lock
 
     path = _lock_path(spec, lock_file)
     lk = read_lock(path)
-    with err.status("verifying…"), opened(image_ref) as src:
-        report = run_verify(src, lk, lock_digest(path))
+    with err.status("verifying…"):
+        report = _run_verify(image_ref, lk, path, rederive=rederive)
     if as_json:
         emit_json(report.to_dict())
     else:
-        from rich.table import Table
-
-        checked = ", ".join(f"{k} {v}" for k, v in sorted(report.checked.items()))
-        if report.findings:
-            t = Table("check", "path", "expected", "actual", "problem", title="verify findings")
-            for f in report.findings[:200]:
-                t.add_row(f.check, f.path, f.expected[:24], f.actual[:24], f.message)
-            err.print(t)
-        err.print(f"checked: {checked}")
+        _print_findings(report)
     if not report.ok:
-        raise VerifyFailed(f"{len(report.findings)} mismatch(es) between {report.image} and {path}")
+        raise VerifyFailed(f"{len(report.findings)} mismatch(es) between {report.image} and the image {path} "
+                           "determines", hint="rebuild the image from this lock (`lockbuild image`); the "
+                           "findings name each path, expected vs found, and where the expected one comes from")
     if not as_json:
-        err.print(f"[green]verified[/] {report.image} matches {path}")
+        err.print(f"[green]verified[/] {report.image} is the image {path} determines")
+
+
+def _run_verify(image_ref: str, lk: Any, path: Path, *, rederive: bool = False) -> Any:
+    from lockbuild.fetch.cache import Cache
+    from lockbuild.lock.io import lock_digest
+    from lockbuild.verify.source import opened
+    from lockbuild.verify.verify import verify as run_verify
+
+    with opened(image_ref) as src:
+        return run_verify(src, lk, path.read_bytes(), lock_digest(path), Cache(),
+                          lock_dir=path.resolve().parent, rederive=rederive)
+
+
+def _print_findings(report: Any) -> None:
+    from rich.table import Column, Table
+
+    checked = ", ".join(f"{k} {v}" for k, v in sorted(report.checked.items()))
+    if report.findings:
+        t = Table("check", Column("path", overflow="fold", min_width=24), "expected", "found", "problem",
+                  "expected from", title="verify findings")
+        for f in report.findings[:200]:
+            t.add_row(escape(f.check), escape(f.path), escape(f.expected[:40]), escape(f.actual[:40]),
+                      escape(f.message), escape(f.source))
+        err.print(t)
+    err.print(f"checked: {checked}")
 
 
 def _load_json_file(p: Path, what: str) -> Any:
@@ -426,13 +446,16 @@ def smoke(
     input_file: Annotated[Path | None, typer.Option("--input", help="JSON body for /invocations")] = None,
     expected_file: Annotated[Path | None, typer.Option("--expected", help="JSON with 'predictions'")] = None,
     timeout: Annotated[int | None, typer.Option(help="seconds to wait for /ping")] = None,
+    no_verify: Annotated[bool, typer.Option("--no-verify", help="run the image WITHOUT first proving it "
+                                            "against the lock (unsafe: it runs whatever the image holds)")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Run the image in a real Docker engine and check real predictions (container always removed).
+    """Verify the image against the lock, then run it in a real Docker engine and check real predictions
+    (container always removed). An image that fails verify is never run.
 
     Example: [bold]lockbuild smoke out/oci[/]   (engine: scripts/dockerd.sh start)
     """
-    from lockbuild.errors import LockFileError, SmokeFailed
+    from lockbuild.errors import LockFileError, SmokeFailed, VerifyFailed
     from lockbuild.fetch.cache import Cache
     from lockbuild.lock.io import read_lock
     from lockbuild.oci.daemon import engine
@@ -440,7 +463,22 @@ def smoke(
     from lockbuild.verify.smoke import smoke as run_smoke
 
     s = load_spec(spec)
-    lk = read_lock(_lock_path(s.path, lock_file))
+    lock_path = _lock_path(s.path, lock_file)
+    lk = read_lock(lock_path)
+    if no_verify:
+        err.print("[bold red]WARNING: --no-verify: the image is NOT checked against the lock before it runs; "
+                  "whatever code it holds will execute[/]")
+    else:
+        with err.status("smoke: verifying the image against the lock first…"):
+            vreport = _run_verify(image_ref, lk, lock_path)
+        if not vreport.ok:
+            if as_json:
+                emit_json({"image": image_ref, "ok": False, "verified": False, "verify": vreport.to_dict()})
+            else:
+                _print_findings(vreport)
+            raise VerifyFailed(f"smoke refused to run {vreport.image}: {len(vreport.findings)} mismatch(es) with "
+                               f"the image {lock_path} determines",
+                               hint="rebuild the image from this lock; `--no-verify` runs it anyway (unsafe)")
     cache = Cache()
     mlmodel = next((f for f in lk.model.files if f.path == "MLmodel"), None)
     mlmodel_path = cache.get(mlmodel.sha256) if mlmodel else None
@@ -468,7 +506,7 @@ def smoke(
         report = run_smoke(engine(), image_ref, lk, body=body, expected=expected, tolerance=s.smoke_tolerance,
                            timeout=timeout or s.smoke_timeout, mlmodel_text=mlmodel_text)
     if as_json:
-        emit_json(report.to_dict())
+        emit_json({**report.to_dict(), "verified": not no_verify})
     if not report.ok:
         if not as_json:
             err.print("[dim]container log tail:[/]")

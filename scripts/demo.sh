@@ -27,7 +27,7 @@ for layer in d["layers"]:
 PY
 rm -f out.image.json
 
-step "lockbuild verify (image vs lock, file by file)"
+step "lockbuild verify (image == the image the lock determines)"
 "$LB" verify out/oci
 
 step "lockbuild smoke  (a real container serves real predictions)"

@@ -58,7 +58,8 @@ def test_summary_ratios_and_verdicts(bench) -> None:  # type: ignore[no-untyped-
     assert r["peak_rss_mb"] == pytest.approx(120.0)
     met = {t["key"]: t["met"] for t in summary["targets"]}
     assert met == {"cold_vs_docker": True, "noop_seconds": True, "model_change_vs_cold": False,
-                   "size_vs_mlflow": False, "peak_rss_mb": True, "ready_vs_nopyc": None}
+                   "size_vs_mlflow": False, "peak_rss_mb": True, "ready_vs_nopyc": None,
+                   "verify_seconds": None, "verify_rss_mb": None}
 
 
 def test_startup_ratios(bench) -> None:  # type: ignore[no-untyped-def]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
 import os
 import stat
 import tarfile
@@ -223,3 +224,31 @@ def test_layer_cache_rejects_path_like_keys(built: tuple[Cache, Layer]) -> None:
     cache, layer = built
     with pytest.raises(BuildError):
         remember_layer(cache, "../escape", layer)
+
+
+def test_a_layer_record_is_reused_only_with_its_mac(built: tuple[Cache, Layer], tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whoever can write the cache dir but not the key file cannot make a record trusted: an edited
+    record pointing at another well-formed blob (digests recomputed) or one signed with another key
+    is refused, with the reason."""
+    from lockbuild.oci.tar import layer_record
+
+    cache, layer = built
+    monkeypatch.setenv("LOCKBUILD_KEY_FILE", str(tmp_path / "machine.key"))
+    key = "sha256:" + "cd" * 32
+    remember_layer(cache, key, layer)
+    assert (tmp_path / "machine.key").stat().st_mode & 0o777 == 0o600
+    assert cached_layer(cache, key) == layer
+    other_root = tmp_path / "other"
+    other_root.mkdir()
+    (other_root / "evil.py").write_text("import os\n")
+    other = write_layer(cache, other_root, mtime=MTIME)
+    record = json.loads((cache.root / "meta" / "layers" / f"{key.removeprefix('sha256:')}.json").read_text())
+    record.update(digest=other.digest, diff_id=other.diff_id, size=other.size)
+    cache.meta_put("layers", key.removeprefix("sha256:"), record)
+    assert cached_layer(cache, key) is None
+    assert "MAC does not match" in (layer_record(cache, key)[1] or "")
+    monkeypatch.setenv("LOCKBUILD_KEY_FILE", str(tmp_path / "attacker.key"))
+    remember_layer(cache, key, other)  # signed, but with another key
+    monkeypatch.setenv("LOCKBUILD_KEY_FILE", str(tmp_path / "machine.key"))
+    assert cached_layer(cache, key) is None

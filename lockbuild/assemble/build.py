@@ -30,7 +30,7 @@ from lockbuild.fetch.model import fetch_model_files
 from lockbuild.fetch.sdist import ensure_built
 from lockbuild.lock.model import Lock
 from lockbuild.oci.image import Image, ImageSpec, build_image
-from lockbuild.oci.tar import Layer, cached_layer, remember_layer, write_layer
+from lockbuild.oci.tar import Layer, layer_record, remember_layer, write_layer
 from lockbuild.platforms import debian_arch
 
 LEVEL = 1  # gzip level: compression dominates a cold build (field notes: -6 is 2.7x slower)
@@ -84,8 +84,12 @@ def image_spec(lock: Lock, labels: dict[str, str]) -> ImageSpec:
     )
 
 
-def _verified_layer(cache: Cache, key: str) -> Layer | None:
-    layer = cached_layer(cache, key)
+def _verified_layer(cache: Cache, key: str, name: str = "", report: Report = lambda _e, _d: None) -> Layer | None:
+    layer, why = layer_record(cache, key)
+    if why is not None:
+        report("warning", {"message": f"layer cache record for {name} is not trusted ({why}); rebuilding it"})
+    if layer is not None and not cache.has(layer.digest):
+        return None
     if layer is not None and cache.get(layer.digest, layer.size) is None:
         return None  # the blob was corrupt: it has been dropped; rebuild
     return layer
@@ -100,7 +104,7 @@ def build(lock: Lock, lock_bytes: bytes, cache: Cache, *, lock_dir: Path, jobs: 
     plans = plan_layers(lock, mtime=mtime, lock_digest=lock_digest, level=LEVEL)
     done: dict[str, Layer] = {}
     for p in plans:
-        layer = _verified_layer(cache, p.key)
+        layer = _verified_layer(cache, p.key, p.name, report)
         if layer is not None:
             done[p.name] = layer
     todo = [p for p in plans if p.name not in done]

@@ -6,6 +6,7 @@ the manifest's layer descriptors (when known) and a way to open each layer blob 
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import shutil
 import tarfile
@@ -13,7 +14,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from lockbuild.errors import IntegrityError, VerifyFailed
 from lockbuild.fsutil import sha256_bytes
@@ -27,6 +28,7 @@ class ImageSource:
     layer_digests: list[str | None]  # compressed digest per layer when a manifest names it
     _open: list  # callables returning a binary stream per layer
     _cleanup: list = field(default_factory=list)
+    problems: list[tuple[str, str, str, str]] = field(default_factory=list)  # path, expected, actual, why
 
     @property
     def config_json(self) -> dict:
@@ -54,23 +56,94 @@ def from_layout(path: Path) -> ImageSource:
     return ImageSource(f"OCI layout {path}", img.config, img.manifest, list(digests), opens)
 
 
-def from_docker_archive(path: Path) -> ImageSource:
-    tar = tarfile.open(path, "r:")
+class _Slice(io.RawIOBase):
+    """One member of a tar file, read through its own file handle (safe across threads)."""
+
+    def __init__(self, path: Path, offset: int, size: int) -> None:
+        self.f = open(path, "rb")  # noqa: SIM115 - closed by close()
+        self.f.seek(offset)
+        self.left = size
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: Any) -> int:
+        n = min(len(buf), self.left)
+        if n <= 0:
+            return 0
+        data = self.f.read(n)
+        buf[: len(data)] = data
+        self.left -= len(data)
+        return len(data)
+
+    def close(self) -> None:
+        self.f.close()
+        super().close()
+
+
+def _archive_json(tar: tarfile.TarFile, name: str, path: Path) -> Any:
     try:
-        manifest = json.loads(tar.extractfile("manifest.json").read())  # type: ignore[union-attr]
-    except (KeyError, AttributeError, json.JSONDecodeError) as e:
-        tar.close()
-        raise IntegrityError(f"{path} is not a docker-archive (manifest.json: {e})") from None
-    entry = manifest[0]
-    config = tar.extractfile(entry["Config"]).read()  # type: ignore[union-attr]
-    oci_manifest = None
-    digests: list[str | None] = [None] * len(entry["Layers"])
-    with contextlib.suppress(KeyError, AttributeError, json.JSONDecodeError):
-        index = json.loads(tar.extractfile("index.json").read())  # type: ignore[union-attr]
-        mdesc = index["manifests"][0]["digest"].split(":", 1)[1]
-        oci_manifest = tar.extractfile(f"blobs/sha256/{mdesc}").read()  # type: ignore[union-attr]
-    opens = [(lambda n=name: tar.extractfile(n)) for name in entry["Layers"]]
-    return ImageSource(f"docker-archive {path}", config, oci_manifest, digests, opens, [tar.close])
+        return json.loads(tar.extractfile(name).read())  # type: ignore[union-attr]
+    except (KeyError, AttributeError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise IntegrityError(f"{path} is not a docker-archive ({name}: {e})",
+                             hint="pass an archive written by `lockbuild image --docker-archive` or `docker save`"
+                             ) from None
+
+
+def from_docker_archive(path: Path) -> ImageSource:
+    """A `docker save` tarball. Engines load ``manifest.json``; OCI tools read ``index.json``. When
+    both are present they must name the same image (config and layers), else the archive is refused
+    with a finding: an archive whose two views differ would verify one image and run another."""
+    with tarfile.open(path, "r:") as tar:
+        members = {m.name.removeprefix("./"): m for m in tar.getmembers() if m.isreg()}
+        manifest = _archive_json(tar, "manifest.json", path)
+        if not isinstance(manifest, list) or len(manifest) != 1 or not isinstance(manifest[0], dict):
+            raise IntegrityError(f"{path}: manifest.json must name exactly one image",
+                                 hint="verify one image per archive (docker save one reference)")
+        entry = manifest[0]
+        try:
+            config_name = str(entry["Config"])
+            layer_names = [str(n) for n in entry["Layers"]]
+            config = tar.extractfile(members[config_name]).read()  # type: ignore[union-attr]
+        except (KeyError, TypeError, AttributeError) as e:
+            raise IntegrityError(f"{path}: manifest.json names a missing member: {e}") from None
+        problems: list[tuple[str, str, str, str]] = []
+        oci_manifest = None
+        digests: list[str | None] = [None] * len(layer_names)
+        if "index.json" in members:
+            index = _archive_json(tar, "index.json", path)
+            try:
+                mdesc = index["manifests"][0]["digest"]
+                oci_manifest = tar.extractfile(members[f"blobs/sha256/{mdesc.split(':', 1)[1]}"]).read()  # type: ignore[union-attr]
+                if "sha256:" + sha256_bytes(oci_manifest) != mdesc:
+                    problems.append(("index.json", mdesc, "sha256:" + sha256_bytes(oci_manifest),
+                                     "the manifest blob index.json names does not match its digest"))
+                om = json.loads(oci_manifest)
+                oci_config = str(om["config"]["digest"])
+                oci_layers = [str(d["digest"]) for d in om["layers"]]
+            except (KeyError, IndexError, TypeError, AttributeError, json.JSONDecodeError) as e:
+                raise IntegrityError(f"{path}: index.json does not lead to an image manifest: {e}",
+                                     hint="the archive is damaged; rebuild it") from None
+            if len(index.get("manifests", [])) != 1:
+                problems.append(("index.json", "1 manifest", f"{len(index.get('manifests', []))} manifests",
+                                 "index.json must name exactly one image"))
+            found_config = "sha256:" + sha256_bytes(config)
+            if oci_config != found_config:
+                problems.append(("manifest.json Config", oci_config, found_config,
+                                 "index.json and manifest.json name different image configs"))
+            if len(oci_layers) != len(layer_names):
+                problems.append(("manifest.json Layers", f"{len(oci_layers)} layers (index.json)",
+                                 f"{len(layer_names)} layers", "index.json and manifest.json list different layers"))
+            else:
+                digests = list(oci_layers)  # each layer manifest.json names must hash to index.json's digest
+        try:
+            slices = [(members[n].offset_data, members[n].size) for n in layer_names]
+        except KeyError as e:
+            raise IntegrityError(f"{path}: manifest.json names a missing layer {e}") from None
+    opens = [(lambda o=o, n=n: _Slice(path, o, n)) for o, n in slices]
+    src = ImageSource(f"docker-archive {path}", config, oci_manifest, digests, opens)
+    src.problems.extend(problems)
+    return src
 
 
 def from_daemon(ref: str) -> ImageSource:

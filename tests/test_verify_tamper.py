@@ -1,0 +1,382 @@
+"""The tamper suite: consistent, well-formed tamperings of a real image (every digest, size,
+diff_id, RECORD and md5sums line recomputed, as an attacker with write access would do) are
+refused by verify for every source kind (OCI dir, docker-archive, engine, registry by digest),
+each with a precise finding, while the untouched image passes. verify anchors to the lock only.
+
+All variants are made once per session from the tiny project's image. The OCI-dir and
+docker-archive kinds run every variant; the engine and registry kinds run every variant too but
+are marked docker (engine) / network (registry) like the rest of the suite.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import hashlib
+import io
+import json
+import shutil
+import tarfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest_services import skopeo
+from tests.test_verify_smoke import _blob, _file, _write_blob, repack
+from tests.tiny_project import run_lockbuild
+
+pytestmark = pytest.mark.network
+
+SITE = "usr/local/lib/python3.11/dist-packages"
+STDLIB = "usr/lib/python3.11"
+
+
+def _member(layout: Path, layer_name: str, suffix: str) -> tuple[str, bytes]:
+    index = json.loads((layout / "index.json").read_text())
+    manifest = json.loads(_blob(layout, index["manifests"][0]["digest"]).read_bytes())
+    for desc in manifest["layers"]:
+        if desc.get("annotations", {}).get("lockbuild.layer.name") != layer_name:
+            continue
+        with tarfile.open(fileobj=io.BytesIO(gzip.decompress(_blob(layout, desc["digest"]).read_bytes()))) as tar:
+            for m in tar:
+                if m.isreg() and m.name.endswith(suffix):
+                    return m.name, tar.extractfile(m).read()  # type: ignore[union-attr]
+    raise AssertionError(f"{suffix} not in layer {layer_name}")
+
+
+def _replace(files: dict[str, bytes]) -> Callable:
+    def mutate(m: tarfile.TarInfo, data: bytes | None) -> tuple[tarfile.TarInfo, bytes | None]:
+        if m.name in files:
+            data = files[m.name]
+            m.size = len(data)
+        return m, data
+    return mutate
+
+
+def _record_hash(data: bytes) -> str:
+    return "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+
+
+# -- the variants -------------------------------------------------------------------------------
+
+
+def py_edit_with_record(layout: Path) -> None:
+    name, data = _member(layout, "python", "dist-packages/click/core.py")
+    new = data + b"\nimport os; os.system('id')  # injected\n"
+    rname, record = _click_record(layout)
+    lines = [ln if not ln.startswith("click/core.py,") else f"click/core.py,{_record_hash(new)},{len(new)}"
+             for ln in record.decode().splitlines()]
+    repack(layout, "python", _replace({name: new, rname: ("\n".join(lines) + "\n").encode()}))
+
+
+def _click_record(layout: Path) -> tuple[str, bytes]:
+    index = json.loads((layout / "index.json").read_text())
+    manifest = json.loads(_blob(layout, index["manifests"][0]["digest"]).read_bytes())
+    desc = next(d for d in manifest["layers"] if d["annotations"]["lockbuild.layer.name"] == "python")
+    with tarfile.open(fileobj=io.BytesIO(gzip.decompress(_blob(layout, desc["digest"]).read_bytes()))) as tar:
+        for m in tar:
+            if m.isreg() and "/click-" in m.name and m.name.endswith(".dist-info/RECORD"):
+                return m.name, tar.extractfile(m).read()  # type: ignore[union-attr]
+    raise AssertionError("click RECORD")
+
+
+def deb_edit_with_md5sums(layout: Path) -> None:
+    name, data = _member(layout, "debian", f"{STDLIB}/json/__init__.py")
+    new = data.replace(b"import", b"import os;os.system('id');import", 1)
+    sname, sums = _member(layout, "debian", "status.d/libpython3.11-stdlib.md5sums")
+    lines = [f"{hashlib.md5(new).hexdigest()}  {STDLIB}/json/__init__.py" if ln.endswith(f"{STDLIB}/json/__init__.py")
+             else ln for ln in sums.decode().splitlines()]
+    repack(layout, "debian", _replace({name: new, sname: ("\n".join(lines) + "\n").encode()}))
+
+
+def _add_to_layer(layer: str, path: str, data: bytes, edits: Callable[[Path], dict[str, bytes]] | None = None,
+                  symlink: str | None = None) -> Callable[[Path], None]:
+    def apply(layout: Path) -> None:
+        replace = edits(layout) if edits else {}
+
+        def mutate(m: tarfile.TarInfo, d: bytes | None):  # type: ignore[no-untyped-def]
+            if m.name in replace:
+                d = replace[m.name]
+                m.size = len(d)
+            if symlink is not None and m.name.rstrip("/") == path:
+                link = tarfile.TarInfo(path)
+                link.type, link.linkname, link.mode, link.mtime = tarfile.SYMTYPE, symlink, 0o777, m.mtime
+                return link, None
+            if symlink is None and m.name.rstrip("/") == path:
+                return None  # an entry the packages already ship there: the attacker's file replaces it
+            return m, d
+        repack(layout, layer, mutate, append=[] if symlink is not None else [_file(path, data)])
+    return apply
+
+
+def _pth_record(layout: Path) -> dict[str, bytes]:
+    rname, record = _click_record(layout)
+    evil = b"import os; os.system('id')\n"
+    line = f"../zzz_evil.pth,{_record_hash(evil)},{len(evil)}\n".encode()
+    return {rname: record + line}
+
+
+def _config(mutator: Callable[[dict], None]) -> Callable[[Path], None]:
+    def apply(layout: Path) -> None:
+        index = json.loads((layout / "index.json").read_text())
+        manifest = json.loads(_blob(layout, index["manifests"][0]["digest"]).read_bytes())
+        config = json.loads(_blob(layout, manifest["config"]["digest"]).read_bytes())
+        mutator(config["config"])
+        cfg = json.dumps(config).encode()
+        manifest["config"].update(digest=_write_blob(layout, cfg), size=len(cfg))
+        man = json.dumps(manifest).encode()
+        index["manifests"][0].update(digest=_write_blob(layout, man), size=len(man))
+        (layout / "index.json").write_text(json.dumps(index))
+    return apply
+
+
+def _launcher(layout: Path) -> None:
+    name, data = _member(layout, "config", "opt/lockbuild/serve.py")
+    repack(layout, "config", _replace({name: b"import os; os.system('id')\n" + data}))
+
+
+EVIL = b"import os; os.system('id')\n"
+# name -> (how, the finding's check, path suffix, words in the message)
+VARIANTS: dict[str, tuple[Callable[[Path], None], str, str, str]] = {
+    "py-edit+RECORD": (py_edit_with_record, "layer", f"{SITE}/click/core.py", "content differs"),
+    "deb-edit+md5sums": (deb_edit_with_md5sums, "layer", f"{STDLIB}/json/__init__.py", "content differs"),
+    "pth+RECORD": (_add_to_layer("python", f"{SITE}/zzz_evil.pth", EVIL, _pth_record), "layer",
+                   f"{SITE}/zzz_evil.pth", "extra file"),
+    "sitecustomize-site": (_add_to_layer("python", f"{SITE}/sitecustomize.py", EVIL), "layer",
+                           f"{SITE}/sitecustomize.py", "extra file"),
+    # Debian ships /usr/lib/python3.11/sitecustomize.py as a symlink into /etc: the attacker's file replaces it
+    "sitecustomize-usrlib": (_add_to_layer("debian", f"{STDLIB}/sitecustomize.py", EVIL), "layer",
+                             f"{STDLIB}/sitecustomize.py", "symlink replaced by a file"),
+    "ld.so.preload": (_add_to_layer("debian", "etc/ld.so.preload", b"/tmp/evil.so\n"), "layer",
+                      "etc/ld.so.preload", "extra file"),
+    "deb-file-to-symlink": (_add_to_layer("debian", f"{STDLIB}/json/decoder.py", b"", symlink="/tmp/evil.py"),
+                            "layer", f"{STDLIB}/json/decoder.py", "file replaced by a symlink"),
+    "entrypoint": (_config(lambda c: c.update(Entrypoint=["/bin/sh", "-c", "id"])), "config", "config.Entrypoint",
+                   "Entrypoint differs"),
+    "env": (_config(lambda c: c["Env"].append("PYTHONSTARTUP=/tmp/evil.py")), "config", "config.Env", "Env differs"),
+    "user": (_config(lambda c: c.update(User="0:0")), "config", "config.User", "User differs"),
+    "launcher": (_launcher, "layer", "opt/lockbuild/serve.py", "content differs"),
+}
+
+
+# -- sources ---------------------------------------------------------------------------------------
+
+
+def to_archive(layout: Path, dest: Path, tag: str) -> Path:
+    from lockbuild.verify.smoke import _layout_archive
+
+    _layout_archive(layout, tag, dest)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def variants(tiny_project: dict, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    base = tiny_project["dir"] / "out" / "oci"
+    root = tmp_path_factory.mktemp("tampered")
+    out = {"untouched": base}
+    for name, (apply, *_rest) in VARIANTS.items():
+        dest = root / name
+        shutil.copytree(base, dest)
+        for p in dest.rglob("*"):
+            if p.is_file():
+                p.chmod(0o644)
+        apply(dest)
+        out[name] = dest
+    return out
+
+
+def _verify(project: dict, image: str, ok: bool) -> dict:
+    proc = run_lockbuild("verify", image, "--json", cwd=project["dir"], ok=ok)
+    if not ok:
+        assert proc.returncode == 13, proc.stderr[-2000:]
+    return json.loads(proc.stdout)
+
+
+def _assert_refused(report: dict, variant: str) -> None:
+    _how, check, path, words = VARIANTS[variant]
+    assert not report["ok"]
+    hits = [f for f in report["findings"] if f["check"] == check and f["path"].rstrip("/").endswith(path)
+            and words in f["message"]]
+    assert hits, f"{variant}: no {check} finding for {path} ({words}); got {report['findings'][:8]}"
+    if check == "layer" and "extra" not in words:
+        assert hits[0]["source"] and hits[0]["expected"] != hits[0]["actual"]
+
+
+SOURCES = ["oci", "archive"]
+
+
+@pytest.mark.parametrize("variant", ["untouched", *VARIANTS])
+@pytest.mark.parametrize("kind", SOURCES)
+def test_tampered_images_are_refused_from_files(tiny_project: dict, variants: dict[str, Path], tmp_path: Path,
+                                               kind: str, variant: str) -> None:
+    layout = variants[variant]
+    image = str(layout) if kind == "oci" else str(to_archive(layout, tmp_path / "image.tar", f"tamper:{variant}"))
+    report = _verify(tiny_project, image, ok=variant == "untouched")
+    if variant == "untouched":
+        assert report["ok"] and report["checked"]["layers"] == len(tiny_project["image"]["layers"])
+    else:
+        _assert_refused(report, variant)
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("variant", ["untouched", *VARIANTS])
+def test_tampered_images_are_refused_from_the_engine(tiny_project: dict, variants: dict[str, Path], tmp_path: Path,
+                                                    docker_engine, variant: str) -> None:  # type: ignore[no-untyped-def]
+    tag = f"lockbuild-tamper/{variant.replace('+', '-').replace('.', '-').lower()}:t"
+    archive = to_archive(variants[variant], tmp_path / "image.tar", tag)
+    with open(archive, "rb") as f:
+        docker_engine.images.load(f)
+    try:
+        report = _verify(tiny_project, f"docker-daemon:{tag}", ok=variant == "untouched")
+        if variant != "untouched":
+            _assert_refused(report, variant)
+    finally:
+        docker_engine.images.remove(tag, force=True)
+
+
+@pytest.mark.parametrize("variant", ["untouched", *VARIANTS])
+def test_tampered_images_are_refused_from_a_registry_by_digest(tiny_project: dict, variants: dict[str, Path],
+                                                               registry: str, tmp_path: Path, variant: str) -> None:
+    repo = f"{registry}/tamper-{variant.replace('+', '-').replace('.', '-').lower()}"
+    digest_file = tmp_path / "digest"
+    skopeo("copy", "--dest-tls-verify=false", "--digestfile", str(digest_file), f"oci:{variants[variant]}",
+           f"docker://{repo}:t")
+    ref = f"docker://{repo}@{digest_file.read_text().strip()}"
+    report = _verify(tiny_project, ref, ok=variant == "untouched")
+    if variant != "untouched":
+        _assert_refused(report, variant)
+
+
+# -- an archive whose two views disagree ----------------------------------------------------------------
+
+
+def disagreeing_archive(good: Path, bad: Path, dest: Path, tag: str) -> Path:
+    """index.json names the untouched image, manifest.json (what `docker load` reads) the tampered one."""
+    bad_manifest = json.loads(_blob(bad, json.loads((bad / "index.json").read_text())["manifests"][0]["digest"])
+                              .read_bytes())
+    entry = [{"Config": "blobs/sha256/" + bad_manifest["config"]["digest"].split(":", 1)[1], "RepoTags": [tag],
+              "Layers": ["blobs/sha256/" + d["digest"].split(":", 1)[1] for d in bad_manifest["layers"]]}]
+    with tarfile.open(dest, "w") as tar:
+        names = set()
+        for layout in (good, bad):
+            for p in sorted(layout.rglob("*")):
+                rel = p.relative_to(layout).as_posix()
+                if rel in names or (layout == bad and rel == "index.json"):
+                    continue
+                names.add(rel)
+                tar.add(p, arcname=rel, recursive=False)
+        data = json.dumps(entry).encode()
+        info = tarfile.TarInfo("manifest.json")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    return dest
+
+
+@pytest.fixture()
+def split_archive(variants: dict[str, Path], tmp_path: Path) -> Iterator[tuple[Path, str]]:
+    tag = "lockbuild-tamper/split:t"
+    yield disagreeing_archive(variants["untouched"], variants["user"], tmp_path / "split.tar", tag), tag
+
+
+def test_an_archive_whose_manifests_disagree_is_refused(tiny_project: dict, split_archive: tuple[Path, str]) -> None:
+    archive, _tag = split_archive
+    report = _verify(tiny_project, str(archive), ok=False)
+    assert any(f["check"] == "source" and "different image configs" in f["message"] for f in report["findings"])
+    assert any(f["path"] == "config.User" for f in report["findings"])
+
+
+@pytest.mark.docker
+def test_an_archive_whose_manifests_disagree_is_refused_after_docker_load(
+        tiny_project: dict, split_archive: tuple[Path, str], docker_engine) -> None:  # type: ignore[no-untyped-def]
+    archive, tag = split_archive
+    with open(archive, "rb") as f:
+        docker_engine.images.load(f)
+    try:
+        report = _verify(tiny_project, f"docker-daemon:{tag}", ok=False)
+        assert any(f["path"] == "config.User" for f in report["findings"])
+    finally:
+        docker_engine.images.remove(tag, force=True)
+
+
+def test_an_archive_whose_manifests_disagree_is_refused_from_a_registry(
+        tiny_project: dict, split_archive: tuple[Path, str], registry: str, tmp_path: Path) -> None:
+    archive, _tag = split_archive
+    digest_file = tmp_path / "digest"
+    skopeo("copy", "--dest-tls-verify=false", "--digestfile", str(digest_file), f"docker-archive:{archive}",
+           f"docker://{registry}/tamper-split:t")
+    report = _verify(tiny_project, f"docker://{registry}/tamper-split@{digest_file.read_text().strip()}", ok=False)
+    assert any(f["path"] == "config.User" for f in report["findings"])
+
+
+# -- a poisoned layer cache record ------------------------------------------------------------------
+
+
+def _poison_model_record(project: dict, key_file: Path | None) -> str:
+    """Point the model layer's cache record at another well-formed blob (digests recomputed). With
+    ``key_file`` the attacker also signs it (with a key that is not the machine's)."""
+    import os
+
+    from lockbuild.assemble.build import LEVEL, source_date_epoch
+    from lockbuild.assemble.plan import plan_layers
+    from lockbuild.fetch.cache import Cache
+    from lockbuild.lock.io import lock_digest, read_lock
+    from lockbuild.oci.tar import Layer, remember_layer
+
+    path = project["dir"] / "lockbuild.lock"
+    lock = read_lock(path)
+    plan = next(p for p in plan_layers(lock, mtime=source_date_epoch(lock), lock_digest=lock_digest(path),
+                                       level=LEVEL) if p.kind == "model")
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info, data = _file("opt/ml/model/MLmodel", b"flavors: {}\n")
+        tar.addfile(info, io.BytesIO(data))
+    raw = buf.getvalue()
+    blob = gzip.compress(raw, mtime=0)
+    cache = Cache()
+    digest = "sha256:" + cache.put_bytes(blob)
+    layer = Layer(digest=digest, diff_id="sha256:" + hashlib.sha256(raw).hexdigest(), size=len(blob))
+    old = os.environ.get("LOCKBUILD_KEY_FILE")
+    try:
+        if key_file is not None:
+            os.environ["LOCKBUILD_KEY_FILE"] = str(key_file)
+            remember_layer(cache, plan.key, layer)
+        else:
+            cache.meta_put("layers", plan.key.removeprefix("sha256:"), layer.to_dict())
+    finally:
+        if old is None:
+            os.environ.pop("LOCKBUILD_KEY_FILE", None)
+        else:
+            os.environ["LOCKBUILD_KEY_FILE"] = old
+    return digest
+
+
+def test_a_poisoned_cache_record_is_not_reused_by_image(tiny_project: dict) -> None:
+    bad = _poison_model_record(tiny_project, None)
+    proc = run_lockbuild("image", "--oci", "out/oci-poison", cwd=tiny_project["dir"])
+    assert proc.stdout.strip() == tiny_project["image"]["digest"]  # the poisoned blob was not used
+    assert "layer cache record for model is not trusted" in proc.stderr and "building model" in proc.stderr
+    assert bad not in (tiny_project["dir"] / "out" / "oci-poison" / "index.json").read_text()
+    assert _verify(tiny_project, "out/oci-poison", ok=True)["ok"]
+
+
+def test_an_image_built_from_a_record_signed_by_another_key_fails_verify(tiny_project: dict, tmp_path: Path) -> None:
+    attacker_key = tmp_path / "attacker.key"
+    attacker_key.write_bytes(b"k" * 32)
+    bad = _poison_model_record(tiny_project, attacker_key)
+    proc = run_lockbuild("image", "--oci", "out/oci-poison2", "--json", cwd=tiny_project["dir"],
+                         env={"LOCKBUILD_KEY_FILE": str(attacker_key)})
+    model = next(layer for layer in json.loads(proc.stdout)["layers"] if layer["name"] == "model")
+    assert model["reused"] and model["digest"] == bad  # the poisoned build
+    report = _verify(tiny_project, "out/oci-poison2", ok=False)  # the machine's key: the record is not trusted
+    assert any(f["check"] == "layer" and f["path"].startswith("/opt/ml/model/") for f in report["findings"])
+    # put the honest record back for the other tests
+    run_lockbuild("image", "--oci", "out/oci-poison2", cwd=tiny_project["dir"])
+
+
+def test_smoke_refuses_an_image_that_fails_verify(tiny_project: dict, variants: dict[str, Path]) -> None:
+    proc = run_lockbuild("smoke", str(variants["sitecustomize-site"]), "--json", cwd=tiny_project["dir"], ok=False)
+    assert proc.returncode == 13
+    report = json.loads(proc.stdout)
+    assert report["verified"] is False and not report["ok"]
+    assert "smoke refused to run" in proc.stderr
