@@ -257,16 +257,23 @@ def image(
         outputs["oci"] = str(oci)
         for artifact_type, data in attachments:
             attach_to_layout(oci, img.manifest_digest, data, artifact_type)
+    gz_img = img
+    if (archive is not None or load) and lk.compression != "gzip":
+        # docker load (Docker 20.10) reads gzip only: the same layers (same diff_ids, same config), gzip blobs
+        with progress:
+            gz_img = build(lk, lock_bytes, cache, lock_dir=path.resolve().parent, jobs=jobs,
+                           report=report if not as_json else (lambda _e, _d: None), compression="gzip").image
+        outputs["gzip_digest"] = gz_img.manifest_digest
     if archive is not None:
         from lockbuild.oci.docker_archive import write_docker_archive
 
-        write_docker_archive(img, archive, cache, repo_tag=repo_tag)
+        write_docker_archive(gz_img, archive, cache, repo_tag=repo_tag)
         outputs["docker_archive"] = str(archive)
     if load:
         from lockbuild.oci.daemon import engine
         from lockbuild.oci.daemon import load as daemon_load
 
-        outputs["loaded"] = daemon_load(img, cache, engine(), repo_tag)
+        outputs["loaded"] = daemon_load(gz_img, cache, engine(), repo_tag)
         outputs["tag"] = repo_tag
     if push is not None:
         from lockbuild.oci.registry import push as registry_push

@@ -24,6 +24,7 @@ from lockbuild.fetch.model import cache_model_tree
 from lockbuild.lock.model import LOCK_VERSION, DebianLock, Lock, ModelFile, ModelLock, PythonLock, Runtime, Target
 from lockbuild.model.intake import ModelSource, fetch_model
 from lockbuild.model.metadata import ModelInfo, keras_major, read_model
+from lockbuild.oci.tar import compressor_version
 from lockbuild.resolve import debian, runtime
 from lockbuild.resolve.python import (
     PythonTarget,
@@ -178,6 +179,8 @@ def _make_lock(spec: Spec, source: ModelSource, info: ModelInfo, *, previous: Lo
         created=created_time(exclude_newer, deb_lock),
         image_name=spec.image_name,
         labels=spec.labels,
+        compression=spec.compression,
+        compressor=compressor_version(spec.compression),
         target=Target(
             platform=spec.platform, python=python_exact, python_abi=f"cp{v.major}{v.minor}",
             wheel_platform=wheel_platform, glibc=glibc, base=f"debian:{codename}",

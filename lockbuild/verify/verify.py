@@ -26,6 +26,7 @@ import zlib
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
+import zstandard
 from packaging.utils import canonicalize_name
 
 from lockbuild.assemble.model import MODEL_DIR
@@ -125,6 +126,8 @@ def scan_layer(stream: BinaryIO, files: dict[str, FileRec], contents: dict[str, 
 
     raw = _Prefixed()
     inner_src: BinaryIO = gzip.GzipFile(fileobj=raw, mode="rb") if head == b"\x1f\x8b" else raw  # type: ignore
+    if head == b"\x28\xb5":  # zstd frame magic 28 b5 2f fd ([image] compression = "zstd")
+        inner_src = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)  # type: ignore
     inner = _HashReader(inner_src)
     with tarfile.open(fileobj=inner, mode="r|") as tar:  # type: ignore[call-overload]
         for m in tar:
@@ -176,7 +179,7 @@ def check_digests(src: ImageSource, report: Report, files: dict[str, FileRec], c
         try:
             with src.open_layer(i) as stream:
                 blob, diff = scan_layer(stream, files, contents)
-        except (OSError, EOFError, tarfile.TarError, zlib.error) as e:
+        except (OSError, EOFError, tarfile.TarError, zlib.error, zstandard.ZstdError) as e:
             report.add("digests", f"layer {i}", expected_digest or (diff_ids[i] if i < len(diff_ids) else "?"),
                        "unreadable", f"layer cannot be read: {e}")
             continue

@@ -1,0 +1,117 @@
+"""Layer compression comes from libraries pinned with lockbuild (ISA-L gzip, libzstd), never the host's
+zlib: the same tree gives the same compressed bytes on every host, gzip and zstd give the same diff_id."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import threading
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import zstandard
+
+from lockbuild.assemble.build import check_compressor
+from lockbuild.errors import BuildError
+from lockbuild.fetch.cache import Cache
+from lockbuild.lock.io import dumps, loads, read_lock
+from lockbuild.oci.tar import (
+    LAYER_MEDIA_TYPE,
+    ZSTD_LAYER_MEDIA_TYPE,
+    compressor_version,
+    write_layer,
+)
+
+MTIME = 1795564800
+EXAMPLE_LOCK = Path(__file__).resolve().parents[1] / "examples/keras3/lockbuild.lock"
+
+
+def tree(root: Path) -> Path:
+    """A few MB of mixed content (text, random-ish, zeros), enough for several deflate blocks."""
+    (root / "usr/lib").mkdir(parents=True)
+    (root / "usr/lib/zeros.bin").write_bytes(b"\0" * (1 << 20))
+    (root / "usr/lib/text.py").write_bytes(b"".join(b"def f%d(x):\n    return x * %d\n" % (i, i) for i in range(40000)))
+    (root / "usr/lib/noise.bin").write_bytes(b"".join(hashlib.sha256(b"%d" % i).digest() for i in range(40000)))
+    return root
+
+
+@pytest.fixture(scope="module")
+def staged(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tree(tmp_path_factory.mktemp("tree") / "root")
+
+
+# Golden digests: they change only when the pinned compressor (pyproject.toml) or the tar recipe does.
+# A host zlib (1.2.13 on bookworm, 1.3.1 on trixie, zlib-ng elsewhere) could not make them reproducible.
+GZIP_DIGEST = "sha256:77e5ee2d448cd95385e1516cfc33fa2d9dc633de82a3c0be372f974e3f1bde36"
+ZSTD_DIGEST = "sha256:e48e455df6ac8a3fa2a6a144f2237492579215e3a869ee1cf3adcec7f4809437"
+
+
+def test_gzip_and_zstd_carry_the_same_tar(staged: Path, tmp_path: Path) -> None:
+    cache = Cache(tmp_path / "cache")
+    g = write_layer(cache, staged, mtime=MTIME)
+    z = write_layer(cache, staged, mtime=MTIME, compression="zstd")
+    assert g.diff_id == z.diff_id and g.digest != z.digest
+    assert (g.media_type, z.media_type) == (LAYER_MEDIA_TYPE, ZSTD_LAYER_MEDIA_TYPE)
+    tar_g = gzip.decompress(g.path(cache).read_bytes())
+    tar_z = zstandard.ZstdDecompressor().stream_reader(z.path(cache).open("rb"),
+                                                       read_across_frames=True).read()
+    assert tar_g == tar_z and "sha256:" + hashlib.sha256(tar_g).hexdigest() == g.diff_id
+    assert "zlib" not in g.compressor and g.compressor == f"gzip level 1 ({compressor_version('gzip')})"
+    assert z.compressor.startswith("zstd level 3 (zstandard ")
+
+
+def test_zstd_frame_has_no_content_size_checksum_or_dictionary(staged: Path, tmp_path: Path) -> None:
+    cache = Cache(tmp_path / "cache")
+    z = write_layer(cache, staged, mtime=MTIME, compression="zstd")
+    params = zstandard.get_frame_parameters(z.path(cache).read_bytes()[:18])
+    assert (params.content_size, params.has_checksum, params.dict_id) == (zstandard.CONTENTSIZE_UNKNOWN, False, 0)
+
+
+@pytest.mark.parametrize("compression", ["gzip", "zstd"])
+def test_compressed_bytes_are_the_same_in_parallel_threads_and_any_umask(staged: Path, tmp_path: Path,
+                                                                         compression: str) -> None:
+    """Layers are compressed in parallel threads: the bytes must not depend on it."""
+    digests: list[str] = []
+
+    def one(i: int) -> None:
+        digests.append(write_layer(Cache(tmp_path / f"c{i}"), staged, mtime=MTIME, compression=compression).digest)
+
+    old = os.umask(0o077)
+    try:
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        os.umask(old)
+    one(3)
+    assert len(set(digests)) == 1, digests
+
+
+def test_golden_digests_pin_the_compressor(staged: Path, tmp_path: Path) -> None:
+    cache = Cache(tmp_path / "cache")
+    g = write_layer(cache, staged, mtime=MTIME)
+    z = write_layer(cache, staged, mtime=MTIME, compression="zstd")
+    assert (g.digest, z.digest) == (GZIP_DIGEST, ZSTD_DIGEST)
+
+
+def test_lock_records_compression_and_older_locks_default_to_gzip() -> None:
+    lock = read_lock(EXAMPLE_LOCK)
+    assert (lock.compression, lock.compressor) == ("gzip", "")  # written before the field existed
+    zl = replace(lock, compression="zstd", compressor=compressor_version("zstd"))
+    text = dumps(zl)
+    assert 'compression = "zstd"' in text and "compressor = " in text
+    again = loads(text, "<memory>", verify_content=False)
+    assert (again.compression, again.compressor) == ("zstd", compressor_version("zstd"))
+
+
+def test_a_lock_pinning_another_compressor_version_refuses_to_build() -> None:
+    lock = read_lock(EXAMPLE_LOCK)
+    check_compressor(replace(lock, compressor=compressor_version("gzip")), "gzip")  # the pinned one: fine
+    check_compressor(lock, "gzip")  # older lock: nothing recorded, nothing to check
+    with pytest.raises(BuildError, match="isal 1.0.0") as e:
+        check_compressor(replace(lock, compressor="isal 1.0.0"), "gzip")
+    assert "isal==1.0.0" in (e.value.hint or "")
