@@ -4,7 +4,7 @@
 # busybox for tiny runnable test images. Idempotent and quiet: does nothing when all are present.
 set -euo pipefail
 
-PACKAGES=(docker.io docker-registry skopeo umoci busybox-static)
+PACKAGES=(docker.io docker-registry skopeo umoci busybox-static debootstrap util-linux)
 
 is_installed() {
     [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = "install ok installed" ]
