@@ -239,9 +239,15 @@ def image(
     lk = loads(lock_bytes.decode("utf-8"), str(path))
     cache = Cache()
     progress, report = _progress_reporter(not as_json and err.is_terminal)
+    warnings: list[str] = []  # in --json mode too: a skipped step must never be silent
+
+    def json_report(event: str, data: dict) -> None:
+        if event == "warning":
+            warnings.append(str(data.get("message", "")))
+
     with progress:
         result = build(lk, lock_bytes, cache, lock_dir=path.resolve().parent, jobs=jobs,
-                       report=report if not as_json else (lambda _e, _d: None))
+                       report=report if not as_json else json_report)
     img = result.image
     repo_tag = tag or f"{lk.image_name}:{lk.inputs_digest.split(':')[1][:12]}"
     if oci is None and archive is None and not load and push is None:
@@ -262,7 +268,7 @@ def image(
         # docker load (Docker 20.10) reads gzip only: the same layers (same diff_ids, same config), gzip blobs
         with progress:
             gz_img = build(lk, lock_bytes, cache, lock_dir=path.resolve().parent, jobs=jobs,
-                           report=report if not as_json else (lambda _e, _d: None), compression="gzip").image
+                           report=report if not as_json else json_report, compression="gzip").image
         outputs["gzip_digest"] = gz_img.manifest_digest
     if archive is not None:
         from lockbuild.oci.docker_archive import write_docker_archive
@@ -293,6 +299,8 @@ def image(
                     "reused": reused} for p, layer, reused in result.layers],
         **outputs,
     }
+    if warnings:
+        summary["warnings"] = sorted(set(warnings))
     if as_json:
         emit_json(summary)
     else:
