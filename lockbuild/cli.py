@@ -217,6 +217,8 @@ def image(
     push: Annotated[str | None, typer.Option("--push", help="push to REGISTRY/REPO[:TAG]")] = None,
     tag: Annotated[str | None, typer.Option("--tag", help="tag for --load / archive (default: name:lock)")] = None,
     jobs: Annotated[int, typer.Option("--jobs", "-j", help="parallel downloads")] = 4,
+    compression: Annotated[str | None, typer.Option(
+        "--compression", help="gzip|zstd layers for --oci/--push (default: the lock's [image] compression)")] = None,
     attach_sbom: Annotated[bool, typer.Option("--sbom", help="attach a CycloneDX SBOM (OCI layout and push)")] = False,
     attach_provenance: Annotated[bool, typer.Option("--provenance", help="attach SLSA provenance")] = False,
     as_json: JsonOpt = False,
@@ -237,6 +239,16 @@ def image(
     except FileNotFoundError:
         raise LockFileError(f"no lock at {path}", hint="run `lockbuild lock` first") from None
     lk = loads(lock_bytes.decode("utf-8"), str(path))
+    if compression is not None:
+        from dataclasses import replace
+
+        from lockbuild.errors import BuildError
+        from lockbuild.oci.tar import COMPRESSIONS
+
+        if compression not in COMPRESSIONS:
+            raise BuildError(f"--compression {compression!r} is not one of {', '.join(COMPRESSIONS)}",
+                             hint="use --compression gzip or --compression zstd")
+        lk = replace(lk, compression=compression)
     cache = Cache()
     progress, report = _progress_reporter(not as_json and err.is_terminal)
     warnings: list[str] = []  # in --json mode too: a skipped step must never be silent

@@ -56,7 +56,7 @@ LOCKBUILD_CACHE=$WORK/c1 .venv/bin/lockbuild image --lock "$LOCK" --oci "$WORK/o
 
 log "build 2/3: nobody on this host"
 fresh_cache "$WORK/c2"
-python3 -m venv --without-pip "$WORK/venv"
+/usr/bin/python3 -m venv --without-pip "$WORK/venv"  # not a python under /root, which nobody cannot read
 .venv/bin/uv pip install -q --python "$WORK/venv/bin/python" "$REPO"
 chown "$NOBODY:$NOBODY" "$WORK"
 setpriv --reuid=$NOBODY --regid=$NOBODY --clear-groups env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME="$WORK" \
