@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import stat
+import struct
 import tarfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -43,9 +44,9 @@ def _module(compression: str):  # type: ignore[no-untyped-def]
     """The pinned compressor module: isal (gzip) or zstandard (zstd); a clear error if absent."""
     try:
         if compression == "gzip":
-            import isal.igzip
+            from isal import isal_zlib
 
-            return isal.igzip
+            return isal_zlib
         if compression == "zstd":
             import zstandard
 
@@ -212,19 +213,79 @@ def _add(tar: tarfile.TarFile, entry: _Entry, info: tarfile.TarInfo) -> None:
         tar.addfile(info, f)
 
 
-def gzip_writer(sink: Sink, level: int):  # type: ignore[no-untyped-def]
-    """ISA-L gzip with a fixed header: no file name, mtime 0, OS byte 255. Single-threaded (layers
-    run in parallel instead), so the bytes never depend on thread scheduling."""
-    return _module("gzip").IGzipFile(filename="", mode="wb", fileobj=sink, compresslevel=level, mtime=0)
+GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # deflate, no name, mtime 0, OS 255
+CHUNK = 1 << 20  # the compressor always sees exactly this many bytes per call (the last call: the rest)
 
 
-def zstd_writer(sink: Sink):  # type: ignore[no-untyped-def]
+class ChunkedCompressor:
+    """Feeds a streaming compressor fixed-size chunks, whatever sizes the tar writer uses.
+
+    ISA-L's deflate output depends on how the input is split into calls, and the split the tar
+    writer produces differs between Python versions (3.12's GzipFile added a write buffer), so the
+    compressed bytes would differ between hosts with the same library. Chunking here, not in
+    gzip.GzipFile, makes the call sequence a function of the tar bytes alone. Single-threaded
+    (layers run in parallel instead), so thread scheduling never matters either.
+    """
+
+    def __init__(self, sink: Sink, compressobj, *, header: bytes = b"", gzip_trailer: bool = False) -> None:  # type: ignore[no-untyped-def]
+        self._sink, self._z, self._gzip = sink, compressobj, gzip_trailer
+        self._buf = bytearray()
+        self._crc, self._size = 0, 0
+        self._closed = False
+        if header:
+            sink.write(header)
+
+    def _feed(self, data: bytes | bytearray) -> None:
+        if self._gzip:
+            self._crc = _module("gzip").crc32(data, self._crc)
+            self._size += len(data)
+        out = self._z.compress(data)
+        if out:
+            self._sink.write(out)
+
+    def write(self, data: bytes) -> int:
+        self._buf += data
+        if len(self._buf) >= CHUNK:
+            view = memoryview(self._buf)
+            full = len(self._buf) - len(self._buf) % CHUNK
+            for i in range(0, full, CHUNK):
+                self._feed(view[i:i + CHUNK].tobytes())
+            view.release()
+            del self._buf[:full]
+        return len(data)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._buf:
+            self._feed(bytes(self._buf))
+        self._sink.write(self._z.flush())
+        if self._gzip:
+            self._sink.write(struct.pack("<II", self._crc & 0xFFFFFFFF, self._size & 0xFFFFFFFF))
+
+    def __enter__(self) -> ChunkedCompressor:
+        return self
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        if exc_type is None:
+            self.close()
+
+
+def gzip_writer(sink: Sink, level: int) -> ChunkedCompressor:
+    """ISA-L raw deflate in a gzip member with a fixed header (no name, mtime 0, OS 255)."""
+    z = _module("gzip")
+    return ChunkedCompressor(sink, z.compressobj(level, z.DEFLATED, -15, z.DEF_MEM_LEVEL, z.Z_DEFAULT_STRATEGY),
+                             header=GZIP_HEADER, gzip_trailer=True)
+
+
+def zstd_writer(sink: Sink) -> ChunkedCompressor:
     """libzstd at a fixed level, one thread, no content size or checksum in the frame header, so
     the bytes depend only on the tar and the pinned library version."""
     z = _module("zstd")
     params = z.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=False, write_content_size=False,
                               write_dict_id=False, threads=0)
-    return params.stream_writer(sink, closefd=False)
+    return ChunkedCompressor(sink, params.compressobj())
 
 
 @contextmanager
@@ -232,7 +293,7 @@ def compress_writer(sink: Sink, compression: str = "gzip", level: int = 1) -> It
     """The compressing writer for ``compression`` into ``sink``; flushed and finished on exit."""
     w = zstd_writer(sink) if compression == "zstd" else gzip_writer(sink, level)
     with w:
-        yield w
+        yield w  # type: ignore[misc]
 
 
 def open_tar(out: BinaryIO) -> tarfile.TarFile:
