@@ -202,3 +202,15 @@ def test_zstd_layout_passes_skopeo_and_survives_a_registry_round_trip(tmp_path: 
         assert out.strip() == "zstd-ok"
     finally:
         subprocess.run(["docker", "rmi", "-f", tag], env=env, capture_output=True)
+
+
+def test_spec_compression_key_is_validated(tmp_path: Path) -> None:
+    from lockbuild.errors import SpecError
+    from lockbuild.spec import parse_spec
+
+    base = '[model]\nuri = "./model"\n\n[image]\nname = "x/y"\n'
+    assert parse_spec(base, tmp_path / "lockbuild.toml").compression == "gzip"
+    assert parse_spec(base + 'compression = "zstd"\n', tmp_path / "lockbuild.toml").compression == "zstd"
+    with pytest.raises(SpecError) as e:
+        parse_spec(base + 'compression = "xz"\n', tmp_path / "lockbuild.toml")
+    assert "compression" in str(e.value) + str(e.value.where)
