@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export LOCKBUILD_CACHE ?= $(HOME)/.cache/lockbuild
 
-.PHONY: venv deps demo test test-fast lint bench clean
+.PHONY: venv deps demo test test-fast lint bench repro clean
 
 $(BIN)/lockbuild: pyproject.toml
 	PY=$(PY) bash scripts/install-deps.sh venv
@@ -32,6 +32,9 @@ test-fast: venv
 
 demo: venv deps
 	bash scripts/demo.sh
+
+repro: venv deps  ## same lock: root here, non-root here, non-root in a debootstrapped trixie root -> one digest
+	bash scripts/repro.sh
 
 bench: venv deps
 	$(BIN)/python benchmarks/run.py

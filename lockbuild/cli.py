@@ -274,6 +274,8 @@ def image(
     push: Annotated[str | None, typer.Option("--push", help="push to REGISTRY/REPO[:TAG]")] = None,
     tag: Annotated[str | None, typer.Option("--tag", help="tag for --load / archive (default: name:lock)")] = None,
     jobs: Annotated[int, typer.Option("--jobs", "-j", help="parallel downloads")] = 4,
+    compression: Annotated[str | None, typer.Option(
+        "--compression", help="gzip|zstd layers for --oci/--push (default: the lock's [image] compression)")] = None,
     attach_sbom: Annotated[bool, typer.Option("--sbom", help="attach a CycloneDX SBOM (OCI layout and push)")] = False,
     attach_provenance: Annotated[bool, typer.Option("--provenance", help="attach SLSA provenance")] = False,
     as_json: JsonOpt = False,
@@ -294,11 +296,27 @@ def image(
     except FileNotFoundError:
         raise LockFileError(f"no lock at {path}", hint="run `lockbuild lock` first") from None
     lk = loads(lock_bytes.decode("utf-8"), str(path))
+    if compression is not None:
+        from dataclasses import replace
+
+        from lockbuild.errors import BuildError
+        from lockbuild.oci.tar import COMPRESSIONS
+
+        if compression not in COMPRESSIONS:
+            raise BuildError(f"--compression {compression!r} is not one of {', '.join(COMPRESSIONS)}",
+                             hint="use --compression gzip or --compression zstd")
+        lk = replace(lk, compression=compression)
     cache = Cache()
     progress, report = _progress_reporter(not as_json and err.is_terminal)
+    warnings: list[str] = []  # in --json mode too: a skipped step must never be silent
+
+    def json_report(event: str, data: dict) -> None:
+        if event == "warning":
+            warnings.append(str(data.get("message", "")))
+
     with progress:
         result = build(lk, lock_bytes, cache, lock_dir=path.resolve().parent, jobs=jobs,
-                       report=report if not as_json else (lambda _e, _d: None))
+                       report=report if not as_json else json_report)
     img = result.image
     repo_tag = tag or f"{lk.image_name}:{lk.inputs_digest.split(':')[1][:12]}"
     if oci is None and archive is None and not load and push is None:
@@ -314,16 +332,23 @@ def image(
         outputs["oci"] = str(oci)
         for artifact_type, data in attachments:
             attach_to_layout(oci, img.manifest_digest, data, artifact_type)
+    gz_img = img
+    if (archive is not None or load) and lk.compression != "gzip":
+        # docker load (Docker 20.10) reads gzip only: the same layers (same diff_ids, same config), gzip blobs
+        with progress:
+            gz_img = build(lk, lock_bytes, cache, lock_dir=path.resolve().parent, jobs=jobs,
+                           report=report if not as_json else json_report, compression="gzip").image
+        outputs["gzip_digest"] = gz_img.manifest_digest
     if archive is not None:
         from lockbuild.oci.docker_archive import write_docker_archive
 
-        write_docker_archive(img, archive, cache, repo_tag=repo_tag)
+        write_docker_archive(gz_img, archive, cache, repo_tag=repo_tag)
         outputs["docker_archive"] = str(archive)
     if load:
         from lockbuild.oci.daemon import engine
         from lockbuild.oci.daemon import load as daemon_load
 
-        outputs["loaded"] = daemon_load(img, cache, engine(), repo_tag)
+        outputs["loaded"] = daemon_load(gz_img, cache, engine(), repo_tag)
         outputs["tag"] = repo_tag
     if push is not None:
         from lockbuild.oci.registry import push as registry_push
@@ -343,6 +368,8 @@ def image(
                     "reused": reused, **(result.stats or {}).get(p.name, {})} for p, layer, reused in result.layers],
         **outputs,
     }
+    if warnings:
+        summary["warnings"] = sorted(set(warnings))
     if as_json:
         emit_json(summary)
     else:

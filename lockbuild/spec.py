@@ -49,6 +49,7 @@ class Spec:
     workers: int = DEFAULT_WORKERS
     env: tuple[tuple[str, str], ...] = ()
     labels: tuple[tuple[str, str], ...] = ()
+    compression: str = "gzip"  # layer compression of the OCI layout / registry pushes
     smoke_input: str | None = None
     smoke_expected: str | None = None
     smoke_tolerance: float = 1e-5
@@ -179,6 +180,7 @@ def _from_dict(doc: dict[str, Any], path: Path) -> Spec:
         workers=image.get("workers", DEFAULT_WORKERS),
         env=tuple(sorted(image.get("env", {}).items())),
         labels=tuple(sorted(image.get("labels", {}).items())),
+        compression=image.get("compression", "gzip"),
         smoke_input=smoke.get("input"),
         smoke_expected=smoke.get("expected"),
         smoke_tolerance=float(smoke.get("tolerance", 1e-5)),

@@ -9,7 +9,7 @@
 #   install-deps.sh venv     only what `python3 -m venv` needs (python3-venv where ensurepip is missing)
 set -euo pipefail
 
-PACKAGES=(docker.io docker-registry skopeo umoci busybox-static gnupg gpgv debian-archive-keyring debootstrap)
+PACKAGES=(docker.io docker-registry skopeo umoci busybox-static gnupg gpgv debian-archive-keyring debootstrap util-linux)
 if [ "${1:-}" = "venv" ]; then
     # Debian (and its cloud images) split ensurepip out of python3: `python3 -m venv` then stops with
     # "ensurepip is not available". Install the package of the python3 the Makefile uses.

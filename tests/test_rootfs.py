@@ -401,3 +401,71 @@ def test_bookworm_python_runs_as_nonroot(chroot_dev_null: Path) -> None:
     assert got["uid"] == 65532 and got["user"] == "nonroot" and got["ssl"] == "libssl.so.3"
     got = _probe(chroot_dev_null, "--userspec=65532:65532", env={"PROBE_DIR": "/home/nonroot"})
     assert got["uid"] == 65532
+
+
+# -- non-root builds: the same rootfs, or a refusal ------------------------------------------
+NOBODY = 65534
+ASSEMBLE = """
+import json, sys
+from pathlib import Path
+from lockbuild.assemble.rootfs import assemble_rootfs
+from lockbuild.errors import BuildError
+from lockbuild.lock.model import Deb
+args = json.loads(sys.argv[1])
+debs = [(Deb(**d), Path(p)) for d, p in args["debs"]]
+try:
+    print(json.dumps({"warnings": assemble_rootfs(debs, Path(args["dest"]))}))
+except BuildError as e:
+    print(json.dumps({"error": str(e)}))
+"""
+
+
+@pytest.fixture
+def nobody_dir() -> Iterator[Path]:
+    """A directory the unprivileged user owns (pytest's tmp_path is private to root)."""
+    import tempfile
+
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("needs root to switch to an unprivileged user")
+    d = Path(tempfile.mkdtemp(prefix="lockbuild-nobody-", dir="/var/tmp"))
+    os.chown(d, NOBODY, NOBODY)
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def _assemble_as_nobody(built: Built, dest: Path, path_env: str) -> dict:
+    import json
+    import sys
+    from dataclasses import asdict
+
+    args = json.dumps({"dest": str(dest), "debs": [(asdict(d), str(p)) for d, p in built.debs]})
+    proc = subprocess.run([str(shutil.which("setpriv")), f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+                           sys.executable, "-c", ASSEMBLE, args], capture_output=True, text=True,
+                          env={"PATH": path_env, "HOME": str(dest.parent), "PYTHONDONTWRITEBYTECODE": "1"},
+                          cwd=str(Path(__file__).resolve().parents[1]))
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+@pytest.mark.network
+def test_nonroot_rootfs_is_identical_to_the_root_one(bookworm: Built, nobody_dir: Path) -> None:
+    """A non-root build gets /etc/ld.so.cache from the rootfs's own ldconfig in a user namespace:
+    byte-identical to the root build, never an image silently lacking it."""
+    dest = nobody_dir / "rootfs"
+    result = _assemble_as_nobody(bookworm, dest, "/usr/sbin:/usr/bin:/sbin:/bin")
+    if "error" in result and "user namespace" in result["error"]:
+        pytest.skip(f"no unprivileged user namespaces here: {result['error']}")
+    assert result == {"warnings": []}
+    assert (dest / "etc/ld.so.cache").read_bytes() == (bookworm.dest / "etc/ld.so.cache").read_bytes()
+    assert manifest(dest) == manifest(bookworm.dest)
+
+
+@pytest.mark.network
+def test_nonroot_without_user_namespaces_refuses(bookworm: Built, nobody_dir: Path) -> None:
+    """No way to run ldconfig (here: no `unshare` on PATH): a clear BuildError, not a different image."""
+    empty = nobody_dir / "empty-path"
+    empty.mkdir()
+    result = _assemble_as_nobody(bookworm, nobody_dir / "rootfs", str(empty))
+    assert "cannot build /etc/ld.so.cache as a non-root user" in result.get("error", ""), result

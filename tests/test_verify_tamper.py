@@ -317,7 +317,7 @@ def _poison_model_record(project: dict, key_file: Path | None) -> str:
     ``key_file`` the attacker also signs it (with a key that is not the machine's)."""
     import os
 
-    from lockbuild.assemble.build import LEVEL, source_date_epoch
+    from lockbuild.assemble.build import LEVEL, compressed_key, source_date_epoch
     from lockbuild.assemble.plan import plan_layers
     from lockbuild.fetch.cache import Cache
     from lockbuild.lock.io import lock_digest, read_lock
@@ -340,9 +340,9 @@ def _poison_model_record(project: dict, key_file: Path | None) -> str:
     try:
         if key_file is not None:
             os.environ["LOCKBUILD_KEY_FILE"] = str(key_file)
-            remember_layer(cache, plan.key, layer)
+            remember_layer(cache, compressed_key(plan.key, "gzip"), layer)
         else:
-            cache.meta_put("layers", plan.key.removeprefix("sha256:"), layer.to_dict())
+            cache.meta_put("layers", compressed_key(plan.key, "gzip").removeprefix("sha256:"), layer.to_dict())
     finally:
         if old is None:
             os.environ.pop("LOCKBUILD_KEY_FILE", None)

@@ -30,7 +30,7 @@ from lockbuild.fetch.model import fetch_model_files
 from lockbuild.fetch.sdist import ensure_built
 from lockbuild.lock.model import Lock
 from lockbuild.oci.image import Image, ImageSpec, build_image
-from lockbuild.oci.tar import Layer, layer_record, remember_layer, write_layer
+from lockbuild.oci.tar import Layer, compressor_name, compressor_version, layer_record, remember_layer, write_layer
 from lockbuild.platforms import debian_arch
 
 LEVEL = 1  # gzip level: compression dominates a cold build (field notes: -6 is 2.7x slower)
@@ -95,16 +95,38 @@ def _verified_layer(cache: Cache, key: str, name: str = "", report: Report = lam
     return layer
 
 
+def check_compressor(lock: Lock, compression: str) -> None:
+    """The lock pins the compressor library; another version would give other layer digests."""
+    installed = compressor_version(compression)
+    if lock.compressor and compression == lock.compression and lock.compressor != installed:
+        raise BuildError(
+            f"the lock pins the {compression} compressor {lock.compressor!r}, this lockbuild has {installed!r}: "
+            "the layer digests would differ",
+            hint=f"install the pinned version (pip install '{lock.compressor.split(' (')[0].replace(' ', '==')}') "
+            "or re-run `lockbuild lock`")
+
+
+def compressed_key(key: str, compression: str) -> str:
+    """The layer-cache key: the plan's input key plus the compressor that made the blob."""
+    import hashlib
+
+    return "sha256:" + hashlib.sha256(f"{key}\n{compressor_name(LEVEL, compression)}".encode()).hexdigest()
+
+
 def build(lock: Lock, lock_bytes: bytes, cache: Cache, *, lock_dir: Path, jobs: int = 4,
-          report: Report = lambda _e, _d: None) -> BuildResult:
+          report: Report = lambda _e, _d: None, compression: str | None = None) -> BuildResult:
+    """Build the image. ``compression`` overrides the lock's ``[image] compression`` (docker-archive
+    and ``--load`` need gzip); the diff_ids and the config are the same either way."""
     from lockbuild.fsutil import sha256_bytes
 
+    compression = compression or lock.compression
+    check_compressor(lock, compression)
     lock_digest = "sha256:" + sha256_bytes(lock_bytes)
     mtime = source_date_epoch(lock)
     plans = plan_layers(lock, mtime=mtime, lock_digest=lock_digest, level=LEVEL)
     done: dict[str, Layer] = {}
     for p in plans:
-        layer = _verified_layer(cache, p.key, p.name, report)
+        layer = _verified_layer(cache, compressed_key(p.key, compression), p.name, report)
         if layer is not None:
             done[p.name] = layer
     todo = [p for p in plans if p.name not in done]
@@ -113,7 +135,8 @@ def build(lock: Lock, lock_bytes: bytes, cache: Cache, *, lock_dir: Path, jobs: 
     blobs = _fetch_inputs(lock, todo, cache, jobs=jobs, report=report, lock_dir=lock_dir)
     if any(p.kind == "python" for p in todo):
         _check_conflicts(lock, cache, blobs, lock_dir=lock_dir)
-    done.update(_build_layers(todo, lock, lock_bytes, cache, blobs, mtime=mtime, report=report))
+    done.update(_build_layers(todo, lock, lock_bytes, cache, blobs, mtime=mtime, report=report,
+                              compression=compression))
 
     labels = labels_for(lock, lock_digest)
     annotations = {
@@ -135,15 +158,16 @@ def _weight(p: LayerPlan) -> int:
 
 
 def _build_layers(todo: list[LayerPlan], lock: Lock, lock_bytes: bytes, cache: Cache, blobs: dict[str, Path], *,
-                  mtime: int, report: Report) -> dict[str, Layer]:
+                  mtime: int, report: Report, compression: str = "gzip") -> dict[str, Layer]:
     """Build layers in parallel: deflate and sha256 release the GIL, so threads use every core.
     Each layer's bytes depend only on its own inputs, never on the order they finish in."""
     from concurrent.futures import ThreadPoolExecutor
 
     def one(p: LayerPlan) -> tuple[str, Layer]:
         report("layer-start", {"name": p.name})
-        layer = _build_layer(p, lock, lock_bytes, cache, blobs, mtime=mtime, report=report)
-        remember_layer(cache, p.key, layer)
+        layer = _build_layer(p, lock, lock_bytes, cache, blobs, mtime=mtime, report=report,
+                             compression=compression)
+        remember_layer(cache, compressed_key(p.key, compression), layer)
         report("layer-done", {"name": p.name, "size": layer.size, "diff_id": layer.diff_id})
         return p.name, layer
 
@@ -272,12 +296,13 @@ def tree_stats(staged: StagedLayer) -> dict[str, int]:
 
 
 def _build_layer(p: LayerPlan, lock: Lock, lock_bytes: bytes, cache: Cache, blobs: dict[str, Path], *,
-                 mtime: int, report: Report) -> Layer:
+                 mtime: int, report: Report, compression: str = "gzip") -> Layer:
     stage = Path(tempfile.mkdtemp(prefix=f"stage-{p.name}-", dir=cache.tmpdir()))
     try:
         staged = stage_layer(p, lock, lock_bytes, blobs, stage, mtime=mtime, report=report)
         cache.meta_put("layer-stats", p.key.replace(":", "-"), tree_stats(staged))
-        return write_layer(cache, staged.root, mtime=staged.mtime, level=LEVEL, owners=staged.owners)
+        return write_layer(cache, staged.root, mtime=staged.mtime, level=LEVEL, owners=staged.owners,
+                           compression=compression)
     except OSError as e:
         if e.errno == 28:
             raise BuildError(f"disk full while building layer {p.name} in {cache.root}",

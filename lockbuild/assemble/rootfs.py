@@ -458,6 +458,27 @@ def elf_info(path: Path) -> tuple[int, bool] | None:
     return machine, 3 not in types  # PT_INTERP = 3: dynamically linked
 
 
+def _as_root(dest: Path) -> list[str]:
+    """The command prefix that lets ``ldconfig -r`` chroot: nothing as root; as another user a user
+    namespace mapping them to root (util-linux ``unshare``; the cache bytes still come from the
+    rootfs's own ldconfig). Refuses when neither works: an image without /etc/ld.so.cache would be a
+    silently different image."""
+    if os.geteuid() == 0:
+        return []
+    try:
+        probe = subprocess.run(["unshare", "--user", "--map-root-user", "true"], capture_output=True, text=True)
+    except FileNotFoundError:
+        probe = subprocess.CompletedProcess([], 127, "", "util-linux unshare is not installed")
+    if probe.returncode != 0:
+        raise BuildError(
+            "cannot build /etc/ld.so.cache as a non-root user: ldconfig -r needs chroot, and no user "
+            f"namespace is available ({(probe.stderr.strip() or 'unshare failed').splitlines()[-1]})",
+            hint="build as root, or allow unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1; "
+            "not possible inside a chroot); an image without it would differ from a root build",
+            where=str(dest))
+    return ["unshare", "--user", "--map-root-user"]
+
+
 def run_ldconfig(dest: Path, arch: str) -> str | None:
     """Build /etc/ld.so.cache with the rootfs's own static ldconfig. Returns a warning if skipped."""
     ldconfig = dest / "usr/sbin/ldconfig"
@@ -469,12 +490,10 @@ def run_ldconfig(dest: Path, arch: str) -> str | None:
         return f"/usr/sbin/ldconfig is not a static {arch} ELF binary: no /etc/ld.so.cache"
     if platform.machine().lower() not in hosts:
         return f"target {arch} differs from this host ({platform.machine()}): /etc/ld.so.cache not built"
-    if os.geteuid() != 0:
-        return "ldconfig -r needs root (chroot): /etc/ld.so.cache not built"
     conf = dest / "etc/ld.so.conf"
     if not os.path.lexists(conf):
         conf.write_text("include /etc/ld.so.conf.d/*.conf\n")
-    proc = subprocess.run([str(ldconfig), "-r", str(dest)], capture_output=True, text=True,
+    proc = subprocess.run([*_as_root(dest), str(ldconfig), "-r", str(dest)], capture_output=True, text=True,
                           env={"PATH": "/usr/sbin:/usr/bin", "LC_ALL": "C"})
     if proc.returncode != 0:
         raise BuildError(f"ldconfig failed in the rootfs: {proc.stderr.strip()}",

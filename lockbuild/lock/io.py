@@ -53,7 +53,9 @@ def to_dict(lock: Lock) -> dict[str, Any]:
         "created": lock.created,
         "inputs-digest": lock.inputs_digest,
         "inputs": dict(lock.inputs),
-        "image": {"name": lock.image_name, "labels": dict(lock.labels)},
+        "image": {"name": lock.image_name, "labels": dict(lock.labels),
+                  **({"compression": lock.compression} if lock.compression != "gzip" else {}),
+                  **({"compressor": lock.compressor} if lock.compressor else {})},
         "target": {
             "platform": t.platform, "python": t.python, "python-abi": t.python_abi,
             "wheel-platform": t.wheel_platform, "glibc": t.glibc, "base": t.base,
@@ -271,6 +273,8 @@ def from_dict(data: dict[str, Any]) -> Lock:
         inputs=tuple(sorted(data["inputs"].items())),
         image_name=data["image"]["name"],
         labels=tuple(sorted(data["image"].get("labels", {}).items())),
+        compression=data["image"].get("compression", "gzip"),
+        compressor=data["image"].get("compressor", ""),
         target=Target(
             platform=t["platform"], python=t["python"], python_abi=t["python-abi"],
             wheel_platform=t["wheel-platform"], glibc=t["glibc"], base=t["base"],

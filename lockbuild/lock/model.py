@@ -175,6 +175,8 @@ class Lock:
     debian: DebianLock
     labels: tuple[tuple[str, str], ...] = field(default=())
     build: BuildRules = field(default=BuildRules())
+    compression: str = "gzip"  # [image] compression: layers of the OCI layout and registry pushes
+    compressor: str = ""  # [image] compressor: the pinned library, e.g. "isal 1.9.1"; "" in older locks
     version: int = LOCK_VERSION
 
     def epoch(self) -> int:

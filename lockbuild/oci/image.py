@@ -5,8 +5,9 @@ Everything is serialised canonically (sorted keys, no whitespace) and timestampe
 
 The config names layers by diff_id (uncompressed), so the config digest (= Docker's image ID)
 does not depend on the compressor; the manifest names the compressed blobs and so does. That is
-why the compressor is recorded as a layer-descriptor annotation in the manifest and not in the
-config history: a zlib-ng machine gets a different manifest digest but the same image ID.
+why the compressor (the pinned library, e.g. "gzip level 1 (isal 1.9.1)") is recorded as a
+layer-descriptor annotation in the manifest and not in the config's labels or history: the gzip
+and zstd outputs of one lock have different manifest digests but the same image ID.
 """
 
 from __future__ import annotations

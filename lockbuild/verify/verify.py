@@ -434,7 +434,7 @@ def verify(src: ImageSource, lock: Lock, lock_bytes: bytes, lock_digest: str, ca
     """The image ``src`` against the image ``lock`` determines. Expected diff_ids come from a layer
     record only when its MAC (key outside the cache dir) checks out and ``rederive`` is off; any
     mismatch is always re-derived from the lock before it is reported."""
-    from lockbuild.assemble.build import LEVEL, _fetch_inputs, source_date_epoch, stage_layer
+    from lockbuild.assemble.build import LEVEL, _fetch_inputs, compressed_key, source_date_epoch, stage_layer
     from lockbuild.oci.tar import layer_record
 
     report = Report(image=src.description)
@@ -464,8 +464,11 @@ def verify(src: ImageSource, lock: Lock, lock_bytes: bytes, lock_digest: str, ca
     def trusted(plan: LayerPlan | None) -> Layer | None:
         if plan is None or rederive:
             return None
-        layer, _why = layer_record(cache, plan.key)
-        return layer
+        for compression in dict.fromkeys((lock.compression, "gzip", "zstd")):  # same diff_id either way
+            layer, _why = layer_record(cache, compressed_key(plan.key, compression))
+            if layer is not None:
+                return layer
+        return None
 
     def one(i: int) -> tuple[int, str | None]:
         plan = plans[i] if i < len(plans) else None
