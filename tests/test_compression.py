@@ -164,10 +164,10 @@ def test_zstd_layout_passes_skopeo_and_survives_a_registry_round_trip(tmp_path: 
     from lockbuild.oci.image import ImageSpec, build_image
     from lockbuild.oci.layout import write_oci_layout
     from lockbuild.oci.registry import push
-    from tests.conftest_services import BUSYBOX, skopeo
+    from tests.conftest_services import BUSYBOX, skopeo, unavailable
 
     if not BUSYBOX.is_file():
-        pytest.skip("busybox-static missing: run scripts/install-deps.sh")
+        unavailable("busybox-static missing: run scripts/install-deps.sh")
     staging = tmp_path / "root"
     (staging / "bin").mkdir(parents=True)
     (staging / "bin/busybox").write_bytes(BUSYBOX.read_bytes())

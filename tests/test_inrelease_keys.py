@@ -21,9 +21,13 @@ from lockbuild.fetch import download
 from lockbuild.fetch.cache import Cache
 from lockbuild.resolve import debian as D
 from lockbuild.spec import parse_spec
+from tests.conftest_services import need_tool, unavailable
 from tests.test_debian_resolve import Archive, Signer, server, signer  # noqa: F401  (fixtures)
 
-pytestmark = pytest.mark.skipif(not (shutil.which("gpg") and shutil.which("gpgv")), reason="gpg/gpgv missing")
+
+@pytest.fixture(autouse=True)
+def _gpg() -> None:
+    need_tool("gpg", "gpgv")
 
 
 class Key:
@@ -60,11 +64,11 @@ class Key:
 def release_text() -> bytes:
     """The signed text of the real bookworm-updates Release (verified with Debian's keyring)."""
     if not D.DEFAULT_KEYRING.is_file():
-        pytest.skip("debian-archive-keyring not installed")
+        unavailable("debian-archive-keyring not installed: run scripts/install-deps.sh")
     try:
         data = download.fetch_bytes(f"{D.DEFAULT_MIRROR}/dists/bookworm-updates/InRelease")
     except Exception as e:  # noqa: BLE001
-        pytest.skip(f"deb.debian.org unreachable: {e}")
+        unavailable(f"deb.debian.org unreachable: {e}")
     check = D.check_inrelease(data, D.DEFAULT_KEYRING, "bookworm-updates")
     assert check.signers and not check.refused
     return check.text
@@ -80,7 +84,7 @@ def keys(tmp_path: Path) -> Iterator[dict[str, Key]]:
 
 def test_real_inrelease_records_debian_signers() -> None:
     if not D.DEFAULT_KEYRING.is_file():
-        pytest.skip("debian-archive-keyring not installed")
+        unavailable("debian-archive-keyring not installed: run scripts/install-deps.sh")
     data = download.fetch_bytes(f"{D.DEFAULT_MIRROR}/dists/bookworm-updates/InRelease")
     check = D.check_inrelease(data, D.DEFAULT_KEYRING, "bookworm-updates")
     listing = subprocess.run(["gpg", "--show-keys", "--with-colons", str(D.DEFAULT_KEYRING)],

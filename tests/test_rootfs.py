@@ -24,7 +24,7 @@ from lockbuild.fetch import download
 from lockbuild.fetch.cache import Cache
 from lockbuild.lock.model import Deb
 from lockbuild.resolve import debian as D
-from tests.conftest_services import need_root, need_tool
+from tests.conftest_services import need_root, need_tool, unavailable
 
 
 # -- hand-built .debs ------------------------------------------------------------------------
@@ -425,8 +425,8 @@ def nobody_dir() -> Iterator[Path]:
     """A directory the unprivileged user owns (pytest's tmp_path is private to root)."""
     import tempfile
 
-    if os.geteuid() != 0 or not shutil.which("setpriv"):
-        pytest.skip("needs root to switch to an unprivileged user")
+    need_root("switching to an unprivileged user")
+    need_tool("setpriv")
     d = Path(tempfile.mkdtemp(prefix="lockbuild-nobody-", dir="/var/tmp"))
     os.chown(d, NOBODY, NOBODY)
     try:
@@ -456,7 +456,7 @@ def test_nonroot_rootfs_is_identical_to_the_root_one(bookworm: Built, nobody_dir
     dest = nobody_dir / "rootfs"
     result = _assemble_as_nobody(bookworm, dest, "/usr/sbin:/usr/bin:/sbin:/bin")
     if "error" in result and "user namespace" in result["error"]:
-        pytest.skip(f"no unprivileged user namespaces here: {result['error']}")
+        unavailable(f"no unprivileged user namespaces here: {result['error']}")
     assert result == {"warnings": []}
     # A fresh root build of the same debs: the module's shared rootfs is changed by other tests
     # (the chroot test runs Python in it, another adds packages).
