@@ -297,5 +297,9 @@ def explain_stale(spec: Spec, lock: Lock) -> list[str]:
                 r.startswith("model file") for r in reasons)):
             reasons.append("model changed")
     if now["tool"] != then.get("tool"):
-        reasons.append(f"lockbuild changed: the lock was written by {lock.tool_version}, this is {__version__}")
+        if lock.tool_version != __version__:
+            reasons.append(f"lockbuild changed: the lock was written by {lock.tool_version}, this is {__version__}")
+        else:
+            reasons.append(f"lockbuild {__version__} now writes locks differently (lock format {LOCK_VERSION}, "
+                           f"default build rules version {BUILD_RULES_VERSION}) than when this lock was written")
     return reasons
