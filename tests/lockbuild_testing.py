@@ -88,12 +88,13 @@ def run_cli(*args: str) -> CliResult:
     """`lockbuild ARGS` in this process through lockbuild.cli.main (the real error handling:
     message, hint, exit code). Importing lockbuild once per session keeps the suite fast."""
     from lockbuild import cli
+    from lockbuild.cli import common
 
     out, err = io.StringIO(), io.StringIO()
-    old_argv, old_width = sys.argv, cli.err.width
+    old_argv, old_width = sys.argv, common.err.width
     sys.argv = ["lockbuild", *args]
-    cli._emitted = False
-    cli.err.width = 10_000  # no wrapping inside messages
+    common.state.emitted = False
+    common.err.width = 10_000  # no wrapping inside messages
     code: int | str | None = 0
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -103,7 +104,7 @@ def run_cli(*args: str) -> CliResult:
                 code = e.code
     finally:
         sys.argv = old_argv
-        cli.err.width = old_width
+        common.err.width = old_width
     return CliResult(code=int(code or 0) if not isinstance(code, str) else 1, stdout=out.getvalue(),
                      stderr=err.getvalue())
 

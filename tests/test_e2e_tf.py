@@ -55,7 +55,7 @@ def test_lock_pins_one_target_wheel_per_package_and_every_deb(built: dict) -> No
     lock = tomllib.loads((built["dir"] / "lockbuild.lock").read_text())
     from packaging.utils import parse_wheel_filename
 
-    from lockbuild.resolve.python import PythonTarget, target_tags
+    from lockbuild.resolve.uv import PythonTarget, target_tags
 
     accepted = set(target_tags(PythonTarget(python=lock["target"]["python"],
                                             wheel_platform=lock["target"]["wheel-platform"])))

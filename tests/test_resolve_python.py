@@ -13,17 +13,13 @@ from packaging.utils import parse_wheel_filename
 from lockbuild.errors import ResolveError
 from lockbuild.lock.model import Wheel
 from lockbuild.resolve.python import (
-    PythonTarget,
     check_single_mlflow,
     model_requirements,
-    parse_pylock,
-    pick_wheel,
     resolve_python,
     runtime_requirements,
     serving_server,
-    target_tags,
-    wheel_filename,
 )
+from lockbuild.resolve.uv import PythonTarget, parse_pylock, pick_wheel, target_tags, wheel_filename
 from tests.lockbuild_testing import shared_cache
 
 AMD64 = PythonTarget(python="3.11.2", wheel_platform="x86_64-manylinux_2_36")

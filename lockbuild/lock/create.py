@@ -41,13 +41,12 @@ from lockbuild.progress import Notify
 from lockbuild.resolve import debian, overlap, runtime
 from lockbuild.resolve.python import (
     BundledWheel,
-    PythonTarget,
     model_requirements,
     resolve_python,
     runtime_requirements,
     serving_server,
-    target_tags,
 )
+from lockbuild.resolve.uv import PythonTarget, target_tags
 from lockbuild.spec import Spec
 
 NONROOT_UID = 65532

@@ -8,44 +8,28 @@ interpreter version, wheels only, with an ``--exclude-newer`` cutoff that the lo
 
 from __future__ import annotations
 
-import os
-import re
-import subprocess
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
 
-import tomlkit
 from packaging.requirements import InvalidRequirement, Requirement
-from packaging.tags import Tag, compatible_tags, cpython_tags
+from packaging.tags import Tag
 from packaging.utils import canonicalize_name, parse_wheel_filename
 from packaging.version import Version
 
 from lockbuild.errors import ResolveError
-from lockbuild.lock.model import Sdist, Wheel
-from lockbuild.model.metadata import strip_userinfo
+from lockbuild.lock.model import Wheel
+from lockbuild.resolve.uv import (
+    PythonTarget,
+    parse_pylock,
+    source_only,
+    target_tags,
+    uv_compile,
+)
 
 # Names that all write site-packages/mlflow/: the serving runtime must be exactly one of them.
 MLFLOW_DISTS = {"mlflow", "mlflow-skinny", "mlflow-tracing"}
-
-
-@dataclass(frozen=True)
-class PythonTarget:
-    python: str  # exact, e.g. 3.11.2
-    wheel_platform: str  # e.g. x86_64-manylinux_2_36
-
-    @property
-    def minor(self) -> tuple[int, int]:
-        v = Version(self.python)
-        return v.major, v.minor
-
-
-def uv_bin() -> str:
-    from uv import find_uv_bin
-
-    return str(find_uv_bin())
 
 
 def serving_server(wheels: list[Wheel]) -> str | None:
@@ -100,155 +84,6 @@ def model_requirements(logged: list[str] | tuple[str, ...], *, serving: str, exc
             continue  # the runtime pins the serving distribution at the model's MLflow version
         out.append(line)
     return out
-
-
-def target_tags(t: PythonTarget) -> list[Tag]:
-    """Wheel tags the target accepts, most preferred first."""
-    arch, _, rest = t.wheel_platform.partition("-")
-    m = re.match(r"manylinux_(\d+)_(\d+)", rest)
-    if not m:
-        raise ResolveError(f"unsupported wheel platform {t.wheel_platform!r}")
-    major, minor = int(m.group(1)), int(m.group(2))
-    platforms = [f"manylinux_{major}_{n}_{arch}" for n in range(minor, 4, -1)]
-    for legacy, needs in (("manylinux2014", 17), ("manylinux2010", 12), ("manylinux1", 5)):
-        if minor >= needs:
-            platforms.append(f"{legacy}_{arch}")
-    py = t.minor
-    return list(cpython_tags(py, platforms=platforms)) + list(compatible_tags(py, platforms=platforms))
-
-
-def wheel_filename(w: dict) -> str:
-    """PEP 751 makes a wheel's `name` optional: it is then the URL's (or path's) last segment."""
-    return str(w.get("name") or unquote(urlsplit(w.get("url") or w.get("path") or "").path.rsplit("/", 1)[-1]))
-
-
-def pick_wheel(wheels: list[dict], tags: list[Tag]) -> dict | None:
-    rank = {tag: i for i, tag in enumerate(tags)}
-    best: tuple[int, dict] | None = None
-    for w in wheels:
-        _, _, _, wtags = parse_wheel_filename(wheel_filename(w))
-        score = min((rank[t] for t in wtags if t in rank), default=None)
-        if score is not None and (best is None or score < best[0]):
-            best = (score, w)
-    return best[1] if best else None
-
-
-def uv_compile(requirements: list[str], constraints: list[str], *, target: PythonTarget, index_url: str,
-               exclude_newer: str, workdir: Path, extra_index_urls: tuple[str, ...] = (),
-               find_links: tuple[str, ...] = (), only_binary: bool = True, no_binary: tuple[str, ...] = (),
-               overrides: list[str] | None = None) -> str:
-    """Run uv; return the pylock.toml text. uv's own explanation becomes the error message.
-
-    Wheels only (``only_binary``), except the packages in ``no_binary``: those have no wheel for the
-    target and are built from their sdist (lockbuild.fetch.sdist). Index credentials are never on
-    the command line: uv reads them from netrc."""
-    req_in = workdir / "requirements.in"
-    req_in.write_text("\n".join(requirements) + "\n")
-    out = workdir / "pylock.toml"
-    out.unlink(missing_ok=True)
-    cmd = [
-        uv_bin(), "pip", "compile", str(req_in),
-        "--python-platform", target.wheel_platform,
-        "--python-version", target.python,
-        *(["--only-binary", ":all:"] if only_binary else []),
-        *[a for name in no_binary for a in ("--no-binary", name)],
-        "--generate-hashes",
-        "--exclude-newer", exclude_newer,
-        "--index-url", index_url,
-        *[a for url in extra_index_urls for a in ("--extra-index-url", url)],
-        *[a for d in find_links for a in ("--find-links", d)],
-        "--format", "pylock.toml",
-        "--no-header", "--quiet",
-        "--output-file", str(out),
-    ]
-    if constraints:
-        con = workdir / "constraints.txt"
-        con.write_text("\n".join(constraints) + "\n")
-        cmd += ["--constraint", str(con)]
-    if overrides:  # lockbuild.resolve.overlap: drop a variant name everywhere
-        ovr = workdir / "overrides.txt"
-        ovr.write_text("\n".join(overrides) + "\n")
-        cmd += ["--override", str(ovr)]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("UV_", "PIP_"))}
-    env["UV_NO_CONFIG"] = "1"
-    env.setdefault("UV_CACHE_DIR", str(Path(os.environ.get("LOCKBUILD_CACHE", Path.home() / ".cache/lockbuild"))
-                                       / "uv"))
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=workdir)
-    if proc.returncode != 0:
-        explanation = proc.stderr.strip() or proc.stdout.strip()
-        raise ResolveError(
-            f"uv could not resolve the Python environment for {target.wheel_platform}, Python {target.python}:\n"
-            f"{explanation}",
-            hint="pin a version that has a wheel for this platform in [python] requirements, drop the "
-            "requirement with [python] exclude, or change [target] platform",
-        )
-    return out.read_text()
-
-
-@dataclass(frozen=True)
-class SdistPin:
-    """A package the target has no wheel for: its sdist, to be built at lock time."""
-
-    name: str
-    version: str
-    sdist: Sdist
-
-
-def source_only(text: str, tags: list[Tag]) -> list[str]:
-    """Names in a pylock (resolved with sdists allowed) that have an sdist but no wheel for the target."""
-    doc = tomlkit.parse(text).unwrap()
-    return sorted(canonicalize_name(p["name"]) for p in doc.get("packages", [])
-                  if p.get("sdist") and pick_wheel(p.get("wheels") or [], tags) is None)
-
-
-def parse_pylock(text: str, tags: list[Tag], platform: str, *,
-                 sdist_ok: frozenset[str] = frozenset(),
-                 bundled: frozenset[str] = frozenset()) -> tuple[list[Wheel], list[SdistPin]]:
-    """Wheels (and sdists of ``sdist_ok`` packages) from uv's pylock; ``bundled`` names come from the
-    model's own files instead (uv saw them through --find-links)."""
-    doc = tomlkit.parse(text).unwrap()
-    wheels: list[Wheel] = []
-    sdists: list[SdistPin] = []
-    for pkg in doc.get("packages", []):
-        name = canonicalize_name(pkg["name"])
-        if name in bundled:
-            continue
-        # index wheels only: a local file uv saw through --find-links (the model's wheels/) is used
-        # only for a bundled name, never recorded as a file:// URL of this machine
-        candidates = [c for c in pkg.get("wheels") or []
-                      if c.get("url") and not str(c["url"]).startswith("file:") and not c.get("path")]
-        sd = pkg.get("sdist")
-        if name in sdist_ok and sd and pick_wheel(candidates, tags) is None:
-            sha = (sd.get("hashes") or {}).get("sha256")
-            if not sha or "size" not in sd or not sd.get("url"):
-                raise ResolveError(f"uv returned no url/sha256/size for the sdist of {name}")
-            url = strip_userinfo(str(sd["url"]))
-            sdists.append(SdistPin(name, str(pkg["version"]), Sdist(
-                filename=unquote(urlsplit(url).path.rsplit("/", 1)[-1]), url=url, size=int(sd["size"]),
-                sha256=sha)))
-            continue
-        if not candidates:
-            raise ResolveError(
-                f"{name} {pkg.get('version')} has no wheel (only an sdist) for {platform}",
-                hint=f"pin a version of {name} that publishes a wheel, or exclude it",
-            )
-        w = pick_wheel(candidates, tags)
-        if w is None:
-            have = ", ".join(sorted({t for c in candidates for t in _platforms(wheel_filename(c))}))
-            raise ResolveError(
-                f"{name} {pkg.get('version')} has no wheel for {platform} (wheels exist for: {have})",
-                hint=f"pin another {name} version or change [target] platform",
-            )
-        sha = (w.get("hashes") or {}).get("sha256")
-        if not sha or "size" not in w:
-            raise ResolveError(f"uv returned no sha256/size for {wheel_filename(w)}")
-        wheels.append(Wheel(name=name, version=str(pkg["version"]), filename=wheel_filename(w),
-                            url=strip_userinfo(str(w.get("url") or "")), size=int(w["size"]), sha256=sha))
-    return sorted(wheels, key=lambda w: w.name), sorted(sdists, key=lambda s: s.name)
-
-
-def _platforms(filename: str) -> set[str]:
-    return {t.platform for t in parse_wheel_filename(filename)[3]}
 
 
 @dataclass(frozen=True)

@@ -200,7 +200,7 @@ def _decompressed(raw: Any) -> Any:
             import zstandard  # type: ignore[import-not-found]
         except ImportError:  # pragma: no cover - only with zstd layers and no zstandard module
             raise OSError("zstd-compressed layer and the zstandard module is not installed") from None
-        return zstandard.ZstdDecompressor().stream_reader(peeked)
+        return zstandard.ZstdDecompressor().stream_reader(peeked)  # type: ignore[arg-type]
     return peeked
 
 

@@ -1,8 +1,4 @@
-"""Audit commands: sbom, provenance, diff, k8s. ``register(app)`` adds them to lockbuild's CLI.
-
-The option aliases mirror lockbuild.cli's (defined here so importing this module never imports
-the CLI half-initialised); printing helpers are taken from lockbuild.cli at call time.
-"""
+"""Audit commands: sbom, provenance, diff, k8s. ``register(app)`` adds them to lockbuild's CLI."""
 
 from __future__ import annotations
 
@@ -12,26 +8,14 @@ from typing import Annotated, Any
 
 import typer
 
+from lockbuild.cli.common import JsonOpt, LockOpt, SpecOpt, emit_json, err, lock_path, out, spec_file
 from lockbuild.errors import LockbuildError
 
-SpecOpt = Annotated[Path, typer.Option("--spec", "-s", help="lockbuild.toml (or its directory)")]
-LockOpt = Annotated[Path | None, typer.Option("--lock", "-l", help="lockbuild.lock (default: beside the spec)")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable result on stdout")]
 DigestOpt = Annotated[str | None, typer.Option("--image-digest", help="image manifest digest sha256:…")]
 LayoutOpt = Annotated[Path | None, typer.Option("--image", help="OCI layout dir to read the image digest from")]
 
 
 # -- helpers -----------------------------------------------------------------------------------------
-
-
-def _lock_path(spec: Path, lock: Path | None) -> Path:
-    from lockbuild.cli import _lock_path as cli_lock_path
-
-    return cli_lock_path(spec, lock)
-
-
-def _spec_file(spec: Path) -> Path:
-    return spec / "lockbuild.toml" if spec.is_dir() else spec
 
 
 def _image_digest(digest: str | None, layout: Path | None) -> str | None:
@@ -67,8 +51,6 @@ def _write(output: Path, text: str) -> str:
 
 
 def _report(as_json: bool, summary: dict[str, Any], line: str) -> None:
-    from lockbuild.cli import emit_json, err
-
     if as_json:
         emit_json(summary)
     else:
@@ -100,7 +82,7 @@ def sbom(
     from lockbuild.fetch.cache import Cache
 
     _check_output(output, as_json)
-    locked = read_locked(_lock_path(spec, lock_file))
+    locked = read_locked(lock_path(spec, lock_file))
     digest = _image_digest(image_digest, image)
     text = sbom_mod.sbom_json(locked.lock, locked.digest, image_digest=digest, cache=Cache() if licenses else None)
     problem = sbom_mod.validate(text)
@@ -134,15 +116,15 @@ def provenance(
     from lockbuild.audit import read_locked
 
     _check_output(output, as_json)
-    lock_path = _lock_path(spec, lock_file)
-    locked = read_locked(lock_path)
+    lpath = lock_path(spec, lock_file)
+    locked = read_locked(lpath)
     digest = _image_digest(image_digest, image)
     if digest is None:
         raise LockbuildError("provenance needs the image digest it describes",
                              hint="pass --image out/oci (an OCI layout) or --image-digest sha256:…")
-    base = lock_path.resolve().parent
-    doc = prov.statement(locked.lock, locked.digest, digest, spec_name=prov.relative_name(_spec_file(spec), base),
-                         lock_name=prov.relative_name(lock_path, base), image_name=name)
+    base = lpath.resolve().parent
+    doc = prov.statement(locked.lock, locked.digest, digest, spec_name=prov.relative_name(spec_file(spec), base),
+                         lock_name=prov.relative_name(lpath, base), image_name=name)
     where = _write(output, prov.render(doc))
     deps = len(doc["predicate"]["buildDefinition"]["resolvedDependencies"])
     _report(as_json, {"provenance": where, "predicate_type": prov.PREDICATE_TYPE, "subject": doc["subject"],
@@ -163,8 +145,6 @@ def diff(
     Example: [bold]lockbuild diff <(git show main:lockbuild.lock) lockbuild.lock --markdown[/]
     """
     from lockbuild.audit import diff as diff_mod
-    from lockbuild.cli import emit_json, out
-
     if as_json and as_markdown:
         raise LockbuildError("--json and --markdown are exclusive", hint="pick one output format")
     a, b = diff_mod.load_pair(old, new)
@@ -207,7 +187,7 @@ def k8s(
         raise LockbuildError("pass exactly one of --image REPO@sha256:… or --image-digest sha256:…",
                              hint="Kubernetes must pull the exact image that was verified: pin it by digest")
     s = load_spec(spec)
-    locked = read_locked(_lock_path(s.path, lock_file))
+    locked = read_locked(lock_path(s.path, lock_file))
     ref = image if image is not None else f"{locked.lock.image_name}@{normalize_digest(str(image_digest))}"
     docs = k8s_mod.manifests(locked.lock, locked.digest, ref, s.deploy)
     where = _write(output, k8s_mod.render(docs))

@@ -1,0 +1,151 @@
+"""`lockbuild image`: build from the lock alone, then hand the image to the publishers asked for
+(lockbuild/publish/: OCI layout, docker-archive, engine, registry)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from lockbuild.cli.common import JsonOpt, LockOpt, SpecOpt, emit_json, err, lock_path, out, progress_reporter
+from lockbuild.publish import Attachment, publish_all
+from lockbuild.publish.archive import ArchivePublisher
+from lockbuild.publish.engine import EnginePublisher
+from lockbuild.publish.layout import LayoutPublisher
+from lockbuild.publish.registry import RegistryPublisher
+
+
+def _attachments(lk: Any, lock_bytes: bytes, image_digest: str, cache: Any, *, sbom: bool,
+                 provenance: bool) -> list[Attachment]:
+    """The SBOM / provenance to attach to the image (as OCI referrers, where the output has a place)."""
+    from lockbuild.audit.attach import PROVENANCE_TYPE, SBOM_TYPE
+    from lockbuild.fsutil import sha256_bytes
+
+    lock_digest = "sha256:" + sha256_bytes(lock_bytes)
+    out: list[Attachment] = []
+    if sbom:
+        from lockbuild.audit.sbom import sbom_json
+
+        out.append(Attachment(SBOM_TYPE, sbom_json(lk, lock_digest, image_digest=image_digest, cache=cache).encode()))
+    if provenance:
+        from lockbuild.audit.provenance import render, statement
+
+        out.append(Attachment(PROVENANCE_TYPE, render(statement(lk, lock_digest, image_digest)).encode()))
+    return out
+
+
+def image(
+    spec: SpecOpt = Path("lockbuild.toml"),
+    lock_file: LockOpt = None,
+    oci: Annotated[Path | None, typer.Option("--oci", help="write an OCI image layout directory")] = None,
+    archive: Annotated[Path | None, typer.Option("--docker-archive", help="write a `docker load` tarball")] = None,
+    load: Annotated[bool, typer.Option("--load", help="load into the running Docker engine")] = False,
+    push: Annotated[str | None, typer.Option("--push", help="push to REGISTRY/REPO[:TAG]")] = None,
+    tag: Annotated[str | None, typer.Option("--tag", help="tag for --load / archive (default: name:lock)")] = None,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", help="parallel downloads")] = 4,
+    compression: Annotated[str | None, typer.Option(
+        "--compression", help="gzip|zstd layers for --oci/--push (default: the lock's [image] compression)")] = None,
+    attach_sbom: Annotated[bool, typer.Option("--sbom", help="attach a CycloneDX SBOM (OCI layout and push)")] = False,
+    attach_provenance: Annotated[bool, typer.Option("--provenance", help="attach SLSA provenance")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Build the image from the lock alone (no daemon, no resolution); print its digest.
+
+    Example: [bold]lockbuild image --oci out/oci --docker-archive out/image.tar --load[/]
+    """
+    from lockbuild.assemble.build import build
+    from lockbuild.fetch.cache import Cache
+    from lockbuild.lock.io import loads
+
+    path = lock_path(spec, lock_file)
+    from lockbuild.errors import LockFileError
+
+    try:
+        lock_bytes = path.read_bytes()
+    except FileNotFoundError:
+        raise LockFileError(f"no lock at {path}", hint="run `lockbuild lock` first") from None
+    lk = loads(lock_bytes.decode("utf-8"), str(path))
+    if compression is not None:
+        from dataclasses import replace
+
+        from lockbuild.errors import BuildError
+        from lockbuild.oci.tar import COMPRESSIONS
+
+        if compression not in COMPRESSIONS:
+            raise BuildError(f"--compression {compression!r} is not one of {', '.join(COMPRESSIONS)}",
+                             hint="use --compression gzip or --compression zstd")
+        lk = replace(lk, compression=compression)
+    cache = Cache()
+    progress, report = progress_reporter(not as_json and err.is_terminal)
+    warnings: list[str] = []  # in --json mode too: a skipped step must never be silent
+
+    def json_report(event: str, data: dict) -> None:
+        if event == "warning":
+            warnings.append(str(data.get("message", "")))
+
+    with progress:
+        result = build(lk, lock_bytes, cache, lock_dir=path.resolve().parent, jobs=jobs,
+                       report=report if not as_json else json_report)
+    img = result.image
+    repo_tag = tag or f"{lk.image_name}:{lk.inputs_digest.split(':')[1][:12]}"
+    if oci is None and archive is None and not load and push is None:
+        oci = path.resolve().parent / "out" / "oci"
+    attachments = _attachments(lk, lock_bytes, img.manifest_digest, cache, sbom=attach_sbom,
+                               provenance=attach_provenance)
+    # Each output is a publisher (lockbuild/publish/). docker-archive and --load need gzip layers (Docker
+    # 20.10 cannot load zstd): for a zstd lock they get the same layers (same diff_ids, same config) as gzip.
+    outputs: dict[str, Any] = {}
+    if oci is not None or push is not None:
+        outputs.update(publish_all(
+            [*([LayoutPublisher(oci, ref_name=repo_tag.rsplit(":", 1)[1])] if oci is not None else []),
+             *([RegistryPublisher(push)] if push is not None else [])],
+            img, cache, attachments))
+    if archive is not None or load:
+        gz_img = img
+        if lk.compression != "gzip":
+            with progress:
+                gz_img = build(lk, lock_bytes, cache, lock_dir=path.resolve().parent, jobs=jobs,
+                               report=report if not as_json else json_report, compression="gzip").image
+            outputs["gzip_digest"] = gz_img.manifest_digest
+        outputs.update(publish_all(
+            [*([ArchivePublisher(archive, repo_tag)] if archive is not None else []),
+             *([EnginePublisher(repo_tag)] if load else [])],
+            gz_img, cache))
+    size = sum(layer.size for _, layer, _ in result.layers)
+    summary = {
+        "digest": img.manifest_digest, "config_digest": img.config_digest, "compressed_bytes": size,
+        "layers": [{"name": p.name, "digest": layer.digest, "diff_id": layer.diff_id, "size": layer.size,
+                    "reused": reused, **(result.stats or {}).get(p.name, {})} for p, layer, reused in result.layers],
+        **outputs,
+    }
+    if warnings:
+        summary["warnings"] = sorted(set(warnings))
+    if as_json:
+        emit_json(summary)
+    else:
+        for k, v in outputs.items():
+            err.print(f"  {k}: {v}")
+        _print_layer_sizes(err, result)
+        err.print(f"[green]image[/] {lk.image_name} {size / 1e6:.1f} MB compressed, {len(result.layers)} layers")
+        out.print(img.manifest_digest)
+
+
+def _print_layer_sizes(err: Console, result: Any) -> None:
+    """Per layer: unpacked MB before -> after the lock's [build] rules (pruned files, .pyc added), gzip MB."""
+    mb = 1e6
+    for p, layer, reused in result.layers:
+        st = (result.stats or {}).get(p.name) or {}
+        line = f"  {p.name:<24}"
+        if st:
+            line += f" unpacked {st['before_bytes'] / mb:7.1f} -> {st['unpacked_bytes'] / mb:7.1f} MB"
+            if st["pruned_files"]:
+                line += f", pruned {st['pruned_files']} files {st['pruned_bytes'] / mb:.1f} MB"
+            if st["pyc_files"]:
+                line += f", +{st['pyc_files']} .pyc {st['pyc_bytes'] / mb:.1f} MB"
+        err.print(f"{line}; {layer.size / mb:.1f} MB gzip{' (cached)' if reused else ''}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(image)

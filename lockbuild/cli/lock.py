@@ -1,0 +1,205 @@
+"""`lockbuild init`, `lock` (with --check and --check --rederive) and `export pylock`: the front half."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+
+from lockbuild.cli.common import JsonOpt, LockOpt, SpecOpt, emit_json, err, lock_path
+from lockbuild.errors import DoctorFailed, LockbuildError, StaleLock
+
+
+def init(
+    model: Annotated[str, typer.Option("--model", "-m", help="dir, runs:/…, models:/name/ver, models:/name@alias")],
+    tracking_uri: Annotated[str | None, typer.Option("--tracking-uri", help="MLflow tracking server")] = None,
+    spec: SpecOpt = Path("lockbuild.toml"),
+    name: Annotated[str | None, typer.Option(help="image name")] = None,
+    force: Annotated[bool, typer.Option("--force", help="overwrite an existing spec")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Write lockbuild.toml from the model's own metadata.
+
+    Example: [bold]lockbuild init --model models:/churn@champion --tracking-uri http://127.0.0.1:5000[/]
+    """
+    from lockbuild.errors import SpecError
+    from lockbuild.fsutil import atomic_write_text
+    from lockbuild.model.intake import fetch_model
+    from lockbuild.model.metadata import read_model
+    from lockbuild.spec import parse_spec, render_spec
+
+    path = spec / "lockbuild.toml" if spec.is_dir() else spec
+    if path.exists() and not force:
+        raise SpecError(f"{path} already exists", hint="pass --force to overwrite it")
+    source = fetch_model(model, tracking_uri=tracking_uri, base_dir=path.resolve().parent)
+    try:
+        info = read_model(source.path)
+    finally:
+        source.cleanup()
+    from packaging.version import Version
+
+    v = Version(info.python_version) if info.python_version else None
+    text = render_spec(model, tracking_uri=tracking_uri, python=f"{v.major}.{v.minor}" if v else None, name=name)
+    parse_spec(text, path.resolve())  # what we write must load
+    atomic_write_text(path, text)
+    if as_json:
+        emit_json({"spec": str(path), "model": model, "python": info.python_version,
+                   "mlflow_version": info.mlflow_version, "flavors": list(info.flavors)})
+    else:
+        err.print(f"[green]wrote[/] {path}: model {model} (MLflow {info.mlflow_version}, "
+                  f"Python {info.python_version}, flavors {', '.join(info.flavors)})")
+
+
+def lock(
+    spec: SpecOpt = Path("lockbuild.toml"),
+    lock_file: LockOpt = None,
+    check: Annotated[bool, typer.Option("--check", help="exit 1 with the reason if the lock is stale")] = False,
+    upgrade: Annotated[bool, typer.Option("--upgrade", help="re-resolve everything (Python and Debian)")] = False,
+    rederive: Annotated[bool, typer.Option(
+        "--rederive", help="with --check: audit the lock by re-deriving it from the spec and model at its "
+        "recorded cutoff and Debian InRelease files; exit 17 naming every field that differs")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Resolve and pin everything the image needs into lockbuild.lock.
+
+    Example: [bold]lockbuild lock[/]   ·   CI: [bold]lockbuild lock --check[/]   ·   audit:
+    [bold]lockbuild lock --check --rederive[/]
+    """
+    from lockbuild.fetch.cache import Cache
+    from lockbuild.lock.create import explain_stale, make_lock
+    from lockbuild.lock.io import dumps, read_lock, write_lock
+    from lockbuild.spec import load_spec
+
+    s = load_spec(spec)
+    path = lock_path(s.path, lock_file)
+    if rederive and not check:
+        from lockbuild.errors import SpecError
+
+        raise SpecError("--rederive audits an existing lock and writes nothing: use it with --check",
+                        hint="run `lockbuild lock --check --rederive`")
+    if check:
+        current = read_lock(path, verify_content=False)  # a hand edit is reported below as a reason
+        reasons = explain_stale(s, current)
+        from lockbuild.verify.doctor import doctor as run_doctor
+
+        reasons += [f"doctor error [{f.rule}]: {f.what} (fix: {f.fix})"
+                    for f in run_doctor(current, None) if f.severity == "error"]
+        text = path.read_text(encoding="utf-8")
+        if dumps(current) != text:
+            reasons.append(f"{path.name} was edited by hand (it does not render back to the same bytes)")
+        if rederive and not reasons:
+            _rederive_check(s, current, path, as_json)
+            return
+        if as_json:
+            emit_json({"lock": str(path), "fresh": not reasons, "reasons": reasons})
+        if reasons:
+            raise StaleLock(f"{path} is stale:\n  - " + "\n  - ".join(reasons),
+                            hint="run `lockbuild lock` and commit the result")
+        if not as_json:
+            err.print(f"[green]fresh[/] {path} ({current.inputs_digest})")
+        return
+    previous = None
+    if path.exists():
+        try:
+            previous = read_lock(path)
+        except LockbuildError as e:
+            if not upgrade:  # re-resolving now would silently move the cutoff and the Debian side
+                from lockbuild.errors import LockFileError
+
+                raise LockFileError(
+                    f"the existing lock cannot be used: {e.message}", where=e.where or str(path),
+                    hint="nothing was written. `lockbuild lock --upgrade` re-resolves everything at today's "
+                    f"date (new cutoff, new Debian state); or restore {path.name} from version control",
+                ) from None
+            err.print(f"[yellow]note[/] --upgrade: replacing the unreadable lock ({escape(e.message)})")
+    with err.status("locking…") as status:
+        result = make_lock(s, previous=previous, upgrade=upgrade, cache=Cache(),
+                           notify=lambda m: status.update(m))
+    for note in result.notes:
+        err.print(f"[yellow]note[/] {escape(note)}")
+    from lockbuild.verify.doctor import doctor as run_doctor
+
+    findings = run_doctor(result.lock, None)
+    for f in findings:
+        err.print(f"[yellow]doctor {f.severity}[/] [{f.rule}] {escape(f.what)}; fix: {escape(f.fix)}")
+    errors = [f for f in findings if f.severity == "error"]
+    if errors:  # a lock that `lock` writes must build and serve: nothing is written
+        raise DoctorFailed(f"the lock would not serve; {path} was not written: "
+                           + "; ".join(f"[{f.rule}] {f.what}" for f in errors),
+                           hint=errors[0].fix)
+    changed = write_lock(result.lock, path)
+    lk = result.lock
+    summary = {
+        "lock": str(path), "changed": changed, "reused": result.reused, "inputs_digest": lk.inputs_digest,
+        "python": lk.target.python, "base": lk.target.base, "wheel_platform": lk.target.wheel_platform,
+        "python_packages": len(lk.python.packages), "debian_packages": len(lk.debian.packages),
+        "model": lk.model.resolved_uri, "notes": result.notes,
+        "variants": [{"dropped": c.dropped, "kept": c.kept, "reason": c.reason, "paths": c.paths,
+                      "example": c.example} for c in lk.python.variants],
+        "doctor": [f.to_dict() for f in findings],
+    }
+    if result.reused:
+        for c in lk.python.variants:
+            err.print(f"[yellow]note[/] variant: {c.kept} kept, {c.dropped} dropped ({escape(c.reason)})")
+    if as_json:
+        emit_json(summary)
+    else:
+        state = "unchanged" if not changed else "written"
+        err.print(f"[green]{state}[/] {path}: Python {lk.target.python} on {lk.target.base} "
+                  f"({len(lk.debian.packages)} .debs), {len(lk.python.packages)} wheels for "
+                  f"{lk.target.wheel_platform}, model {lk.model.resolved_uri}")
+
+
+def _rederive_check(s: Any, current: Any, path: Path, as_json: bool) -> None:
+    """`lock --check --rederive`: derive the lock again at its pins and compare field by field."""
+    from lockbuild.errors import LockMismatch
+    from lockbuild.fetch.cache import Cache
+    from lockbuild.lock.audit import rederive as audit
+
+    with err.status("re-deriving the lock…") as status:
+        diffs = audit(s, current, Cache(), notify=lambda m: status.update(escape(m)))
+    if as_json:
+        emit_json({"lock": str(path), "fresh": True, "rederived": True, "genuine": not diffs,
+                   "differences": [d.to_dict() for d in diffs]})
+    if diffs:
+        shown = [str(d) for d in diffs[:20]] + ([f"… and {len(diffs) - 20} more"] if len(diffs) > 20 else [])
+        raise LockMismatch(
+            f"{path} does not re-derive from its spec and model ({len(diffs)} field(s) differ):\n  - "
+            + "\n  - ".join(shown),
+            hint="the lock was edited (its content header recomputed) or made by another tool: do not build from "
+            "it; restore it from version control or re-create it with `lockbuild lock --upgrade`")
+    if not as_json:
+        err.print(f"[green]genuine[/] {path}: every field re-derives from the spec and model at its pins "
+                  f"(cutoff {current.python.exclude_newer}, {len(current.debian.suites)} signed InRelease files)")
+
+
+def export_pylock(
+    spec: SpecOpt = Path("lockbuild.toml"),
+    lock_file: LockOpt = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="pylock.toml or pylock.<name>.toml")] = Path(
+        "pylock.toml"),
+) -> None:
+    """Write the Python part of the lock as a PEP 751 pylock.toml.
+
+    Example: [bold]lockbuild export pylock -o pylock.toml && uv pip install -r pylock.toml --target site[/]
+    """
+    import re
+
+    from lockbuild.errors import SpecError
+    from lockbuild.fsutil import atomic_write_text
+    from lockbuild.lock.io import read_lock
+    from lockbuild.lock.pylock import to_pylock
+
+    if not re.fullmatch(r"pylock(\.[^.]+)?\.toml", output.name):
+        raise SpecError(f"PEP 751 requires the file name pylock.toml or pylock.<name>.toml, not {output.name}")
+    lk = read_lock(lock_path(spec, lock_file))
+    atomic_write_text(output, to_pylock(lk))
+    err.print(f"[green]wrote[/] {output} ({len(lk.python.packages)} packages)")
+
+
+def register(app: typer.Typer, export_app: typer.Typer) -> None:
+    app.command()(init)
+    app.command()(lock)
+    export_app.command("pylock")(export_pylock)

@@ -1,0 +1,188 @@
+"""`lockbuild verify`, `smoke` and `doctor`: proof that an image is the lock's and that it serves."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+
+from lockbuild.cli.common import JsonOpt, LockOpt, SpecOpt, emit_json, err, load_json_file, lock_path
+from lockbuild.errors import DoctorFailed
+
+
+def verify(
+    image_ref: Annotated[str, typer.Argument(metavar="IMAGE", help="OCI dir, docker-archive, engine ref, or "
+                                             "registry ref (docker://host/repo:tag)")],
+    spec: SpecOpt = Path("lockbuild.toml"),
+    lock_file: LockOpt = None,
+    rederive: Annotated[bool, typer.Option("--rederive", help="derive every expected layer from the lock's "
+                                           "inputs; ignore the signed layer records of this machine")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Prove an image against the lock: the image the lock determines is derived with the builder's own
+    code and compared layer by layer, entry by entry, and config (exits 13 on any difference).
+
+    Example: [bold]lockbuild verify out/oci[/]
+    """
+    from lockbuild.errors import VerifyFailed
+    from lockbuild.lock.io import read_lock
+
+    path = lock_path(spec, lock_file)
+    lk = read_lock(path)
+    with err.status("verifying…"):
+        report = _run_verify(image_ref, lk, path, rederive=rederive)
+    if as_json:
+        emit_json(report.to_dict())
+    else:
+        _print_findings(report)
+    if not report.ok:
+        raise VerifyFailed(f"{len(report.findings)} mismatch(es) between {report.image} and the image {path} "
+                           "determines", hint="rebuild the image from this lock (`lockbuild image`); the "
+                           "findings name each path, expected vs found, and where the expected one comes from")
+    if not as_json:
+        err.print(f"[green]verified[/] {report.image} is the image {path} determines")
+
+
+def _run_verify(image_ref: str, lk: Any, path: Path, *, rederive: bool = False) -> Any:
+    from lockbuild.fetch.cache import Cache
+    from lockbuild.lock.io import lock_digest
+    from lockbuild.verify.source import opened
+    from lockbuild.verify.verify import verify as run_verify
+
+    with opened(image_ref) as src:
+        return run_verify(src, lk, path.read_bytes(), lock_digest(path), Cache(),
+                          lock_dir=path.resolve().parent, rederive=rederive)
+
+
+def _print_findings(report: Any) -> None:
+    from rich.table import Column, Table
+
+    checked = ", ".join(f"{k} {v}" for k, v in sorted(report.checked.items()))
+    if report.findings:
+        t = Table("check", Column("path", overflow="fold", min_width=24), "expected", "found", "problem",
+                  "expected from", title="verify findings")
+        for f in report.findings[:200]:
+            t.add_row(escape(f.check), escape(f.path), escape(f.expected[:40]), escape(f.actual[:40]),
+                      escape(f.message), escape(f.source))
+        err.print(t)
+    err.print(f"checked: {checked}")
+
+
+def smoke(
+    image_ref: Annotated[str, typer.Argument(metavar="IMAGE", help="OCI dir, docker-archive or engine ref")],
+    spec: SpecOpt = Path("lockbuild.toml"),
+    lock_file: LockOpt = None,
+    input_file: Annotated[Path | None, typer.Option("--input", help="JSON body for /invocations")] = None,
+    expected_file: Annotated[Path | None, typer.Option("--expected", help="JSON with 'predictions'")] = None,
+    timeout: Annotated[int | None, typer.Option(help="seconds to wait for /ping")] = None,
+    no_verify: Annotated[bool, typer.Option("--no-verify", help="run the image WITHOUT first proving it "
+                                            "against the lock (unsafe: it runs whatever the image holds)")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Verify the image against the lock, then run it in a real Docker engine and check real predictions
+    (container always removed). An image that fails verify is never run.
+
+    Example: [bold]lockbuild smoke out/oci[/]   (engine: scripts/dockerd.sh start)
+    """
+    from lockbuild.errors import LockFileError, SmokeFailed, VerifyFailed
+    from lockbuild.fetch.cache import Cache
+    from lockbuild.lock.io import read_lock
+    from lockbuild.oci.daemon import engine
+    from lockbuild.spec import load_spec
+    from lockbuild.verify.smoke import smoke as run_smoke
+
+    s = load_spec(spec)
+    lpath = lock_path(s.path, lock_file)
+    lk = read_lock(lpath)
+    if no_verify:
+        err.print("[bold red]WARNING: --no-verify: the image is NOT checked against the lock before it runs; "
+                  "whatever code it holds will execute[/]")
+    else:
+        with err.status("smoke: verifying the image against the lock first…"):
+            vreport = _run_verify(image_ref, lk, lpath)
+        if not vreport.ok:
+            if as_json:
+                emit_json({"image": image_ref, "ok": False, "verified": False, "verify": vreport.to_dict()})
+            else:
+                _print_findings(vreport)
+            raise VerifyFailed(f"smoke refused to run {vreport.image}: {len(vreport.findings)} mismatch(es) with "
+                               f"the image {lpath} determines",
+                               hint="rebuild the image from this lock; `--no-verify` runs it anyway (unsafe)")
+    cache = Cache()
+    mlmodel = next((f for f in lk.model.files if f.path == "MLmodel"), None)
+    mlmodel_path = cache.get(mlmodel.sha256) if mlmodel else None
+    mlmodel_text = mlmodel_path.read_text() if mlmodel_path else None
+    expected = None
+    body: Any = None
+    if input_file is not None:
+        body = load_json_file(input_file, "input")
+    elif s.smoke_input:
+        body = load_json_file(s.resolve_path(s.smoke_input), "input")
+    exp_path = expected_file or (s.resolve_path(s.smoke_expected) if s.smoke_expected else None)
+    if exp_path is not None:
+        exp = load_json_file(exp_path, "expected")
+        expected = exp.get("predictions") if isinstance(exp, dict) else exp
+        if body is None and isinstance(exp, dict) and "input" in exp:
+            body = exp["input"]
+    if body is None:
+        example = next((f for f in lk.model.files if f.path == "serving_input_example.json"), None)
+        p = cache.get(example.sha256) if example else None
+        if p is None:
+            raise LockFileError("no input to send: the model has no serving_input_example.json",
+                                hint="set [smoke] input = \"FILE.json\" in lockbuild.toml or pass --input")
+        body = json.loads(p.read_text())
+    with err.status("smoke: starting container…"):
+        report = run_smoke(engine(), image_ref, lk, body=body, expected=expected, tolerance=s.smoke_tolerance,
+                           timeout=timeout or s.smoke_timeout, mlmodel_text=mlmodel_text)
+    if as_json:
+        emit_json({**report.to_dict(), "verified": not no_verify})
+    if not report.ok:
+        if not as_json:
+            err.print("[dim]container log tail:[/]")
+            err.print(escape(report.log_tail[-4000:]))
+            for d in report.diagnoses:
+                err.print(f"[bold red]diagnosis {d.name}:[/] {escape(d.why)}\n  [cyan]fix:[/] {escape(d.fix)}")
+        raise SmokeFailed("; ".join(report.problems),
+                          hint=report.diagnoses[0].fix if report.diagnoses else "see the log tail above")
+    if not as_json:
+        err.print(f"[green]smoke ok[/] ready in {report.seconds_to_ready}s, MLflow {report.version}, "
+                  f"predictions {json.dumps(report.predictions)[:200]}")
+
+
+def doctor(
+    spec: SpecOpt = Path("lockbuild.toml"),
+    lock_file: LockOpt = None,
+    strict: Annotated[bool, typer.Option("--strict", help="warnings are errors")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Static checks on spec + model + lock for known serve-time failures.
+
+    Example: [bold]lockbuild doctor --strict[/]
+    """
+    from lockbuild.fetch.cache import Cache
+    from lockbuild.lock.io import read_lock
+    from lockbuild.verify.doctor import doctor as run_doctor
+
+    lk = read_lock(lock_path(spec, lock_file))
+    findings = run_doctor(lk, Cache())
+    if as_json:
+        emit_json({"findings": [f.to_dict() for f in findings]})
+    else:
+        for f in findings:
+            color = "red" if f.severity == "error" else "yellow"
+            err.print(f"[{color}]{f.severity}[/] [{f.rule}] {escape(f.what)}\n  why: {escape(f.why)}\n"
+                      f"  fix: {escape(f.fix)}")
+        if not findings:
+            err.print("[green]doctor: no findings[/]")
+    bad = [f for f in findings if f.severity == "error" or strict]
+    if bad:
+        raise DoctorFailed(f"{len(bad)} finding(s) that would break serving", hint=bad[0].fix)
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(verify)
+    app.command()(smoke)
+    app.command()(doctor)
