@@ -1,6 +1,6 @@
 """The benchmark runner's pure parts: summary, target verdicts, table, README splice, JSON write.
 
-Cheap (no builds, no network): imports benchmarks/run.py and feeds it made-up numbers.
+Cheap (no builds, no network): imports benchmarks/run.py (and so its modules) and feeds report.py made-up numbers.
 """
 
 from __future__ import annotations
@@ -12,21 +12,40 @@ from pathlib import Path
 
 import pytest
 
-RUN_PY = Path(__file__).resolve().parents[1] / "benchmarks" / "run.py"
+BENCH_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
+MODULES = ("common", "baseline", "measure", "measure_startup", "report")  # run.py's siblings
 
 
 @pytest.fixture(scope="module")
 def bench():  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location("lockbuild_bench_run", RUN_PY)
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    """benchmarks/run.py loaded as `make bench` runs it: its directory first on sys.path, so it
+    imports its sibling modules; both are undone afterwards (the siblings have generic names)."""
+    sys.path.insert(0, str(BENCH_DIR))
+    try:
+        spec = importlib.util.spec_from_file_location("lockbuild_bench_run", BENCH_DIR / "run.py")
+        assert spec and spec.loader
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = mod
+        spec.loader.exec_module(mod)
+        yield mod
+    finally:
+        sys.path.remove(str(BENCH_DIR))
+        for name in ("lockbuild_bench_run", *MODULES):
+            sys.modules.pop(name, None)
 
 
-def fake(bench):  # type: ignore[no-untyped-def]
-    res = bench.Results(scratch=Path("/nonexistent"))
+@pytest.fixture(scope="module")
+def common(bench):  # type: ignore[no-untyped-def]
+    return sys.modules["common"]
+
+
+@pytest.fixture(scope="module")
+def report(bench):  # type: ignore[no-untyped-def]
+    return sys.modules["report"]
+
+
+def fake(common):  # type: ignore[no-untyped-def]
+    res = common.Results(scratch=Path("/nonexistent"))
     res.add("lock_upgrade_s", [6.0, 7.0, 8.0], "lock")
     res.add("uv_compile_s", [2.0, 2.0, 2.5], "uv")
     res.add("cold_image_s", [60.0, 50.0, 70.0], "cold")
@@ -46,9 +65,9 @@ def fake(bench):  # type: ignore[no-untyped-def]
     return res
 
 
-def test_summary_ratios_and_verdicts(bench) -> None:  # type: ignore[no-untyped-def]
-    res = fake(bench)
-    summary = bench.summarize(res.metrics, res.facts)
+def test_summary_ratios_and_verdicts(common, report) -> None:  # type: ignore[no-untyped-def]
+    res = fake(common)
+    summary = report.summarize(res.metrics, res.facts)
     r = summary["ratios"]
     assert r["lock_vs_uv"] == pytest.approx(7.0 / 2.0)
     assert r["cold_vs_docker"] == pytest.approx(60.0 / 220.0)
@@ -64,15 +83,15 @@ def test_summary_ratios_and_verdicts(bench) -> None:  # type: ignore[no-untyped-
                    "verify_seconds": None, "verify_rss_mb": None}
 
 
-def test_startup_ratios(bench) -> None:  # type: ignore[no-untyped-def]
-    res = fake(bench)
+def test_startup_ratios(common, report) -> None:  # type: ignore[no-untyped-def]
+    res = fake(common)
     res.add("ping_bytecode_s", [4.0, 5.0, 4.5], "ping with .pyc")
     res.add("ping_none_s", [9.0, 10.0, 11.0], "ping without")
     res.add("invocations_bytecode_s", [5.0], "answer with .pyc")
     res.add("invocations_none_s", [10.0], "answer without")
     res.facts.update(startup_bytecode_engine_bytes=1_393_000_000, mlflow_compressed_bytes=754_000_000,
                      startup_bytecode_compressed_bytes=407_000_000)
-    summary = bench.summarize(res.metrics, res.facts)
+    summary = report.summarize(res.metrics, res.facts)
     r = summary["ratios"]
     assert r["ready_vs_nopyc"] == pytest.approx(4.5 / 10.0)
     assert r["answer_vs_nopyc"] == pytest.approx(0.5)
@@ -81,42 +100,42 @@ def test_startup_ratios(bench) -> None:  # type: ignore[no-untyped-def]
     assert {t["key"]: t["met"] for t in summary["targets"]}["ready_vs_nopyc"] is True
 
 
-def test_missing_measurements_are_not_measured_never_met(bench) -> None:  # type: ignore[no-untyped-def]
-    res = bench.Results(scratch=Path("/nonexistent"))
+def test_missing_measurements_are_not_measured_never_met(common, report) -> None:  # type: ignore[no-untyped-def]
+    res = common.Results(scratch=Path("/nonexistent"))
     res.add("noop_image_s", [0.9], "noop")
-    summary = bench.summarize(res.metrics, res.facts)
+    summary = report.summarize(res.metrics, res.facts)
     met = {t["key"]: t["met"] for t in summary["targets"]}
     assert met["noop_seconds"] is True
     assert met["cold_vs_docker"] is None and met["size_vs_mlflow"] is None
-    table = bench.render_table(res.metrics, res.facts, summary, {"nproc": 2})
+    table = report.render_table(res.metrics, res.facts, summary, {"nproc": 2})
     assert "not measured" in table and "n/a" in table
 
 
-def test_table_and_readme_splice(bench, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    res = fake(bench)
-    summary = bench.summarize(res.metrics, res.facts)
+def test_table_and_readme_splice(common, report, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    res = fake(common)
+    summary = report.summarize(res.metrics, res.facts)
     machine = {"nproc": 2, "cpu": "Test CPU", "ram_gb": 8, "date": "2026-01-01T00:00:00Z",
                "lockbuild_commit": "0123456789abcdef", "loadavg_start": [1.0, 1.0, 1.0]}
-    table = bench.render_table(res.metrics, res.facts, summary, machine)
+    table = report.render_table(res.metrics, res.facts, summary, machine)
     assert ("| cold | `lockbuild image`, empty cache | 60.0 s | 3 | 0.27x docker (by round: 0.30, 0.20, 0.32), "
             "1.54x floor |") in table
     assert "| model-only change (lock + image) <= 0.1x cold | 0.13x | **not met** |" in table
     assert "1,614 MB" in table and "Test CPU" in table and "identical image digests" in table
 
     readme = "intro\n<!-- bench-table -->\nOLD-CONTENT\n<!-- /bench-table -->\ntail\n"
-    spliced = bench.replace_readme_table(readme, table)
+    spliced = report.replace_readme_table(readme, table)
     assert spliced.startswith("intro\n<!-- bench-table -->\n| |")
     assert spliced.endswith("\n<!-- /bench-table -->\ntail\n") and "OLD-CONTENT" not in spliced
-    assert bench.replace_readme_table(spliced, table) == spliced  # idempotent
+    assert report.replace_readme_table(spliced, table) == spliced  # idempotent
 
     out = tmp_path / "results" / "latest.json"
-    bench.write_json(out, {"table_markdown": table, **summary})
+    report.write_json(out, {"table_markdown": table, **summary})
     assert json.loads(out.read_text())["ratios"]["lock_vs_uv"] == pytest.approx(3.5)
     assert [p.name for p in out.parent.iterdir()] == ["latest.json"]  # no temp file left behind
 
 
-def test_run_measures_time_and_rss(bench) -> None:  # type: ignore[no-untyped-def]
-    r = bench.run([sys.executable, "-c", "import sys; b = bytearray(64 << 20); print('ok'); sys.exit(3)"])
+def test_run_measures_time_and_rss(common) -> None:  # type: ignore[no-untyped-def]
+    r = common.run([sys.executable, "-c", "import sys; b = bytearray(64 << 20); print('ok'); sys.exit(3)"])
     assert r.returncode == 3 and r.stdout.strip() == "ok"
     assert r.max_rss_kb > 60 * 1024 and r.seconds > 0
     with pytest.raises(RuntimeError, match="command failed"):

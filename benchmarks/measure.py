@@ -1,0 +1,292 @@
+"""The timed measurements of lockbuild: lock vs uv, cold builds vs the docker build (ABBA rounds), the
+download and compression floors, the zstd variant, warm rebuilds, verify, model-only changes, sizes
+and peak RSS. Start-up is in measure_startup.py."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import common
+from baseline import MLFLOW_TAG, docker, docker_build, image_size, saved_compressed_bytes
+from common import EXAMPLE, Results, Run, du_bytes, lb_env, lockbuild_cmd, log, run, timed
+
+LOADED_TAG = "lockbuild-bench/keras3:bench"
+
+
+# -- lockbuild steps ---------------------------------------------------------------------------------
+
+
+def copy_example(dest: Path) -> Path:
+    shutil.copytree(EXAMPLE, dest, ignore=shutil.ignore_patterns("out", "*.tar", "__pycache__", "out.*"))
+    return dest
+
+
+def lb_image(work: Path, cache: Path, docker_host: str | None, *extra: str, bytecode: bool = True) -> Run:
+    oci = work / "out" / "oci"
+    shutil.rmtree(oci, ignore_errors=True)
+    return run([*lockbuild_cmd(), "image", "--json", "--oci", str(oci), *extra],
+               env=lb_env(cache, docker_host, bytecode=bytecode), cwd=work).check()
+
+
+def uv_compile_cmd(work: Path, out_dir: Path) -> list[str]:
+    """lockbuild's own uv invocation (resolve/python.py), on the inputs the lock in `work` records."""
+    from uv import find_uv_bin
+
+    from lockbuild.lock.io import read_lock
+    from lockbuild.model.metadata import read_model
+
+    lk = read_lock(work / "lockbuild.lock")
+    (out_dir / "requirements.in").write_text("\n".join(lk.python.requirements) + "\n")
+    cmd = [str(find_uv_bin()), "pip", "compile", str(out_dir / "requirements.in"),
+           "--python-platform", lk.target.wheel_platform, "--python-version", lk.target.python,
+           "--only-binary", ":all:", "--generate-hashes", "--exclude-newer", lk.python.exclude_newer,
+           "--index-url", lk.python.index_url, "--format", "pylock.toml", "--no-header", "--quiet",
+           "--output-file", str(out_dir / "pylock.toml")]
+    constraints = read_model(work / "model").constraints
+    if constraints:
+        (out_dir / "constraints.txt").write_text("\n".join(constraints) + "\n")
+        cmd += ["--constraint", str(out_dir / "constraints.txt")]
+    return cmd
+
+
+def same_pins(work: Path, pylock: Path) -> bool:
+    import tomllib
+
+    from lockbuild.lock.io import read_lock
+
+    lk = read_lock(work / "lockbuild.lock")
+    doc = tomllib.loads(pylock.read_text())
+    from packaging.utils import canonicalize_name
+
+    uv_pins = {(canonicalize_name(p["name"]), str(p["version"])) for p in doc.get("packages", [])}
+    lb_pins = {(w.name, w.version) for w in lk.python.packages} | {(n, v) for n, v in uv_pins if n in lk.python.omitted}
+    return uv_pins == lb_pins
+
+
+def bench_lock(res: Results, cache: Path, repeats: int) -> None:
+    log(f"1. lock --upgrade vs uv pip compile: 1 warm-up + {repeats} interleaved pairs")
+    work = copy_example(res.scratch / "lock")
+    uv_dir = res.scratch / "uv"
+    uv_dir.mkdir()
+    env = lb_env(cache, None)
+    uv_env = {k: v for k, v in os.environ.items() if not k.startswith(("UV_", "PIP_"))}
+    uv_env.update(UV_NO_CONFIG="1", UV_CACHE_DIR=str(cache / "uv"))
+    lock_s, uv_s = [], []
+    for i in range(repeats + 1):
+        r = run([*lockbuild_cmd(), "lock", "--upgrade", "--json"], env=env, cwd=work).check()
+        u = run(uv_compile_cmd(work, uv_dir), env=uv_env, cwd=uv_dir).check()
+        if i == 0:
+            res.facts["pins_identical_uv_vs_lockbuild"] = same_pins(work, uv_dir / "pylock.toml")
+            res.facts["lock_python_packages"] = r.json()["python_packages"]
+            res.facts["lock_debian_packages"] = r.json()["debian_packages"]
+            continue
+        lock_s.append(r.seconds)
+        uv_s.append(u.seconds)
+    res.add("lock_upgrade_s", lock_s, "lockbuild lock --upgrade (warm caches)")
+    res.add("uv_compile_s", uv_s, "bare uv pip compile, same inputs and flags")
+
+
+def download_floor(work: Path, cache: Path) -> float:
+    """Pure download of every wheel and .deb the lock names, with lockbuild's fetch code, empty cache."""
+    from lockbuild.fetch.cache import Cache
+    from lockbuild.fetch.download import Item, fetch_all
+    from lockbuild.lock.io import read_lock
+    from lockbuild.resolve.debian import deb_items
+
+    lk = read_lock(work / "lockbuild.lock")
+    items = list(deb_items(lk.debian))
+    items += [Item(urls=(w.url,), sha256=w.sha256, size=w.size, label=w.filename) for w in lk.python.packages]
+    c = Cache(cache)
+    seconds, _ = timed(lambda: fetch_all(c, items, jobs=4))  # `lockbuild image` default: --jobs 4
+    return seconds
+
+
+class _Null:
+    def write(self, data: bytes) -> int:
+        return len(data)
+
+
+def compression_floor(layers: list[dict[str, Any]], cache: Path, scratch: Path, repeats: int) -> dict[str, Any]:
+    """gzip level 1 (lockbuild's level and writer: ISA-L) of the image's own uncompressed layer tars.
+
+    Each layer blob is first decompressed to a scratch file (not timed); then the tar is compressed
+    into a null sink `repeats` times. Returns the median total seconds and the uncompressed bytes.
+    """
+    from lockbuild.fetch.cache import Cache
+    from lockbuild.oci.tar import gzip_writer
+
+    c = Cache(cache)
+    per_round = [0.0] * repeats
+    tar_bytes = 0
+    per_layer: dict[str, int] = {}
+    for layer in layers:
+        blob = c.path(layer["digest"])
+        tar = scratch / "layer.tar"
+        with gzip.open(blob, "rb") as src, open(tar, "wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+        tar_bytes += tar.stat().st_size
+        per_layer[layer["name"]] = tar.stat().st_size
+        for i in range(repeats):
+            def compress(tar: Path = tar) -> None:
+                with open(tar, "rb") as f, gzip_writer(_Null(), 1) as gz:  # type: ignore[arg-type]
+                    while chunk := f.read(1 << 20):
+                        gz.write(chunk)
+            per_round[i] += timed(compress)[0]
+        tar.unlink()
+    return {"seconds": per_round, "uncompressed_bytes": tar_bytes, "per_layer": per_layer}
+
+
+def bench_cold(res: Results, host: str | None, rounds: int, with_docker: bool, mlflow_ctx: Path | None) -> None:
+    log(f"2. cold builds: {rounds} round(s) of cold lockbuild image"
+        + (" / docker build --no-cache" if with_docker else "") + " / download floor / warm-downloads build")
+    cold, dock, dl, warmdl, rss = [], [], [], [], []
+    for r in range(rounds):
+        def lockbuild_cold(r: int = r) -> None:
+            work = copy_example(res.scratch / f"cold-{r}")
+            cache = res.scratch / f"cold-cache-{r}"
+            log(f"   round {r + 1}: cold lockbuild image")
+            run_ = lb_image(work, cache, host)
+            cold.append(run_.seconds)
+            rss.append(run_.max_rss_kb)
+            d = run_.json()
+            res.digests.append(("cold", d["digest"]))
+            if not any(layer["reused"] for layer in d["layers"]):
+                res.facts.setdefault("cold_layers", d["layers"])
+                res.facts["image_digest"] = d["digest"]
+                res.facts["compressed_bytes"] = d["compressed_bytes"]
+            else:
+                raise RuntimeError("a cold build reused a cached layer: the cache was not empty")
+            shutil.rmtree(cache)
+            shutil.rmtree(work)
+
+        def docker_cold(r: int = r) -> None:
+            assert host and mlflow_ctx
+            log(f"   round {r + 1}: docker build --no-cache (MLflow Dockerfile)")
+            dock.append(docker_build(host, mlflow_ctx, res.scratch / f"docker-build-{r}.log"))
+            res.facts["mlflow_image_bytes"] = image_size(host, MLFLOW_TAG)
+
+        order = [lockbuild_cold, docker_cold] if with_docker else [lockbuild_cold]
+        for step in order if r % 2 == 0 else reversed(order):
+            step()
+
+        log(f"   round {r + 1}: download floor + warm-downloads build")
+        work = copy_example(res.scratch / f"floor-{r}")
+        cache = res.scratch / f"floor-cache-{r}"
+        dl.append(download_floor(work, cache))
+        res.facts["download_bytes"] = du_bytes(cache / "blobs")
+        run_ = lb_image(work, cache, host)
+        res.digests.append(("warm-downloads", run_.json()["digest"]))
+        warmdl.append(run_.seconds)
+        rss.append(run_.max_rss_kb)
+        shutil.rmtree(cache)
+        shutil.rmtree(work)
+    res.add("cold_image_s", cold, "cold lockbuild image (empty cache)")
+    if dock and host:
+        log("   MLflow-style image: gzip -1 of docker save (its compressed size)")
+        res.facts["mlflow_compressed_bytes"] = saved_compressed_bytes(host, MLFLOW_TAG)
+    if dock:
+        res.add("docker_build_s", dock, "docker build --no-cache of MLflow's Dockerfile")
+    res.add("download_floor_s", dl, "download floor: same wheels + .debs, lockbuild fetch, --jobs 4")
+    res.add("warm_downloads_image_s", warmdl, "lockbuild image, downloads cached, no layers cached")
+    res.rss_kb.extend(rss)
+    res.facts["peak_rss_cold_kb"] = max(rss)
+
+
+def bench_zstd(res: Results, host: str | None, rounds: int) -> None:
+    """The `--compression zstd` variant of the same lock: time with downloads cached (no layer cache;
+    add the download floor for a cold build) and compressed size. Same diff_ids as gzip."""
+    log(f"2b. zstd variant: {rounds} round(s) of lockbuild image --compression zstd, downloads cached")
+    secs = []
+    for r in range(rounds):
+        work = copy_example(res.scratch / f"zstd-{r}")
+        cache = res.scratch / f"zstd-cache-{r}"
+        download_floor(work, cache)
+        run_ = lb_image(work, cache, host, "--compression", "zstd")
+        secs.append(run_.seconds)
+        d = run_.json()
+        if any(layer["reused"] for layer in d["layers"]):
+            raise RuntimeError("a zstd build reused a cached layer: the cache was not empty")
+        res.facts["zstd_compressed_bytes"] = d["compressed_bytes"]
+        res.facts["zstd_image_digest"] = d["digest"]
+        shutil.rmtree(cache)
+        shutil.rmtree(work)
+    res.add("zstd_warm_downloads_image_s", secs, "lockbuild image --compression zstd, downloads cached")
+
+
+def bench_warm(res: Results, cache: Path, host: str | None, repeats: int, compress_repeats: int) -> None:
+    work = copy_example(res.scratch / "warm")
+    log("3. warm: prime the warm cache (not reported)")
+    prime = lb_image(work, cache, host)
+    layers = prime.json()["layers"]
+    res.digests.append(("warm-prime", prime.json()["digest"]))
+    res.facts.setdefault("image_digest", prime.json()["digest"])
+    res.facts.setdefault("compressed_bytes", prime.json()["compressed_bytes"])
+    res.facts["layers"] = [{"name": x["name"], "size": x["size"]} for x in layers]
+
+    log(f"   no-op rebuild x{repeats}")
+    noop, rss = [], []
+    for _ in range(repeats):
+        r = lb_image(work, cache, host)
+        if not all(x["reused"] for x in r.json()["layers"]):
+            raise RuntimeError("a no-op rebuild rebuilt a layer")
+        res.digests.append(("no-op", r.json()["digest"]))
+        noop.append(r.seconds)
+        rss.append(r.max_rss_kb)
+    res.add("noop_image_s", noop, "no-op rebuild (unchanged lock, warm cache)")
+    nopyc = []
+    shutil.rmtree(common.PYCACHE.with_name("no-pycache"), ignore_errors=True)
+    for _ in range(repeats):
+        nopyc.append(lb_image(work, cache, host, bytecode=False).seconds)
+    res.add("noop_nopyc_image_s", nopyc, "no-op rebuild without bytecode (PYTHONDONTWRITEBYTECODE=1)")
+
+    log(f"   verify x{repeats} (warm, signed layer records) and once --rederive (every layer from the lock)")
+    ver, ver_rss = [], []
+    for _ in range(repeats):
+        v = run([*lockbuild_cmd(), "verify", "out/oci"], env=lb_env(cache, None), cwd=work).check()
+        ver.append(v.seconds)
+        ver_rss.append(v.max_rss_kb)
+    res.add("verify_s", ver, "lockbuild verify out/oci (warm)")
+    v = run([*lockbuild_cmd(), "verify", "out/oci", "--rederive"], env=lb_env(cache, None), cwd=work).check()
+    res.add("verify_rederive_s", [v.seconds], "lockbuild verify --rederive out/oci (every layer re-derived)")
+    res.facts["peak_rss_verify_kb"] = max([*ver_rss, v.max_rss_kb])
+
+    log(f"   model-only change x{repeats}: add a file to the model, lock, image")
+    lock_s, img_s, rebuilt = [], [], set()
+    for i in range(repeats):
+        (work / "model" / f"bench-extra-{i}.txt").write_text(f"benchmark model change {i} {time.time_ns()}\n")
+        lk = run([*lockbuild_cmd(), "lock", "--json"], env=lb_env(cache, None), cwd=work).check()
+        if lk.json()["changed"] is not True or lk.json()["reused"] is not False:
+            raise RuntimeError(f"lock did not change after a model change: {lk.stdout}")
+        r = lb_image(work, cache, host)
+        names = {x["name"] for x in r.json()["layers"] if not x["reused"]}
+        rebuilt |= names
+        lock_s.append(lk.seconds)
+        img_s.append(r.seconds)
+        rss.append(r.max_rss_kb)
+    res.add("model_lock_s", lock_s, "model-only change: lockbuild lock")
+    res.add("model_image_s", img_s, "model-only change: lockbuild image")
+    res.add("model_total_s", [a + b for a, b in zip(lock_s, img_s, strict=True)], "model-only change: lock + image")
+    res.facts["model_change_rebuilt_layers"] = sorted(rebuilt)
+    res.rss_kb.extend(rss)
+    res.facts["peak_rss_warm_kb"] = max(rss)
+
+    if compress_repeats:
+        log(f"   compression floor: gzip -1 of the image's {len(layers)} layer tars x{compress_repeats}")
+        cf = compression_floor(layers, cache, res.scratch, compress_repeats)
+        res.add("compress_floor_s", cf["seconds"], "compression floor: gzip -1 of the same tar bytes")
+        res.facts["uncompressed_bytes"] = cf["uncompressed_bytes"]
+        for entry in res.facts["layers"]:
+            entry["uncompressed"] = cf["per_layer"].get(entry["name"])
+
+    if host:
+        log("   load into the engine (for the engine's size)")
+        docker(host, "rmi", "-f", LOADED_TAG)
+        r = lb_image(work, cache, host, "--load", "--tag", LOADED_TAG)
+        res.add("load_s", [r.seconds], "lockbuild image --load (warm; streams layers into dockerd)")
+        res.facts["lockbuild_engine_bytes"] = image_size(host, LOADED_TAG)
+        docker(host, "rmi", "-f", LOADED_TAG)

@@ -1,0 +1,243 @@
+"""The report: ratios and target verdicts from the medians (`summarize`), the markdown table
+(`render_table`), the atomic JSON write and the README splice. Pure: no processes, no network."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from common import ratio
+
+MARK_BEGIN, MARK_END = "<!-- bench-table -->", "<!-- /bench-table -->"
+
+# Targets from issue 6. Thresholds are fixed here, before measuring; "about a second" is <= 1.5 s.
+TARGETS = {
+    "cold_vs_docker": ("cold lockbuild image <= 0.1x docker build (issue 13; was 0.3x)", 0.1),
+    "cold_vs_floor": ("cold lockbuild image <= 1.5x floor (download + one compressor pass)", 1.5),
+    "noop_seconds": ("no-op rebuild about 1 s (<= 1.5 s)", 1.5),
+    "model_change_vs_cold": ("model-only change (lock + image) <= 0.1x cold", 0.1),
+    "size_vs_mlflow": ("image (uncompressed) <= 0.5x MLflow-style image", 0.5),
+    "peak_rss_mb": ("peak RSS of `lockbuild image` < 500 MB", 500.0),
+    "ready_vs_nopyc": ("docker run -> /ping 200 <= 0.5x the image without bytecode", 0.5),  # issue 12
+    "verify_seconds": ("verify, warm cache, well under 30 s (issue 11)", 30.0),
+    "verify_rss_mb": ("peak RSS of `lockbuild verify` < 200 MB (issue 11)", 200.0),
+}
+
+
+def summarize(metrics: dict[str, dict[str, Any]], facts: dict[str, Any]) -> dict[str, Any]:
+    """Ratios and target verdicts from the medians (None when a side was not measured)."""
+    def med(k: str) -> float | None:
+        m = metrics.get(k)
+        return m["median"] if m else None
+
+    cold = med("cold_image_s")
+    floor = None
+    if med("download_floor_s") is not None and med("compress_floor_s") is not None:
+        floor = med("download_floor_s") + med("compress_floor_s")  # type: ignore[operator]
+    uncompressed = facts.get("lockbuild_engine_bytes") or facts.get("uncompressed_bytes")
+    rss_mb = [facts[k] / 1024 for k in ("peak_rss_cold_kb", "peak_rss_warm_kb") if facts.get(k)]
+    cold_s = (metrics.get("cold_image_s") or {}).get("samples") or []
+    dock_s = (metrics.get("docker_build_s") or {}).get("samples") or []
+    ratios: dict[str, Any] = {
+        "lock_vs_uv": ratio(med("lock_upgrade_s"), med("uv_compile_s")),
+        # round by round (the two builds of a round ran back to back): shows the spread under load
+        "cold_vs_docker_per_round": [round(a / b, 3) for a, b in zip(cold_s, dock_s, strict=False)] or None,
+        "cold_vs_docker": ratio(cold, med("docker_build_s")),
+        "floor_s": floor,
+        "cold_vs_floor": ratio(cold, floor),
+        "cold_vs_download_floor": ratio(cold, med("download_floor_s")),
+        "noop_seconds": med("noop_image_s"),
+        "model_change_vs_cold": ratio(med("model_total_s"), cold),
+        "model_image_vs_cold": ratio(med("model_image_s"), cold),
+        "size_vs_mlflow": ratio(uncompressed, facts.get("mlflow_image_bytes")),
+        "compressed_vs_mlflow": ratio(facts.get("compressed_bytes"), facts.get("mlflow_compressed_bytes")),
+        "peak_rss_mb": max(rss_mb) if rss_mb else None,
+        **startup_ratios(med, facts),
+        "verify_seconds": med("verify_s"),
+        "verify_rss_mb": facts["peak_rss_verify_kb"] / 1024 if facts.get("peak_rss_verify_kb") else None,
+    }
+    targets = []
+    for key, (what, limit) in TARGETS.items():
+        value: float | None = ratios.get(key)
+        strict = key in ("peak_rss_mb", "verify_rss_mb", "verify_seconds")
+        met = None if value is None else (value < limit if strict else value <= limit)
+        targets.append({"key": key, "target": what, "limit": limit, "value": value, "met": met})
+    return {"ratios": ratios, "targets": targets}
+
+
+def startup_ratios(med: Callable[[str], float | None], facts: dict[str, Any]) -> dict[str, Any]:
+    """Issue 12: ready time with bytecode vs without (today's image), and the sizes vs MLflow-style."""
+    return {
+        "ready_vs_nopyc": ratio(med("ping_bytecode_s"), med("ping_none_s")),
+        "answer_vs_nopyc": ratio(med("invocations_bytecode_s"), med("invocations_none_s")),
+        "startup_size_vs_mlflow": ratio(facts.get("startup_bytecode_engine_bytes"), facts.get("mlflow_image_bytes")),
+        "startup_compressed_vs_mlflow": ratio(facts.get("startup_bytecode_compressed_bytes"),
+                                              facts.get("mlflow_compressed_bytes")),
+    }
+
+
+def startup_rows(metrics: dict[str, dict[str, Any]], facts: dict[str, Any],
+                 r: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
+    """Issue 12's rows: start-up with and without build-time bytecode, and that image's sizes."""
+    if not any(k.startswith("ping_") for k in metrics):
+        return []
+
+    def cell(k: str) -> tuple[str, str]:
+        m = metrics.get(k)
+        return (_s(m["median"]), str(len(m["samples"]))) if m else ("n/a", "0")
+
+    return [
+        ("start", "`docker run` -> /ping 200, build-time .pyc + pruning", *cell("ping_bytecode_s"),
+         f"{_x(r.get('ready_vs_nopyc'))} without"),
+        ("start", "`docker run` -> /ping 200, no .pyc, no pruning", *cell("ping_none_s"), ""),
+        ("start", "`docker run` -> correct /invocations, .pyc + pruning", *cell("invocations_bytecode_s"),
+         f"{_x(r.get('answer_vs_nopyc'))} without"),
+        ("start", "`docker run` -> correct /invocations, no .pyc", *cell("invocations_none_s"), ""),
+        ("size", "image with .pyc + pruning, uncompressed (engine)",
+         _mb(facts.get("startup_bytecode_engine_bytes")), "", f"{_x(r.get('startup_size_vs_mlflow'))} MLflow-style"),
+        ("size", "image with .pyc + pruning, compressed", _mb(facts.get("startup_bytecode_compressed_bytes")), "",
+         f"{_x(r.get('startup_compressed_vs_mlflow'))} MLflow-style"),
+    ]
+
+
+def _s(x: float | None) -> str:
+    if x is None:
+        return "n/a"
+    return f"{x:.2f} s" if x < 10 else f"{x:.1f} s"
+
+
+def _mb(x: float | None) -> str:
+    return "n/a" if x is None else f"{x / 1e6:,.0f} MB"
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e6:,.1f} MB" if n >= 1e6 else f"{n / 1e3:,.1f} kB"
+
+
+def _x(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f}x"
+
+
+def render_table(metrics: dict[str, dict[str, Any]], facts: dict[str, Any], summary: dict[str, Any],
+                 machine: dict[str, Any]) -> str:
+    """The results as markdown: one table of measurements, one of targets."""
+    def med(k: str) -> float | None:
+        m = metrics.get(k)
+        return m["median"] if m else None
+
+    def n(k: str) -> str:
+        m = metrics.get(k)
+        return str(len(m["samples"])) if m else "0"
+
+    r = summary["ratios"]
+    rows = [
+        ("lock", "`lockbuild lock --upgrade` (warm caches)", _s(med("lock_upgrade_s")), n("lock_upgrade_s"),
+         f"{_x(r['lock_vs_uv'])} bare uv"),
+        ("lock", "bare `uv pip compile`, same inputs/flags", _s(med("uv_compile_s")), n("uv_compile_s"), ""),
+        ("cold", "`lockbuild image`, empty cache", _s(med("cold_image_s")), n("cold_image_s"),
+         f"{_x(r['cold_vs_docker'])} docker"
+         + (f" (by round: {', '.join(f'{x:.2f}' for x in r['cold_vs_docker_per_round'])})"
+            if r.get("cold_vs_docker_per_round") else "")
+         + f", {_x(r['cold_vs_floor'])} floor"),
+        ("cold", "`docker build --no-cache`, MLflow's Dockerfile", _s(med("docker_build_s")), n("docker_build_s"),
+         ""),
+        ("floor", "download only (same wheels + .debs)", _s(med("download_floor_s")), n("download_floor_s"),
+         _mb(facts.get("download_bytes"))),
+        ("floor", "gzip -1 (ISA-L, lockbuild's writer) of the image tars", _s(med("compress_floor_s")),
+         n("compress_floor_s"),
+         f"{_mb(facts.get('uncompressed_bytes'))} in"),
+        ("floor", "download + compress", _s(r["floor_s"]), "", ""),
+        ("floor", "`lockbuild image`, downloads cached", _s(med("warm_downloads_image_s")),
+         n("warm_downloads_image_s"), "no layer cache"),
+        ("zstd", "`lockbuild image --compression zstd`, downloads cached", _s(med("zstd_warm_downloads_image_s")),
+         n("zstd_warm_downloads_image_s"), f"{_mb(facts.get('zstd_compressed_bytes'))} compressed (gzip: "
+         f"{_mb(facts.get('compressed_bytes'))})"),
+        ("warm", "no-op rebuild", _s(med("noop_image_s")), n("noop_image_s"), "bytecode cached"),
+        ("warm", "no-op rebuild, no bytecode cache", _s(med("noop_nopyc_image_s")), n("noop_nopyc_image_s"),
+         "PYTHONDONTWRITEBYTECODE=1"),
+        ("verify", "`lockbuild verify`, warm", _s(med("verify_s")), n("verify_s"), "signed layer records"),
+        ("verify", "`lockbuild verify --rederive`", _s(med("verify_rederive_s")), n("verify_rederive_s"),
+         "every layer staged from the lock"),
+        ("warm", "model-only change: `lock`", _s(med("model_lock_s")), n("model_lock_s"), ""),
+        ("warm", "model-only change: `image`", _s(med("model_image_s")), n("model_image_s"),
+         "rebuilt: " + (", ".join(facts.get("model_change_rebuilt_layers", [])) or "n/a")),
+        ("warm", "model-only change: lock + image", _s(med("model_total_s")), n("model_total_s"),
+         f"{_x(r['model_change_vs_cold'])} cold"),
+        ("size", "lockbuild image, compressed (layer blobs)", _mb(facts.get("compressed_bytes")), "",
+         f"{_x(r['compressed_vs_mlflow'])} MLflow-style"),
+        ("size", "MLflow-style image, compressed (gzip -1 of `docker save`)",
+         _mb(facts.get("mlflow_compressed_bytes")), "", ""),
+        ("size", "lockbuild image, uncompressed (engine)",
+         _mb(facts.get("lockbuild_engine_bytes") or facts.get("uncompressed_bytes")), "",
+         f"{_x(r['size_vs_mlflow'])} MLflow-style"),
+        ("size", "MLflow-style image (engine)", _mb(facts.get("mlflow_image_bytes")), "",
+         f"incl. {_mb(facts.get('standin_bytes'))} stand-in base" if facts.get("standin_bytes") else ""),
+        ("memory", "peak RSS `lockbuild image`, cold",
+         "n/a" if not facts.get("peak_rss_cold_kb") else f"{facts['peak_rss_cold_kb'] / 1024:.0f} MB", "", ""),
+        ("memory", "peak RSS `lockbuild image`, warm",
+         "n/a" if not facts.get("peak_rss_warm_kb") else f"{facts['peak_rss_warm_kb'] / 1024:.0f} MB", "", ""),
+        ("memory", "peak RSS `lockbuild verify` (incl. --rederive)",
+         "n/a" if not facts.get("peak_rss_verify_kb") else f"{facts['peak_rss_verify_kb'] / 1024:.0f} MB", "", ""),
+    ]
+    rows += startup_rows(metrics, facts, r)
+    lines = ["| | measurement | median | runs | ratio / note |", "|---|---|---:|---:|---|"]
+    lines += [f"| {a} | {b} | {c} | {d} | {e} |" for a, b, c, d, e in rows]
+    lines += ["", "| target (issues 6, 11) | measured | met |", "|---|---:|---|"]
+    for t in summary["targets"]:
+        v = t["value"]
+        shown = "n/a" if v is None else (f"{v:.0f} MB" if t["key"] in ("peak_rss_mb", "verify_rss_mb") else
+                                         _s(v) if t["key"] in ("noop_seconds", "verify_seconds") else _x(v))
+        verdict = {True: "met", False: "**not met**", None: "not measured"}[t["met"]]
+        lines.append(f"| {t['target']} | {shown} | {verdict} |")
+    if facts.get("layers"):
+        lines += ["", "Layers, compressed / uncompressed: " + ", ".join(
+            f"{x['name']} {_size(x['size'])}" + (f" / {_size(x['uncompressed'])}" if x.get("uncompressed") else "")
+            for x in facts["layers"]) + "."]
+    if facts.get("unchanged_lock_builds"):
+        same = "identical" if facts.get("unchanged_lock_digests_identical") else "**DIFFERENT**"
+        kinds = ", ".join(dict.fromkeys(x.split(" ", 1)[0] for x in facts.get("unchanged_lock_digests", [])))
+        lines += ["", f"Reproducibility: {facts['unchanged_lock_builds']} builds of the unchanged lock"
+                  + (f" ({kinds})" if kinds else "") + f" gave {same} image digests"
+                  + (f" (`{str(facts.get('image_digest'))[:19]}…`)." if facts.get("image_digest") else ".")]
+    lines += ["", "Baseline: the Dockerfile `mlflow models generate-dockerfile --env-manager local` writes, built "
+              "with `docker build --no-cache` on a local stand-in for `python:3.11.7-slim` (Debian's Python "
+              "3.11.2; see benchmarks/README.md). Medians; baseline and lockbuild interleaved in one run."]
+    lines += ["", f"Machine: {machine.get('nproc')} cores ({machine.get('cpu')}), {machine.get('ram_gb')} GB RAM, "
+              f"{machine.get('os', '')}, Docker {machine.get('docker_server') or 'n/a'}; "
+              f"{machine.get('date')}, lockbuild {str(machine.get('lockbuild_commit'))[:12]}"
+              + (f" + uncommitted changes (source {str(machine.get('lockbuild_source_digest'))[:19]}…)"
+                 if machine.get("lockbuild_tree_dirty") else "")
+              + f"; load average at start {_load(machine.get('loadavg_start'))}, "
+              f"end {_load(machine.get('loadavg_end'))}."]
+    return "\n".join(lines) + "\n"
+
+
+def _load(x: Any) -> str:
+    return "n/a" if not x else "/".join(f"{v:.1f}" for v in x)
+
+
+def write_json(path: Path, doc: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".latest.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(doc, f, indent=2, sort_keys=True)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def replace_readme_table(text: str, table: str) -> str:
+    """Replace only what lies between the bench-table markers."""
+    start, end = text.index(MARK_BEGIN) + len(MARK_BEGIN), text.index(MARK_END)
+    return text[:start] + "\n" + table.rstrip("\n") + "\n" + text[end:]
