@@ -24,7 +24,11 @@ import pytest
 from lockbuild.errors import IntegrityError, PythonVersionError, ResolveError
 from lockbuild.fetch import download
 from lockbuild.fetch.cache import Cache
+from lockbuild.fetch.debs import deb_items
+from lockbuild.lock.model import DebianLock
 from lockbuild.resolve import debian as D
+from lockbuild.resolve.archive import DEFAULT_KEYRING, parse_packages
+from lockbuild.resolve.closure import DEFAULT_EXCLUDE, Candidate, Closure, merge_suites
 from lockbuild.resolve.runtime import (
     choose_suite,
     debian_arch,
@@ -92,13 +96,13 @@ def para(name: str, version: str = "1.0", **fields: str) -> str:
 
 
 def index(*paras: str) -> list[dict[str, str]]:
-    return D.parse_packages("\n".join(paras).encode())
+    return parse_packages("\n".join(paras).encode())
 
 
 def close(roots: list[str], main: list[str], security: tuple[str, ...] = (),
-          exclude: tuple[str, ...] = D.DEFAULT_EXCLUDE) -> dict[str, D.Candidate]:
-    merged = D.merge_suites([("bookworm", index(*main)), ("bookworm-security", index(*security))])
-    cl = D.Closure(merged, "amd64", ["bookworm", "bookworm-security"], exclude)
+          exclude: tuple[str, ...] = DEFAULT_EXCLUDE) -> dict[str, Candidate]:
+    merged = merge_suites([("bookworm", index(*main)), ("bookworm-security", index(*security))])
+    cl = Closure(merged, "amd64", ["bookworm", "bookworm-security"], exclude)
     for r in roots:
         cl.add_root(r)
     return {c.name: c for c in cl.run()}
@@ -304,7 +308,7 @@ class Archive:
         (dists / "InRelease").write_bytes(self.signer.sign(release.encode()))
         return dists
 
-    def resolve(self, cache: Cache, roots: list[str] | None = None, **kw: object) -> D.DebianLock:
+    def resolve(self, cache: Cache, roots: list[str] | None = None, **kw: object) -> DebianLock:
         kw.setdefault("keyring", self.signer.keyring)
         return D.resolve_debian("bookworm", "amd64", roots or ["hello"], cache, mirror=self.mirror,
                                 security_mirror=self.security, **kw)  # type: ignore[arg-type]
@@ -346,7 +350,7 @@ def test_resolve_signed_local_archive(archive: Archive, tmp_path: Path) -> None:
     assert libfoo.source == "libfoo" and HEX64.match(libfoo.sha256) and libfoo.filename.startswith("pool/")
     assert len(lines) == 4 and "InRelease verified" in lines[0]
 
-    items = D.deb_items(lock)
+    items = deb_items(lock)
     assert items[1].urls == (
         f"{archive.security}/{libfoo.filename}",
         f"https://snapshot.debian.org/archive/debian-security/20260711T101637Z/{libfoo.filename}")
@@ -384,10 +388,10 @@ def test_tampered_inrelease_is_rejected(archive: Archive, tmp_path: Path) -> Non
 
 
 def test_unknown_signing_key_is_rejected(archive: Archive, tmp_path: Path) -> None:
-    if not D.DEFAULT_KEYRING.is_file():
+    if not DEFAULT_KEYRING.is_file():
         unavailable("debian-archive-keyring not installed: run scripts/install-deps.sh")
     with pytest.raises(IntegrityError, match="signature does not verify"):
-        archive.resolve(Cache(tmp_path / "cache"), keyring=D.DEFAULT_KEYRING)
+        archive.resolve(Cache(tmp_path / "cache"), keyring=DEFAULT_KEYRING)
 
 
 def test_unsigned_release_is_rejected(archive: Archive, tmp_path: Path) -> None:
@@ -440,7 +444,7 @@ def test_tampered_deb_is_rejected_and_not_cached(archive: Archive, tmp_path: Pat
     data[len(data) // 2] ^= 0xFF  # same size, different bytes
     served.write_bytes(bytes(data))
     with pytest.raises(IntegrityError, match="deb hello_1.0-1"):
-        download.fetch_all(cache, D.deb_items(lock)[:1])
+        download.fetch_all(cache, deb_items(lock)[:1])
     assert cache.get(hello.sha256) is None
     assert not list(cache.tmpdir().glob(f"{hello.sha256}*"))
 
@@ -448,7 +452,7 @@ def test_tampered_deb_is_rejected_and_not_cached(archive: Archive, tmp_path: Pat
 def test_locked_debs_download_through_the_cache(archive: Archive, tmp_path: Path) -> None:
     cache = Cache(tmp_path / "cache")
     lock = archive.resolve(cache)
-    paths = download.fetch_all(cache, D.deb_items(lock))
+    paths = download.fetch_all(cache, deb_items(lock))
     for d in lock.packages:
         assert hashlib.sha256(paths[d.sha256].read_bytes()).hexdigest() == d.sha256
 

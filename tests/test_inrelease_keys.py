@@ -19,7 +19,10 @@ import pytest
 from lockbuild.errors import IntegrityError, SpecError
 from lockbuild.fetch import download
 from lockbuild.fetch.cache import Cache
+from lockbuild.lock.model import DebianLock
 from lockbuild.resolve import debian as D
+from lockbuild.resolve.archive import DEFAULT_KEYRING, DEFAULT_MIRROR
+from lockbuild.resolve.inrelease import check_inrelease, judge_signatures
 from lockbuild.spec import parse_spec
 from tests.conftest_services import need_tool, unavailable
 from tests.test_debian_resolve import Archive, Signer, server, signer  # noqa: F401  (fixtures)
@@ -63,13 +66,13 @@ class Key:
 @pytest.fixture(scope="module")
 def release_text() -> bytes:
     """The signed text of the real bookworm-updates Release (verified with Debian's keyring)."""
-    if not D.DEFAULT_KEYRING.is_file():
+    if not DEFAULT_KEYRING.is_file():
         unavailable("debian-archive-keyring not installed: run scripts/install-deps.sh")
     try:
-        data = download.fetch_bytes(f"{D.DEFAULT_MIRROR}/dists/bookworm-updates/InRelease")
+        data = download.fetch_bytes(f"{DEFAULT_MIRROR}/dists/bookworm-updates/InRelease")
     except Exception as e:  # noqa: BLE001
         unavailable(f"deb.debian.org unreachable: {e}")
-    check = D.check_inrelease(data, D.DEFAULT_KEYRING, "bookworm-updates")
+    check = check_inrelease(data, DEFAULT_KEYRING, "bookworm-updates")
     assert check.signers and not check.refused
     return check.text
 
@@ -83,11 +86,11 @@ def keys(tmp_path: Path) -> Iterator[dict[str, Key]]:
 
 
 def test_real_inrelease_records_debian_signers() -> None:
-    if not D.DEFAULT_KEYRING.is_file():
+    if not DEFAULT_KEYRING.is_file():
         unavailable("debian-archive-keyring not installed: run scripts/install-deps.sh")
-    data = download.fetch_bytes(f"{D.DEFAULT_MIRROR}/dists/bookworm-updates/InRelease")
-    check = D.check_inrelease(data, D.DEFAULT_KEYRING, "bookworm-updates")
-    listing = subprocess.run(["gpg", "--show-keys", "--with-colons", str(D.DEFAULT_KEYRING)],
+    data = download.fetch_bytes(f"{DEFAULT_MIRROR}/dists/bookworm-updates/InRelease")
+    check = check_inrelease(data, DEFAULT_KEYRING, "bookworm-updates")
+    listing = subprocess.run(["gpg", "--show-keys", "--with-colons", str(DEFAULT_KEYRING)],
                              capture_output=True, check=True).stdout.decode()
     keyring_fprs = {ln.split(":")[9] for ln in listing.splitlines() if ln.startswith("fpr:")}
     assert check.signers and set(check.signers) <= keyring_fprs
@@ -97,10 +100,10 @@ def test_expired_key_is_refused(release_text: bytes, keys: dict[str, Key], tmp_p
     keys["short"] = k = Key(tmp_path / "short", "short-lived <s@lockbuild.invalid>", "seconds=2")
     signed = k.sign(release_text)
     keyring = k.keyring(tmp_path / "short.gpg")
-    assert D.check_inrelease(signed, keyring, "bookworm-updates").signers == (k.fpr,)  # still valid
+    assert check_inrelease(signed, keyring, "bookworm-updates").signers == (k.fpr,)  # still valid
     time.sleep(3)
     with pytest.raises(IntegrityError) as e:
-        D.check_inrelease(signed, keyring, "bookworm-updates")
+        check_inrelease(signed, keyring, "bookworm-updates")
     assert "signature refused" in e.value.message and "made by an expired key" in e.value.message
     assert k.fpr in e.value.message and e.value.hint and "apt refuses" in e.value.hint
 
@@ -110,7 +113,7 @@ def test_revoked_key_is_refused(release_text: bytes, keys: dict[str, Key], tmp_p
     signed = k.sign(release_text)
     k.revoke()
     with pytest.raises(IntegrityError, match="made by a revoked key"):
-        D.check_inrelease(signed, k.keyring(tmp_path / "rev.gpg"), "bookworm-updates")
+        check_inrelease(signed, k.keyring(tmp_path / "rev.gpg"), "bookworm-updates")
 
 
 def test_key_outside_the_configured_keyring_is_refused(release_text: bytes, keys: dict[str, Key],
@@ -118,11 +121,11 @@ def test_key_outside_the_configured_keyring_is_refused(release_text: bytes, keys
     keys["a"] = a = Key(tmp_path / "a", "a <a@lockbuild.invalid>")
     keys["b"] = b = Key(tmp_path / "b", "b <b@lockbuild.invalid>")
     with pytest.raises(IntegrityError, match="does not verify against"):
-        D.check_inrelease(a.sign(release_text), b.keyring(tmp_path / "b.gpg"), "bookworm-updates")
+        check_inrelease(a.sign(release_text), b.keyring(tmp_path / "b.gpg"), "bookworm-updates")
     # the real Debian signature is refused too when the configured keyring is someone else's
-    real = download.fetch_bytes(f"{D.DEFAULT_MIRROR}/dists/bookworm-updates/InRelease")
+    real = download.fetch_bytes(f"{DEFAULT_MIRROR}/dists/bookworm-updates/InRelease")
     with pytest.raises(IntegrityError, match="does not verify against"):
-        D.check_inrelease(real, b.keyring(tmp_path / "b2.gpg"), "bookworm-updates")
+        check_inrelease(real, b.keyring(tmp_path / "b2.gpg"), "bookworm-updates")
 
 
 def test_armored_keyring_and_keyring_lists(release_text: bytes, keys: dict[str, Key], tmp_path: Path) -> None:
@@ -130,12 +133,12 @@ def test_armored_keyring_and_keyring_lists(release_text: bytes, keys: dict[str, 
     keys["b"] = b = Key(tmp_path / "b", "b <b@lockbuild.invalid>")
     signed = a.sign(release_text)
     asc = a.keyring(tmp_path / "a.asc", armor=True)
-    assert D.check_inrelease(signed, asc, "x").signers == (a.fpr,)
-    assert D.check_inrelease(signed, [b.keyring(tmp_path / "b.gpg"), asc], "x").signers == (a.fpr,)
+    assert check_inrelease(signed, asc, "x").signers == (a.fpr,)
+    assert check_inrelease(signed, [b.keyring(tmp_path / "b.gpg"), asc], "x").signers == (a.fpr,)
     armor = "-----BEGIN PGP PUBLIC KEY BLOCK-----\n\n!!!\n-----END PGP PUBLIC KEY BLOCK-----\n"
     (tmp_path / "junk.asc").write_text(armor)
     with pytest.raises(IntegrityError, match="holds no readable public key block"):
-        D.check_inrelease(signed, tmp_path / "junk.asc", "x")
+        check_inrelease(signed, tmp_path / "junk.asc", "x")
 
 
 def test_resolution_records_signer_fingerprints(archive_fp: tuple[Archive, str], tmp_path: Path) -> None:
@@ -172,7 +175,7 @@ def archive_fp(server: tuple[Path, str], signer: Signer,  # noqa: F811
 
 
 # -- re-derivation from the locked InRelease files -----------------------------------------------
-def _rederive(archive: Archive, lock: D.DebianLock, cache: Cache) -> D.DebianLock:
+def _rederive(archive: Archive, lock: DebianLock, cache: Cache) -> DebianLock:
     return D.rederive_debian(lock, "bookworm", "amd64", list(lock.roots), cache, mirror=archive.mirror,
                              security_mirror=archive.security, keyring=archive.signer.keyring)
 
@@ -235,7 +238,7 @@ def test_one_good_signature_among_worthless_ones_is_enough() -> None:
         ["NEWSIG"], ["GOODSIG", "C" * 16, "sha1"],
         ["VALIDSIG", "C" * 40, "2026-11-30", "1", "0", "4", "0", "22", "2", "01", "C" * 40],
     ]
-    good, refused = D.judge_signatures(status)
+    good, refused = judge_signatures(status)
     assert good == [b]
     assert refused == [f"key {a}: made by an expired key (expired 2023-11-14 22:13 UTC)",
                        f"key {'C' * 40}: signature uses the weak digest SHA1"]

@@ -22,7 +22,8 @@ from lockbuild.assemble.rootfs import assemble_rootfs, member_path
 from lockbuild.errors import BuildError
 from lockbuild.fetch import download
 from lockbuild.fetch.cache import Cache
-from lockbuild.lock.model import Deb
+from lockbuild.fetch.debs import deb_items
+from lockbuild.lock.model import Deb, DebianLock
 from lockbuild.resolve import debian as D
 from tests.conftest_services import need_root, need_tool, unavailable
 
@@ -282,7 +283,7 @@ def test_corrupt_deb(tmp_path: Path) -> None:
 # -- the real bookworm closure ---------------------------------------------------------------
 @dataclass
 class Built:
-    lock: D.DebianLock
+    lock: DebianLock
     debs: list[tuple[Deb, Path]]
     dest: Path
     warnings: list[str]
@@ -294,7 +295,7 @@ def bookworm(tmp_path_factory: pytest.TempPathFactory) -> Built:
     env = os.environ.get("LOCKBUILD_CACHE")
     cache = Cache(Path(env) if env else Path("/tmp/lockbuild-test-cache"))
     lock = D.resolve_debian("bookworm", "amd64", D.default_roots("python3.11"), cache)
-    paths = download.fetch_all(cache, D.deb_items(lock), jobs=4)
+    paths = download.fetch_all(cache, deb_items(lock), jobs=4)
     debs = [(d, paths[d.sha256]) for d in lock.packages]
     dest = tmp_path_factory.mktemp("bookworm") / "rootfs"
     t0 = time.monotonic()

@@ -1,0 +1,267 @@
+"""The Debian archive's chain of trust: signed suites -> verified Packages indexes.
+
+Per suite (``<codename>``, ``-updates``, ``-security``):
+
+1. ``InRelease`` is fetched fresh and verified with ``gpgv`` against the Debian archive
+   keyring (inrelease.py); only the text gpgv reports as signed is parsed.
+2. The signed Release must name the expected suite (Codename) and, if it has one, its
+   ``Valid-Until`` must lie in the future (no replay of an old, vulnerable archive state).
+3. ``main/binary-<arch>/Packages.xz`` (or ``.gz``) is fetched by hash and checked against the
+   sha256 and size in the signed Release *before* it is decompressed or parsed.
+4. Every chosen .deb carries the ``SHA256`` from that verified index into the lock (closure.py);
+   the builder's downloads are checked against it.
+
+For ``lock --check --rederive``, ``pinned_inrelease`` finds the exact InRelease a lock recorded
+(by sha256) so it can be verified again. The solver lives in closure.py; debian.py composes both.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import lzma
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+
+import httpx
+from debian import deb822
+from debian.debian_support import PackageFile, ParseError
+
+from lockbuild.errors import AuditUnavailable, FetchError, IntegrityError, ResolveError
+from lockbuild.fetch import download
+from lockbuild.fetch.cache import Cache
+from lockbuild.fsutil import sha256_bytes
+from lockbuild.lock.model import Suite
+from lockbuild.progress import Notify
+from lockbuild.resolve.inrelease import check_inrelease
+
+DEFAULT_MIRROR = "http://deb.debian.org/debian"
+DEFAULT_SECURITY_MIRROR = "http://deb.debian.org/debian-security"
+DEFAULT_KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
+SUPPORTED_CODENAMES = ("bullseye", "bookworm", "trixie")
+COMPONENT = "main"
+
+# Fields kept from Packages indexes (the rest, e.g. Description, is dropped before caching).
+INDEX_FIELDS = (
+    "Package", "Version", "Architecture", "Source", "Priority", "Multi-Arch",
+    "Pre-Depends", "Depends", "Provides", "Conflicts", "Breaks", "Filename", "Size", "SHA256",
+)
+INDEX_CACHE_NS = "debian-index"
+INDEX_FORMAT = 2  # bump when the cached reduced-index layout changes
+
+
+# -- suites ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SuiteSource:
+    """Where one suite lives: its name, archive root and snapshot.debian.org archive."""
+
+    name: str  # bookworm-security
+    archive: str  # http://deb.debian.org/debian-security
+    snapshot_archive: str  # debian-security
+
+    @property
+    def dists(self) -> str:
+        return f"{self.archive}/dists/{self.name}"
+
+
+def suite_sources(codename: str, mirror: str, security_mirror: str) -> list[SuiteSource]:
+    """The three suites of a release, base first (ties in version go to the earliest)."""
+    if codename not in SUPPORTED_CODENAMES:
+        raise ResolveError(
+            f"unsupported Debian suite {codename!r}",
+            hint=f"supported suites: {', '.join(SUPPORTED_CODENAMES)}",
+        )
+    mirror, security_mirror = mirror.rstrip("/"), security_mirror.rstrip("/")
+    return [
+        SuiteSource(codename, mirror, "debian"),
+        SuiteSource(f"{codename}-updates", mirror, "debian"),
+        SuiteSource(f"{codename}-security", security_mirror, "debian-security"),
+    ]
+
+
+# -- Release and Packages indexes -----------------------------------------------------------------
+def rfc2822(value: str, label: str) -> datetime:
+    try:
+        return parsedate_to_datetime(value).astimezone(UTC)
+    except (TypeError, ValueError):
+        raise IntegrityError(f"{label}: unreadable date {value!r} in the signed Release") from None
+
+
+def snapshot_timestamp(date: str) -> str:
+    """Release Date (RFC 2822) -> snapshot.debian.org timestamp, e.g. 20260711T101637Z."""
+    return rfc2822(date, "Release").strftime("%Y%m%dT%H%M%SZ")
+
+
+def parse_release(text: bytes, src: SuiteSource, now: datetime | None = None) -> deb822.Release:
+    """Parse signed Release text and check it describes `src` and has not expired."""
+    release = deb822.Release(text)
+    label = src.name
+    if release.get("Codename") != src.name:
+        raise IntegrityError(
+            f"{label}: the signed Release is for {release.get('Codename')!r}, not {src.name!r}",
+            hint="the mirror serves another suite under this name (misconfigured mirror or a downgrade "
+            "attempt); use another mirror",
+        )
+    if "Date" not in release:
+        raise IntegrityError(f"{label}: the signed Release has no Date field")
+    until = release.get("Valid-Until")
+    now = now or datetime.now(UTC)
+    if until and rfc2822(until, label) < now:
+        raise IntegrityError(
+            f"{label}: the signed Release expired at {until} (Valid-Until)",
+            hint="the mirror serves a stale copy (possible replay of an old archive state); "
+            "retry later or use another mirror",
+        )
+    return release
+
+
+# -- Packages indexes ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class IndexFile:
+    path: str  # main/binary-amd64/Packages.xz, relative to dists/<suite>/
+    sha256: str
+    size: int
+
+
+def index_file(release: deb822.Release, arch: str, label: str) -> IndexFile:
+    """The Packages.xz (else .gz) entry of the signed Release for main/binary-<arch>."""
+    entries = {e["name"]: e for e in release.get("SHA256", [])}
+    for ext in (".xz", ".gz"):
+        e = entries.get(f"{COMPONENT}/binary-{arch}/Packages{ext}")
+        if e:
+            return IndexFile(e["name"], e["sha256"].lower(), int(e["size"]))
+    raise ResolveError(
+        f"{label}: the signed Release lists no {COMPONENT}/binary-{arch}/Packages.xz or .gz",
+        hint=f"is {arch} built for {label}? Architectures: {release.get('Architectures', '?')}",
+    )
+
+
+def _by_hash_url(src: SuiteSource, f: IndexFile) -> str:
+    return f"{src.dists}/{f.path.rsplit('/', 1)[0]}/by-hash/SHA256/{f.sha256}"
+
+
+def fetch_index(http: httpx.Client, cache: Cache, src: SuiteSource, f: IndexFile, by_hash: bool) -> Path:
+    """The verified compressed index from the cache, or downloaded and checked against the Release."""
+    cached = cache.get(f.sha256, f.size)
+    if cached is not None:
+        return cached
+    urls = ([_by_hash_url(src, f)] if by_hash else []) + [f"{src.dists}/{f.path}"]
+    data, url, last = None, "", None
+    for url in urls:
+        try:
+            data = download.fetch_bytes(url, http=http)
+            break
+        except FetchError as e:
+            last = e
+    if data is None:
+        assert last is not None
+        raise last
+    digest = sha256_bytes(data)
+    if digest != f.sha256 or len(data) != f.size:
+        raise IntegrityError(
+            f"{src.name}: {url} does not match the signed Release (expected sha256:{f.sha256}, "
+            f"{f.size} bytes; got sha256:{digest}, {len(data)} bytes)",
+            hint="the mirror serves a tampered or half-synced index; retry later or use another mirror",
+        )
+    cache.put_bytes(data, f.sha256)
+    return cache.path(f.sha256)
+
+
+def _decompress(path: Path) -> bytes:
+    data = path.read_bytes()
+    if data.startswith(b"\xfd7zXZ\x00"):
+        return lzma.decompress(data)
+    if data.startswith(b"\x1f\x8b"):
+        return gzip.decompress(data)
+    raise IntegrityError(f"{path}: not an xz or gzip Packages index")
+
+
+def parse_packages(raw: bytes, label: str = "Packages") -> list[dict[str, str]]:
+    """Paragraphs of a Packages file, reduced to INDEX_FIELDS; entries without a pin are dropped.
+
+    python-debian's strict PackageFile parser (2-3x faster than deb822 on 63k paragraphs).
+    """
+    keep = set(INDEX_FIELDS)
+    out = []
+    try:
+        for fields in PackageFile(label, io.BytesIO(raw)):
+            entry = {k: v for k, v in fields if k in keep}
+            if all(k in entry for k in ("Package", "Version", "Filename", "Size", "SHA256")):
+                out.append(entry)
+    except ParseError as e:
+        raise ResolveError(f"{label}: malformed Packages index: {e}",
+                           hint="the signed index itself is malformed; report it to the archive") from None
+    return out
+
+
+def load_index(cache: Cache, path: Path, sha256: str, label: str = "Packages") -> list[dict[str, str]]:
+    """Parsed entries of a verified index, memoised in the cache by the index's sha256."""
+    key = f"{sha256}-v{INDEX_FORMAT}"
+    meta = cache.meta_get(INDEX_CACHE_NS, key)
+    if meta and (blob := cache.get(meta["blob"])) is not None:
+        return json.loads(blob.read_bytes())
+    entries = parse_packages(_decompress(path), label)
+    blob_sha = cache.put_bytes(json.dumps(entries, separators=(",", ":")).encode())
+    cache.meta_put(INDEX_CACHE_NS, key, {"blob": blob_sha, "format": INDEX_FORMAT, "packages": len(entries)})
+    return entries
+
+
+@dataclass(frozen=True)
+class LoadedSuite:
+    suite: Suite
+    entries: list[dict[str, str]]
+
+
+def load_suite(http: httpx.Client, cache: Cache, src: SuiteSource, arch: str,
+               keyring: Path | Sequence[Path], say: Notify) -> LoadedSuite:
+    """Fetch and verify one suite's InRelease and Packages index."""
+    inrelease = download.fetch_bytes(f"{src.dists}/InRelease", http=http)
+    return load_verified_suite(http, cache, src, arch, keyring, say, inrelease)
+
+
+def load_verified_suite(http: httpx.Client, cache: Cache, src: SuiteSource, arch: str,
+                         keyring: Path | Sequence[Path], say: Notify, inrelease: bytes,
+                         now: datetime | None = None) -> LoadedSuite:
+    sig = check_inrelease(inrelease, keyring, src.name)
+    release = parse_release(sig.text, src, now)
+    inrelease_sha = cache.put_bytes(inrelease)  # only verified bytes enter the cache (kept for audits)
+    f = index_file(release, arch, src.name)
+    by_hash = release.get("Acquire-By-Hash", "").strip().lower() == "yes"
+    path = fetch_index(http, cache, src, f, by_hash)
+    entries = load_index(cache, path, f.sha256, f"{src.name} {f.path}")
+    say(f"{src.name}: InRelease verified (Date {release['Date']}), {f.path} {f.size / 1e6:.1f} MB, "
+        f"{len(entries)} packages")
+    suite = Suite(
+        name=src.name, archive=src.archive, date=release["Date"], inrelease_sha256=inrelease_sha,
+        snapshot=snapshot_timestamp(release["Date"]), snapshot_archive=src.snapshot_archive,
+        signed_by=sig.signers,
+    )
+    return LoadedSuite(suite, entries)
+
+
+# -- re-derivation (lock --check --rederive) ------------------------------------------------------
+def pinned_inrelease(http: httpx.Client, cache: Cache, src: SuiteSource, locked: Suite) -> bytes:
+    """The exact InRelease the lock recorded: from the cache, else from the live archive if it still
+    serves those bytes. snapshot.debian.org is not used (often unreachable); say so when neither has it."""
+    cached = cache.get(locked.inrelease_sha256)
+    if cached is not None:
+        return cached.read_bytes()
+    live: bytes | None = None
+    try:
+        live = download.fetch_bytes(f"{src.dists}/InRelease", http=http)
+        why = f"the live archive now serves another one (sha256:{sha256_bytes(live)})"
+    except FetchError as e:
+        why = f"the live archive is unreachable ({e.message})"
+    if live is None or sha256_bytes(live) != locked.inrelease_sha256:
+        raise AuditUnavailable(
+            f"{src.name}: the InRelease the lock recorded (sha256:{locked.inrelease_sha256}, Date {locked.date}) "
+            f"is not in the cache and {why}",
+            hint="re-derive where `lockbuild lock` ran (its LOCKBUILD_CACHE keeps every verified InRelease), or "
+            f"from a cache holding https://snapshot.debian.org/archive/{locked.snapshot_archive}/{locked.snapshot}/"
+            f"dists/{src.name}/InRelease (stored by its sha256)",
+        )
+    return live
