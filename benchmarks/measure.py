@@ -94,9 +94,9 @@ def bench_lock(res: Results, cache: Path, repeats: int) -> None:
 def download_floor(work: Path, cache: Path) -> float:
     """Pure download of every wheel and .deb the lock names, with lockbuild's fetch code, empty cache."""
     from lockbuild.fetch.cache import Cache
+    from lockbuild.fetch.debs import deb_items
     from lockbuild.fetch.download import Item, fetch_all
     from lockbuild.lock.io import read_lock
-    from lockbuild.resolve.debian import deb_items
 
     lk = read_lock(work / "lockbuild.lock")
     items = list(deb_items(lk.debian))

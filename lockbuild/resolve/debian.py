@@ -13,7 +13,6 @@ from pathlib import Path
 from lockbuild.errors import AuditUnavailable, FetchError
 from lockbuild.fetch import download
 from lockbuild.fetch.cache import Cache
-from lockbuild.fetch.debs import deb_items
 from lockbuild.lock.model import DebianLock
 from lockbuild.progress import Notify, quiet
 from lockbuild.resolve.archive import (
@@ -31,8 +30,7 @@ from lockbuild.resolve.archive import (
 from lockbuild.resolve.closure import DEFAULT_EXCLUDE, Closure, merge_suites
 from lockbuild.resolve.runtime import debian_arch
 
-__all__ = ["LIBSSL", "deb_items", "default_roots", "rederive_debian", "resolve_debian"]
-# deb_items lives in lockbuild.fetch.debs; re-exported for benchmarks/run.py, which imports it from here.
+__all__ = ["LIBSSL", "default_roots", "rederive_debian", "resolve_debian"]
 
 
 # -- public API ------------------------------------------------------------------------------
