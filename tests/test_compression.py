@@ -17,12 +17,8 @@ from lockbuild.assemble.build import check_compressor
 from lockbuild.errors import BuildError
 from lockbuild.fetch.cache import Cache
 from lockbuild.lock.io import dumps, loads, read_lock
-from lockbuild.oci.tar import (
-    LAYER_MEDIA_TYPE,
-    ZSTD_LAYER_MEDIA_TYPE,
-    compressor_version,
-    write_layer,
-)
+from lockbuild.oci.compress import LAYER_MEDIA_TYPE, ZSTD_LAYER_MEDIA_TYPE, compressor_version
+from lockbuild.oci.tar import write_layer
 
 pytest_plugins = ["tests.conftest_services"]
 
@@ -101,7 +97,7 @@ def test_compressed_bytes_do_not_depend_on_how_the_writes_are_split(compression:
     import io
     import random
 
-    from lockbuild.oci.tar import gzip_writer, zstd_writer
+    from lockbuild.oci.compress import gzip_writer, zstd_writer
 
     data = b"".join(hashlib.sha256(b"%d" % (i // 7)).hexdigest().encode() for i in range(100000))
     outs = set()

@@ -16,7 +16,9 @@ import pytest
 
 from lockbuild.errors import BuildError
 from lockbuild.fetch.cache import Cache
-from lockbuild.oci.tar import LAYER_MEDIA_TYPE, Layer, cached_layer, remember_layer, write_layer
+from lockbuild.oci.compress import LAYER_MEDIA_TYPE
+from lockbuild.oci.layercache import Layer, cached_layer, remember_layer
+from lockbuild.oci.tar import write_layer
 from tests.conftest_services import need_root
 
 pytest_plugins = ["tests.conftest_services"]
@@ -233,7 +235,7 @@ def test_a_layer_record_is_reused_only_with_its_mac(built: tuple[Cache, Layer], 
     """Whoever can write the cache dir but not the key file cannot make a record trusted: an edited
     record pointing at another well-formed blob (digests recomputed) or one signed with another key
     is refused, with the reason."""
-    from lockbuild.oci.tar import layer_record
+    from lockbuild.oci.layercache import layer_record
 
     cache, layer = built
     monkeypatch.setenv("LOCKBUILD_KEY_FILE", str(tmp_path / "machine.key"))

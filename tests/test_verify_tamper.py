@@ -321,7 +321,7 @@ def _poison_model_record(project: dict, key_file: Path | None) -> str:
     from lockbuild.assemble.plan import plan_layers
     from lockbuild.fetch.cache import Cache
     from lockbuild.lock.io import lock_digest, read_lock
-    from lockbuild.oci.tar import Layer, remember_layer
+    from lockbuild.oci.layercache import Layer, remember_layer
 
     path = project["dir"] / "lockbuild.lock"
     lock = read_lock(path)

@@ -29,8 +29,10 @@ from lockbuild.fetch.download import Item, fetch_all
 from lockbuild.fetch.model import fetch_model_files
 from lockbuild.fetch.sdist import ensure_built
 from lockbuild.lock.model import Lock
+from lockbuild.oci.compress import compressor_name, compressor_version
 from lockbuild.oci.image import Image, ImageSpec, build_image
-from lockbuild.oci.tar import Layer, compressor_name, compressor_version, layer_record, remember_layer, write_layer
+from lockbuild.oci.layercache import Layer, layer_record, remember_layer
+from lockbuild.oci.tar import write_layer
 from lockbuild.platforms import debian_arch
 
 LEVEL = 1  # gzip level: compression dominates a cold build (field notes: -6 is 2.7x slower)

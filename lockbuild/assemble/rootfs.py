@@ -13,51 +13,40 @@ What dpkg and the maintainer scripts would do, done here deterministically inste
 - /etc/ld.so.cache from the rootfs's own static ldconfig (ctypes.util.find_library needs it).
 
 The result is a directory; the OCI layer writer tars it (ownership and times normalised there).
+
+Here: member extraction, the skeleton and post-install steps, and ``assemble_rootfs``. Elsewhere:
+reading .debs (assemble/deb.py), the path policy (assemble/paths.py), the dpkg database
+(assemble/dpkg.py) and ld.so.cache (assemble/ldcache.py).
 """
 
 from __future__ import annotations
 
-import bz2
-import gzip
 import hashlib
-import io
-import lzma
 import os
-import platform
 import re
 import shutil
 import stat
-import struct
-import subprocess
 import tarfile
-import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, BinaryIO
+from typing import IO
 
-from debian import deb822
-
+from lockbuild.assemble.deb import open_deb_tars
+from lockbuild.assemble.dpkg import STATUS_DIR, write_status
+from lockbuild.assemble.ldcache import run_ldconfig
+from lockbuild.assemble.paths import MERGED_USR, MERGED_USR_ARCH_ONLY, is_dropped, member_path
 from lockbuild.errors import BuildError
 from lockbuild.fsutil import CHUNK
 from lockbuild.lock.model import Deb
 
-# Top-level directories that are symlinks into /usr (merged-/usr); members below them move there.
-MERGED_USR = ("bin", "sbin", "lib", "lib64")
-MERGED_USR_ARCH_ONLY = {"lib64": ("amd64",)}
+# member_path and open_deb_tars live in paths.py and deb.py; lockbuild/verify imports them from here.
+__all__ = ["assemble_rootfs", "member_path", "open_deb_tars"]
 
-# Trees no serving image needs. /usr/share/doc keeps <pkg>/copyright (licences, SBOM scanners).
-DROPPED_TREES = ("usr/share/man", "usr/share/info", "usr/share/lintian", "usr/share/locale")
-DOC_TREE = "usr/share/doc"
-
-STATUS_DIR = "var/lib/dpkg/status.d"
 CA_SOURCE = "usr/share/ca-certificates"
 CA_BUNDLE = "etc/ssl/certs/ca-certificates.crt"
 OPENSSL_CAFILE = "usr/lib/ssl/cert.pem"  # OpenSSL's default CA file (OPENSSLDIR/cert.pem)
 WORLD_WRITABLE = 0o1777
-
-# Debian architecture -> (ELF e_machine, host machine names)
-ELF_MACHINES = {"amd64": (62, ("x86_64", "amd64")), "arm64": (183, ("aarch64", "arm64"))}
 
 
 @dataclass
@@ -68,129 +57,6 @@ class _State:
     owners: dict[str, str] = field(default_factory=dict)
     files: dict[str, set[str]] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
-
-
-# -- reading .debs ---------------------------------------------------------------------------
-def ar_members(f: BinaryIO, label: str) -> Iterator[tuple[str, int, int]]:
-    """(name, offset, size) of each member of a Unix ar archive (the .deb container)."""
-    if f.read(8) != b"!<arch>\n":
-        raise BuildError(f"{label}: not a Debian package (no ar header)", hint="the cached .deb is corrupt")
-    while True:
-        hdr = f.read(60)
-        if not hdr:
-            return
-        if len(hdr) != 60 or hdr[58:60] != b"`\n":
-            raise BuildError(f"{label}: truncated or malformed ar member header")
-        name = hdr[:16].decode("ascii", "replace").strip().rstrip("/")
-        size = int(hdr[48:58].decode("ascii").strip())
-        offset = f.tell()
-        yield name, offset, size
-        f.seek(offset + size + (size & 1))
-
-
-def _decompress_stream(name: str, src: BinaryIO, out: BinaryIO, label: str) -> None:
-    """Decompress an ar member (by its file-name suffix) into `out`."""
-    if name.endswith(".zst"):
-        proc = subprocess.run(["zstd", "-dc"], input=src.read(), capture_output=True)
-        if proc.returncode != 0:
-            raise BuildError(f"{label}: cannot decompress {name}",
-                             hint="install zstd (`apt-get install zstd`)")
-        out.write(proc.stdout)
-        return
-    stream: IO[bytes] | gzip.GzipFile
-    if name.endswith(".xz"):
-        stream = lzma.open(src)
-    elif name.endswith(".gz"):
-        stream = gzip.open(src)
-    elif name.endswith(".bz2"):
-        stream = bz2.open(src)
-    else:
-        stream = src
-    while chunk := stream.read(CHUNK):
-        out.write(chunk)
-
-
-class _Slice(io.RawIOBase):
-    """A read-only file view of one ar member."""
-
-    def __init__(self, f: BinaryIO, offset: int, size: int) -> None:
-        super().__init__()
-        self.f, self.end = f, offset + size
-        f.seek(offset)
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buf: Any) -> int:
-        left = self.end - self.f.tell()
-        data = self.f.read(min(len(buf), left)) if left > 0 else b""
-        buf[: len(data)] = data
-        return len(data)
-
-
-def open_deb_tars(deb_path: Path, label: str) -> tuple[tarfile.TarFile, tarfile.TarFile]:
-    """(control tar, data tar), each decompressed to a temporary file for random access."""
-    tars: dict[str, tarfile.TarFile] = {}
-    with open(deb_path, "rb") as f:
-        for name, offset, size in ar_members(f, label):
-            kind = name.split(".", 1)[0]
-            if kind in ("control", "data") and name.startswith(f"{kind}.tar"):
-                tmp = tempfile.TemporaryFile()
-                try:
-                    _decompress_stream(name, io.BufferedReader(_Slice(f, offset, size)), tmp, label)
-                    tmp.seek(0)
-                    tars[kind] = tarfile.open(fileobj=tmp, mode="r:")
-                except (OSError, EOFError, lzma.LZMAError, tarfile.TarError) as e:
-                    tmp.close()
-                    raise BuildError(f"{label}: cannot read {name}: {e}",
-                                     hint="the .deb is corrupt; delete it from the cache") from None
-    if set(tars) != {"control", "data"}:
-        raise BuildError(f"{label}: a .deb needs control.tar.* and data.tar.* (found {sorted(tars)})")
-    return tars["control"], tars["data"]
-
-
-def _tar_text(tar: tarfile.TarFile, name: str) -> bytes | None:
-    for candidate in (f"./{name}", name):
-        try:
-            member = tar.getmember(candidate)
-        except KeyError:
-            continue
-        f = tar.extractfile(member)
-        return f.read() if f else None
-    return None
-
-
-# -- paths -----------------------------------------------------------------------------------
-def member_path(name: str, pkg: str) -> str | None:
-    """Normalised, merged-/usr relative path of a data.tar member; None for the root entry.
-
-    Raises BuildError for absolute paths and '..' components.
-    """
-    path = name
-    while path.startswith("./"):
-        path = path[2:]
-    if path.startswith("/"):
-        raise BuildError(f"{pkg}: unsafe absolute path in data.tar: {name!r}",
-                         hint="the package is malformed or malicious; do not use it")
-    parts = [p for p in path.split("/") if p not in ("", ".")]
-    if ".." in parts:
-        raise BuildError(f"{pkg}: unsafe '..' path in data.tar: {name!r}",
-                         hint="the package is malformed or malicious; do not use it")
-    if not parts:
-        return None
-    if parts[0] in MERGED_USR:
-        parts = ["usr", *parts]
-    return "/".join(parts)
-
-
-def is_dropped(path: str) -> bool:
-    """Paths a serving image does not ship (docs except copyright, man, info, locale, lintian)."""
-    if any(path == t or path.startswith(t + "/") for t in DROPPED_TREES):
-        return True
-    if path.startswith(DOC_TREE + "/"):
-        rest = path[len(DOC_TREE) + 1:].split("/")
-        return not (len(rest) == 1 or (len(rest) == 2 and rest[1] == "copyright"))
-    return False
 
 
 def _ensure_parents(st: _State, rel: str, pkg: str, member: str) -> Path:
@@ -309,47 +175,6 @@ def extract_data(st: _State, tar: tarfile.TarFile, pkg: str) -> None:
             st.warnings.append(f"{pkg}: skipped special file /{rel} (device or fifo)")
 
 
-# -- dpkg metadata ---------------------------------------------------------------------------
-def status_paragraph(control: bytes, pkg: str) -> str:
-    """The control paragraph with 'Status: install ok installed' after Package (dpkg's order)."""
-    para = deb822.Deb822(control)
-    if para.get("Package") != pkg:
-        raise BuildError(f"{pkg}: control file names package {para.get('Package')!r}",
-                         hint="the .deb does not match the lock entry")
-    out = deb822.Deb822()
-    out["Package"] = para["Package"]
-    out["Status"] = "install ok installed"
-    for key, value in para.items():
-        if key not in ("Package", "Status"):
-            out[key] = value
-    return out.dump()
-
-
-def rewrite_md5sums(md5sums: bytes, pkg: str, present: set[str]) -> bytes:
-    """md5sums with merged-/usr paths, limited to the files actually in the tree."""
-    lines = []
-    for line in md5sums.decode("utf-8", "surrogateescape").splitlines():
-        digest, sep, path = line.partition("  ")
-        if not sep:
-            continue
-        rel = member_path(path, pkg)
-        if rel is not None and rel in present:
-            lines.append(f"{digest}  {rel}\n")
-    return "".join(lines).encode("utf-8", "surrogateescape")
-
-
-def write_status(st: _State, deb: Deb, control_tar: tarfile.TarFile) -> None:
-    control = _tar_text(control_tar, "control")
-    if control is None:
-        raise BuildError(f"{deb.name}: control.tar has no control file", hint="the .deb is corrupt")
-    status_dir = st.dest / STATUS_DIR
-    (status_dir / deb.name).write_text(status_paragraph(control, deb.name))
-    md5sums = _tar_text(control_tar, "md5sums")
-    if md5sums is not None:
-        (status_dir / f"{deb.name}.md5sums").write_bytes(
-            rewrite_md5sums(md5sums, deb.name, st.files.get(deb.name, set())))
-
-
 # -- skeleton and post-install steps ---------------------------------------------------------
 def _mkdir(dest: Path, rel: str, mode: int = 0o755) -> None:
     p = dest / rel
@@ -442,68 +267,6 @@ def link_python3(dest: Path, debs: Sequence[Deb]) -> str | None:
     return interp
 
 
-# -- ld.so.cache -----------------------------------------------------------------------------
-def elf_info(path: Path) -> tuple[int, bool] | None:
-    """(e_machine, is static) of a 64-bit little-endian ELF file, or None if it is not one."""
-    with open(path, "rb") as f:
-        ident = f.read(64)
-        if len(ident) < 64 or ident[:4] != b"\x7fELF" or ident[4] != 2 or ident[5] != 1:
-            return None
-        machine = struct.unpack_from("<H", ident, 18)[0]
-        phoff, = struct.unpack_from("<Q", ident, 32)
-        phentsize, phnum = struct.unpack_from("<HH", ident, 54)
-        f.seek(phoff)
-        table = f.read(phentsize * phnum)
-    types = [struct.unpack_from("<I", table, i * phentsize)[0] for i in range(phnum)]
-    return machine, 3 not in types  # PT_INTERP = 3: dynamically linked
-
-
-def _as_root(dest: Path) -> list[str]:
-    """The command prefix that lets ``ldconfig -r`` chroot: nothing as root; as another user a user
-    namespace mapping them to root (util-linux ``unshare``; the cache bytes still come from the
-    rootfs's own ldconfig). Refuses when neither works: an image without /etc/ld.so.cache would be a
-    silently different image."""
-    if os.geteuid() == 0:
-        return []
-    try:
-        probe = subprocess.run(["unshare", "--user", "--map-root-user", "true"], capture_output=True, text=True)
-    except FileNotFoundError:
-        probe = subprocess.CompletedProcess([], 127, "", "util-linux unshare is not installed")
-    if probe.returncode != 0:
-        raise BuildError(
-            "cannot build /etc/ld.so.cache as a non-root user: ldconfig -r needs chroot, and no user "
-            f"namespace is available ({(probe.stderr.strip() or 'unshare failed').splitlines()[-1]})",
-            hint="build as root, or allow unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1; "
-            "not possible inside a chroot); an image without it would differ from a root build",
-            where=str(dest))
-    return ["unshare", "--user", "--map-root-user"]
-
-
-def run_ldconfig(dest: Path, arch: str) -> str | None:
-    """Build /etc/ld.so.cache with the rootfs's own static ldconfig. Returns a warning if skipped."""
-    ldconfig = dest / "usr/sbin/ldconfig"
-    if not ldconfig.is_file():
-        return "no /usr/sbin/ldconfig in the rootfs (libc-bin missing): no /etc/ld.so.cache"
-    machine, hosts = ELF_MACHINES.get(arch, (None, ()))
-    info = elf_info(ldconfig)
-    if info is None or info[0] != machine or not info[1]:
-        return f"/usr/sbin/ldconfig is not a static {arch} ELF binary: no /etc/ld.so.cache"
-    if platform.machine().lower() not in hosts:
-        return f"target {arch} differs from this host ({platform.machine()}): /etc/ld.so.cache not built"
-    conf = dest / "etc/ld.so.conf"
-    if not os.path.lexists(conf):
-        conf.write_text("include /etc/ld.so.conf.d/*.conf\n")
-    proc = subprocess.run([*_as_root(dest), str(ldconfig), "-r", str(dest)], capture_output=True, text=True,
-                          env={"PATH": "/usr/sbin:/usr/bin", "LC_ALL": "C"})
-    if proc.returncode != 0:
-        raise BuildError(f"ldconfig failed in the rootfs: {proc.stderr.strip()}",
-                         hint="the rootfs's libraries are inconsistent; check the Debian closure")
-    aux = dest / "var/cache/ldconfig/aux-cache"  # inode/mtime-keyed: not reproducible
-    if aux.exists():
-        aux.unlink()
-    return None
-
-
 # -- entry point -----------------------------------------------------------------------------
 def _rootfs_arch(debs: Sequence[tuple[Deb, Path]]) -> str:
     arches = sorted({d.architecture for d, _ in debs} - {"all"})
@@ -537,7 +300,7 @@ def assemble_rootfs(debs: Sequence[tuple[Deb, Path]], dest: Path, *, uid: int = 
         control_tar, data_tar = open_deb_tars(path, label)
         with control_tar, data_tar:
             extract_data(st, data_tar, deb.name)
-            write_status(st, deb, control_tar)
+            write_status(dest, deb, control_tar, st.files.get(deb.name, set()))
     write_users(dest, uid, user)
     if not make_ca_bundle(dest):
         st.warnings.append("no certificates under /usr/share/ca-certificates: no CA bundle written")

@@ -36,7 +36,7 @@ from lockbuild.lock.model import (
 )
 from lockbuild.model.intake import ModelSource, fetch_model
 from lockbuild.model.metadata import ModelInfo, keras_major, read_model
-from lockbuild.oci.tar import compressor_version
+from lockbuild.oci.compress import compressor_version
 from lockbuild.progress import Notify
 from lockbuild.resolve import debian, overlap, runtime
 from lockbuild.resolve.python import (

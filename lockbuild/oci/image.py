@@ -20,7 +20,7 @@ from pathlib import Path
 
 from lockbuild.errors import BuildError
 from lockbuild.fetch.cache import Cache
-from lockbuild.oci.tar import Layer
+from lockbuild.oci.layercache import Layer
 
 MANIFEST_MEDIA_TYPE = "application/vnd.oci.image.manifest.v1+json"
 CONFIG_MEDIA_TYPE = "application/vnd.oci.image.config.v1+json"

@@ -31,8 +31,8 @@ from lockbuild.errors import IntegrityError, PublishError
 from lockbuild.fetch.cache import Cache
 from lockbuild.fsutil import CHUNK
 from lockbuild.net import RETRIES, USER_AGENT
+from lockbuild.oci.compress import Sink
 from lockbuild.oci.image import MANIFEST_MEDIA_TYPE, BlobSource, Image, blob_sources, sha256_digest
-from lockbuild.oci.tar import Sink
 from lockbuild.progress import Progress
 
 T = TypeVar("T")
