@@ -180,7 +180,7 @@ class _Counter:
 def saved_compressed_bytes(host: str, ref: str) -> int:
     """gzip -1 size of `docker save ref` (layer tars + metadata): about what a registry would store
     for the image with lockbuild's own compression level, i.e. what a node pulls."""
-    from lockbuild.oci.tar import gzip_writer
+    from lockbuild.oci.compress import gzip_writer
 
     counter = _Counter()
     proc = subprocess.Popen(["docker", "save", ref], stdout=subprocess.PIPE, env=docker_build_env(host))

@@ -118,7 +118,7 @@ def compression_floor(layers: list[dict[str, Any]], cache: Path, scratch: Path, 
     into a null sink `repeats` times. Returns the median total seconds and the uncompressed bytes.
     """
     from lockbuild.fetch.cache import Cache
-    from lockbuild.oci.tar import gzip_writer
+    from lockbuild.oci.compress import gzip_writer
 
     c = Cache(cache)
     per_round = [0.0] * repeats

@@ -71,7 +71,7 @@ def image(
         from dataclasses import replace
 
         from lockbuild.errors import BuildError
-        from lockbuild.oci.tar import COMPRESSIONS
+        from lockbuild.oci.compress import COMPRESSIONS
 
         if compression not in COMPRESSIONS:
             raise BuildError(f"--compression {compression!r} is not one of {', '.join(COMPRESSIONS)}",
