@@ -441,7 +441,15 @@ def _assemble_as_nobody(built: Built, dest: Path, path_env: str) -> dict:
     import sys
     from dataclasses import asdict
 
-    args = json.dumps({"dest": str(dest), "debs": [(asdict(d), str(p)) for d, p in built.debs]})
+    # The unprivileged user reads its own copies: the cache may sit under /root (CI: ~/.cache/lockbuild), 0700.
+    debs = dest.parent / "debs"
+    debs.mkdir(exist_ok=True)
+    copies = []
+    for d, p in built.debs:
+        copy = debs / p.name
+        shutil.copyfile(p, copy)
+        copies.append((asdict(d), str(copy)))
+    args = json.dumps({"dest": str(dest), "debs": copies})
     proc = subprocess.run([str(shutil.which("setpriv")), f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
                            sys.executable, "-c", ASSEMBLE, args], capture_output=True, text=True,
                           env={"PATH": path_env, "HOME": str(dest.parent), "PYTHONDONTWRITEBYTECODE": "1"},
