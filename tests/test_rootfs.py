@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from lockbuild.assemble.rootfs import assemble_rootfs, member_path
+from lockbuild.assemble.paths import member_path
+from lockbuild.assemble.rootfs import assemble_rootfs
 from lockbuild.errors import BuildError
 from lockbuild.fetch import download
 from lockbuild.fetch.cache import Cache

@@ -40,9 +40,6 @@ from lockbuild.errors import BuildError
 from lockbuild.fsutil import CHUNK
 from lockbuild.lock.model import Deb
 
-# member_path and open_deb_tars live in paths.py and deb.py; lockbuild/verify imports them from here.
-__all__ = ["assemble_rootfs", "member_path", "open_deb_tars"]
-
 CA_SOURCE = "usr/share/ca-certificates"
 CA_BUNDLE = "etc/ssl/certs/ca-certificates.crt"
 OPENSSL_CAFILE = "usr/lib/ssl/cert.pem"  # OpenSSL's default CA file (OPENSSLDIR/cert.pem)

@@ -26,13 +26,12 @@ from typing import BinaryIO
 
 from lockbuild.errors import BuildError
 from lockbuild.fetch.cache import Cache, HashingWriter
-from lockbuild.oci.compress import COMPRESSIONS, compress_writer, compressor_name, gzip_writer, media_type
-from lockbuild.oci.layercache import Layer, layer_record
+from lockbuild.oci.compress import compress_writer, compressor_name, media_type
+from lockbuild.oci.layercache import Layer
 
 # COMPRESSIONS, Layer, gzip_writer and layer_record are re-exported: lockbuild/cli.py, lockbuild/verify and
 # benchmarks import them from here.
-__all__ = ["COMPRESSIONS", "Exclude", "Layer", "Owners", "gzip_writer", "layer_record", "new_tarinfo", "open_tar",
-           "write_layer", "write_tar"]
+__all__ = ["Exclude", "Owners", "new_tarinfo", "open_tar", "write_layer", "write_tar"]
 
 READ_SIZE = 1 << 20
 

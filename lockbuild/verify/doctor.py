@@ -23,6 +23,10 @@ from lockbuild.model.metadata import keras_major
 
 @dataclass(frozen=True)
 class Finding:
+    """A rule's verdict on a lock: what is wrong, why it breaks at serve time, the fix. verify.py's
+    ``Mismatch`` (expected vs actual in an image, and the input it comes from) is a different record
+    with a different JSON shape; both JSON outputs are tested, so they stay two types."""
+
     rule: str
     severity: str  # error | warning
     what: str
