@@ -5,6 +5,10 @@ debian_support.Version for Debian), so a change is classified as added, removed,
 downgraded or changed (same version, different bytes or a value without an order). ``major``
 marks bumps that usually break: a new major version (or a new minor in 0.x), a new Python
 minor for the interpreter, a new Debian epoch or upstream major.
+
+Why one module of ~380 lines: one section per lock section (target, runtime, Debian, Python,
+variants, build rules, model), each a few small functions over the same Change record and ordering
+helpers; split per section, every file would import those helpers and nothing else.
 """
 
 from __future__ import annotations

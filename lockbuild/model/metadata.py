@@ -1,5 +1,9 @@
 """Read what an MLflow model says about itself: MLmodel, python_env.yaml, requirements.txt
-(with -r/-c includes and constraints.txt), conda.yaml as the fallback."""
+(with -r/-c includes and constraints.txt), conda.yaml as the fallback.
+
+Slightly over ~350 lines on purpose: the requirement-line rules (includes inside the model only,
+index lines without credentials, bundled wheels, refused -e/VCS/URL lines) and the symlink rules
+are the model's trust boundary and read best next to the reader that applies them."""
 
 from __future__ import annotations
 

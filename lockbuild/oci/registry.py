@@ -9,6 +9,10 @@ Auth: anonymous, Basic, or Bearer tokens (the WWW-Authenticate realm/service/sco
 credentials from ``$DOCKER_CONFIG/config.json`` ``auths`` (base64 "user:pass"); credential
 helpers are not consulted. Plain http is used only for loopback registries (127.0.0.1,
 localhost, ::1); every other registry is https.
+
+Why one module of ~450 lines: references, auth, retries, push and pull are one protocol client
+sharing one Session type; split, each half would import the other's private helpers. The audit
+referrers (audit/attach.py) reuse its Session rather than a second client.
 """
 
 from __future__ import annotations
