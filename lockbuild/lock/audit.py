@@ -18,6 +18,7 @@ from the lock, and a forged one shows up as a signature or hash failure or as di
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -65,30 +66,25 @@ def _keyed(rows: list[Any]) -> dict[str, Any] | None:
 def compare(locked: Any, derived: Any, where: str = "") -> list[Difference]:
     """Field-by-field differences between two plain (to_dict) locks."""
     if isinstance(locked, dict) and isinstance(derived, dict):
-        out: list[Difference] = []
-        for k in sorted(set(locked) | set(derived)):
-            sub = f"{where}.{k}" if where else k
-            if k not in derived:
-                out.append(Difference(sub, locked[k], None))
-            elif k not in locked:
-                out.append(Difference(sub, None, derived[k]))
-            else:
-                out += compare(locked[k], derived[k], sub)
-        return out
+        return _compare_keyed(locked, derived, lambda k: f"{where}.{k}" if where else k)
     if isinstance(locked, list) and isinstance(derived, list):
         a, b = _keyed(locked), _keyed(derived)
         if a is not None and b is not None:
-            out = []
-            for k in sorted(set(a) | set(b)):
-                sub = f"{where}[{k}]"
-                if k not in b:
-                    out.append(Difference(sub, a[k], None))
-                elif k not in a:
-                    out.append(Difference(sub, None, b[k]))
-                else:
-                    out += compare(a[k], b[k], sub)
-            return out
+            return _compare_keyed(a, b, lambda k: f"{where}[{k}]")
     return [] if locked == derived else [Difference(where, locked, derived)]
+
+
+def _compare_keyed(a: dict, b: dict, name: Callable[[str], str]) -> list[Difference]:
+    """Entries only one side has, then the differences inside the entries both have."""
+    out: list[Difference] = []
+    for k in sorted(set(a) | set(b)):
+        if k not in b:
+            out.append(Difference(name(k), a[k], None))
+        elif k not in a:
+            out.append(Difference(name(k), None, b[k]))
+        else:
+            out += compare(a[k], b[k], name(k))
+    return out
 
 
 def derive_lock(spec: Spec, lock: Lock, cache: Cache, notify: Notify = lambda _m: None) -> Lock:
