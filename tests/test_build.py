@@ -43,6 +43,27 @@ def make_wheel(tmp: Path, name: str, version: str, files: dict[str, bytes]) -> t
                  sha256="0" * 64), path
 
 
+def install_into(root: Path, pairs: list[tuple[Wheel, Path]], rules: object = None, py: object = None) -> list:
+    """Stream the wheels into a layer tar (the builder's path) and extract it into ``root``."""
+    import io
+    import tarfile
+
+    from lockbuild.assemble.prune import Rules
+    from lockbuild.oci.tar import write_tar
+
+    root.mkdir(parents=True, exist_ok=True)
+    tree = W.wheel_tree(pairs, TARGET, rules or Rules(), py, spool_dir=root.parent)  # type: ignore[arg-type]
+    buf = io.BytesIO()
+    try:
+        write_tar(buf, tree.nodes, mtime=1, exclude=None, owners=None)
+    finally:
+        tree.close()
+    buf.seek(0)
+    with tarfile.open(fileobj=buf) as tar:
+        tar.extractall(root, filter="tar")
+    return tree.contents
+
+
 def test_two_distributions_writing_the_same_file_are_an_error_naming_both(tmp_path: Path) -> None:
     a = make_wheel(tmp_path, "tensorflow", "2.21.0", {"tensorflow/__init__.py": b"a"})
     b = make_wheel(tmp_path, "tensorflow-cpu", "2.21.0", {"tensorflow/__init__.py": b"b"})
@@ -65,7 +86,7 @@ def test_wheels_install_into_debian_site_packages_with_the_image_interpreter(tmp
     wheel, path = make_wheel(tmp_path, "demo", "1.0", {"demo/__init__.py": b"X = 1\n",
                                                       "demo-1.0.data/scripts/demo-run": b"#!python\nprint(1)\n"})
     root = tmp_path / "root"
-    W.install_wheel(wheel, path, TARGET, root)
+    install_into(root, [(wheel, path)])
     site = root / "usr/local/lib/python3.11/dist-packages"
     assert (site / "demo/__init__.py").read_text() == "X = 1\n"
     assert (site / "demo-1.0.dist-info/INSTALLER").read_text() == "lockbuild\n"
@@ -132,3 +153,38 @@ def test_image_json_reports_layers_and_digest(tiny_project: dict) -> None:
     again = json.loads(run_lockbuild("image", "--oci", "out/oci", "--json", cwd=tiny_project["dir"]).stdout)
     assert again["digest"] == image["digest"]
     assert all(layer["reused"] for layer in again["layers"])
+
+
+def test_a_wheel_member_that_does_not_match_its_record_hash_stops_the_build(tmp_path: Path) -> None:
+    """The binary distribution format requires installers to check RECORD: streamed members are
+    hashed on their way into the tar; a wheel whose member was swapped after RECORD was written
+    (RECORD well-formed, hash of the old bytes) is refused, naming the wheel and the member."""
+    wheel, path = make_wheel(tmp_path, "demo", "1.0", {"demo/__init__.py": b"X = 1\n"})
+    swapped = tmp_path / "swapped" / path.name
+    swapped.parent.mkdir()
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(swapped, "w") as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            dst.writestr(info, b"X = 2\n" if info.filename == "demo/__init__.py" else data)
+    with pytest.raises(BuildError, match=r"demo/__init__\.py.*does not match its hash in the wheel's RECORD") as e:
+        install_into(tmp_path / "root", [(wheel, swapped)])
+    assert "demo-1.0-py3-none-any.whl" in e.value.message
+
+
+def test_a_member_hashed_with_another_algorithm_in_record_is_rehashed_as_sha256(tmp_path: Path) -> None:
+    wheel, path = make_wheel(tmp_path, "demo", "1.0", {"demo/__init__.py": b"X = 1\n"})
+    unhashed = tmp_path / "unhashed" / path.name
+    unhashed.parent.mkdir()
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(unhashed, "w") as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            if info.filename.endswith("RECORD"):
+                other = base64.urlsafe_b64encode(hashlib.sha512(b"X = 1\n").digest()).rstrip(b"=")
+                data = b"\n".join(ln if not ln.startswith(b"demo/__init__.py,") else
+                                  b"demo/__init__.py,sha512=" + other + b",6" for ln in data.split(b"\n"))
+            dst.writestr(info, data)
+    root = tmp_path / "root"
+    install_into(root, [(wheel, unhashed)])
+    record = (root / "usr/local/lib/python3.11/dist-packages/demo-1.0.dist-info/RECORD").read_text()
+    digest = base64.urlsafe_b64encode(hashlib.sha256(b"X = 1\n").digest()).rstrip(b"=").decode()
+    assert f"demo/__init__.py,sha256={digest},6" in record

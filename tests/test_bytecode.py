@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from lockbuild.assemble import bytecode as B
-from lockbuild.assemble import wheels as W
 from lockbuild.assemble.plan import WHEEL_MTIME, plan_layers
 from lockbuild.assemble.prune import DEFAULT_PRUNE, Rules
 from lockbuild.fetch.cache import Cache
@@ -23,7 +22,7 @@ from lockbuild.fetch.debs import deb_items
 from lockbuild.fetch.download import fetch_all
 from lockbuild.lock.io import dumps, loads, read_lock
 from lockbuild.lock.model import BuildRules
-from tests.test_build import TARGET, make_wheel
+from tests.test_build import install_into, make_wheel
 
 EXAMPLE_LOCK = Path(__file__).parent.parent / "examples" / "keras3" / "lockbuild.lock"
 
@@ -86,8 +85,7 @@ def test_pruning_rewrites_record_and_removes_empty_dirs(tmp_path: Path) -> None:
         "demo/tests/test_x.py": b"assert True\n",
     })
     root = tmp_path / "root"
-    W.install_wheel(wheel, path, TARGET, root)
-    contents = W.finish_distributions(root, TARGET, Rules.of(("demo/include/**", "demo/tests/**"), ()), None)
+    contents = install_into(root, [(wheel, path)], Rules.of(("demo/include/**", "demo/tests/**"), ()))
     site = root / "usr/local/lib/python3.11/dist-packages"
     assert [(c.pruned_files, c.sources) for c in contents] == [(2, ["demo/__init__.py"])]
     assert not (site / "demo/include").exists() and not (site / "demo/tests").exists()
@@ -119,17 +117,28 @@ def test_pyc_bytes_do_not_depend_on_process_or_order(staged: tuple) -> None:  # 
             shutil.copytree(py.root / "usr/lib/python3.11" / pkg, t / "usr/lib/python3.11" / pkg)
         trees.append(t)
     rels = sorted(p.relative_to(trees[0]).as_posix() for p in trees[0].rglob("*.py"))
-    one = B.compile_tree(py, trees[0], rels, "")
+    one = B.compile_files(py, trees[0], rels)
     shuffled = rels[:]
     random.Random(7).shuffle(shuffled)
     for i in range(0, len(shuffled), 9):  # other order, other grouping, many processes
-        B.compile_tree(py, trees[1], shuffled[i:i + 9], "")
+        B.compile_files(py, trees[1], shuffled[i:i + 9])
     assert len(one) == len(rels) > 50
     for pyc in one.values():
         a, b = (trees[0] / pyc).read_bytes(), (trees[1] / pyc).read_bytes()
         assert a == b, pyc
         assert int.from_bytes(a[4:8], "little") == 0b01  # PEP 552: hash-based, not checked against the source
         assert pyc.endswith(".cpython-311.pyc") and "/__pycache__/" in pyc
+    # the bytes are exactly what py_compile.compile(..., UNCHECKED_HASH) writes with that interpreter
+    import subprocess
+
+    src = trees[0] / "usr/lib/python3.11/json/decoder.py"
+    ref = tmp / "ref.pyc"
+    code = ("import py_compile, sys; py_compile.compile(sys.argv[1], cfile=sys.argv[2], dfile=sys.argv[3], "
+            "doraise=True, invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)")
+    subprocess.run([str(py.loader), "--library-path", str(py.libdir), str(py.python), "-S", "-s", "-B", "-c", code,
+                    str(src), str(ref), "/usr/lib/python3.11/json/decoder.py"], check=True, cwd=tmp,
+                   env={"PYTHONHOME": str(py.root / "usr"), "PYTHONHASHSEED": "0", "PATH": "/usr/bin:/bin"})
+    assert ref.read_bytes() == (trees[0] / one["usr/lib/python3.11/json/decoder.py"]).read_bytes()
     # the in-image file name is compiled in, never the staging path
     sample = (trees[0] / one["usr/lib/python3.11/json/decoder.py"]).read_bytes()
     assert b"/usr/lib/python3.11/json/decoder.py" in sample and str(tmp).encode() not in sample
@@ -141,14 +150,13 @@ def test_wheel_bytecode_is_listed_in_record_with_its_hash(staged: tuple, tmp_pat
     wheel, path = make_wheel(tmp_path, "demo", "1.0", {"demo/__init__.py": b"S = {'a', 'b', 'c'}\n",
                                                        "demo/broken.py": b"def (:\n"})
     root = tmp_path / "root"
-    W.install_wheel(wheel, path, TARGET, root)
-    W.finish_distributions(root, TARGET, Rules(), B.target_python(lock, blobs, tmp))
+    install_into(root, [(wheel, path)], Rules(), B.target_python(lock, blobs, tmp))
     site = root / "usr/local/lib/python3.11/dist-packages"
     rec = _record(site, "demo-1.0.dist-info")
     pyc = "demo/__pycache__/__init__.cpython-311.pyc"
     assert rec[pyc] == (_hash(site / pyc), str((site / pyc).stat().st_size))
     assert not (site / "demo/__pycache__/broken.cpython-311.pyc").exists()  # does not compile: no .pyc
-    assert list(rec)[-1] == "demo-1.0.dist-info/RECORD"
+    assert list(rec) == sorted(rec)  # installer's own RECORD writer: rows sorted by path
     assert b"/usr/local/lib/python3.11/dist-packages/demo/__init__.py" in (site / pyc).read_bytes()
 
 

@@ -1,14 +1,16 @@
 """The builder: Lock -> Image. Reads only the lock and the cache; never resolves.
 
 For each planned layer: reuse it when its key is in the layer cache (blob re-verified), else
-fetch its inputs (verified), stage them into a temporary tree, and write the deterministic
-layer. Then config + manifest. Staging trees live under the cache's tmp/ and are always removed.
+fetch its inputs (verified), make its tree, and write the deterministic layer. Then config +
+manifest. Python layers are streamed from the wheels (assemble/wheels.py: no files staged);
+the Debian, model and config layers are staged under the cache's tmp/, always removed.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import tarfile
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,7 +34,7 @@ from lockbuild.lock.model import Lock
 from lockbuild.oci.compress import compressor_name, compressor_version
 from lockbuild.oci.image import Image, ImageSpec, build_image
 from lockbuild.oci.layercache import Layer, layer_record, remember_layer
-from lockbuild.oci.tar import write_layer
+from lockbuild.oci.tar import Tree, tree_nodes, write_layer
 from lockbuild.platforms import debian_arch
 
 LEVEL = 1  # gzip level: compression dominates a cold build (field notes: -6 is 2.7x slower)
@@ -236,15 +238,22 @@ def _check_conflicts(lock: Lock, cache: Cache, blobs: dict[str, Path], *, lock_d
         raise wheel_install.conflict_error(conflicts)
 
 
+def _nothing() -> None:
+    return None
+
+
 @dataclass(frozen=True)
 class StagedLayer:
-    """A layer's tree, staged: what write_layer (build) and verify's expected-image derivation both tar."""
+    """A layer's tree: what write_layer (build) and verify's expected-image derivation both tar.
+    ``root`` is a staging directory (debian, model, config) or nodes streamed from the wheels
+    (python layers; ``close`` releases the open wheels and bytecode spool)."""
 
-    root: Path
+    root: Tree
     mtime: int
     owners: dict[str, tuple[int, int]] | None = None
     # what the lock's [build] rules did: {"pruned_files", "pruned_bytes", "pyc_files", ...}
     stats: dict[str, int] | None = None
+    close: Callable[[], None] = _nothing
 
 
 def stage_layer(p: LayerPlan, lock: Lock, lock_bytes: bytes, blobs: dict[str, Path], stage: Path, *,
@@ -254,6 +263,8 @@ def stage_layer(p: LayerPlan, lock: Lock, lock_bytes: bytes, blobs: dict[str, Pa
     image from it, so the two can never disagree about what the lock means."""
     owners = None
     stats: dict[str, int] = {}
+    root: Tree = stage
+    close: Callable[[], None] = _nothing
     compile_pyc = lock.build.bytecode == bytecode.UNCHECKED_HASH
     if p.kind == "debian":
         debs = [(d, blobs[d.sha256]) for d in lock.debian.packages]
@@ -263,14 +274,13 @@ def stage_layer(p: LayerPlan, lock: Lock, lock_bytes: bytes, blobs: dict[str, Pa
         if compile_pyc:
             stats["pyc_files"] = bytecode.compile_debian(bytecode.TargetPython(stage, lock), stage, lock)
     elif p.kind == "python":
-        for w in p.wheels:
-            wheel_install.install_wheel(w, blobs[w.sha256], lock.target, stage)
         py = bytecode.target_python(lock, blobs, stage.parent) if compile_pyc else None
-        contents = wheel_install.finish_distributions(stage, lock.target, Rules.of(lock.build.prune, lock.build.keep),
-                                                      py)
-        stats = {"installed_bytes": sum(c.installed_bytes for c in contents),
-                 "pruned_files": sum(c.pruned_files for c in contents),
-                 "pruned_bytes": sum(c.pruned_bytes for c in contents)}
+        tree = wheel_install.wheel_tree([(w, blobs[w.sha256]) for w in p.wheels], lock.target,
+                                        Rules.of(lock.build.prune, lock.build.keep), py, spool_dir=stage)
+        root, close = tree.nodes, tree.close
+        stats = {"installed_bytes": sum(c.installed_bytes for c in tree.contents),
+                 "pruned_files": sum(c.pruned_files for c in tree.contents),
+                 "pruned_bytes": sum(c.pruned_bytes for c in tree.contents)}
         mtime = WHEEL_MTIME  # shared across models: never the lock's created time (docs/image-layout.md)
     elif p.kind == "model":
         stage_model(lock.model, blobs, stage)
@@ -278,19 +288,19 @@ def stage_layer(p: LayerPlan, lock: Lock, lock_bytes: bytes, blobs: dict[str, Pa
         config_layer.stage_config(lock, lock_bytes, stage)
     else:
         raise BuildError(f"unknown layer kind {p.kind}")
-    return StagedLayer(root=stage, mtime=mtime, owners=owners, stats=stats)
+    return StagedLayer(root=root, mtime=mtime, owners=owners, stats=stats, close=close)
 
 
 def tree_stats(staged: StagedLayer) -> dict[str, int]:
     """Unpacked size of a staged layer after the lock's [build] rules, and before them (without the
     .pyc, with the pruned files)."""
     total = pyc = pyc_files = 0
-    for dirpath, _dirs, files in os.walk(staged.root):
-        for f in files:
-            st = os.lstat(os.path.join(dirpath, f))
-            total += st.st_size
-            if f.endswith(".pyc"):
-                pyc += st.st_size
+    nodes = tree_nodes(staged.root) if isinstance(staged.root, Path) else staged.root
+    for n in nodes:
+        if n.kind == tarfile.REGTYPE:
+            total += n.size
+            if n.rel.endswith(".pyc"):
+                pyc += n.size
                 pyc_files += 1
     pruned = (staged.stats or {}).get("pruned_bytes", 0)
     return {"unpacked_bytes": total, "before_bytes": total - pyc + pruned, "pyc_bytes": pyc, "pyc_files": pyc_files,
@@ -300,6 +310,7 @@ def tree_stats(staged: StagedLayer) -> dict[str, int]:
 def _build_layer(p: LayerPlan, lock: Lock, lock_bytes: bytes, cache: Cache, blobs: dict[str, Path], *,
                  mtime: int, report: Report, compression: str = "gzip") -> Layer:
     stage = Path(tempfile.mkdtemp(prefix=f"stage-{p.name}-", dir=cache.tmpdir()))
+    staged: StagedLayer | None = None
     try:
         staged = stage_layer(p, lock, lock_bytes, blobs, stage, mtime=mtime, report=report)
         cache.meta_put("layer-stats", p.key.replace(":", "-"), tree_stats(staged))
@@ -313,4 +324,6 @@ def _build_layer(p: LayerPlan, lock: Lock, lock_bytes: bytes, cache: Cache, blob
     except IntegrityError:
         raise
     finally:
+        if staged is not None:
+            staged.close()
         shutil.rmtree(stage, ignore_errors=True)

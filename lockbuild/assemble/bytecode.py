@@ -6,10 +6,12 @@ containers: ``<root>/usr/lib/<triplet>/ld-linux-*.so --library-path <root>/usr/l
 stdlib and its compiler are exactly the image's, whatever Python the host runs), an empty
 working directory, and ``PYTHONHASHSEED=0`` (frozenset constants are marshalled in hash order).
 
-Each .pyc is written by ``py_compile`` with ``UNCHECKED_HASH``: the header holds the source's
-SipHash instead of an mtime and is never re-validated, so the bytes depend only on the source,
-the in-image file name (``dfile``) and the interpreter build. Files are compiled one after the
-other in sorted order in one process per layer, so marshal's reference flags (which depend on
+Each .pyc is made by py_compile's own steps with ``UNCHECKED_HASH``: the header holds the
+source's SipHash instead of an mtime and is never re-validated, so the bytes depend only on the
+source, the in-image file name (``dfile``) and the interpreter build. Sources go to the compiler
+as bytes (one spool file; wheel layers never stage their sources on disk) and the .pyc bytes come
+back in another spool file. Files are compiled one after the other in sorted order in one
+process per layer, so marshal's reference flags (which depend on
 object reference counts) see the same interpreter state on every host; a test compiles the same
 tree in separate processes, and in a different grouping, and compares the bytes. Sources that
 do not compile (Python 2 test data, templates) get no .pyc, as with compileall.
@@ -22,6 +24,7 @@ the image sets PYTHONDONTWRITEBYTECODE=1, and the tree is read-only for uid 6553
 from __future__ import annotations
 
 import atexit
+import io
 import json
 import os
 import platform
@@ -29,8 +32,10 @@ import shutil
 import subprocess
 import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from lockbuild.errors import BuildError
 from lockbuild.lock.model import Deb, Lock
@@ -40,21 +45,46 @@ UNCHECKED_HASH = "unchecked-hash"
 _TRIPLETS = {"amd64": ("x86_64-linux-gnu", "ld-linux-x86-64.so.2", ("x86_64", "amd64")),
              "arm64": ("aarch64-linux-gnu", "ld-linux-aarch64.so.1", ("aarch64", "arm64"))}
 
+# The child: the index (in-image file name, offset, length) on stdin; sources read from one spool
+# file, .pyc bytes appended to another; py_compile's own steps (source_to_code, source_hash,
+# _code_to_hash_pyc), so the bytes are what ``py_compile.compile(..., UNCHECKED_HASH)`` writes.
 _COMPILE = r"""
-import importlib.util, json, py_compile, sys
-jobs = json.load(sys.stdin)
+import importlib.machinery, importlib.util, importlib._bootstrap_external as bx, json, sys
+index, src_path, out_path = json.load(sys.stdin)
 done = []
-for src, dfile in jobs:
-    cfile = importlib.util.cache_from_source(src)
-    try:
-        py_compile.compile(src, cfile=cfile, dfile=dfile, doraise=True,
-                           invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
-    except (py_compile.PyCompileError, SyntaxError, ValueError, UnicodeDecodeError):
-        done.append(None)
-    else:
-        done.append(cfile)
+with open(src_path, "rb") as src, open(out_path, "wb") as out:
+    for dfile, offset, length in index:
+        src.seek(offset)
+        data = src.read(length)
+        try:
+            loader = importlib.machinery.SourceFileLoader("<py_compile>", dfile)
+            code = loader.source_to_code(data, dfile)
+            pyc = bx._code_to_hash_pyc(code, importlib.util.source_hash(data), False)
+        except Exception:
+            done.append(None)
+            continue
+        done.append([importlib.util.cache_from_source(dfile), out.tell(), len(pyc)])
+        out.write(pyc)
 json.dump(done, sys.stdout)
 """
+
+
+@dataclass(frozen=True)
+class Compiled:
+    """One .pyc: its in-image path (no leading /) and where its bytes are in the spool file."""
+
+    rel: str
+    spool: Path
+    offset: int
+    size: int
+
+    def open(self) -> BinaryIO:
+        with open(self.spool, "rb") as f:
+            f.seek(self.offset)
+            data = f.read(self.size)
+        if len(data) != self.size:
+            raise BuildError(f"bytecode spool {self.spool} was truncated while the layer was written")
+        return io.BytesIO(data)
 
 
 def minor(lock: Lock) -> str:
@@ -90,32 +120,54 @@ class TargetPython:
                 raise BuildError(f"the staged Debian rootfs has no {p.relative_to(root)}; cannot byte-compile",
                                  hint="the lock's Debian closure must contain the interpreter package")
 
-    def compile(self, jobs: Sequence[tuple[Path, str]]) -> list[Path | None]:
-        """Compile (source on the host, file name in the image) pairs in the given order; returns the
-        .pyc written for each, or None for a source that does not compile."""
-        if not jobs:
+    def compile(self, sources: Sequence[tuple[str, Callable[[], bytes]]], spool: Path) -> list[Compiled | None]:
+        """Compile (in-image path without leading /, source bytes) pairs in the given order, in one
+        process; .pyc bytes land in ``spool`` (a new file). None for a source that does not compile."""
+        if not sources:
             return []
+        src_spool = spool.with_name(spool.name + ".src")
+        index = []
+        with open(src_spool, "wb") as f:
+            for rel, read in sources:
+                data = read()
+                index.append(["/" + rel, f.tell(), len(data)])
+                f.write(data)
         env = {"PYTHONHOME": str(self.root / "usr"), "PYTHONHASHSEED": "0", "PYTHONUTF8": "1",
                "PYTHONDONTWRITEBYTECODE": "1", "LC_ALL": "C.UTF-8", "PATH": "/usr/bin:/bin"}
         argv = [str(self.loader), "--library-path", str(self.libdir), str(self.python), "-S", "-s", "-B",
                 "-c", _COMPILE]
-        payload = json.dumps([[str(src), dfile] for src, dfile in jobs])
-        with tempfile.TemporaryDirectory(prefix="pyc-cwd-") as cwd:  # sys.path[0] is the (empty) cwd
-            proc = subprocess.run(argv, input=payload.encode(), capture_output=True, env=env, cwd=cwd,
-                                  check=False)
+        payload = json.dumps([index, str(src_spool), str(spool)])
+        try:
+            with tempfile.TemporaryDirectory(prefix="pyc-cwd-") as cwd:  # sys.path[0] is the (empty) cwd
+                proc = subprocess.run(argv, input=payload.encode(), capture_output=True, env=env, cwd=cwd,
+                                      check=False)
+        finally:
+            src_spool.unlink(missing_ok=True)
         if proc.returncode != 0:
             tail = proc.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
             raise BuildError(f"byte-compiling with the image's python{self.python.name[6:]} failed: {tail[0]}")
-        return [Path(p) if p else None for p in json.loads(proc.stdout)]
+        return [Compiled(r[0].lstrip("/"), spool, r[1], r[2]) if r else None for r in json.loads(proc.stdout)]
 
 
-def compile_tree(py: TargetPython, stage: Path, rels: Sequence[str], prefix: str) -> dict[str, str]:
-    """Compile ``stage/prefix/rel`` for each rel (sorted) with in-image name ``/prefix/rel``;
-    returns rel -> .pyc path relative to ``stage/prefix``."""
-    base = stage / prefix
+def compile_files(py: TargetPython, stage: Path, rels: Sequence[str]) -> dict[str, str]:
+    """Compile staged files ``stage/rel`` (in sorted order; in-image name ``/rel``) and write each
+    .pyc beside its source in the stage; returns rel -> .pyc rel."""
     ordered = sorted(rels)
-    out = py.compile([(base / rel, "/" + f"{prefix}/{rel}".strip("/")) for rel in ordered])
-    return {rel: pyc.relative_to(base).as_posix() for rel, pyc in zip(ordered, out, strict=True) if pyc is not None}
+    spool = Path(tempfile.mkstemp(prefix="pyc-", dir=stage.parent)[1])
+    try:
+        out = py.compile([(rel, (stage / rel).read_bytes) for rel in ordered], spool)
+        done = {}
+        for rel, c in zip(ordered, out, strict=True):
+            if c is None:
+                continue
+            dest = stage / c.rel
+            dest.parent.mkdir(exist_ok=True)
+            with c.open() as src, open(dest, "wb") as f:
+                shutil.copyfileobj(src, f)
+            done[rel] = c.rel
+        return done
+    finally:
+        spool.unlink(missing_ok=True)
 
 
 def compile_debian(py: TargetPython, stage: Path, lock: Lock) -> int:
@@ -131,7 +183,7 @@ def compile_debian(py: TargetPython, stage: Path, lock: Lock) -> int:
                 p = os.path.join(dirpath, f)
                 if f.endswith(".py") and not os.path.islink(p):
                     rels.append(Path(p).relative_to(stage).as_posix())
-    return len(compile_tree(py, stage, rels, ""))
+    return len(compile_files(py, stage, rels))
 
 
 # -- one staged interpreter rootfs per set of interpreter packages, shared by a build's wheel layers --

@@ -26,7 +26,7 @@ from lockbuild import __version__
 from lockbuild.assemble.bytecode import interpreter_debs
 from lockbuild.lock.model import Lock, Wheel
 
-RECIPE = "lockbuild-layers-2"  # 2: wheel layers pruned + byte-compiled, fixed mtime
+RECIPE = "lockbuild-layers-3"  # 2: wheel layers pruned + byte-compiled, fixed mtime; 3: streamed, one RECORD
 # 1980-01-01T00:00:00Z: the earliest time a zip (hence a wheel) can record, and the floor pip/wheel
 # apply to SOURCE_DATE_EPOCH; not 0 (tools read 0 as "unset"). Every entry of a Python layer has it.
 WHEEL_MTIME = 315532800

@@ -1,29 +1,51 @@
-"""Python packages into the image tree: pypa/installer with a Debian-python scheme.
+"""Python packages into a layer tree: pypa/installer with a Debian-python scheme, streamed.
 
 Debian's python3.X searches /usr/local/lib/python3.X/dist-packages, so wheels go there and
-console scripts go to /usr/local/bin with the image's interpreter in their shebang. installer
-writes no bytecode; `finish_distributions` then applies the lock's [build] rules: prunes files
-(assemble/prune.py) and byte-compiles the rest with the image's own interpreter
-(assemble/bytecode.py), rewriting each distribution's RECORD to match.
+console scripts go to /usr/local/bin with the image's interpreter in their shebang.
+
+installer does the installing (scheme mapping, entry-point scripts, ``#!python`` shebangs,
+INSTALLER, RECORD) into ``TreeDestination``, an installer destination whose only change is where
+bytes go: a wheel member becomes a tar ``Node`` that reads the member straight from the wheel
+when the layer is written, with the wheel's own RECORD hash checked on the way (the binary
+distribution format requires installers to verify it); generated files (scripts, INSTALLER)
+are kept in memory. Nothing is staged on disk, so a 1.3 GB TensorFlow wheel costs one
+decompression instead of a write, a read and a delete of 13,000 files.
+
+Then the lock's [build] rules: pruned paths (assemble/prune.py) never become nodes, the kept
+.py sources are byte-compiled by the image's own interpreter (assemble/bytecode.py), and each
+distribution's RECORD is written once, by installer's own writer, listing exactly the files in
+the layer.
 """
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import functools
+import hashlib
+import io
 import os
 import posixpath
+import tarfile
 import tempfile
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO, cast
 
 from installer import install
 from installer.destinations import SchemeDictionaryDestination
+from installer.records import Hash, RecordEntry, parse_record_file
+from installer.scripts import Script
 from installer.sources import WheelFile
+from installer.utils import Scheme, construct_record_file
 
-from lockbuild.assemble.bytecode import TargetPython, compile_tree
-from lockbuild.assemble.prune import Rules, WheelContent, add_pyc_to_record, dist_infos, prune_distribution
+from lockbuild.assemble.bytecode import TargetPython
+from lockbuild.assemble.prune import Rules, WheelContent
 from lockbuild.errors import BuildError
 from lockbuild.lock.model import Target, Wheel
+from lockbuild.oci.tar import Node
 
 
 def scheme(target: Target) -> dict[str, str]:
@@ -99,42 +121,239 @@ def conflict_error(conflicts: list[tuple[str, str, str]]) -> BuildError:
     )
 
 
-def install_wheel(wheel: Wheel, path: Path, target: Target, root: Path) -> None:
-    """Install one verified wheel into the staging tree `root` (the image's /)."""
-    install_paths(wheel, path, target)  # safety check before anything is written
-    dest = SchemeDictionaryDestination(
-        scheme(target),
-        interpreter=interpreter(target),
-        script_kind="posix",
-        bytecode_optimization_levels=(),
-        destdir=str(root),
-    )
+def _b64(digest: bytes) -> str:
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def _member_opener(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> Callable[[], BinaryIO]:
+    def open_member() -> BinaryIO:
+        return cast(BinaryIO, zf.open(info))
+    return open_member
+
+
+@dataclass
+class _Dist:
+    """One installed distribution, waiting for its RECORD: installer's records and where they go."""
+
+    wheel: Wheel
+    scheme: Scheme
+    record_path: str
+    records: list[tuple[Scheme, RecordEntry]]
+    pruned: Callable[[str], bool]
+
+
+class TreeDestination(SchemeDictionaryDestination):
+    """installer's scheme-dictionary destination, writing ``Node``s into ``files`` instead of the disk."""
+
+    def __init__(self, target: Target, wheel: Wheel, zf: zipfile.ZipFile, files: dict[str, Node]) -> None:
+        super().__init__(scheme(target), interpreter=interpreter(target), script_kind="posix",
+                         bytecode_optimization_levels=())
+        self.wheel, self.zf, self.files = wheel, zf, files
+        self.record: dict[str, tuple[str, str]] = {}
+        with contextlib.suppress(KeyError, UnicodeDecodeError, ValueError):
+            dist_info = next(n.split("/", 1)[0] for n in zf.namelist() if n.split("/", 1)[0].endswith(".dist-info"))
+            lines = zf.read(f"{dist_info}/RECORD").decode("utf-8").splitlines()
+            self.record = {path: (h, size) for path, h, size in parse_record_file(lines)}
+        self.finished: tuple[Scheme, str, list[tuple[Scheme, RecordEntry]]] | None = None
+
+    def image_path(self, scheme_name: Scheme, path: str) -> str:
+        base = os.path.normpath(self.scheme_dict[scheme_name])
+        full = os.path.normpath(os.path.join(base, path))
+        if os.path.commonpath([base, full]) != base:
+            raise BuildError(f"{self.wheel.filename}: {path!r} would be written outside the install root",
+                             hint="the wheel is malicious or corrupt; remove it from the lock")
+        return full.lstrip("/")
+
+    def write_to_fs(self, scheme: Scheme, path: str, stream: BinaryIO, is_executable: bool) -> RecordEntry:
+        rel = self.image_path(scheme, path)
+        if rel in self.files:
+            raise BuildError(f"{self.wheel.filename}: /{rel} is written twice ({self.files[rel].where})",
+                             hint="two distributions write the same file")
+        mode = 0o755 if is_executable else 0o644
+        member = stream.name if isinstance(stream, zipfile.ZipExtFile) else None
+        info = self.zf.getinfo(member) if member is not None else None
+        where = f"wheel {self.wheel.filename}" + (f", member {member}" if member else "")
+        claimed = self.record.get(member or "", ("", ""))
+        if info is not None and claimed[0].startswith("sha256=") and claimed[1] == str(info.file_size):
+            # the member's bytes are read once, into the tar, and checked against this hash there
+            node = Node(rel, tarfile.REGTYPE, mode, info.file_size, open=_member_opener(self.zf, info),
+                        record_hash=claimed[0], where=where)
+        elif info is not None:  # no usable hash in the wheel's RECORD: hash it now, read it again later
+            h, size = hashlib.sha256(), 0
+            while chunk := stream.read(1 << 20):
+                h.update(chunk)
+                size += len(chunk)
+            node = Node(rel, tarfile.REGTYPE, mode, size, open=_member_opener(self.zf, info),
+                        record_hash="sha256=" + _b64(h.digest()), where=where)
+        else:  # generated: a script, a rewritten shebang, INSTALLER
+            data = stream.read()
+            node = Node(rel, tarfile.REGTYPE, mode, len(data), open=functools.partial(io.BytesIO, data), where=where)
+            self.files[rel] = node
+            return RecordEntry(path, Hash("sha256", _b64(hashlib.sha256(data).digest())), node.size)
+        self.files[rel] = node
+        assert node.record_hash is not None and node.record_hash.startswith("sha256=")
+        return RecordEntry(path, Hash("sha256", node.record_hash[7:]), node.size)
+
+    def write_script(self, name: str, module: str, attr: str, section: str) -> RecordEntry:  # type: ignore[override]
+        script_name, data = Script(name, module, attr, section).generate(self.interpreter,  # type: ignore[arg-type]
+                                                                         self.script_kind)
+        with io.BytesIO(data) as stream:
+            return self.write_to_fs(Scheme("scripts"), script_name, stream, is_executable=True)
+
+    def finalize_installation(self, scheme: Scheme, record_file_path: str,
+                              records: Iterable[tuple[Scheme, RecordEntry]]) -> None:
+        self.finished = (scheme, record_file_path, list(records))
+
+
+def _open_wheel(wheel: Wheel, path: Path, stack: contextlib.ExitStack) -> zipfile.ZipFile:
+    """The verified wheel as a zip named by its file name (installer reads name, version and tags
+    from it), open for as long as the layer's nodes read from it."""
+    with tempfile.TemporaryDirectory(prefix="wheel-") as d:
+        named = Path(d) / wheel.filename
+        os.symlink(path, named)
+        return stack.enter_context(zipfile.ZipFile(named))
+
+
+def _install(wheel: Wheel, path: Path, target: Target, zf: zipfile.ZipFile, files: dict[str, Node]) -> TreeDestination:
+    install_paths(wheel, path, target)  # safety check of every member name first
+    dest = TreeDestination(target, wheel, zf, files)
     try:
-        with tempfile.TemporaryDirectory(prefix="wheel-") as d:
-            named = Path(d) / wheel.filename  # installer reads name/version/tags from the file name
-            os.symlink(path, named)
-            with WheelFile.open(named) as source:
-                source.validate_record(validate_contents=False)
-                install(source, dest, additional_metadata={"INSTALLER": b"lockbuild\n"})
-    except FileExistsError as e:
-        raise BuildError(f"{wheel.filename}: {e}", hint="two distributions write the same file") from None
+        source = WheelFile(zf)
+        source.validate_record(validate_contents=False)  # names only: contents are checked as they are read
+        install(source, dest, additional_metadata={"INSTALLER": b"lockbuild\n"})
     except Exception as e:  # installer raises several types for broken wheels
         if isinstance(e, BuildError):
             raise
         raise BuildError(f"cannot install {wheel.filename}: {e}") from None
+    return dest
 
 
-def finish_distributions(root: Path, target: Target, rules: Rules, py: TargetPython | None) -> list[WheelContent]:
-    """After installing a layer's wheels into ``root``: prune by ``rules``, then (when ``py`` is
-    given) byte-compile the remaining sources with in-image file names, and record both in each
-    distribution's RECORD, so the installed metadata describes exactly the files in the image."""
-    site_rel = scheme(target)["purelib"].strip("/")
-    site = root / site_rel
-    contents = [prune_distribution(site, d, rules) for d in dist_infos(site)]
-    if py is not None:
-        compiled = compile_tree(py, root, [f"{site_rel}/{s}" for c in contents for s in c.sources], "")
-        prefix = site_rel + "/"
-        by_site = {src[len(prefix):]: pyc[len(prefix):] for src, pyc in compiled.items()}
-        for c in contents:
-            add_pyc_to_record(site, c, by_site)
-    return contents
+@dataclass
+class WheelTree:
+    """A python layer's tree: its nodes (parents included), what the [build] rules did per
+    distribution, and the open wheels and spool files the nodes read from (``close()`` them)."""
+
+    nodes: list[Node]
+    contents: list[WheelContent]
+    stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
+
+    def close(self) -> None:
+        self.stack.close()
+
+
+def _parents(files: dict[str, Node]) -> list[Node]:
+    dirs: set[str] = set()
+    for rel in files:
+        d = posixpath.dirname(rel)
+        while d and d not in dirs:
+            dirs.add(d)
+            d = posixpath.dirname(d)
+    return [Node(d, tarfile.DIRTYPE, 0o755) for d in dirs]
+
+
+def wheel_tree(wheels: Iterable[tuple[Wheel, Path]], target: Target, rules: Rules,
+               py: TargetPython | None, *, spool_dir: Path,
+               pruned: Callable[[Wheel], Callable[[str], bool]] | None = None) -> WheelTree:
+    """The layer tree of these verified wheels: installed by installer into nodes, pruned by the
+    rules (or by ``pruned(wheel)``, a site-relative path predicate), byte-compiled by ``py`` when
+    given, with each distribution's RECORD listing exactly what is in the tree."""
+    tree = WheelTree([], [])
+    try:
+        files: dict[str, Node] = {}
+        dists: list[_Dist] = []
+        for wheel, path in wheels:
+            zf = _open_wheel(wheel, path, tree.stack)
+            dest = _install(wheel, path, target, zf, files)
+            assert dest.finished is not None
+            root_scheme, record_path, records = dest.finished
+            dists.append(_Dist(wheel, root_scheme, record_path, records,
+                               pruned(wheel) if pruned is not None else rules.pruned))
+        site = scheme(target)["purelib"].strip("/")
+        sources = _apply_rules(dists, files, tree, site)
+        pycs = _compile(py, sources, files, tree, spool_dir) if py is not None else {}
+        for d in dists:
+            _write_record(d, files, pycs, target)
+        tree.nodes = list(files.values()) + _parents(files)
+        return tree
+    except BaseException:
+        tree.close()
+        raise
+
+
+def _apply_rules(dists: list[_Dist], files: dict[str, Node], tree: WheelTree, site: str) -> list[str]:
+    """Drop pruned files (and their RECORD rows); return the kept .py sources (image paths)."""
+    sources: list[str] = []
+    for d in dists:
+        content = WheelContent(d.record_path.split("/", 1)[0])
+        kept: list[tuple[Scheme, RecordEntry]] = []
+        gone: list[str] = []
+        for sch, rec in d.records:
+            in_site = sch in ("purelib", "platlib")
+            rel = f"{site}/{posixpath.normpath(rec.path)}" if in_site else None
+            node = files.get(rel) if rel else None
+            if node is not None:
+                content.installed_bytes += node.size
+            if (rel is not None and node is not None and not rec.path.startswith(content.dist_info + "/")
+                    and d.pruned(posixpath.normpath(rec.path))):
+                del files[rel]
+                gone.append(rec.path)
+                content.pruned_bytes += node.size
+                continue
+            kept.append((sch, rec))
+            if node is not None and rel is not None and rel.endswith(".py"):
+                content.sources.append(posixpath.normpath(rec.path))
+                sources.append(rel)
+        content.pruned_files = len(gone)
+        content.pruned_digest = "sha256:" + hashlib.sha256("\n".join(sorted(gone)).encode()).hexdigest()
+        d.records = kept
+        tree.contents.append(content)
+    return sorted(sources)
+
+
+def _compile(py: TargetPython, sources: list[str], files: dict[str, Node], tree: WheelTree,
+             spool_dir: Path) -> dict[str, Node]:
+    """Byte-compile the sources (sorted, one process); the .pyc become nodes. Returns source -> .pyc node."""
+    fd, name = tempfile.mkstemp(prefix="pyc-", dir=spool_dir)
+    os.close(fd)
+    spool = Path(name)
+    tree.stack.callback(spool.unlink, missing_ok=True)
+
+    def read(node: Node) -> bytes:
+        assert node.open is not None
+        with node.open() as f:
+            return f.read()
+
+    out = py.compile([(rel, functools.partial(read, files[rel])) for rel in sources], spool)
+    done: dict[str, Node] = {}
+    for rel, c in zip(sources, out, strict=True):
+        if c is None or c.rel in files:
+            continue
+        files[c.rel] = done[rel] = Node(c.rel, tarfile.REGTYPE, 0o644, c.size, open=c.open,
+                                        where=f"bytecode of /{rel}")
+    return done
+
+
+def _write_record(d: _Dist, files: dict[str, Node], pycs: dict[str, Node], target: Target) -> None:
+    """The distribution's RECORD, by installer's writer: kept rows plus a row per .pyc (hash, size)."""
+    sch = scheme(target)
+    base = sch["purelib"].strip("/")
+    rows = list(d.records)
+    for s, rec in d.records:
+        pyc = pycs.get(f"{base}/{posixpath.normpath(rec.path)}") if s in ("purelib", "platlib") else None
+        if pyc is None:
+            continue
+        with pyc.open() as f:  # type: ignore[misc]
+            data = f.read()
+        rows.append((s, RecordEntry(pyc.rel[len(base) + 1:], Hash("sha256", _b64(hashlib.sha256(data).digest())),
+                                    len(data))))
+
+    def prefix(file_scheme: Scheme) -> str | None:
+        if file_scheme == d.scheme:
+            return None
+        return os.path.relpath(sch[file_scheme], start=sch[d.scheme]) + "/"
+
+    with construct_record_file(rows, prefix) as stream:
+        data = stream.read()
+    rel = f"{base}/{d.record_path}"
+    files[rel] = Node(rel, tarfile.REGTYPE, 0o644, len(data), open=functools.partial(io.BytesIO, data),
+                      where=f"RECORD of {d.wheel.filename}")

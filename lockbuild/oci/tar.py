@@ -1,4 +1,10 @@
-"""Deterministic layer tar: a staging directory in, one gzip blob in the cache out.
+"""Deterministic layer tar: a tree in, one compressed blob in the cache out.
+
+A tree is either a staging directory or a list of ``Node`` (path, kind, mode, size, and how to
+open its bytes): wheel layers are streamed from the wheels' zip members and in-memory metadata
+straight into the tar, with no staging files (assemble/wheels.py), while the Debian layer is
+staged on disk and walked here. Both become the same sorted ``Node`` list before one writer
+tars them.
 
 The recipe (docs/image-layout.md): byte-sorted POSIX paths (parents first, no duplicates), a
 fresh TarInfo per entry (never ``gettarinfo``), uid/gid 0 with empty names, normalised modes,
@@ -16,10 +22,12 @@ layer cache's records live in oci/layercache.py.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
 import stat
 import tarfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -31,7 +39,7 @@ from lockbuild.oci.layercache import Layer
 
 # COMPRESSIONS, Layer, gzip_writer and layer_record are re-exported: lockbuild/cli.py, lockbuild/verify and
 # benchmarks import them from here.
-__all__ = ["Exclude", "Owners", "new_tarinfo", "open_tar", "write_layer", "write_tar"]
+__all__ = ["Exclude", "Node", "Owners", "Tree", "new_tarinfo", "open_tar", "tree_nodes", "write_layer", "write_tar"]
 
 READ_SIZE = 1 << 20
 
@@ -39,41 +47,27 @@ Exclude = Callable[[str], bool]  # relative posix path -> skip it (and, for a di
 Owners = Mapping[str, tuple[int, int]]  # relative posix path -> (uid, gid); default (0, 0)
 
 
-# -- walking the staging tree ------------------------------------------------------------------
+# -- the tree: nodes, from a staging directory or built in memory --------------------------------
 
 
 @dataclass(frozen=True)
-class _Entry:
-    rel: str  # posix path relative to the root, no leading "./", no trailing "/"
-    path: Path
-    st: os.stat_result
+class Node:
+    """One layer entry. ``rel``: posix path below the layer root (no "./", no trailing "/");
+    ``kind``: tarfile REGTYPE/DIRTYPE/SYMTYPE; ``mode``: the permission bits as written.
+    A regular file's bytes come from ``open()``; when ``record_hash`` (``sha256=<urlsafe b64>``,
+    RECORD style) is set, the bytes are hashed on their way into the tar and must match it."""
+
+    rel: str
+    kind: bytes
+    mode: int
+    size: int = 0
+    linkname: str = ""
+    open: Callable[[], BinaryIO] | None = None
+    record_hash: str | None = None
+    where: str = ""  # what to name in an error: the staging path, or "wheel X member Y"
 
 
-def _walk(root: Path, exclude: Exclude | None) -> list[_Entry]:
-    """Every entry below root (not root itself), sorted by the bytes of the full path.
-
-    Byte order of full paths puts a parent before its children ("a" < "a/..."), but may put a
-    sibling such as "a-b" between "a" and "a/b"; that is fine for extraction and still a
-    single total order.
-    """
-    entries: list[_Entry] = []
-    stack = [(root, "")]
-    while stack:
-        directory, prefix = stack.pop()
-        with os.scandir(directory) as it:
-            for de in it:
-                rel = f"{prefix}{de.name}"
-                if exclude is not None and exclude(rel):
-                    continue
-                st = de.stat(follow_symlinks=False)
-                entries.append(_Entry(rel, Path(de.path), st))
-                if stat.S_ISDIR(st.st_mode):
-                    stack.append((Path(de.path), rel + "/"))
-    entries.sort(key=lambda e: os.fsencode(e.rel))
-    return entries
-
-
-# -- one tar header per entry --------------------------------------------------------------------
+Tree = Path | Sequence[Node]  # a staging directory, or nodes (sorted by write_tar)
 
 
 def _dir_mode(st_mode: int) -> int:
@@ -83,6 +77,78 @@ def _dir_mode(st_mode: int) -> int:
 
 def _file_mode(st_mode: int) -> int:
     return 0o755 if st_mode & 0o111 else 0o644
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"),
+                       (stat.S_ISFIFO, "fifo"), (stat.S_ISSOCK, "socket")):
+        if test(mode):
+            return name
+    return f"mode {oct(mode)}"
+
+
+def _opener(path: str, rel: str, size: int) -> Callable[[], BinaryIO]:
+    def open_staged() -> BinaryIO:
+        try:
+            f = open(path, "rb")
+        except PermissionError:
+            raise BuildError(f"cannot read {rel!r} from the staging tree",
+                             hint="build as root, or make the staged files readable") from None
+        if os.fstat(f.fileno()).st_size != size:
+            f.close()
+            raise BuildError(f"{rel!r} changed size while the layer was written",
+                             hint="nothing may write into the staging tree during a build")
+        return f
+    return open_staged
+
+
+def _node(rel: str, path: str, st: os.stat_result) -> Node:
+    mode = st.st_mode
+    if stat.S_ISDIR(mode):
+        return Node(rel, tarfile.DIRTYPE, _dir_mode(mode), where=path)
+    if stat.S_ISREG(mode):
+        return Node(rel, tarfile.REGTYPE, _file_mode(mode), st.st_size, open=_opener(path, rel, st.st_size),
+                    where=path)
+    if stat.S_ISLNK(mode):
+        return Node(rel, tarfile.SYMTYPE, 0o777, linkname=os.readlink(path), where=path)
+    raise BuildError(
+        f"cannot put special file {rel!r} into a layer ({_kind(mode)})",
+        hint="image trees may hold only files, directories and symlinks; "
+        "remove it from the staging tree (devices come from the container runtime)",
+        where=path,
+    )
+
+
+def tree_nodes(root: Path, exclude: Exclude | None = None) -> list[Node]:
+    """Every entry below a staging directory ``root`` (not root itself), as nodes."""
+    nodes: list[Node] = []
+    stack = [(root, "")]
+    while stack:
+        directory, prefix = stack.pop()
+        with os.scandir(directory) as it:
+            for de in it:
+                rel = f"{prefix}{de.name}"
+                if exclude is not None and exclude(rel):
+                    continue
+                st = de.stat(follow_symlinks=False)
+                nodes.append(_node(rel, de.path, st))
+                if stat.S_ISDIR(st.st_mode):
+                    stack.append((Path(de.path), rel + "/"))
+    return nodes
+
+
+def _sorted(nodes: Sequence[Node]) -> list[Node]:
+    """Byte order of full paths: a parent before its children ("a" < "a/..."), though a sibling
+    such as "a-b" may fall between "a" and "a/b"; fine for extraction, and one total order.
+    Two nodes with one path are a bug of the tree's maker."""
+    out = sorted(nodes, key=lambda n: os.fsencode(n.rel))
+    for a, b in zip(out, out[1:], strict=False):
+        if a.rel == b.rel:
+            raise BuildError(f"two entries for {a.rel!r} in one layer ({a.where or '?'}; {b.where or '?'})")
+    return out
+
+
+# -- one tar header per entry --------------------------------------------------------------------
 
 
 def new_tarinfo(name: str, kind: bytes, *, mode: int, mtime: int, size: int = 0, linkname: str = "",
@@ -95,51 +161,49 @@ def new_tarinfo(name: str, kind: bytes, *, mode: int, mtime: int, size: int = 0,
     return info
 
 
-def _tarinfo(entry: _Entry, *, mtime: int, owners: Owners | None) -> tarfile.TarInfo:
-    """The header for one staged entry; raises for special files."""
-    owner = owners.get(entry.rel, (0, 0)) if owners else (0, 0)
-    mode = entry.st.st_mode
-    if stat.S_ISDIR(mode):
-        return new_tarinfo(entry.rel, tarfile.DIRTYPE, mode=_dir_mode(mode), mtime=mtime, owner=owner)
-    if stat.S_ISREG(mode):
-        return new_tarinfo(entry.rel, tarfile.REGTYPE, mode=_file_mode(mode), mtime=mtime,
-                           size=entry.st.st_size, owner=owner)
-    if stat.S_ISLNK(mode):
-        return new_tarinfo(entry.rel, tarfile.SYMTYPE, mode=0o777, mtime=mtime,
-                           linkname=os.readlink(entry.path), owner=owner)
-    raise BuildError(
-        f"cannot put special file {entry.rel!r} into a layer ({_kind(mode)})",
-        hint="image trees may hold only files, directories and symlinks; "
-        "remove it from the staging tree (devices come from the container runtime)",
-        where=str(entry.path),
-    )
+# -- streaming: tar -> sha256 (diff_id) -> compressor -> sha256 (digest) -> cache -----------------
 
 
-def _kind(mode: int) -> str:
-    for test, name in ((stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"),
-                       (stat.S_ISFIFO, "fifo"), (stat.S_ISSOCK, "socket")):
-        if test(mode):
-            return name
-    return f"mode {oct(mode)}"
+class _HashingReader:
+    """Reads ``size`` bytes through sha256, for a node whose RECORD hash must hold."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self.f, self.h, self.n = f, hashlib.sha256(), 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.f.read(n)
+        self.h.update(data)
+        self.n += len(data)
+        return data
+
+    def record_hash(self) -> str:
+        return "sha256=" + base64.urlsafe_b64encode(self.h.digest()).rstrip(b"=").decode()
 
 
-# -- streaming: tar -> sha256 (diff_id) -> gzip -> sha256 (digest) -> cache ---------------------
-
-
-def _add(tar: tarfile.TarFile, entry: _Entry, info: tarfile.TarInfo) -> None:
-    if info.type != tarfile.REGTYPE:
+def _add(tar: tarfile.TarFile, node: Node, mtime: int, owners: Owners | None) -> None:
+    owner = owners.get(node.rel, (0, 0)) if owners else (0, 0)
+    info = new_tarinfo(node.rel, node.kind, mode=node.mode, mtime=mtime, size=node.size, linkname=node.linkname,
+                       owner=owner)
+    if node.kind != tarfile.REGTYPE:
         tar.addfile(info)
         return
-    try:
-        f = open(entry.path, "rb")
-    except PermissionError:
-        raise BuildError(f"cannot read {entry.rel!r} from the staging tree",
-                         hint="build as root, or make the staged files readable") from None
-    with f:
-        if os.fstat(f.fileno()).st_size != info.size:
-            raise BuildError(f"{entry.rel!r} changed size while the layer was written",
-                             hint="nothing may write into the staging tree during a build")
-        tar.addfile(info, f)
+    assert node.open is not None, node.rel
+    with node.open() as f:
+        src: BinaryIO | _HashingReader = _HashingReader(f) if node.record_hash else f
+        try:
+            tar.addfile(info, src)  # type: ignore[arg-type]
+        except OSError as e:
+            if e.errno is not None:
+                raise
+            raise BuildError(f"{node.rel!r} is shorter than its recorded size {node.size} ({node.where})",
+                             hint="the input is corrupt; its sha256 in the lock can no longer match") from None
+        if f.read(1):
+            raise BuildError(f"{node.rel!r} is longer than its recorded size {node.size} ({node.where})",
+                             hint="the input is corrupt; its sha256 in the lock can no longer match")
+        if isinstance(src, _HashingReader) and src.record_hash() != node.record_hash:
+            raise BuildError(f"{node.rel!r} does not match its hash in the wheel's RECORD ({node.where})",
+                             hint="installers must verify every RECORD hash (binary distribution format "
+                                  "spec); the wheel is corrupt or tampered with: re-lock from a good index")
 
 
 def open_tar(out: BinaryIO) -> tarfile.TarFile:
@@ -148,24 +212,26 @@ def open_tar(out: BinaryIO) -> tarfile.TarFile:
                            errors="surrogateescape", copybufsize=READ_SIZE)
 
 
-def write_tar(out: BinaryIO, root: Path, *, mtime: int, exclude: Exclude | None,
+def write_tar(out: BinaryIO, root: Tree, *, mtime: int, exclude: Exclude | None,
               owners: Owners | None) -> None:
-    """The uncompressed layer tar of the tree below ``root``: its sha256 is the diff_id."""
+    """The uncompressed layer tar of a tree (a staging directory, or nodes): its sha256 is the diff_id."""
+    nodes = tree_nodes(root, exclude) if isinstance(root, Path) else [n for n in root
+                                                                       if exclude is None or not exclude(n.rel)]
     with open_tar(out) as tar:
-        for entry in _walk(root, exclude):
-            _add(tar, entry, _tarinfo(entry, mtime=mtime, owners=owners))
+        for node in _sorted(nodes):
+            _add(tar, node, mtime, owners)
 
 
-def write_layer(cache: Cache, root: Path, *, mtime: int, level: int = 1,
+def write_layer(cache: Cache, root: Tree, *, mtime: int, level: int = 1,
                 exclude: Exclude | None = None, owners: Owners | None = None,
                 compression: str = "gzip") -> Layer:
-    """Tar + compress (gzip or zstd) the tree below ``root`` into the cache; return its descriptor.
+    """Tar + compress (gzip or zstd) a tree (staging directory or nodes) into the cache; return its descriptor.
 
     ``mtime`` is the one timestamp of every entry (the lock's SOURCE_DATE_EPOCH; not 0, which
     breaks tools that treat epoch 0 as "unset"). ``owners`` overrides uid/gid for a few paths
     (e.g. a writable home for the runtime user); everything else is 0:0.
     """
-    if not root.is_dir():
+    if isinstance(root, Path) and not root.is_dir():
         raise BuildError(f"layer staging directory {root} does not exist",
                          hint="this is a lockbuild bug: the builder must stage the tree first")
     name = compressor_name(level, compression)

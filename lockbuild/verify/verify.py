@@ -281,6 +281,8 @@ def verify(src: ImageSource, lock: Lock, lock_bytes: bytes, lock_digest: str, ca
                            f"{name} layer derived from the lock")
             return i, exp_diff
         finally:
+            if staged is not None:
+                staged.close()
             if stage is not None:
                 shutil.rmtree(stage, ignore_errors=True)
 
