@@ -28,7 +28,7 @@ def with_packages(lock: Lock, *, drop: tuple[str, ...] = (), add: tuple[tuple[st
                   env: dict[str, str] | None = None) -> Lock:
     pkgs = [w for w in lock.python.packages if w.name not in drop]
     pkgs += [Wheel(name=n, version=v, filename=f"{n}-{v}-py3-none-any.whl", url="https://example.invalid/x.whl",
-                   size=1, sha256="0" * 64) for n, v in add]
+                   size=1, sha256="sha256:" + "0" * 64) for n, v in add]
     runtime = lock.runtime if env is None else dataclasses.replace(lock.runtime, env=tuple(sorted(env.items())))
     return dataclasses.replace(lock, python=dataclasses.replace(lock.python, packages=tuple(pkgs)), runtime=runtime)
 

@@ -334,7 +334,7 @@ def _poison_model_record(project: dict, key_file: Path | None) -> str:
     raw = buf.getvalue()
     blob = gzip.compress(raw, mtime=0)
     cache = Cache()
-    digest = "sha256:" + cache.put_bytes(blob)
+    digest = cache.put_bytes(blob)
     layer = Layer(digest=digest, diff_id="sha256:" + hashlib.sha256(raw).hexdigest(), size=len(blob))
     old = os.environ.get("LOCKBUILD_KEY_FILE")
     try:

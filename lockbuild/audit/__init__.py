@@ -40,7 +40,7 @@ def read_locked(path: Path) -> LockedInput:
     except UnicodeDecodeError as e:
         raise LockFileError(f"lock is not UTF-8: {e}", where=str(path),
                             hint="re-run `lockbuild lock` to rewrite it") from None
-    return LockedInput(lock=loads(text, str(path)), digest="sha256:" + sha256_bytes(data), path=path)
+    return LockedInput(lock=loads(text, str(path)), digest=sha256_bytes(data), path=path)
 
 
 def normalize_digest(value: str, what: str = "--image-digest") -> str:

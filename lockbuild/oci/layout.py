@@ -23,6 +23,7 @@ from pathlib import Path
 
 from lockbuild.errors import IntegrityError, PublishError
 from lockbuild.fetch.cache import Cache
+from lockbuild.fsutil import sha256_bytes
 from lockbuild.oci.image import (
     INDEX_MEDIA_TYPE,
     MANIFEST_MEDIA_TYPE,
@@ -30,7 +31,6 @@ from lockbuild.oci.image import (
     Image,
     blob_sources,
     canonical_json,
-    sha256_digest,
 )
 
 REF_NAME = "org.opencontainers.image.ref.name"
@@ -171,7 +171,7 @@ def _read_blob(root: Path, digest: str, what: str) -> bytes:
     except FileNotFoundError:
         raise IntegrityError(f"{what} blob {digest} is missing from {root}",
                              hint="the layout is incomplete; rebuild it") from None
-    if sha256_digest(data) != digest:
+    if sha256_bytes(data) != digest:
         raise IntegrityError(f"{what} blob {path} does not match its digest {digest}",
                              hint="the layout was modified after it was written; rebuild it")
     return data
@@ -204,5 +204,5 @@ def read_oci_layout(root: Path, ref_name: str | None = None) -> LayoutImage:
                                  hint="the layout is incomplete; rebuild it")
         paths[layer["digest"]] = path
     name = desc.get("annotations", {}).get(REF_NAME)
-    return LayoutImage(manifest=manifest, config=config, manifest_digest=sha256_digest(manifest),
+    return LayoutImage(manifest=manifest, config=config, manifest_digest=sha256_bytes(manifest),
                        ref_name=name, layer_paths=paths)

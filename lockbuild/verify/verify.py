@@ -132,7 +132,7 @@ def compare_entries(expected: Iterator[tuple[str, Entry]], found: Iterator[tuple
         if got.kind != want.kind:
             add(path, want.describe(), got.describe(), f"{want.kind} replaced by a {got.kind}")
         elif got.sha256 != want.sha256 or got.size != want.size:
-            add(path, f"sha256:{want.sha256}", f"sha256:{got.sha256}", "file content differs")
+            add(path, want.sha256, got.sha256, "file content differs")
         elif got.target != want.target:
             add(path, want.target, got.target, "link target differs")
         elif got.mode != want.mode:
