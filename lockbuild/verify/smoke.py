@@ -22,7 +22,8 @@ import httpx
 
 from lockbuild.errors import SmokeFailed
 from lockbuild.lock.model import Lock
-from lockbuild.verify.diagnose import Diagnosis, diagnose
+from lockbuild.verify.diagnose import diagnose
+from lockbuild.verify.finding import DIAGNOSIS_KEYS, Finding
 
 
 @dataclass
@@ -35,14 +36,14 @@ class SmokeReport:
     predictions: Any = None
     version: str | None = None
     problems: list[str] = field(default_factory=list)
-    diagnoses: list[Diagnosis] = field(default_factory=list)
+    diagnoses: list[Finding] = field(default_factory=list)
     log_tail: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {"image": self.image, "ok": self.ok, "port": self.port, "seconds_to_ready": self.seconds_to_ready,
                 "status": self.status, "predictions": self.predictions, "version": self.version,
                 "problems": self.problems, "log_tail": self.log_tail,
-                "diagnoses": [{"name": d.name, "why": d.why, "fix": d.fix} for d in self.diagnoses]}
+                "diagnoses": [d.to_dict(DIAGNOSIS_KEYS) for d in self.diagnoses]}
 
 
 def free_port() -> int:
