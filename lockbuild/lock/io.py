@@ -136,12 +136,17 @@ def _suite_dict(s: Suite) -> dict[str, Any]:
     return row
 
 
+def _table(values: dict[str, Any], table: Any = None) -> Any:
+    """`values` in a (new) tomlkit table, in their order."""
+    table = tomlkit.table() if table is None else table
+    table.update(values)
+    return table
+
+
 def _inline_rows(rows: list[dict[str, Any]]) -> tomlkit.items.Array:
     arr = tomlkit.array()
     for row in rows:
-        it = tomlkit.inline_table()
-        it.update(row)
-        arr.append(it)
+        arr.append(_table(row, tomlkit.inline_table()))
     arr.multiline(True)
     return arr
 
@@ -149,9 +154,7 @@ def _inline_rows(rows: list[dict[str, Any]]) -> tomlkit.items.Array:
 def _aot(rows: list[dict[str, Any]]) -> tomlkit.items.AoT:
     aot = tomlkit.aot()
     for row in rows:
-        tbl = tomlkit.table()
-        tbl.update(row)
-        aot.append(tbl)
+        aot.append(_table(row))
     return aot
 
 
@@ -164,32 +167,16 @@ def dumps(lock: Lock) -> str:
     for section in ("inputs", "image", "target", "runtime"):
         doc.add(tomlkit.nl())
         doc.add(section, data[section])
-    model = dict(data["model"])
-    files = model.pop("files")
-    doc.add(tomlkit.nl())
-    mt = tomlkit.table()
-    mt.update(model)
-    mt.add("files", _inline_rows(files))
-    doc.add("model", mt)
-    py = dict(data["python"])
-    pkgs = py.pop("packages")
-    doc.add(tomlkit.nl())
-    pt = tomlkit.table()
-    pt.update(py)
-    pt.add("packages", _aot(pkgs))
-    doc.add("python", pt)
-    if lock.build != BuildRules():  # absent = the defaults, so locks written before [build] render unchanged
-        doc.add(tomlkit.nl())
-        bt = tomlkit.table()
-        bt.update(data["build"])
-        doc.add("build", bt)
-    deb = dict(data["debian"])
-    doc.add(tomlkit.nl())
-    dt = tomlkit.table()
-    dt.add("roots", deb["roots"])
-    dt.add("suites", _aot(deb["suites"]))
-    dt.add("packages", _aot(deb["packages"]))
-    doc.add("debian", dt)
+    m, p, d = data["model"], data["python"], data["debian"]
+    tables = {"model": {**m, "files": _inline_rows(m["files"])},
+              "python": {**p, "packages": _aot(p["packages"])},
+              # absent = the defaults, so locks written before [build] render unchanged
+              "build": data["build"] if lock.build != BuildRules() else None,
+              "debian": {"roots": d["roots"], "suites": _aot(d["suites"]), "packages": _aot(d["packages"])}}
+    for section, values in tables.items():
+        if values is not None:
+            doc.add(tomlkit.nl())
+            doc.add(section, _table(values))
     body = tomlkit.dumps(doc)
     return f"# {HEADER}\n# {CONTENT_PREFIX}{content_digest(body)}\n{body}"
 
