@@ -164,10 +164,9 @@ VARIANTS: dict[str, tuple[Callable[[Path], None], str, str, str]] = {
 
 
 def to_archive(layout: Path, dest: Path, tag: str) -> Path:
-    from lockbuild.verify.smoke import _layout_archive
+    from lockbuild.oci.docker_archive import layout_archive
 
-    _layout_archive(layout, tag, dest)
-    return dest
+    return layout_archive(layout, tag, dest)
 
 
 @pytest.fixture(scope="session")

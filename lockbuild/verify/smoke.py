@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import socket
-import tarfile
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ import httpx
 
 from lockbuild.errors import SmokeFailed
 from lockbuild.lock.model import Lock
+from lockbuild.oci.docker_archive import layout_archive
 from lockbuild.verify.diagnose import diagnose
 from lockbuild.verify.finding import DIAGNOSIS_KEYS, Finding
 
@@ -52,25 +52,6 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _layout_archive(layout: Path, tag: str, dest: Path) -> None:
-    """A docker-loadable tar of an OCI layout dir (adds Docker's manifest.json)."""
-    from lockbuild.verify.source import from_layout
-
-    src = from_layout(layout)
-    m = json.loads(src.manifest or b"{}")
-    entry = [{"Config": "blobs/sha256/" + m["config"]["digest"].split(":", 1)[1], "RepoTags": [tag],
-              "Layers": ["blobs/sha256/" + d["digest"].split(":", 1)[1] for d in m["layers"]]}]
-    data = json.dumps(entry).encode()
-    with tarfile.open(dest, "w") as tar:
-        for p in sorted(layout.rglob("*")):
-            tar.add(p, arcname=p.relative_to(layout).as_posix(), recursive=False)
-        info = tarfile.TarInfo("manifest.json")
-        info.size = len(data)
-        import io
-
-        tar.addfile(info, io.BytesIO(data))
-
-
 def ensure_loaded(client: Any, image: str, tag: str) -> str:
     """Make `image` (layout dir, archive file or engine ref) available in the engine; return a ref."""
     p = Path(image)
@@ -80,7 +61,7 @@ def ensure_loaded(client: Any, image: str, tag: str) -> str:
         archive = p
         if p.is_dir():
             archive = Path(d) / "image.tar"
-            _layout_archive(p, tag, archive)
+            layout_archive(p, tag, archive)
         with open(archive, "rb") as f:
             loaded = client.images.load(f)
     if loaded and loaded[0].tags:
