@@ -14,13 +14,13 @@ import contextlib
 import errno
 import json
 import os
-import re
 import shutil
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from lockbuild.digest import to_hex
 from lockbuild.errors import IntegrityError, PublishError
 from lockbuild.fetch.cache import Cache
 from lockbuild.fsutil import sha256_bytes
@@ -34,15 +34,15 @@ from lockbuild.oci.image import (
 )
 
 REF_NAME = "org.opencontainers.image.ref.name"
-DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 OCI_LAYOUT = canonical_json({"imageLayoutVersion": "1.0.0"})
 
 
 def blob_name(digest: str) -> str:
     """blobs/sha256/<hex>; anything but a sha256 digest (e.g. "sha256:../x") is refused."""
-    if not DIGEST.fullmatch(str(digest)):
-        raise IntegrityError(f"not a sha256 digest: {digest!r}", hint="the image metadata is corrupt")
-    return f"blobs/sha256/{digest[7:]}"
+    try:
+        return f"blobs/sha256/{to_hex(str(digest))}"
+    except IntegrityError as e:
+        raise IntegrityError(e.message, hint="the image metadata is corrupt") from None
 
 
 def index_json(image: Image, annotations: Mapping[str, str] | None) -> bytes:
