@@ -13,22 +13,25 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from lockbuild.digest import PREFIX, to_hex
+
 CHUNK = 1 << 20
 
 
 def sha256_file(path: Path) -> tuple[str, int]:
-    """Return (hex sha256, size) of a file, streaming."""
+    """Return (``sha256:<hex>`` digest, size) of a file, streaming."""
     h = hashlib.sha256()
     size = 0
     with open(path, "rb") as f:
         while chunk := f.read(CHUNK):
             h.update(chunk)
             size += len(chunk)
-    return h.hexdigest(), size
+    return PREFIX + h.hexdigest(), size
 
 
 def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+    """The ``sha256:<hex>`` digest of `data`."""
+    return PREFIX + hashlib.sha256(data).hexdigest()
 
 
 def iter_tree_files(root: Path) -> Iterator[Path]:
@@ -55,11 +58,12 @@ def tree_files(root: Path) -> list[tuple[str, int, str]]:
 
 
 def tree_digest(files: list[tuple[str, int, str]]) -> str:
-    """One digest over a file listing: sha256 of 'sha256  size  path\\n' lines, sorted by path."""
+    """One digest over a file listing: sha256 of '<hex>  size  path\\n' lines (bare hex, as the
+    model's tree digest in every lock was computed), sorted by path."""
     h = hashlib.sha256()
     for path, size, digest in sorted(files, key=lambda t: t[0].encode()):
-        h.update(f"{digest}  {size}  {path}\n".encode())
-    return "sha256:" + h.hexdigest()
+        h.update(f"{to_hex(digest)}  {size}  {path}\n".encode())
+    return PREFIX + h.hexdigest()
 
 
 @contextlib.contextmanager

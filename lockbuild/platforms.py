@@ -3,6 +3,8 @@ names in wheel tags. Pure data and pure functions; every stage (resolve, lock, b
 
 from __future__ import annotations
 
+import platform
+
 from lockbuild.errors import ResolveError
 
 # Debian architecture -> the machine name in manylinux tags.
@@ -10,6 +12,15 @@ WHEEL_MACHINES: dict[str, str] = {"amd64": "x86_64", "arm64": "aarch64"}
 
 # OCI platform -> Debian architecture (which is also the OCI architecture for these two).
 PLATFORM_ARCHES: dict[str, str] = {"linux/amd64": "amd64", "linux/arm64": "arm64", "linux/arm64/v8": "arm64"}
+
+# Debian architecture -> the ELF e_machine of its binaries.
+ELF_MACHINES: dict[str, int] = {"amd64": 62, "arm64": 183}
+
+
+def runs_on_host(arch: str) -> bool:
+    """Whether this host executes `arch` binaries natively (platform.machine() says x86_64 or amd64,
+    aarch64 or arm64)."""
+    return platform.machine().lower() in (WHEEL_MACHINES.get(arch), arch)
 
 
 def debian_arch(platform_or_arch: str) -> str:

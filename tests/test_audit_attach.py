@@ -18,7 +18,7 @@ from lockbuild.errors import PublishError
 from lockbuild.fetch.cache import Cache
 from lockbuild.fsutil import sha256_bytes
 from lockbuild.oci import registry as reg
-from lockbuild.oci.image import MANIFEST_MEDIA_TYPE, Image, sha256_digest
+from lockbuild.oci.image import MANIFEST_MEDIA_TYPE, Image
 from lockbuild.oci.layout import blob_name, write_oci_layout
 from tests.conftest_services import skopeo
 
@@ -41,7 +41,7 @@ def test_artifact_manifest_shape() -> None:
     assert m["mediaType"] == MANIFEST_MEDIA_TYPE and m["artifactType"] == attach.SBOM_TYPE
     assert m["config"] == {"mediaType": "application/vnd.oci.empty.v1+json", "size": 2,
                            "digest": "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"}
-    assert m["layers"] == [{"mediaType": attach.SBOM_TYPE, "digest": sha256_digest(SBOM), "size": len(SBOM),
+    assert m["layers"] == [{"mediaType": attach.SBOM_TYPE, "digest": sha256_bytes(SBOM), "size": len(SBOM),
                             "annotations": {attach.TITLE: "sbom.cdx.json"}}]
     assert m["subject"] == {k: subject[k] for k in ("mediaType", "digest", "size")}
     assert attach.artifact_manifest(subject, SBOM, attach.SBOM_TYPE, NOTES) == \
@@ -58,7 +58,7 @@ def test_attach_to_layout_writes_blobs_and_index(layout: tuple[Path, Image]) -> 
     index = json.loads((root / "index.json").read_bytes())
     assert [m["digest"] for m in index["manifests"]] == [image.manifest_digest, entry["digest"]]
     manifest = (root / blob_name(entry["digest"])).read_bytes()
-    assert "sha256:" + sha256_bytes(manifest) == entry["digest"] and len(manifest) == entry["size"]
+    assert sha256_bytes(manifest) == entry["digest"] and len(manifest) == entry["size"]
     m = json.loads(manifest)
     assert m["subject"]["digest"] == image.manifest_digest and m["subject"]["size"] == len(image.manifest)
     assert (root / blob_name(m["layers"][0]["digest"])).read_bytes() == SBOM
@@ -67,7 +67,7 @@ def test_attach_to_layout_writes_blobs_and_index(layout: tuple[Path, Image]) -> 
     assert sorted(p.name for p in root.iterdir()) == ["blobs", "index.json", "oci-layout"]  # no lock files left
     # tools that pick by ref name still find the image, not the artifact
     raw = skopeo("inspect", "--raw", f"oci:{root}:v1")
-    assert sha256_digest(raw.encode()) == image.manifest_digest
+    assert sha256_bytes(raw.encode()) == image.manifest_digest
 
 
 def test_attach_is_idempotent_and_replaces_the_same_kind(layout: tuple[Path, Image]) -> None:

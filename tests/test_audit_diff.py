@@ -24,6 +24,10 @@ def base() -> Lock:
     return read_lock(LOCK)
 
 
+def fake(c: str) -> str:
+    return "sha256:" + c * 64
+
+
 def wheel_version(lock: Lock, name: str, version: str, sha: str | None = None) -> Lock:
     pkgs = tuple(replace(w, version=version, sha256=sha or w.sha256) if w.name == name else w
                  for w in lock.python.packages)
@@ -32,16 +36,16 @@ def wheel_version(lock: Lock, name: str, version: str, sha: str | None = None) -
 
 def changed(lock: Lock) -> Lock:
     """A realistic upgrade: numpy major, keras patch, a downgrade, a deb removed and one added, model retrained."""
-    new = wheel_version(lock, "numpy", "3.0.0", "1" * 64)
-    new = wheel_version(new, "keras", "3.15.2", "2" * 64)
-    new = wheel_version(new, "absl-py", "2.4.0", "3" * 64)
-    new = wheel_version(new, "anyio", next(w.version for w in lock.python.packages if w.name == "anyio"), "4" * 64)
+    new = wheel_version(lock, "numpy", "3.0.0", fake("1"))
+    new = wheel_version(new, "keras", "3.15.2", fake("2"))
+    new = wheel_version(new, "absl-py", "2.4.0", fake("3"))
+    new = wheel_version(new, "anyio", next(w.version for w in lock.python.packages if w.name == "anyio"), fake("4"))
     debs = [d for d in new.debian.packages if d.name != "libffi8"]
     debs.append(Deb(name="libgl1", version="1.6.0-1", architecture="amd64", suite="bookworm",
-                    filename="pool/main/libg/libglvnd/libgl1_1.6.0-1_amd64.deb", size=1, sha256="5" * 64))
-    debs = [replace(d, version="3.11.2-6+deb12u10", sha256="6" * 64) if d.name == "python3.11" else d for d in debs]
-    files = [*[f for f in new.model.files if f.path != "input_example.json"], ModelFile("data/extra.bin", 1, "7" * 64)]
-    files = [replace(f, sha256="8" * 64) if f.path == "data/model.keras" else f for f in files]
+                    filename="pool/main/libg/libglvnd/libgl1_1.6.0-1_amd64.deb", size=1, sha256=fake("5")))
+    debs = [replace(d, version="3.11.2-6+deb12u10", sha256=fake("6")) if d.name == "python3.11" else d for d in debs]
+    files = [*[f for f in new.model.files if f.path != "input_example.json"], ModelFile("data/extra.bin", 1, fake("7"))]
+    files = [replace(f, sha256=fake("8")) if f.path == "data/model.keras" else f for f in files]
     target = replace(new.target, interpreter_deb_version="3.11.2-6+deb12u10")
     runtime = replace(new.runtime, mlflow_version="3.18.0", env=(*new.runtime.env, ("TF_NUM_THREADS", "2")))
     return replace(new, target=target, runtime=runtime,

@@ -60,7 +60,7 @@ def test_statement_header_and_subject(locked, doc: dict) -> None:  # type: ignor
 def test_resolved_dependencies_cover_every_fetched_artifact(locked, doc: dict) -> None:  # type: ignore[no-untyped-def]
     lock = locked.lock
     deps = doc["predicate"]["buildDefinition"]["resolvedDependencies"]
-    by_digest = {d["digest"]["sha256"]: d for d in deps}
+    by_digest = {"sha256:" + d["digest"]["sha256"]: d for d in deps}
     assert deps[0]["name"] == "lockbuild.lock" and deps[0]["digest"]["sha256"] == locked.digest[7:]
     for w in lock.python.packages:
         assert by_digest[w.sha256]["uri"] == w.url

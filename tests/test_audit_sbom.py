@@ -70,7 +70,7 @@ def test_every_deb_is_listed_with_purl_hash_source_and_url(locked, doc: dict) ->
         purl = PackageURL.from_string(ref).to_string()
         c = comps[purl]
         assert c["purl"] == purl and c["version"] == d.version
-        assert c["hashes"] == [{"alg": "SHA-256", "content": d.sha256}]
+        assert c["hashes"] == [{"alg": "SHA-256", "content": d.sha256.removeprefix("sha256:")}]
         assert prop(c, "deb:source") == (d.source or None)
         urls = [r["url"] for r in c["externalReferences"]]
         assert urls[0].endswith(d.filename) and any("snapshot.debian.org" in u for u in urls)
@@ -88,7 +88,7 @@ def test_every_wheel_is_listed_with_purl_hash_and_distribution_url(locked, doc: 
     comps = by_ref(doc)
     for w in locked.lock.python.packages:
         c = comps[f"pkg:pypi/{w.name}@{w.version}"]
-        assert c["hashes"] == [{"alg": "SHA-256", "content": w.sha256}]
+        assert c["hashes"] == [{"alg": "SHA-256", "content": w.sha256.removeprefix("sha256:")}]
         assert c["externalReferences"] == [{"type": "distribution", "url": w.url}]
         assert "licenses" not in c  # no cache given: no licenses, never guessed
 
@@ -100,7 +100,7 @@ def test_model_component_has_type_digest_and_files(locked, doc: dict) -> None:  
     assert prop(model, "model:tree-digest") == m.tree_digest
     assert prop(model, "model:resolved-uri") == m.resolved_uri
     files = {f["name"]: f["hashes"][0]["content"] for f in model["components"]}
-    assert files == {f.path: f.sha256 for f in m.files}
+    assert files == {f.path: f.sha256.removeprefix("sha256:") for f in m.files}
 
 
 def test_metadata_component_is_the_image_and_depends_on_everything(locked, doc: dict) -> None:  # type: ignore[no-untyped-def]

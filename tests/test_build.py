@@ -40,7 +40,7 @@ def make_wheel(tmp: Path, name: str, version: str, files: dict[str, bytes]) -> t
             zf.writestr(rel, data)
         zf.writestr(f"{dist_info}/RECORD", "\n".join(record) + "\n")
     return Wheel(name=name, version=version, filename=filename, url="file://" + str(path), size=path.stat().st_size,
-                 sha256="0" * 64), path
+                 sha256="sha256:" + "0" * 64), path
 
 
 def install_into(root: Path, pairs: list[tuple[Wheel, Path]], rules: object = None, py: object = None) -> list:

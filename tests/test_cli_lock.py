@@ -231,7 +231,7 @@ def test_exported_pylock_installs_with_uv_checking_every_hash(small_lock: Path, 
     pylock = tomllib.loads(out.read_text())
     assert pylock["lock-version"] == "1.0" and pylock["requires-python"] == "==3.11.*"
     exported = {p["name"]: (p["version"], p["wheels"][0]["hashes"]["sha256"]) for p in pylock["packages"]}
-    assert exported == {w.name: (w.version, w.sha256) for w in lock.python.packages}
+    assert exported == {w.name: (w.version, w.sha256.removeprefix("sha256:")) for w in lock.python.packages}
     assert {"mlflow-skinny", "pandas", "numpy", "uvicorn", "fastapi"} <= set(exported)
 
     site = tmp_path / "site"

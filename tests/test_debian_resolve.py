@@ -39,7 +39,7 @@ from lockbuild.resolve.runtime import (
 from tests.conftest_services import need_tool, unavailable
 
 DATE = "Sat, 11 Jul 2026 10:16:37 UTC"
-HEX64 = re.compile(r"^[0-9a-f]{64}$")
+DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
 # -- runtime table ---------------------------------------------------------------------------
@@ -344,10 +344,10 @@ def test_resolve_signed_local_archive(archive: Archive, tmp_path: Path) -> None:
     assert s["bookworm-security"].archive == archive.security
     assert s["bookworm-security"].snapshot_archive == "debian-security"
     served = (archive.root / "debian/dists/bookworm/InRelease").read_bytes()
-    assert s["bookworm"].inrelease_sha256 == hashlib.sha256(served).hexdigest()
+    assert s["bookworm"].inrelease_sha256 == "sha256:" + hashlib.sha256(served).hexdigest()
     assert cache.get(s["bookworm"].inrelease_sha256) is not None  # kept for later audits
     libfoo = lock.packages[1]
-    assert libfoo.source == "libfoo" and HEX64.match(libfoo.sha256) and libfoo.filename.startswith("pool/")
+    assert libfoo.source == "libfoo" and DIGEST.match(libfoo.sha256) and libfoo.filename.startswith("pool/")
     assert len(lines) == 4 and "InRelease verified" in lines[0]
 
     items = deb_items(lock)
@@ -384,7 +384,7 @@ def test_tampered_inrelease_is_rejected(archive: Archive, tmp_path: Path) -> Non
     with pytest.raises(IntegrityError) as e:
         archive.resolve(cache)
     assert "bookworm: InRelease signature does not verify" in e.value.message and "BADSIG" in e.value.message
-    assert cache.get(hashlib.sha256(tampered).hexdigest()) is None
+    assert cache.get("sha256:" + hashlib.sha256(tampered).hexdigest()) is None
 
 
 def test_unknown_signing_key_is_rejected(archive: Archive, tmp_path: Path) -> None:
@@ -424,8 +424,8 @@ def test_tampered_packages_index_is_rejected(archive: Archive, tmp_path: Path) -
     with pytest.raises(IntegrityError) as e:
         archive.resolve(cache)
     assert "bookworm-security" in e.value.message and "does not match the signed Release" in e.value.message
-    assert cache.get(hashlib.sha256(evil).hexdigest()) is None
-    assert cache.get(hashlib.sha256(good).hexdigest()) is None
+    assert cache.get("sha256:" + hashlib.sha256(evil).hexdigest()) is None
+    assert cache.get("sha256:" + hashlib.sha256(good).hexdigest()) is None
 
 
 def test_tampered_by_hash_index_is_rejected(archive: Archive, tmp_path: Path) -> None:
@@ -446,7 +446,7 @@ def test_tampered_deb_is_rejected_and_not_cached(archive: Archive, tmp_path: Pat
     with pytest.raises(IntegrityError, match="deb hello_1.0-1"):
         download.fetch_all(cache, deb_items(lock)[:1])
     assert cache.get(hello.sha256) is None
-    assert not list(cache.tmpdir().glob(f"{hello.sha256}*"))
+    assert not list(cache.tmpdir().glob(f"{hello.sha256.removeprefix('sha256:')}*"))
 
 
 def test_locked_debs_download_through_the_cache(archive: Archive, tmp_path: Path) -> None:
@@ -454,7 +454,7 @@ def test_locked_debs_download_through_the_cache(archive: Archive, tmp_path: Path
     lock = archive.resolve(cache)
     paths = download.fetch_all(cache, deb_items(lock))
     for d in lock.packages:
-        assert hashlib.sha256(paths[d.sha256].read_bytes()).hexdigest() == d.sha256
+        assert "sha256:" + hashlib.sha256(paths[d.sha256].read_bytes()).hexdigest() == d.sha256
 
 
 # -- the real bookworm archive --------------------------------------------------------------
@@ -483,7 +483,7 @@ def test_bookworm_default_closure(net_cache: Cache, capsys: pytest.CaptureFixtur
             "base-files"} <= set(pkgs)
     assert not {"debconf", "dpkg", "perl-base", "tar"} & set(pkgs)
     for d in lock.packages:
-        assert HEX64.match(d.sha256), d
+        assert DIGEST.match(d.sha256), d
         assert d.size > 0 and d.filename.startswith("pool/") and d.architecture in ("amd64", "all")
         assert d.suite in ("bookworm", "bookworm-updates", "bookworm-security")
     assert [s.name for s in lock.suites] == ["bookworm", "bookworm-updates", "bookworm-security"]

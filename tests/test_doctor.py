@@ -28,7 +28,7 @@ def with_packages(lock: Lock, *, drop: tuple[str, ...] = (), add: tuple[tuple[st
                   env: dict[str, str] | None = None) -> Lock:
     pkgs = [w for w in lock.python.packages if w.name not in drop]
     pkgs += [Wheel(name=n, version=v, filename=f"{n}-{v}-py3-none-any.whl", url="https://example.invalid/x.whl",
-                   size=1, sha256="0" * 64) for n, v in add]
+                   size=1, sha256="sha256:" + "0" * 64) for n, v in add]
     runtime = lock.runtime if env is None else dataclasses.replace(lock.runtime, env=tuple(sorted(env.items())))
     return dataclasses.replace(lock, python=dataclasses.replace(lock.python, packages=tuple(pkgs)), runtime=runtime)
 
@@ -45,7 +45,7 @@ def test_the_committed_examples_are_clean(keras3: Lock, legacy: Lock) -> None:
 def test_python_minor_differs_from_the_logged_one(keras3: Lock) -> None:
     bent = dataclasses.replace(keras3, target=dataclasses.replace(keras3.target, python="3.13.5"))
     (f,) = doctor(bent)
-    assert f.rule == "python-minor" and "3.11.7" in f.what and "3.13.5" in f.what and "[target] python" in f.fix
+    assert f.rule == "python-minor" and "3.11.7" in f.message and "3.13.5" in f.message and "[target] python" in f.fix
     assert f.severity == "error"  # a silent mismatch blocks `lock`
 
 
@@ -76,14 +76,14 @@ def test_loader_module_missing_from_the_locked_mlflow(keras3: Lock, tmp_path: Pa
                                                                 packages=bent.python.packages + (wheel,)))
     findings = doctor(bent, cache)
     assert [f.rule for f in findings] == ["loader-module"]
-    assert "mlflow.tensorflow" in findings[0].what
+    assert "mlflow.tensorflow" in findings[0].message
 
 
 def test_keras3_would_load_a_keras2_savedmodel(legacy: Lock) -> None:
     bent = with_packages(legacy, drop=("keras", "tensorflow-cpu"),
                          add=(("keras", "3.15.1"), ("tensorflow-cpu", "2.21.0")))
     found = [f for f in doctor(bent) if f.rule == "keras-major"]
-    assert found and "Keras 2 (a SavedModel directory)" in found[0].what and "Keras 3" in found[0].what
+    assert found and "Keras 2 (a SavedModel directory)" in found[0].message and "Keras 3" in found[0].message
 
 
 def test_tf_keras_without_the_legacy_flag(legacy: Lock) -> None:
@@ -96,7 +96,7 @@ def test_tf_keras_without_the_legacy_flag(legacy: Lock) -> None:
 def test_two_tensorflow_distributions(keras3: Lock) -> None:
     bent = with_packages(keras3, add=(("tensorflow", "2.21.0"),))
     (f,) = [f for f in doctor(bent) if f.rule == "same-files"]
-    assert "tensorflow" in f.what and "tensorflow-cpu" in f.what and "[python] variants" in f.fix
+    assert "tensorflow" in f.message and "tensorflow-cpu" in f.message and "[python] variants" in f.fix
 
 
 def test_mlflow_and_skinny_at_different_versions(keras3: Lock) -> None:
@@ -109,7 +109,7 @@ def test_mlflow_and_skinny_at_different_versions(keras3: Lock) -> None:
 def test_a_logged_pin_the_lock_changed(keras3: Lock) -> None:
     bent = with_packages(keras3, drop=("numpy",), add=(("numpy", "2.3.0"),))
     (f,) = [f for f in doctor(bent) if f.rule == "changed-pin"]
-    assert "numpy==2.4.6" in f.what and "2.3.0" in f.what
+    assert "numpy==2.4.6" in f.message and "2.3.0" in f.message
 
 
 def test_every_rule_has_a_test() -> None:

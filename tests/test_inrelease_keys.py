@@ -176,8 +176,8 @@ def archive_fp(server: tuple[Path, str], signer: Signer,  # noqa: F811
 
 # -- re-derivation from the locked InRelease files -----------------------------------------------
 def _rederive(archive: Archive, lock: DebianLock, cache: Cache) -> DebianLock:
-    return D.rederive_debian(lock, "bookworm", "amd64", list(lock.roots), cache, mirror=archive.mirror,
-                             security_mirror=archive.security, keyring=archive.signer.keyring)
+    return D.resolve_debian("bookworm", "amd64", list(lock.roots), cache, locked=lock, mirror=archive.mirror,
+                            security_mirror=archive.security, keyring=archive.signer.keyring)
 
 
 def test_rederive_debian_from_the_cache_after_the_archive_moved_on(archive_fp: tuple[Archive, str],

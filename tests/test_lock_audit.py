@@ -115,7 +115,7 @@ def test_forged_signer_and_inrelease_are_caught(project: Path) -> None:
     assert "debian.suites[bookworm].signed-by" in {d["field"] for d in report["differences"]}
 
     def other_inrelease(lk: Lock) -> Lock:
-        suites = [dataclasses.replace(s, inrelease_sha256="ab" * 32) if s.name == "bookworm-updates" else s
+        suites = [dataclasses.replace(s, inrelease_sha256="sha256:" + "ab" * 32) if s.name == "bookworm-updates" else s
                   for s in lk.debian.suites]
         return dataclasses.replace(lk, debian=dataclasses.replace(lk.debian, suites=tuple(suites)))
 

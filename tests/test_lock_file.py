@@ -92,7 +92,7 @@ def test_lock_validates_against_the_published_schema_and_pins_the_target(locked:
     model = data["model"]
     assert (model["uri"], model["resolved-uri"], model["saved-format"]) == ("model", "model", "keras")
     for f in model["files"]:  # every model file pinned by the hash of its bytes
-        assert sha256_file(locked / "model" / f["path"]) == (f["sha256"], f["size"])
+        assert sha256_file(locked / "model" / f["path"]) == ("sha256:" + f["sha256"], f["size"])
     assert sorted(data["inputs"]) == ["model", "spec", "tool"]
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", data["python"]["exclude-newer"])
     assert dumps(loads(text)) == text  # the lock renders back to its own bytes

@@ -28,7 +28,7 @@ PYFUNC = EXAMPLES / "pyfunc-sdist"
 SPEC = '[model]\nuri = "model"\n\n[python]\nexclude-newer = "2026-11-29T00:00:00Z"\n'
 SIX = Item(urls=("https://files.pythonhosted.org/packages/b7/ce/149a00dd41f10bc29e5921b496af8b574d8413afcd5e30dfa0ed"
                  "46c2cc5e/six-1.17.0-py2.py3-none-any.whl",),
-           sha256="4721f391ed90541fddacab5acf947aa0d3dc7d27b2e1e8eda2be8970586c3274", size=11050, label="six")
+           sha256="sha256:4721f391ed90541fddacab5acf947aa0d3dc7d27b2e1e8eda2be8970586c3274", size=11050, label="six")
 
 
 def project(root: Path, name: str, spec: str = SPEC) -> Path:
@@ -178,8 +178,8 @@ def test_bundled_wheel_is_locked_from_the_model_by_sha256(carriers: dict[str, tu
     six = _pkg(lock, "six")
     digest, size = sha256_file(d / "model" / "wheels" / "six-1.17.0-py2.py3-none-any.whl")
     assert (six["source"], six["path"], six["url"]) == ("model", "wheels/six-1.17.0-py2.py3-none-any.whl", "")
-    assert (six["sha256"], six["size"]) == (digest, size)
-    assert any(f["path"] == six["path"] and f["sha256"] == digest for f in lock["model"]["files"])
+    assert ("sha256:" + six["sha256"], six["size"]) == (digest, size)
+    assert any(f["path"] == six["path"] and "sha256:" + f["sha256"] == digest for f in lock["model"]["files"])
 
 
 def test_conda_yaml_only_model_locks_from_the_pip_section(carriers: dict[str, tuple[Path, object]]) -> None:

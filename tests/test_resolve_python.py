@@ -26,7 +26,7 @@ AMD64 = PythonTarget(python="3.11.2", wheel_platform="x86_64-manylinux_2_36")
 ARM64 = PythonTarget(python="3.11.2", wheel_platform="aarch64-manylinux_2_36")
 KERAS3_LOGGED = ("mlflow==3.17.2", "cloudpickle==3.1.3", "tensorflow-cpu==2.21.0", "keras==3.15.1", "numpy==2.4.6")
 PYPI = "https://pypi.org/simple"
-HEX64 = re.compile(r"^[0-9a-f]{64}$")
+DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
 def now() -> str:
@@ -135,7 +135,7 @@ def test_keras3_example_resolves_to_one_target_wheel_per_package(uv_cache: Path)
         for t in tags:
             assert t.platform == "any" or re.fullmatch(r"manylinux(_2_\d+|2014|2010|1)_x86_64", t.platform), w
             assert t.interpreter in {"py3", "py2", "cp311"} or t.abi == "abi3", w.filename
-        assert HEX64.fullmatch(w.sha256), w
+        assert DIGEST.fullmatch(w.sha256), w
         assert w.size > 0 and w.url.startswith("https://files.pythonhosted.org/") and w.url.endswith(w.filename)
     assert "cp311" in wheels["tensorflow-cpu"].filename and "x86_64" in wheels["tensorflow-cpu"].filename
 

@@ -84,7 +84,7 @@ def make_deb(where: Path, name: str, entries: list[E], *, version: str = "1.0", 
     path.write_bytes(blob)
     deb = Deb(name=name, version=version, architecture=arch, suite="bookworm",
               filename=f"pool/main/{name[0]}/{name}/{path.name}", size=len(blob),
-              sha256=hashlib.sha256(blob).hexdigest(), source=name)
+              sha256="sha256:" + hashlib.sha256(blob).hexdigest(), source=name)
     return deb, path
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
+import re
 import tarfile
 import time
 import zipfile
@@ -48,10 +49,11 @@ def test_only_the_source_only_package_is_built_everything_else_stays_a_wheel(loc
     d = _docopt(wheels)
     assert d.source == "sdist" and d.filename == "docopt-0.6.2-py2.py3-none-any.whl" and d.url == ""
     assert d.sdist is not None and d.sdist.filename == "docopt-0.6.2.tar.gz"
-    assert d.sdist.sha256 == "49b3a825280bd66b3aa83585ef59c4a8c82f2c8a522dbe754a8bc8d08c85c491"
+    assert d.sdist.sha256 == "sha256:49b3a825280bd66b3aa83585ef59c4a8c82f2c8a522dbe754a8bc8d08c85c491"
     assert d.build_backend == "setuptools.build_meta:__legacy__" and d.source_date_epoch == EPOCH
     assert [b.name for b in d.build_requires] == ["setuptools"]
-    assert all(len(b.sha256) == 64 and b.url.startswith("https://") for b in d.build_requires)
+    assert all(re.fullmatch(r"sha256:[0-9a-f]{64}", b.sha256) and b.url.startswith("https://")
+               for b in d.build_requires)
     six = next(w for w in wheels if w.name == "six")
     assert six.source == "" and six.url.endswith(".whl") and six.sdist is None
     assert wheel_from_dict(wheel_to_dict(d)) == d  # the lock round-trips every field
@@ -95,7 +97,7 @@ def test_rebuild_with_other_cache_umask_and_tz_gives_the_same_wheel(locked: tupl
 
 def test_rebuild_refuses_a_lock_that_pins_other_bytes(locked: tuple[list[Wheel], Cache], tmp_path: Path) -> None:
     d = _docopt(locked[0])
-    forged = dataclasses.replace(d, sha256="0" * 64)
+    forged = dataclasses.replace(d, sha256="sha256:" + "0" * 64)
     with pytest.raises(IntegrityError) as e:
         ensure_built(forged, Cache(tmp_path / "cache-c"), python=TARGET.python)
     assert "rebuilding the locked sdist docopt-0.6.2.tar.gz" in e.value.message and "0" * 64 in e.value.message
@@ -107,7 +109,7 @@ def test_rebuild_refuses_a_lock_that_pins_other_bytes(locked: tuple[list[Wheel],
 def test_a_tampered_sdist_is_refused_before_building(locked: tuple[list[Wheel], Cache], tmp_path: Path) -> None:
     d = _docopt(locked[0])
     assert d.sdist is not None
-    wrong = dataclasses.replace(d, sdist=dataclasses.replace(d.sdist, sha256="1" * 64))
+    wrong = dataclasses.replace(d, sdist=dataclasses.replace(d.sdist, sha256="sha256:" + "1" * 64))
     with pytest.raises(IntegrityError):
         ensure_built(wrong, Cache(tmp_path / "cache-e"), python=TARGET.python)
 

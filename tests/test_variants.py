@@ -159,7 +159,7 @@ def _pypi_wheel(lb_cache: Path) -> Wheel:
 
     w = Wheel(name="six", version="1.17.0", filename="six-1.17.0-py2.py3-none-any.whl",
               url="https://files.pythonhosted.org/packages/b7/ce/149a00dd41f10bc29e5921b496af8b574d8413afcd5e30dfa0ed46c2cc5e/six-1.17.0-py2.py3-none-any.whl",
-              size=11050, sha256="4721f391ed90541fddacab5acf947aa0d3dc7d27b2e1e8eda2be8970586c3274")
+              size=11050, sha256="sha256:4721f391ed90541fddacab5acf947aa0d3dc7d27b2e1e8eda2be8970586c3274")
     fetch_all(Cache(lb_cache), [Item(urls=(w.url,), sha256=w.sha256, size=w.size, label=w.filename)])
     return w
 
@@ -201,7 +201,7 @@ def test_a_tampered_wheel_behind_a_no_range_server_is_refused(tmp_path: Path, lb
     data = bytearray(Cache(lb_cache).get(w.sha256, w.size).read_bytes())  # type: ignore[union-attr]
     data[100] ^= 1
     (root / w.filename).write_bytes(bytes(data))
-    assert hashlib.sha256(data).hexdigest() != w.sha256
+    assert "sha256:" + hashlib.sha256(data).hexdigest() != w.sha256
     local = Wheel(**{**w.__dict__, "url": f"{base}/{w.filename}"})
     fresh = Cache(tmp_path / "c2")
     from lockbuild.fetch.download import client
@@ -240,7 +240,7 @@ def test_full_mlflow_beside_skinny_names_the_serving_fix() -> None:
 
 
 def test_a_member_escaping_the_install_root_is_refused_at_lock_time() -> None:
-    w = Wheel(name="evil", version="1", filename="evil-1-py3-none-any.whl", url="", size=1, sha256="0" * 64)
+    w = Wheel(name="evil", version="1", filename="evil-1-py3-none-any.whl", url="", size=1, sha256="sha256:" + "0" * 64)
     with pytest.raises(Exception, match="outside the install root"):
         overlap.install_paths(w, ["evil/../../../etc/passwd"])
     assert overlap.install_paths(w, ["evil-1.data/scripts/run", "evil-1.data/purelib/e.py", "e/__init__.py"]) == [

@@ -164,10 +164,9 @@ VARIANTS: dict[str, tuple[Callable[[Path], None], str, str, str]] = {
 
 
 def to_archive(layout: Path, dest: Path, tag: str) -> Path:
-    from lockbuild.verify.smoke import _layout_archive
+    from lockbuild.oci.docker_archive import layout_archive
 
-    _layout_archive(layout, tag, dest)
-    return dest
+    return layout_archive(layout, tag, dest)
 
 
 @pytest.fixture(scope="session")
@@ -334,7 +333,7 @@ def _poison_model_record(project: dict, key_file: Path | None) -> str:
     raw = buf.getvalue()
     blob = gzip.compress(raw, mtime=0)
     cache = Cache()
-    digest = "sha256:" + cache.put_bytes(blob)
+    digest = cache.put_bytes(blob)
     layer = Layer(digest=digest, diff_id="sha256:" + hashlib.sha256(raw).hexdigest(), size=len(blob))
     old = os.environ.get("LOCKBUILD_KEY_FILE")
     try:

@@ -125,7 +125,7 @@ def build(lock: Lock, lock_bytes: bytes, cache: Cache, *, lock_dir: Path, jobs: 
 
     compression = compression or lock.compression
     check_compressor(lock, compression)
-    lock_digest = "sha256:" + sha256_bytes(lock_bytes)
+    lock_digest = sha256_bytes(lock_bytes)
     mtime = source_date_epoch(lock)
     plans = plan_layers(lock, mtime=mtime, lock_digest=lock_digest, level=LEVEL)
     done: dict[str, Layer] = {}

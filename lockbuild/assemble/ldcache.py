@@ -12,9 +12,7 @@ import subprocess
 from pathlib import Path
 
 from lockbuild.errors import BuildError
-
-# Debian architecture -> (ELF e_machine, host machine names)
-ELF_MACHINES = {"amd64": (62, ("x86_64", "amd64")), "arm64": (183, ("aarch64", "arm64"))}
+from lockbuild.platforms import ELF_MACHINES, runs_on_host
 
 
 def elf_info(path: Path) -> tuple[int, bool] | None:
@@ -58,11 +56,10 @@ def run_ldconfig(dest: Path, arch: str) -> str | None:
     ldconfig = dest / "usr/sbin/ldconfig"
     if not ldconfig.is_file():
         return "no /usr/sbin/ldconfig in the rootfs (libc-bin missing): no /etc/ld.so.cache"
-    machine, hosts = ELF_MACHINES.get(arch, (None, ()))
     info = elf_info(ldconfig)
-    if info is None or info[0] != machine or not info[1]:
+    if info is None or info[0] != ELF_MACHINES.get(arch) or not info[1]:
         return f"/usr/sbin/ldconfig is not a static {arch} ELF binary: no /etc/ld.so.cache"
-    if platform.machine().lower() not in hosts:
+    if not runs_on_host(arch):
         return f"target {arch} differs from this host ({platform.machine()}): /etc/ld.so.cache not built"
     conf = dest / "etc/ld.so.conf"
     if not os.path.lexists(conf):

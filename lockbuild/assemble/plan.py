@@ -20,11 +20,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from lockbuild import __version__
 from lockbuild.assemble.bytecode import interpreter_debs
-from lockbuild.lock.model import Lock, Wheel
+from lockbuild.digest import to_hex
+from lockbuild.fsutil import sha256_bytes
+from lockbuild.lock.model import Deb, Lock, Wheel
 
 RECIPE = "lockbuild-layers-3"  # 2: wheel layers pruned + byte-compiled, fixed mtime; 3: streamed, one RECORD
 # 1980-01-01T00:00:00Z: the earliest time a zip (hence a wheel) can record, and the floor pip/wheel
@@ -50,7 +53,13 @@ def launcher_digest() -> str:
 
 
 def _key(obj: object) -> str:
-    return "sha256:" + hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+    return sha256_bytes(json.dumps(obj, sort_keys=True).encode())
+
+
+def _hexes(items: Iterable[Wheel | Deb]) -> list[str]:
+    """Sorted bare-hex sha256s: the form layer keys were first written with, so layers cached
+    before digests were carried as ``sha256:<hex>`` keep their keys."""
+    return sorted(to_hex(i.sha256) for i in items)
 
 
 def python_groups(wheels: tuple[Wheel, ...]) -> list[tuple[str, tuple[Wheel, ...]]]:
@@ -67,14 +76,14 @@ def plan_layers(lock: Lock, *, mtime: int, lock_digest: str, level: int) -> list
     shared = {"recipe": RECIPE, "lockbuild": __version__, "level": level, "python": lock.target.python,
               "platform": lock.target.platform, "bytecode": lock.build.bytecode}
     base = {**shared, "mtime": mtime}
-    plans = [LayerPlan("debian", "debian", key=_key({**base, "debs": sorted(d.sha256 for d in lock.debian.packages),
+    plans = [LayerPlan("debian", "debian", key=_key({**base, "debs": _hexes(lock.debian.packages),
                                                       "interpreter": lock.target.interpreter_package}))]
     wheel_base = {**shared, "mtime": WHEEL_MTIME, "prune": list(lock.build.prune), "keep": list(lock.build.keep),
-                  "interpreter": sorted(d.sha256 for d in interpreter_debs(lock))
+                  "interpreter": _hexes(interpreter_debs(lock))
                   if lock.build.bytecode != "none" else []}
     for name, group in python_groups(lock.python.packages):
         plans.append(LayerPlan(name, "python", group,
-                               key=_key({**wheel_base, "wheels": sorted(w.sha256 for w in group)})))
+                               key=_key({**wheel_base, "wheels": _hexes(group)})))
     plans.append(LayerPlan("model", "model", key=_key({**base, "model": lock.model.tree_digest})))
     plans.append(LayerPlan("config", "config", key=_key({**base, "lock": lock_digest,
                                                          "launcher": launcher_digest()})))

@@ -7,17 +7,16 @@ reading a lock together with its file digest, and normalising image digests.
 
 from __future__ import annotations
 
-import re
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from lockbuild.errors import LockbuildError, LockFileError
+from lockbuild.digest import PREFIX, from_hex
+from lockbuild.errors import IntegrityError, LockbuildError, LockFileError
 from lockbuild.fsutil import sha256_bytes
 from lockbuild.lock.io import loads
 from lockbuild.lock.model import Lock
 
-_DIGEST = re.compile(r"^(?:sha256:)?([0-9a-f]{64})$")
 NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://lockbuild.dev/")
 
 
@@ -40,16 +39,16 @@ def read_locked(path: Path) -> LockedInput:
     except UnicodeDecodeError as e:
         raise LockFileError(f"lock is not UTF-8: {e}", where=str(path),
                             hint="re-run `lockbuild lock` to rewrite it") from None
-    return LockedInput(lock=loads(text, str(path)), digest="sha256:" + sha256_bytes(data), path=path)
+    return LockedInput(lock=loads(text, str(path)), digest=sha256_bytes(data), path=path)
 
 
 def normalize_digest(value: str, what: str = "--image-digest") -> str:
     """'sha256:<hex>' or a bare 64-hex digest -> 'sha256:<hex>' (lowercase)."""
-    m = _DIGEST.match(value.strip().lower())
-    if not m:
+    try:
+        return from_hex(value.strip().lower().removeprefix(PREFIX))
+    except IntegrityError:
         raise LockbuildError(f"{what} {value!r} is not a sha256 digest",
-                             hint="pass sha256:<64 hex>, e.g. the digest `lockbuild image` prints")
-    return "sha256:" + m.group(1)
+                             hint="pass sha256:<64 hex>, e.g. the digest `lockbuild image` prints") from None
 
 
 def stable_uuid(*parts: str) -> uuid.UUID:

@@ -28,7 +28,7 @@ from typing import Any
 
 from lockbuild.errors import IntegrityError, PublishError
 from lockbuild.fsutil import atomic_write_bytes, sha256_bytes
-from lockbuild.oci.image import INDEX_MEDIA_TYPE, MANIFEST_MEDIA_TYPE, canonical_json, sha256_digest
+from lockbuild.oci.image import INDEX_MEDIA_TYPE, MANIFEST_MEDIA_TYPE, canonical_json
 from lockbuild.oci.layout import blob_name
 from lockbuild.oci.registry import Session, open_session, parse_reference
 
@@ -44,7 +44,7 @@ CREATED = "org.opencontainers.image.created"
 
 
 def descriptor(media_type: str, data: bytes) -> dict[str, Any]:
-    return {"mediaType": media_type, "digest": sha256_digest(data), "size": len(data)}
+    return {"mediaType": media_type, "digest": sha256_bytes(data), "size": len(data)}
 
 
 def subject_descriptor(manifest: bytes) -> dict[str, Any]:
@@ -100,7 +100,7 @@ def _read_layout_blob(layout: Path, digest: str) -> bytes:
         data = (layout / blob_name(digest)).read_bytes()
     except FileNotFoundError:
         raise IntegrityError(f"blob {digest} is missing from {layout}", hint="rebuild the layout") from None
-    if sha256_digest(data) != digest:
+    if sha256_bytes(data) != digest:
         raise IntegrityError(f"blob {digest} in {layout} does not match its digest", hint="rebuild the layout")
     return data
 
@@ -137,8 +137,8 @@ def _exclusive(layout: Path) -> Iterator[None]:
 
 
 def _put_layout_blob(layout: Path, data: bytes) -> None:
-    path = layout / blob_name(sha256_digest(data))
-    if path.exists() and sha256_bytes(path.read_bytes()) == sha256_digest(data).split(":")[1]:
+    path = layout / blob_name(sha256_bytes(data))
+    if path.exists() and sha256_bytes(path.read_bytes()) == sha256_bytes(data):
         return
     atomic_write_bytes(path, data, mode=0o444)
 
@@ -207,7 +207,7 @@ def fallback_tag(subject_digest: str) -> str:
 
 def upload_blob(s: Session, data: bytes) -> str:
     """A small in-memory blob: skip when present, else a monolithic upload (POST, then PUT ?digest=)."""
-    digest = sha256_digest(data)
+    digest = sha256_bytes(data)
     if s.send("HEAD", s.url(f"blobs/{digest}"), ok=(200, 404)).status_code == 200:
         return digest
     r = s.send("POST", s.url("blobs/uploads/"), ok=(202,))
@@ -225,8 +225,8 @@ def put_manifest(s: Session, reference: str, data: bytes, media_type: str) -> st
     r = s.send("PUT", s.url(f"manifests/{reference}"), ok=(200, 201), content=data,
                headers={"Content-Type": media_type})
     echoed = r.headers.get("docker-content-digest")
-    if echoed and echoed != sha256_digest(data):
-        raise IntegrityError(f"registry stored the manifest as {echoed}, expected {sha256_digest(data)}",
+    if echoed and echoed != sha256_bytes(data):
+        raise IntegrityError(f"registry stored the manifest as {echoed}, expected {sha256_bytes(data)}",
                              hint="the registry rewrote the manifest; use an OCI-conformant registry")
     return r.headers.get("oci-subject")
 
@@ -251,7 +251,7 @@ def push_referrer(ref: str, subject_descriptor: Mapping[str, Any], artifact_byte
     """Push the artifact manifest for ``artifact_bytes`` to ``ref``'s repository, referring to the subject."""
     r = parse_reference(ref)
     manifest = artifact_manifest(subject_descriptor, artifact_bytes, artifact_type, annotations)
-    digest = sha256_digest(manifest)
+    digest = sha256_bytes(manifest)
     s = open_session(r, push=True)
     with s.client:
         upload_blob(s, EMPTY_BLOB)

@@ -26,6 +26,7 @@ from debian.debian_support import Version as DebVersion
 from packaging.version import InvalidVersion
 from packaging.version import Version as PyVersion
 
+from lockbuild.digest import short
 from lockbuild.errors import LockFileError
 from lockbuild.lock.io import loads
 from lockbuild.lock.model import Lock
@@ -240,11 +241,11 @@ def model_changes(a: Lock, b: Lock) -> list[Change]:
     files = []
     for path in sorted(fa.keys() | fb.keys(), key=str.encode):
         if path not in fa:
-            files.append(Change("model", f"file {path}", "added", None, fb[path][:12]))
+            files.append(Change("model", f"file {path}", "added", None, short(fb[path])))
         elif path not in fb:
-            files.append(Change("model", f"file {path}", "removed", fa[path][:12], None))
+            files.append(Change("model", f"file {path}", "removed", short(fa[path]), None))
         elif fa[path] != fb[path]:
-            files.append(Change("model", f"file {path}", "changed", fa[path][:12], fb[path][:12]))
+            files.append(Change("model", f"file {path}", "changed", short(fa[path]), short(fb[path])))
     return _keep([
         _plain("model", "uri", ma.uri, mb.uri),
         _plain("model", "resolved-uri", ma.resolved_uri, mb.resolved_uri),

@@ -18,6 +18,7 @@ from urllib.parse import quote
 
 from lockbuild import __version__
 from lockbuild.audit import stable_uuid
+from lockbuild.digest import to_hex
 from lockbuild.fetch.debs import SNAPSHOT_ROOT, deb_items
 from lockbuild.lock.model import Lock, ModelLock
 
@@ -29,7 +30,7 @@ _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 
 
 def _sha256(digest: str) -> dict[str, str]:
-    return {"sha256": digest.removeprefix("sha256:")}
+    return {"sha256": to_hex(digest)}
 
 
 def _resource(name: str, digest: str, uri: str | None = None, **annotations: str) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from packageurl import PackageURL
 
 from lockbuild import __version__
 from lockbuild.audit import stable_uuid
+from lockbuild.digest import to_hex
 from lockbuild.fetch.cache import Cache
 from lockbuild.fetch.debs import deb_items
 from lockbuild.lock.model import Deb, Lock, ModelLock, Wheel
@@ -45,8 +46,8 @@ LICENSE_META = "wheel-licenses"  # cache meta namespace: sha256 -> declared lice
 # -- small builders ----------------------------------------------------------------------------------
 
 
-def _sha256(hex_digest: str) -> HashType:
-    return HashType(alg=HashAlgorithm.SHA_256, content=hex_digest.removeprefix("sha256:"))
+def _sha256(digest: str) -> HashType:
+    return HashType(alg=HashAlgorithm.SHA_256, content=to_hex(digest))
 
 
 def _props(pairs: Iterable[tuple[str, str]]) -> list[Property]:

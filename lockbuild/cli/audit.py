@@ -13,6 +13,7 @@ from lockbuild.errors import LockbuildError
 
 DigestOpt = Annotated[str | None, typer.Option("--image-digest", help="image manifest digest sha256:…")]
 LayoutOpt = Annotated[Path | None, typer.Option("--image", help="OCI layout dir to read the image digest from")]
+OutputOpt = Annotated[Path, typer.Option("--output", "-o", help="file to write ('-': stdout)")]
 
 
 # -- helpers -----------------------------------------------------------------------------------------
@@ -63,8 +64,7 @@ def _report(as_json: bool, summary: dict[str, Any], line: str) -> None:
 def sbom(
     spec: SpecOpt = Path("lockbuild.toml"),
     lock_file: LockOpt = None,
-    output: Annotated[Path, typer.Option("--output", "-o", help="file to write ('-': stdout)")] = Path(
-        "sbom.cdx.json"),
+    output: OutputOpt = Path("sbom.cdx.json"),
     image_digest: DigestOpt = None,
     image: LayoutOpt = None,
     licenses: Annotated[bool, typer.Option("--licenses/--no-licenses",
@@ -101,8 +101,7 @@ def sbom(
 def provenance(
     spec: SpecOpt = Path("lockbuild.toml"),
     lock_file: LockOpt = None,
-    output: Annotated[Path, typer.Option("--output", "-o", help="file to write ('-': stdout)")] = Path(
-        "provenance.intoto.json"),
+    output: OutputOpt = Path("provenance.intoto.json"),
     image_digest: DigestOpt = None,
     image: LayoutOpt = None,
     name: Annotated[str | None, typer.Option("--name", help="subject name (default: the lock's image name)")] = None,
@@ -165,8 +164,7 @@ def diff(
 def k8s(
     spec: SpecOpt = Path("lockbuild.toml"),
     lock_file: LockOpt = None,
-    output: Annotated[Path, typer.Option("--output", "-o", help="file to write ('-': stdout)")] = Path(
-        "deploy.yaml"),
+    output: OutputOpt = Path("deploy.yaml"),
     image: Annotated[str | None, typer.Option("--image", help="REPO@sha256:… to deploy (pinned by digest)")] = None,
     image_digest: Annotated[str | None, typer.Option("--image-digest",
                                                      help="digest; the repository is the lock's image name")] = None,

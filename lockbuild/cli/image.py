@@ -23,7 +23,7 @@ def _attachments(lk: Any, lock_bytes: bytes, image_digest: str, cache: Any, *, s
     from lockbuild.audit.attach import PROVENANCE_TYPE, SBOM_TYPE
     from lockbuild.fsutil import sha256_bytes
 
-    lock_digest = "sha256:" + sha256_bytes(lock_bytes)
+    lock_digest = sha256_bytes(lock_bytes)
     out: list[Attachment] = []
     if sbom:
         from lockbuild.audit.sbom import sbom_json

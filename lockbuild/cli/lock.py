@@ -84,7 +84,7 @@ def lock(
         reasons = explain_stale(s, current)
         from lockbuild.verify.doctor import doctor as run_doctor
 
-        reasons += [f"doctor error [{f.rule}]: {f.what} (fix: {f.fix})"
+        reasons += [f"doctor error [{f.rule}]: {f.message} (fix: {f.fix})"
                     for f in run_doctor(current, None) if f.severity == "error"]
         text = path.read_text(encoding="utf-8")
         if dumps(current) != text:
@@ -120,14 +120,15 @@ def lock(
     for note in result.notes:
         err.print(f"[yellow]note[/] {escape(note)}")
     from lockbuild.verify.doctor import doctor as run_doctor
+    from lockbuild.verify.finding import DOCTOR_KEYS
 
     findings = run_doctor(result.lock, None)
     for f in findings:
-        err.print(f"[yellow]doctor {f.severity}[/] [{f.rule}] {escape(f.what)}; fix: {escape(f.fix)}")
+        err.print(f"[yellow]doctor {f.severity}[/] [{f.rule}] {escape(f.message)}; fix: {escape(f.fix)}")
     errors = [f for f in findings if f.severity == "error"]
     if errors:  # a lock that `lock` writes must build and serve: nothing is written
         raise DoctorFailed(f"the lock would not serve; {path} was not written: "
-                           + "; ".join(f"[{f.rule}] {f.what}" for f in errors),
+                           + "; ".join(f"[{f.rule}] {f.message}" for f in errors),
                            hint=errors[0].fix)
     changed = write_lock(result.lock, path)
     lk = result.lock
@@ -138,7 +139,7 @@ def lock(
         "model": lk.model.resolved_uri, "notes": result.notes,
         "variants": [{"dropped": c.dropped, "kept": c.kept, "reason": c.reason, "paths": c.paths,
                       "example": c.example} for c in lk.python.variants],
-        "doctor": [f.to_dict() for f in findings],
+        "doctor": [f.to_dict(DOCTOR_KEYS) for f in findings],
     }
     if result.reused:
         for c in lk.python.variants:

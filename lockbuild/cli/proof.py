@@ -65,8 +65,8 @@ def _print_findings(report: Any) -> None:
         t = Table("check", Column("path", overflow="fold", min_width=24), "expected", "found", "problem",
                   "expected from", title="verify findings")
         for f in report.findings[:200]:
-            t.add_row(escape(f.check), escape(f.path), escape(f.expected[:40]), escape(f.actual[:40]),
-                      escape(f.message), escape(f.source))
+            t.add_row(escape(f.rule), escape(f.path), escape(f.expected[:40]), escape(f.actual[:40]),
+                      escape(f.message), escape(f.origin))
         err.print(t)
     err.print(f"checked: {checked}")
 
@@ -144,7 +144,7 @@ def smoke(
             err.print("[dim]container log tail:[/]")
             err.print(escape(report.log_tail[-4000:]))
             for d in report.diagnoses:
-                err.print(f"[bold red]diagnosis {d.name}:[/] {escape(d.why)}\n  [cyan]fix:[/] {escape(d.fix)}")
+                err.print(f"[bold red]diagnosis {d.rule}:[/] {escape(d.message)}\n  [cyan]fix:[/] {escape(d.fix)}")
         raise SmokeFailed("; ".join(report.problems),
                           hint=report.diagnoses[0].fix if report.diagnoses else "see the log tail above")
     if not as_json:
@@ -165,15 +165,16 @@ def doctor(
     from lockbuild.fetch.cache import Cache
     from lockbuild.lock.io import read_lock
     from lockbuild.verify.doctor import doctor as run_doctor
+    from lockbuild.verify.finding import DOCTOR_KEYS
 
     lk = read_lock(lock_path(spec, lock_file))
     findings = run_doctor(lk, Cache())
     if as_json:
-        emit_json({"findings": [f.to_dict() for f in findings]})
+        emit_json({"findings": [f.to_dict(DOCTOR_KEYS) for f in findings]})
     else:
         for f in findings:
             color = "red" if f.severity == "error" else "yellow"
-            err.print(f"[{color}]{f.severity}[/] [{f.rule}] {escape(f.what)}\n  why: {escape(f.why)}\n"
+            err.print(f"[{color}]{f.severity}[/] [{f.rule}] {escape(f.message)}\n  why: {escape(f.why)}\n"
                       f"  fix: {escape(f.fix)}")
         if not findings:
             err.print("[green]doctor: no findings[/]")

@@ -7,6 +7,10 @@ Layout (``$LOCKBUILD_CACHE`` or ``~/.cache/lockbuild``)::
     locks/<64 hex>.lock               per-entry file locks
     meta/<namespace>/<key>.json       small derived records (layer cache, ...)
 
+Entries are addressed by ``sha256:<hex>`` digests (lockbuild.digest); only the file names here
+are bare hex. Meta keys that are digests (``sha256:<hex>...``) are stored under the bare-hex
+name too, so entries written before the prefixed form stay found.
+
 Rules: an entry is only ever created by renaming a fully written, hash-checked temp file into
 place; reading an entry re-hashes it (a flipped byte is detected, the entry dropped and
 fetched again); concurrent writers of the same entry serialise on a file lock.
@@ -25,6 +29,7 @@ from typing import Any
 
 from filelock import FileLock
 
+from lockbuild.digest import PREFIX, check, to_hex
 from lockbuild.errors import IntegrityError
 from lockbuild.fsutil import CHUNK, atomic_write_bytes, sha256_file
 
@@ -36,13 +41,6 @@ def default_cache_dir() -> Path:
     xdg = os.environ.get("XDG_CACHE_HOME")
     base = Path(xdg) if xdg else Path.home() / ".cache"
     return base / "lockbuild"
-
-
-def _check_hex(sha256: str) -> str:
-    sha256 = sha256.removeprefix("sha256:").lower()
-    if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
-        raise IntegrityError(f"not a sha256 hex digest: {sha256!r}")
-    return sha256
 
 
 class HashingWriter:
@@ -65,6 +63,10 @@ class HashingWriter:
     def hexdigest(self) -> str:
         return self.h.hexdigest()
 
+    def digest(self) -> str:
+        """``sha256:<hex>`` of what passed through."""
+        return PREFIX + self.h.hexdigest()
+
 
 class Cache:
     def __init__(self, root: Path | None = None) -> None:
@@ -74,11 +76,11 @@ class Cache:
 
     # -- paths -------------------------------------------------------------------------
     def path(self, sha256: str) -> Path:
-        hx = _check_hex(sha256)
+        hx = to_hex(sha256, "cache key")
         return self.root / "blobs" / "sha256" / hx[:2] / hx
 
     def lock(self, sha256: str) -> FileLock:
-        return FileLock(str(self.root / "locks" / f"{_check_hex(sha256)}.lock"), is_singleton=True)
+        return FileLock(str(self.root / "locks" / f"{to_hex(sha256, 'cache key')}.lock"), is_singleton=True)
 
     def tmpdir(self) -> Path:
         return self.root / "tmp"
@@ -91,7 +93,7 @@ class Cache:
             return None
         if verify:
             digest, actual = sha256_file(p)
-            if digest != _check_hex(sha256) or (size is not None and actual != size):
+            if digest != sha256 or (size is not None and actual != size):
                 with contextlib.suppress(FileNotFoundError):
                     p.unlink()
                 return None
@@ -105,9 +107,11 @@ class Cache:
     def writer(self, expected_sha256: str | None = None) -> Iterator[HashingWriter]:
         """Stream content in; on exit it is verified (if a hash was expected) and renamed in.
 
-        After the block, ``w.hexdigest()`` is the entry's key. A mismatch raises
+        After the block, ``w.digest()`` is the entry's key. A mismatch raises
         IntegrityError and leaves nothing behind.
         """
+        if expected_sha256 is not None:
+            check(expected_sha256, "expected content digest")
         fd, tmp = tempfile.mkstemp(dir=self.tmpdir(), suffix=".part")
         try:
             with os.fdopen(fd, "wb") as f:
@@ -115,11 +119,10 @@ class Cache:
                 yield w
                 f.flush()
                 os.fsync(f.fileno())
-            digest = w.hexdigest()
-            if expected_sha256 is not None and digest != _check_hex(expected_sha256):
+            digest = w.digest()
+            if expected_sha256 is not None and digest != expected_sha256:
                 raise IntegrityError(
-                    f"content hash mismatch: expected sha256:{_check_hex(expected_sha256)}, "
-                    f"got sha256:{digest}",
+                    f"content hash mismatch: expected {expected_sha256}, got {digest}",
                     hint="the source served different bytes than the lock records; "
                     "if the lock is right, the source is tampered or corrupt",
                 )
@@ -131,13 +134,13 @@ class Cache:
     def put_bytes(self, data: bytes, expected_sha256: str | None = None) -> str:
         with self.writer(expected_sha256) as w:
             w.write(data)
-        return w.hexdigest()
+        return w.digest()
 
     def put_file(self, src: Path, expected_sha256: str | None = None) -> str:
         with self.writer(expected_sha256) as w, open(src, "rb") as f:
             while chunk := f.read(CHUNK):
                 w.write(chunk)
-        return w.hexdigest()
+        return w.digest()
 
     def _install(self, tmp: Path, digest: str) -> None:
         dest = self.path(digest)
@@ -147,13 +150,16 @@ class Cache:
             os.replace(tmp, dest)
 
     # -- small derived records -------------------------------------------------------------
+    def _meta_path(self, namespace: str, key: str) -> Path:
+        return self.root / "meta" / namespace / f"{key.removeprefix(PREFIX)}.json"
+
     def meta_get(self, namespace: str, key: str) -> dict | None:
-        p = self.root / "meta" / namespace / f"{key}.json"
+        p = self._meta_path(namespace, key)
         try:
             return json.loads(p.read_text())
         except (FileNotFoundError, json.JSONDecodeError):
             return None
 
     def meta_put(self, namespace: str, key: str, value: dict) -> None:
-        p = self.root / "meta" / namespace / f"{key}.json"
+        p = self._meta_path(namespace, key)
         atomic_write_bytes(p, json.dumps(value, sort_keys=True, indent=1).encode())

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 
+from lockbuild.digest import to_hex
 from lockbuild.errors import FetchError, IntegrityError
 from lockbuild.fetch.cache import Cache
 from lockbuild.fsutil import CHUNK, sha256_file
@@ -29,7 +30,7 @@ TIMEOUT = httpx.Timeout(60.0, connect=15.0)
 @dataclass(frozen=True)
 class Item:
     urls: tuple[str, ...]
-    sha256: str
+    sha256: str  # sha256:<hex>
     size: int | None = None
     label: str = ""
 
@@ -55,7 +56,7 @@ def _download_one(http: httpx.Client, cache: Cache, item: Item, progress: Progre
         if progress and item.size:
             progress(item.size)
         return cached
-    partial = cache.tmpdir() / f"{item.sha256}.partial"
+    partial = cache.tmpdir() / f"{to_hex(item.sha256, item.label or 'download')}.partial"
     errors: list[str] = []
     with cache.lock(item.sha256):
         cached = cache.get(item.sha256, item.size)
@@ -79,10 +80,10 @@ def _download_one(http: httpx.Client, cache: Cache, item: Item, progress: Progre
             digest, size = sha256_file(partial)
             if digest != item.sha256 or (item.size is not None and size != item.size):
                 partial.unlink()
-                errors.append(f"{url}: served sha256:{digest} ({size} bytes)")
+                errors.append(f"{url}: served {digest} ({size} bytes)")
                 raise IntegrityError(
                     f"{item.label or url}: downloaded bytes do not match the lock "
-                    f"(expected sha256:{item.sha256}, size {item.size}; got sha256:{digest}, size {size})",
+                    f"(expected {item.sha256}, size {item.size}; got {digest}, size {size})",
                     hint="the mirror served different content; if the lock was edited by hand, "
                     "re-run `lockbuild lock --upgrade`",
                 )

@@ -32,7 +32,7 @@ def fetch_model_files(model: ModelLock, cache: Cache, *, lock_dir: Path) -> dict
         p = cache.get(f.sha256, f.size)
         if p is None:
             raise IntegrityError(
-                f"model file {f.path} (sha256:{f.sha256}) is not available with the locked content",
+                f"model file {f.path} ({f.sha256}) is not available with the locked content",
                 hint="the model changed since it was locked: run `lockbuild lock --check` to see what changed",
             )
         out[f.sha256] = p

@@ -284,8 +284,8 @@ def ensure_built(w: Wheel, cache: Cache, *, python: str, jobs: int = 4) -> Path:
         digest, size = sha256_file(built)
         if digest != w.sha256 or size != w.size or built.name != w.filename:
             raise IntegrityError(
-                f"{w.name} {w.version}: rebuilding the locked sdist {sd.filename} gave {built.name} sha256:{digest} "
-                f"({size} bytes), but the lock pins {w.filename} sha256:{w.sha256} ({w.size} bytes)",
+                f"{w.name} {w.version}: rebuilding the locked sdist {sd.filename} gave {built.name} {digest} "
+                f"({size} bytes), but the lock pins {w.filename} {w.sha256} ({w.size} bytes)",
                 hint="the build is not reproducible on this host; run `lockbuild lock --upgrade` here to re-pin it, "
                 "or build where the lock was made",
             )

@@ -98,9 +98,9 @@ def derive_lock(spec: Spec, lock: Lock, cache: Cache, notify: Notify = lambda _m
         arch = debian_arch(spec.platform)
         roots = tuple(sorted(set(debian.default_roots(choice.interpreter_package)) | set(spec.debian_packages)))
         notify(f"re-deriving Debian {codename}/{arch} from the locked InRelease files")
-        deb = debian.rederive_debian(lock.debian, codename, arch, roots, cache, mirror=spec.mirror,
-                                     security_mirror=spec.security_mirror, keyring=spec.keyrings or None,
-                                     progress=notify)
+        deb = debian.resolve_debian(codename, arch, roots, cache, locked=lock.debian, mirror=spec.mirror,
+                                    security_mirror=spec.security_mirror, keyring=spec.keyrings or None,
+                                    progress=notify)
         # `lock` keeps a previous lock's Debian side and cutoff when its inputs changed: hand it the
         # re-derived Debian side and the recorded cutoff, with an inputs digest that never matches.
         previous = replace(lock, inputs_digest="", debian=deb,

@@ -7,7 +7,6 @@ exclude-newer cutoff stay as locked even when other inputs change.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -19,9 +18,11 @@ from packaging.version import Version
 
 from lockbuild import __version__
 from lockbuild.assemble.prune import DEFAULT_OMIT, DEFAULT_PRUNE
+from lockbuild.digest import short
 from lockbuild.errors import PythonVersionError, SpecError
 from lockbuild.fetch.cache import Cache
 from lockbuild.fetch.model import cache_model_tree
+from lockbuild.fsutil import sha256_bytes
 from lockbuild.lock.model import (
     LOCK_VERSION,
     BuildRules,
@@ -80,7 +81,7 @@ class LockResult:
 
 
 def _digest(obj: object) -> str:
-    return "sha256:" + hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    return sha256_bytes(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode())
 
 
 def input_digests(spec: Spec, source: ModelSource, info: ModelInfo) -> dict[str, str]:
@@ -291,7 +292,7 @@ def explain_stale(spec: Spec, lock: Lock) -> list[str]:
             elif p not in old:
                 reasons.append(f"model file added: {p}")
             elif old[p] != new[p]:
-                reasons.append(f"model file changed: {p} (sha256 {old[p][:12]}… -> {new[p][:12]}…)")
+                reasons.append(f"model file changed: {p} (sha256 {short(old[p])}… -> {short(new[p])}…)")
         if len(reasons) == 0 or (source.resolved_uri == lock.model.resolved_uri and not any(
                 r.startswith("model file") for r in reasons)):
             reasons.append("model changed")

@@ -6,7 +6,6 @@ than the ones stored in the lock itself. The same Lock always renders to the sam
 
 from __future__ import annotations
 
-import hashlib
 import json
 from importlib import resources
 from pathlib import Path
@@ -16,8 +15,9 @@ import jsonschema
 import tomlkit
 import tomlkit.exceptions
 
+from lockbuild.digest import from_hex, to_hex
 from lockbuild.errors import LockFileError
-from lockbuild.fsutil import atomic_write_text
+from lockbuild.fsutil import atomic_write_text, sha256_bytes
 from lockbuild.lock.model import (
     LOCK_VERSION,
     BuildRules,
@@ -72,7 +72,7 @@ def to_dict(lock: Lock) -> dict[str, Any]:
             "mlflow-version": m.mlflow_version, "python-version": m.python_version,
             "keras-version": m.keras_version, "saved-format": m.saved_format,
             "requirements": list(m.requirements), "tree-digest": m.tree_digest,
-            "files": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in m.files],
+            "files": [{"path": f.path, "size": f.size, "sha256": to_hex(f.sha256)} for f in m.files],
         },
         "python": {
             "exclude-newer": p.exclude_newer, "index-url": p.index_url,
@@ -90,7 +90,7 @@ def to_dict(lock: Lock) -> dict[str, Any]:
             "suites": [_suite_dict(s) for s in d.suites],
             "packages": [
                 {"name": b.name, "version": b.version, "architecture": b.architecture, "suite": b.suite,
-                 "filename": b.filename, "size": b.size, "sha256": b.sha256, "source": b.source}
+                 "filename": b.filename, "size": b.size, "sha256": to_hex(b.sha256), "source": b.source}
                 for b in sorted(d.packages, key=lambda b: b.name)
             ],
         },
@@ -101,7 +101,7 @@ def wheel_to_dict(w: Wheel) -> dict[str, Any]:
     """One [[python.packages]] row; the fields of built / bundled wheels only when set, so locks of
     index-only environments are unchanged."""
     row: dict[str, Any] = {"name": w.name, "version": w.version, "filename": w.filename, "url": w.url,
-                           "size": w.size, "sha256": w.sha256}
+                           "size": w.size, "sha256": to_hex(w.sha256)}
     if w.source:
         row["source"] = w.source
     if w.path:
@@ -110,7 +110,7 @@ def wheel_to_dict(w: Wheel) -> dict[str, Any]:
         row["source-date-epoch"] = w.source_date_epoch
         row["build-backend"] = w.build_backend
         row["sdist"] = {"filename": w.sdist.filename, "url": w.sdist.url, "size": w.sdist.size,
-                        "sha256": w.sdist.sha256}
+                        "sha256": to_hex(w.sdist.sha256)}
         row["build-requires"] = [wheel_to_dict(b) for b in sorted(w.build_requires, key=lambda b: b.name)]
     return row
 
@@ -119,8 +119,8 @@ def wheel_from_dict(row: dict[str, Any]) -> Wheel:
     sd = row.get("sdist")
     return Wheel(
         name=row["name"], version=row["version"], filename=row["filename"], url=row["url"], size=row["size"],
-        sha256=row["sha256"], source=row.get("source", ""), path=row.get("path", ""),
-        sdist=Sdist(sd["filename"], sd["url"], sd["size"], sd["sha256"]) if sd else None,
+        sha256=from_hex(row["sha256"]), source=row.get("source", ""), path=row.get("path", ""),
+        sdist=Sdist(sd["filename"], sd["url"], sd["size"], from_hex(sd["sha256"])) if sd else None,
         build_backend=row.get("build-backend", ""),
         build_requires=tuple(wheel_from_dict(b) for b in row.get("build-requires", ())),
         source_date_epoch=row.get("source-date-epoch", 0),
@@ -129,19 +129,24 @@ def wheel_from_dict(row: dict[str, Any]) -> Wheel:
 
 def _suite_dict(s: Suite) -> dict[str, Any]:
     row: dict[str, Any] = {"name": s.name, "archive": s.archive, "date": s.date,
-                           "inrelease-sha256": s.inrelease_sha256, "snapshot": s.snapshot,
+                           "inrelease-sha256": to_hex(s.inrelease_sha256), "snapshot": s.snapshot,
                            "snapshot-archive": s.snapshot_archive}
     if s.signed_by:  # absent in locks written before signer fingerprints were recorded
         row["signed-by"] = list(s.signed_by)
     return row
 
 
+def _table(values: dict[str, Any], table: Any = None) -> Any:
+    """`values` in a (new) tomlkit table, in their order."""
+    table = tomlkit.table() if table is None else table
+    table.update(values)
+    return table
+
+
 def _inline_rows(rows: list[dict[str, Any]]) -> tomlkit.items.Array:
     arr = tomlkit.array()
     for row in rows:
-        it = tomlkit.inline_table()
-        it.update(row)
-        arr.append(it)
+        arr.append(_table(row, tomlkit.inline_table()))
     arr.multiline(True)
     return arr
 
@@ -149,9 +154,7 @@ def _inline_rows(rows: list[dict[str, Any]]) -> tomlkit.items.Array:
 def _aot(rows: list[dict[str, Any]]) -> tomlkit.items.AoT:
     aot = tomlkit.aot()
     for row in rows:
-        tbl = tomlkit.table()
-        tbl.update(row)
-        aot.append(tbl)
+        aot.append(_table(row))
     return aot
 
 
@@ -164,38 +167,22 @@ def dumps(lock: Lock) -> str:
     for section in ("inputs", "image", "target", "runtime"):
         doc.add(tomlkit.nl())
         doc.add(section, data[section])
-    model = dict(data["model"])
-    files = model.pop("files")
-    doc.add(tomlkit.nl())
-    mt = tomlkit.table()
-    mt.update(model)
-    mt.add("files", _inline_rows(files))
-    doc.add("model", mt)
-    py = dict(data["python"])
-    pkgs = py.pop("packages")
-    doc.add(tomlkit.nl())
-    pt = tomlkit.table()
-    pt.update(py)
-    pt.add("packages", _aot(pkgs))
-    doc.add("python", pt)
-    if lock.build != BuildRules():  # absent = the defaults, so locks written before [build] render unchanged
-        doc.add(tomlkit.nl())
-        bt = tomlkit.table()
-        bt.update(data["build"])
-        doc.add("build", bt)
-    deb = dict(data["debian"])
-    doc.add(tomlkit.nl())
-    dt = tomlkit.table()
-    dt.add("roots", deb["roots"])
-    dt.add("suites", _aot(deb["suites"]))
-    dt.add("packages", _aot(deb["packages"]))
-    doc.add("debian", dt)
+    m, p, d = data["model"], data["python"], data["debian"]
+    tables = {"model": {**m, "files": _inline_rows(m["files"])},
+              "python": {**p, "packages": _aot(p["packages"])},
+              # absent = the defaults, so locks written before [build] render unchanged
+              "build": data["build"] if lock.build != BuildRules() else None,
+              "debian": {"roots": d["roots"], "suites": _aot(d["suites"]), "packages": _aot(d["packages"])}}
+    for section, values in tables.items():
+        if values is not None:
+            doc.add(tomlkit.nl())
+            doc.add(section, _table(values))
     body = tomlkit.dumps(doc)
     return f"# {HEADER}\n# {CONTENT_PREFIX}{content_digest(body)}\n{body}"
 
 
 def content_digest(body: str) -> str:
-    return "sha256:" + hashlib.sha256(body.encode("utf-8")).hexdigest()
+    return sha256_bytes(body.encode("utf-8"))
 
 
 def _split_header(text: str) -> tuple[str | None, str]:
@@ -216,7 +203,7 @@ def write_lock(lock: Lock, path: Path) -> bool:
 
 
 def lock_digest(path: Path) -> str:
-    return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+    return sha256_bytes(path.read_bytes())
 
 
 # -- TOML -> plain dict -> Lock ----------------------------------------------------------------
@@ -291,7 +278,7 @@ def from_dict(data: dict[str, Any]) -> Lock:
             mlflow_version=m["mlflow-version"], python_version=m["python-version"],
             keras_version=m["keras-version"], saved_format=m["saved-format"],
             requirements=tuple(m["requirements"]), tree_digest=m["tree-digest"],
-            files=tuple(ModelFile(f["path"], f["size"], f["sha256"]) for f in m["files"]),
+            files=tuple(ModelFile(f["path"], f["size"], from_hex(f["sha256"])) for f in m["files"]),
         ),
         python=PythonLock(
             exclude_newer=p["exclude-newer"], index_url=p["index-url"], requirements=tuple(p["requirements"]),
@@ -305,7 +292,7 @@ def from_dict(data: dict[str, Any]) -> Lock:
         debian=DebianLock(
             roots=tuple(d["roots"]),
             suites=tuple(_suite(s) for s in d["suites"]),
-            packages=tuple(Deb(**{k.replace("-", "_"): v for k, v in b.items()}) for b in d["packages"]),
+            packages=tuple(_deb(b) for b in d["packages"]),
         ),
     )
 
@@ -313,7 +300,14 @@ def from_dict(data: dict[str, Any]) -> Lock:
 def _suite(row: dict[str, Any]) -> Suite:
     kw: dict[str, Any] = {k.replace("-", "_"): v for k, v in row.items()}
     kw["signed_by"] = tuple(kw.get("signed_by", ()))
+    kw["inrelease_sha256"] = from_hex(kw["inrelease_sha256"])
     return Suite(**kw)
+
+
+def _deb(row: dict[str, Any]) -> Deb:
+    kw: dict[str, Any] = {k.replace("-", "_"): v for k, v in row.items()}
+    kw["sha256"] = from_hex(kw["sha256"])
+    return Deb(**kw)
 
 
 def _build_rules(b: dict[str, Any]) -> BuildRules:

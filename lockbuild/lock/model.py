@@ -1,4 +1,6 @@
-"""Lock data types: plain frozen data, no I/O. Only lockbuild.lock.io knows the file format."""
+"""Lock data types: plain frozen data, no I/O. Only lockbuild.lock.io knows the file format.
+
+Every ``sha256`` field holds ``sha256:<hex>`` (lockbuild.digest); the file stores bare hex."""
 
 from __future__ import annotations
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import tomlkit
 
 from lockbuild import __version__
+from lockbuild.digest import to_hex
 from lockbuild.lock.model import Lock
 
 
@@ -28,16 +29,16 @@ def to_pylock(lock: Lock) -> str:
             t.add("index", lock.python.index_url)
             sd = tomlkit.inline_table()
             sd.update({"name": w.sdist.filename, "url": w.sdist.url, "size": w.sdist.size,
-                       "hashes": {"sha256": w.sdist.sha256}})
+                       "hashes": {"sha256": to_hex(w.sdist.sha256)}})
             t.add("sdist", sd)
             pkgs.append(t)
             continue
         wheel = tomlkit.inline_table()
         if w.source == "model":  # bundled in the model: the path is relative to the model directory
-            wheel.update({"name": w.filename, "path": w.path, "size": w.size, "hashes": {"sha256": w.sha256}})
+            wheel.update({"name": w.filename, "path": w.path, "size": w.size, "hashes": {"sha256": to_hex(w.sha256)}})
         else:
             t.add("index", lock.python.index_url)
-            wheel.update({"name": w.filename, "url": w.url, "size": w.size, "hashes": {"sha256": w.sha256}})
+            wheel.update({"name": w.filename, "url": w.url, "size": w.size, "hashes": {"sha256": to_hex(w.sha256)}})
         arr = tomlkit.array()
         arr.append(wheel)
         t.add("wheels", arr)

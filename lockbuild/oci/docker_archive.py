@@ -6,6 +6,9 @@ index.json; skopeo reads it as ``docker-archive:`` or ``oci-archive:``. Layers s
 cache blobs, copied as-is): Docker's loader decompresses them and checks each diff_id against
 the config, so nothing is decompressed or re-hashed on our side.
 
+``layout_archive`` writes the same kind of tar for an OCI layout directory as found on disk (smoke
+loads an ``--oci`` output this way): every file as it is, plus manifest.json. One writer for both.
+
 The outer tar follows the layer recipe (sorted, parents first, 0:0, fixed modes) with every
 mtime set to the image's ``created`` time, so the archive is byte-for-byte reproducible too.
 """
@@ -15,6 +18,7 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
@@ -22,7 +26,7 @@ from lockbuild.errors import PublishError
 from lockbuild.fetch.cache import Cache
 from lockbuild.fsutil import atomic_writer
 from lockbuild.oci.image import BlobSource, Image, canonical_json
-from lockbuild.oci.layout import REF_NAME, blob_name, layout_files
+from lockbuild.oci.layout import REF_NAME, blob_name, layout_files, read_oci_layout
 from lockbuild.oci.tar import new_tarinfo, open_tar
 
 CONTAINERD_NAME = "io.containerd.image.name"
@@ -36,11 +40,11 @@ def split_tag(repo_tag: str) -> tuple[str, str]:
     return repo, tag
 
 
-def docker_manifest(image: Image, repo_tag: str) -> bytes:
+def docker_manifest(config_digest: str, layer_digests: Sequence[str], repo_tag: str) -> bytes:
     entry = {
-        "Config": blob_name(image.config_digest),
+        "Config": blob_name(config_digest),
         "RepoTags": [repo_tag],
-        "Layers": [blob_name(layer.digest) for layer in image.layers],
+        "Layers": [blob_name(d) for d in layer_digests],
     }
     return canonical_json([entry])
 
@@ -49,8 +53,9 @@ def archive_files(image: Image, cache: Cache, repo_tag: str) -> dict[str, BlobSo
     repo, tag = split_tag(repo_tag)
     annotations = {REF_NAME: tag, CONTAINERD_NAME: f"{repo}:{tag}"}
     files = layout_files(image, cache, annotations)
-    files["manifest.json"] = docker_manifest(image, f"{repo}:{tag}")
-    return {k: files[k] for k in sorted(files, key=str.encode)}
+    files["manifest.json"] = docker_manifest(image.config_digest, [layer.digest for layer in image.layers],
+                                             f"{repo}:{tag}")
+    return files
 
 
 def _parents(rel: str) -> list[str]:
@@ -58,8 +63,8 @@ def _parents(rel: str) -> list[str]:
     return ["/".join(parts[: i + 1]) for i in range(len(parts))]
 
 
-def _created_epoch(image: Image) -> int:
-    created = json.loads(image.config).get("created", "")
+def _created_epoch(config: bytes) -> int:
+    created = json.loads(config).get("created", "")
     try:
         return int(datetime.fromisoformat(created).timestamp())
     except (TypeError, ValueError):
@@ -68,7 +73,8 @@ def _created_epoch(image: Image) -> int:
 
 def _write_archive(tar: tarfile.TarFile, files: dict[str, BlobSource], mtime: int) -> None:
     dirs_done: set[str] = set()
-    for rel, content in files.items():
+    for rel in sorted(files, key=str.encode):
+        content = files[rel]
         for d in _parents(rel):
             if d not in dirs_done:
                 tar.addfile(new_tarinfo(d, tarfile.DIRTYPE, mode=0o755, mtime=mtime))
@@ -82,13 +88,27 @@ def _write_archive(tar: tarfile.TarFile, files: dict[str, BlobSource], mtime: in
             tar.addfile(info, io.BytesIO(content))
 
 
-def write_docker_archive(image: Image, dest_tar: Path, cache: Cache, *, repo_tag: str) -> Path:
-    """Write a `docker load`-able tar (atomically: nothing half-written at ``dest_tar``)."""
-    files = archive_files(image, cache, repo_tag)
+def write_archive(files: dict[str, BlobSource], dest_tar: Path, *, mtime: int) -> Path:
+    """Write ``files`` as a reproducible tar, atomically: nothing half-written at ``dest_tar``."""
     try:
         with atomic_writer(dest_tar) as f, open_tar(f) as tar:  # type: ignore[arg-type]
-            _write_archive(tar, files, _created_epoch(image))
+            _write_archive(tar, files, mtime)
     except OSError as e:
         raise PublishError(f"cannot write docker archive {dest_tar}: {e}",
                            hint="check free space and permissions of the output path") from e
     return dest_tar
+
+
+def write_docker_archive(image: Image, dest_tar: Path, cache: Cache, *, repo_tag: str) -> Path:
+    """Write a `docker load`-able tar of a built image."""
+    return write_archive(archive_files(image, cache, repo_tag), dest_tar, mtime=_created_epoch(image.config))
+
+
+def layout_archive(layout: Path, repo_tag: str, dest_tar: Path) -> Path:
+    """A `docker load`-able tar of an OCI layout directory: its files taken as they are (verify, not
+    this, judges them) and Docker's manifest.json for the layout's manifest, tagged ``repo_tag``."""
+    img = read_oci_layout(layout)
+    m = img.manifest_json()
+    files: dict[str, BlobSource] = {p.relative_to(layout).as_posix(): p for p in layout.rglob("*") if p.is_file()}
+    files["manifest.json"] = docker_manifest(m["config"]["digest"], [d["digest"] for d in m["layers"]], repo_tag)
+    return write_archive(files, dest_tar, mtime=_created_epoch(img.config))

@@ -12,7 +12,6 @@ and zstd outputs of one lock have different manifest digests but the same image 
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from pathlib import Path
 
 from lockbuild.errors import BuildError
 from lockbuild.fetch.cache import Cache
+from lockbuild.fsutil import sha256_bytes
 from lockbuild.oci.layercache import Layer
 
 MANIFEST_MEDIA_TYPE = "application/vnd.oci.image.manifest.v1+json"
@@ -31,10 +31,6 @@ LAYER_NAME_ANNOTATION = "lockbuild.layer.name"
 
 def canonical_json(obj: object) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-def sha256_digest(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -70,11 +66,11 @@ class Image:
 
     @property
     def config_digest(self) -> str:
-        return sha256_digest(self.config)
+        return sha256_bytes(self.config)
 
     @property
     def manifest_digest(self) -> str:
-        return sha256_digest(self.manifest)
+        return sha256_bytes(self.manifest)
 
     @property
     def image_id(self) -> str:
@@ -148,7 +144,7 @@ def build_manifest(layers: Sequence[tuple[str, Layer]], config: bytes,
     manifest: dict[str, object] = {
         "schemaVersion": 2,
         "mediaType": MANIFEST_MEDIA_TYPE,
-        "config": {"mediaType": CONFIG_MEDIA_TYPE, "digest": sha256_digest(config), "size": len(config)},
+        "config": {"mediaType": CONFIG_MEDIA_TYPE, "digest": sha256_bytes(config), "size": len(config)},
         "layers": [_layer_descriptor(name, layer) for name, layer in layers],
     }
     if annotations:

@@ -14,15 +14,16 @@ import contextlib
 import errno
 import json
 import os
-import re
 import shutil
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from lockbuild.digest import to_hex
 from lockbuild.errors import IntegrityError, PublishError
 from lockbuild.fetch.cache import Cache
+from lockbuild.fsutil import sha256_bytes
 from lockbuild.oci.image import (
     INDEX_MEDIA_TYPE,
     MANIFEST_MEDIA_TYPE,
@@ -30,19 +31,18 @@ from lockbuild.oci.image import (
     Image,
     blob_sources,
     canonical_json,
-    sha256_digest,
 )
 
 REF_NAME = "org.opencontainers.image.ref.name"
-DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 OCI_LAYOUT = canonical_json({"imageLayoutVersion": "1.0.0"})
 
 
 def blob_name(digest: str) -> str:
     """blobs/sha256/<hex>; anything but a sha256 digest (e.g. "sha256:../x") is refused."""
-    if not DIGEST.fullmatch(str(digest)):
-        raise IntegrityError(f"not a sha256 digest: {digest!r}", hint="the image metadata is corrupt")
-    return f"blobs/sha256/{digest[7:]}"
+    try:
+        return f"blobs/sha256/{to_hex(str(digest))}"
+    except IntegrityError as e:
+        raise IntegrityError(e.message, hint="the image metadata is corrupt") from None
 
 
 def index_json(image: Image, annotations: Mapping[str, str] | None) -> bytes:
@@ -171,7 +171,7 @@ def _read_blob(root: Path, digest: str, what: str) -> bytes:
     except FileNotFoundError:
         raise IntegrityError(f"{what} blob {digest} is missing from {root}",
                              hint="the layout is incomplete; rebuild it") from None
-    if sha256_digest(data) != digest:
+    if sha256_bytes(data) != digest:
         raise IntegrityError(f"{what} blob {path} does not match its digest {digest}",
                              hint="the layout was modified after it was written; rebuild it")
     return data
@@ -204,5 +204,5 @@ def read_oci_layout(root: Path, ref_name: str | None = None) -> LayoutImage:
                                  hint="the layout is incomplete; rebuild it")
         paths[layer["digest"]] = path
     name = desc.get("annotations", {}).get(REF_NAME)
-    return LayoutImage(manifest=manifest, config=config, manifest_digest=sha256_digest(manifest),
+    return LayoutImage(manifest=manifest, config=config, manifest_digest=sha256_bytes(manifest),
                        ref_name=name, layer_paths=paths)

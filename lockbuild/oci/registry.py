@@ -33,10 +33,10 @@ import httpx
 
 from lockbuild.errors import IntegrityError, PublishError
 from lockbuild.fetch.cache import Cache
-from lockbuild.fsutil import CHUNK
+from lockbuild.fsutil import CHUNK, sha256_bytes
 from lockbuild.net import RETRIES, USER_AGENT
 from lockbuild.oci.compress import Sink
-from lockbuild.oci.image import MANIFEST_MEDIA_TYPE, BlobSource, Image, blob_sources, sha256_digest
+from lockbuild.oci.image import MANIFEST_MEDIA_TYPE, BlobSource, Image, blob_sources
 from lockbuild.progress import Progress
 
 T = TypeVar("T")
@@ -356,7 +356,7 @@ def _push_blob(s: Session, digest: str, content: BlobSource, result: PushResult,
 
 
 def _put_manifest(s: Session, manifest: bytes) -> str:
-    digest = sha256_digest(manifest)
+    digest = sha256_bytes(manifest)
     r = s.send("PUT", s.url(f"manifests/{s.ref.reference}"), ok=(200, 201), content=manifest,
                headers={"Content-Type": MANIFEST_MEDIA_TYPE})
     echoed = r.headers.get("docker-content-digest")
@@ -392,7 +392,7 @@ def push(image: Image, ref: str, cache: Cache, *, progress: Progress | None = No
 
 
 def _check(data: bytes, digest: str, what: str) -> bytes:
-    if sha256_digest(data) != digest:
+    if sha256_bytes(data) != digest:
         raise IntegrityError(f"{what} from the registry does not match {digest}",
                              hint="the registry or a proxy served different bytes; do not trust this image")
     return data

@@ -31,6 +31,7 @@ import httpx
 from debian import deb822
 from debian.debian_support import PackageFile, ParseError
 
+from lockbuild.digest import from_hex, to_hex
 from lockbuild.errors import AuditUnavailable, FetchError, IntegrityError, ResolveError
 from lockbuild.fetch import download
 from lockbuild.fetch.cache import Cache
@@ -133,7 +134,7 @@ def index_file(release: deb822.Release, arch: str, label: str) -> IndexFile:
     for ext in (".xz", ".gz"):
         e = entries.get(f"{COMPONENT}/binary-{arch}/Packages{ext}")
         if e:
-            return IndexFile(e["name"], e["sha256"].lower(), int(e["size"]))
+            return IndexFile(e["name"], from_hex(e["sha256"], f"{label}: Release {e['name']}"), int(e["size"]))
     raise ResolveError(
         f"{label}: the signed Release lists no {COMPONENT}/binary-{arch}/Packages.xz or .gz",
         hint=f"is {arch} built for {label}? Architectures: {release.get('Architectures', '?')}",
@@ -141,7 +142,7 @@ def index_file(release: deb822.Release, arch: str, label: str) -> IndexFile:
 
 
 def _by_hash_url(src: SuiteSource, f: IndexFile) -> str:
-    return f"{src.dists}/{f.path.rsplit('/', 1)[0]}/by-hash/SHA256/{f.sha256}"
+    return f"{src.dists}/{f.path.rsplit('/', 1)[0]}/by-hash/SHA256/{to_hex(f.sha256)}"
 
 
 def fetch_index(http: httpx.Client, cache: Cache, src: SuiteSource, f: IndexFile, by_hash: bool) -> Path:
@@ -163,8 +164,8 @@ def fetch_index(http: httpx.Client, cache: Cache, src: SuiteSource, f: IndexFile
     digest = sha256_bytes(data)
     if digest != f.sha256 or len(data) != f.size:
         raise IntegrityError(
-            f"{src.name}: {url} does not match the signed Release (expected sha256:{f.sha256}, "
-            f"{f.size} bytes; got sha256:{digest}, {len(data)} bytes)",
+            f"{src.name}: {url} does not match the signed Release (expected {f.sha256}, "
+            f"{f.size} bytes; got {digest}, {len(data)} bytes)",
             hint="the mirror serves a tampered or half-synced index; retry later or use another mirror",
         )
     cache.put_bytes(data, f.sha256)
@@ -202,11 +203,11 @@ def load_index(cache: Cache, path: Path, sha256: str, label: str = "Packages") -
     """Parsed entries of a verified index, memoised in the cache by the index's sha256."""
     key = f"{sha256}-v{INDEX_FORMAT}"
     meta = cache.meta_get(INDEX_CACHE_NS, key)
-    if meta and (blob := cache.get(meta["blob"])) is not None:
+    if meta and (blob := cache.get(from_hex(meta["blob"]))) is not None:
         return json.loads(blob.read_bytes())
     entries = parse_packages(_decompress(path), label)
     blob_sha = cache.put_bytes(json.dumps(entries, separators=(",", ":")).encode())
-    cache.meta_put(INDEX_CACHE_NS, key, {"blob": blob_sha, "format": INDEX_FORMAT, "packages": len(entries)})
+    cache.meta_put(INDEX_CACHE_NS, key, {"blob": to_hex(blob_sha), "format": INDEX_FORMAT, "packages": len(entries)})
     return entries
 
 
@@ -253,12 +254,12 @@ def pinned_inrelease(http: httpx.Client, cache: Cache, src: SuiteSource, locked:
     live: bytes | None = None
     try:
         live = download.fetch_bytes(f"{src.dists}/InRelease", http=http)
-        why = f"the live archive now serves another one (sha256:{sha256_bytes(live)})"
+        why = f"the live archive now serves another one ({sha256_bytes(live)})"
     except FetchError as e:
         why = f"the live archive is unreachable ({e.message})"
     if live is None or sha256_bytes(live) != locked.inrelease_sha256:
         raise AuditUnavailable(
-            f"{src.name}: the InRelease the lock recorded (sha256:{locked.inrelease_sha256}, Date {locked.date}) "
+            f"{src.name}: the InRelease the lock recorded ({locked.inrelease_sha256}, Date {locked.date}) "
             f"is not in the cache and {why}",
             hint="re-derive where `lockbuild lock` ran (its LOCKBUILD_CACHE keeps every verified InRelease), or "
             f"from a cache holding https://snapshot.debian.org/archive/{locked.snapshot_archive}/{locked.snapshot}/"

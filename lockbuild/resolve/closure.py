@@ -19,6 +19,7 @@ from typing import cast
 from debian import deb822
 from debian.debian_support import Version, version_compare
 
+from lockbuild.digest import from_hex
 from lockbuild.errors import ResolveError
 from lockbuild.lock.model import Deb
 from lockbuild.resolve.archive import COMPONENT
@@ -85,7 +86,7 @@ class Candidate:
         return Deb(
             name=self.name, version=self.version, architecture=self.entry.get("Architecture", arch),
             suite=self.suite, filename=self.entry["Filename"], size=int(self.entry["Size"]),
-            sha256=self.entry["SHA256"].lower(), source=source,
+            sha256=from_hex(self.entry["SHA256"], f"{self.suite} {self.name}: SHA256"), source=source,
         )
 
 

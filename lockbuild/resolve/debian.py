@@ -1,14 +1,16 @@
 """Debian resolution, the public API: signed suites -> verified Packages indexes -> a pinned .deb closure.
 
 Composes archive.py (the chain of trust: InRelease signatures, Release, Packages indexes by hash)
-and closure.py (the Pre-Depends + Depends solver) into ``resolve_debian`` (lock) and
-``rederive_debian`` (lock --check --rederive), and names the default roots of a serving image.
+and closure.py (the Pre-Depends + Depends solver) into ``resolve_debian`` (lock, and
+with ``locked=`` lock --check --rederive), and names the default roots of a serving image.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+
+import httpx
 
 from lockbuild.errors import AuditUnavailable, FetchError
 from lockbuild.fetch import download
@@ -30,7 +32,7 @@ from lockbuild.resolve.archive import (
 from lockbuild.resolve.closure import DEFAULT_EXCLUDE, Closure, merge_suites
 from lockbuild.resolve.runtime import debian_arch
 
-__all__ = ["LIBSSL", "default_roots", "rederive_debian", "resolve_debian"]
+__all__ = ["LIBSSL", "default_roots", "resolve_debian"]
 
 
 # -- public API ------------------------------------------------------------------------------
@@ -62,19 +64,28 @@ def resolve_debian(
     keyring: Path | Sequence[Path] | None = None,
     progress: Notify | None = None,
     exclude: Sequence[str] = DEFAULT_EXCLUDE,
+    locked: DebianLock | None = None,
 ) -> DebianLock:
     """Lock the Pre-Depends/Depends closure of `roots` from the signed suites of `codename`.
 
     `roots` are Debian relations ("python3.11", "libssl3 (>= 3.0.9)"). `exclude` names packages
     never pulled in by a dependency (a dependency naming one is treated as satisfied; roots are
     never excluded). `progress` gets one line per verified suite and one for the closure.
+
+    With `locked` (lock --check --rederive) the suites are the signed InRelease files that lock
+    names (by sha256), not the live ones: each is re-verified (signature, keyring, Codename;
+    Valid-Until is judged at its own Date, since the lock pins a past archive state) and every
+    Packages index is re-checked against it, from the cache or the live archive's by-hash store.
     """
     arch = debian_arch(arch)
     say: Notify = progress or quiet
     sources = suite_sources(codename, mirror, security_mirror)
     keyring = keyring or DEFAULT_KEYRING
     with download.client() as http:
-        loaded = [load_suite(http, cache, src, arch, keyring, say) for src in sources]
+        if locked is None:
+            loaded = [load_suite(http, cache, src, arch, keyring, say) for src in sources]
+        else:
+            loaded = [_load_locked_suite(http, cache, src, arch, keyring, say, locked) for src in sources]
     return _close(loaded, sources, arch, roots, exclude, say)
 
 
@@ -92,48 +103,24 @@ def _close(loaded: Sequence[LoadedSuite], sources: Sequence[SuiteSource], arch: 
 
 
 # -- re-derivation (lock --check --rederive) -------------------------------------------------
-def rederive_debian(
-    locked: DebianLock,
-    codename: str,
-    arch: str,
-    roots: Sequence[str],
-    cache: Cache,
-    *,
-    mirror: str = DEFAULT_MIRROR,
-    security_mirror: str = DEFAULT_SECURITY_MIRROR,
-    keyring: Path | Sequence[Path] | None = None,
-    progress: Notify | None = None,
-    exclude: Sequence[str] = DEFAULT_EXCLUDE,
-) -> DebianLock:
-    """The Debian side re-derived from the signed InRelease files the lock names (by sha256).
-
-    Each InRelease is re-verified (signature, keyring, Codename; Valid-Until is judged at its own
-    Date, since the lock pins a past archive state) and every Packages index is re-checked against
-    it, from the cache or the live archive's by-hash store. The closure is then recomputed.
-    """
-    arch = debian_arch(arch)
-    say: Notify = progress or (lambda _msg: None)
-    sources = suite_sources(codename, mirror, security_mirror)
+def _load_locked_suite(http: httpx.Client, cache: Cache, src: SuiteSource, arch: str,
+                       keyring: Path | Sequence[Path], say: Notify, locked: DebianLock) -> LoadedSuite:
+    """One suite from the InRelease `locked` recorded for it."""
     by_name = {s.name: s for s in locked.suites}
-    keyring = keyring or DEFAULT_KEYRING
-    loaded = []
-    with download.client() as http:
-        for src in sources:
-            suite = by_name.get(src.name)
-            if suite is None:
-                raise AuditUnavailable(
-                    f"the lock records no Debian suite {src.name} (it has: {', '.join(by_name) or 'none'})",
-                    hint="the lock does not belong to this spec: re-create it with `lockbuild lock --upgrade`")
-            inrelease = pinned_inrelease(http, cache, src, suite)
-            when = rfc2822(suite.date, src.name)
-            try:
-                loaded.append(load_verified_suite(http, cache, src, arch, keyring, say, inrelease, now=when))
-            except FetchError as e:
-                raise AuditUnavailable(
-                    f"{src.name}: a Packages index the locked InRelease names is neither in the cache nor on the "
-                    f"live archive ({e.message})",
-                    hint="re-derive where `lockbuild lock` ran (its LOCKBUILD_CACHE keeps the index), or from a "
-                    f"cache holding it from https://snapshot.debian.org/archive/{suite.snapshot_archive}/"
-                    f"{suite.snapshot}/",
-                ) from None
-    return _close(loaded, sources, arch, roots, exclude, say)
+    suite = by_name.get(src.name)
+    if suite is None:
+        raise AuditUnavailable(
+            f"the lock records no Debian suite {src.name} (it has: {', '.join(by_name) or 'none'})",
+            hint="the lock does not belong to this spec: re-create it with `lockbuild lock --upgrade`")
+    inrelease = pinned_inrelease(http, cache, src, suite)
+    when = rfc2822(suite.date, src.name)
+    try:
+        return load_verified_suite(http, cache, src, arch, keyring, say, inrelease, now=when)
+    except FetchError as e:
+        raise AuditUnavailable(
+            f"{src.name}: a Packages index the locked InRelease names is neither in the cache nor on the "
+            f"live archive ({e.message})",
+            hint="re-derive where `lockbuild lock` ran (its LOCKBUILD_CACHE keeps the index), or from a "
+            f"cache holding it from https://snapshot.debian.org/archive/{suite.snapshot_archive}/"
+            f"{suite.snapshot}/",
+        ) from None

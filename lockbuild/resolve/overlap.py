@@ -39,6 +39,7 @@ from packaging.utils import canonicalize_name, parse_wheel_filename
 from lockbuild.errors import OverlapError, ResolveError, SpecError
 from lockbuild.fetch.cache import Cache
 from lockbuild.lock.model import VariantChoice, Wheel
+from lockbuild.progress import Notify
 
 # Distributions built from one source under several names; the first is the default name (what
 # MLflow's flavor pins and what other packages require).
@@ -285,7 +286,7 @@ class Settled:
 
 
 def settle(wheels: list[Wheel], resolve: Resolver, *, cache: Cache, model_requirements: list[str],
-           spec_variants: tuple[tuple[str, str], ...], spec_where: str, notify: Callable[[str], None],
+           spec_variants: tuple[tuple[str, str], ...], spec_where: str, notify: Notify,
            tags: list[Tag], platform: str) -> Settled:
     """Apply the spec's variant choices and the default policy until no two wheels share a path."""
     model_names = named(model_requirements)

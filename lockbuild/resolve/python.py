@@ -9,7 +9,6 @@ interpreter version, wheels only, with an ``--exclude-newer`` cutoff that the lo
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from packaging.version import Version
 
 from lockbuild.errors import ResolveError
 from lockbuild.lock.model import Wheel
+from lockbuild.progress import Notify
 from lockbuild.resolve.uv import (
     PythonTarget,
     parse_pylock,
@@ -116,9 +116,6 @@ def bundled_wheel_pins(bundled: tuple[BundledWheel, ...], tags: list[Tag], platf
         out.append(Wheel(name=canonicalize_name(name), version=str(version), filename=filename, url="",
                          size=b.size, sha256=b.sha256, source="model", path=b.path))
     return out
-
-
-Notify = Callable[[str], None]
 
 
 def resolve_python(requirements: list[str], constraints: list[str], *, target: PythonTarget, index_url: str,

@@ -17,6 +17,7 @@ from packaging.tags import Tag, compatible_tags, cpython_tags
 from packaging.utils import canonicalize_name, parse_wheel_filename
 from packaging.version import Version
 
+from lockbuild.digest import from_hex
 from lockbuild.errors import ResolveError
 from lockbuild.lock.model import Sdist, Wheel
 from lockbuild.model.metadata import strip_userinfo
@@ -162,7 +163,7 @@ def parse_pylock(text: str, tags: list[Tag], platform: str, *,
             url = strip_userinfo(str(sd["url"]))
             sdists.append(SdistPin(name, str(pkg["version"]), Sdist(
                 filename=unquote(urlsplit(url).path.rsplit("/", 1)[-1]), url=url, size=int(sd["size"]),
-                sha256=sha)))
+                sha256=from_hex(sha, f"{name} sdist"))))
             continue
         if not candidates:
             raise ResolveError(
@@ -180,7 +181,8 @@ def parse_pylock(text: str, tags: list[Tag], platform: str, *,
         if not sha or "size" not in w:
             raise ResolveError(f"uv returned no sha256/size for {wheel_filename(w)}")
         wheels.append(Wheel(name=name, version=str(pkg["version"]), filename=wheel_filename(w),
-                            url=strip_userinfo(str(w.get("url") or "")), size=int(w["size"]), sha256=sha))
+                            url=strip_userinfo(str(w.get("url") or "")), size=int(w["size"]),
+                            sha256=from_hex(sha, wheel_filename(w))))
     return sorted(wheels, key=lambda w: w.name), sorted(sdists, key=lambda s: s.name)
 
 

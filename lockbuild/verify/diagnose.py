@@ -6,15 +6,8 @@ One table, read top to bottom; the first matching rule names the failure and the
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
-
-@dataclass(frozen=True)
-class Diagnosis:
-    name: str
-    why: str
-    fix: str
-
+from lockbuild.verify.finding import Finding
 
 RULES: list[tuple[str, str, str, str]] = [
     # (name, regex over log + responses, why it breaks, fix)
@@ -45,20 +38,20 @@ RULES: list[tuple[str, str, str, str]] = [
 
 
 def diagnose(text: str, *, legacy_keras_unset: bool = False, invocations_failed: bool = False,
-             port_opened: bool = True, exited: bool = False) -> list[Diagnosis]:
+             port_opened: bool = True, exited: bool = False) -> list[Finding]:
     found = []
     for name, pattern, why, fix in RULES:
         m = re.search(pattern, text)
         if m:
             detail = next((g for g in m.groups() if g), "") if m.groups() else ""
-            found.append(Diagnosis(name, why + (f" ({detail})" if detail else ""), fix))
+            found.append(Finding(name, "error", why + (f" ({detail})" if detail else ""), fix=fix))
     if legacy_keras_unset and invocations_failed:
-        found.append(Diagnosis(
-            "tf-keras-without-legacy-flag",
+        found.append(Finding(
+            "tf-keras-without-legacy-flag", "error",
             "tf-keras is installed but TF_USE_LEGACY_KERAS=1 is not set: /ping answers 200 while /invocations "
             "fails, because tf.keras resolves to Keras 3",
-            '[image] env = { TF_USE_LEGACY_KERAS = "1" } in lockbuild.toml, then re-lock and rebuild'))
+            fix='[image] env = { TF_USE_LEGACY_KERAS = "1" } in lockbuild.toml, then re-lock and rebuild'))
     if not port_opened and not exited and not found:
-        found.append(Diagnosis("port-never-opened", "the server never answered /ping on its port",
-                               "check the log tail above; raise [smoke] timeout if the model loads slowly"))
+        found.append(Finding("port-never-opened", "error", "the server never answered /ping on its port",
+                             fix="check the log tail above; raise [smoke] timeout if the model loads slowly"))
     return found

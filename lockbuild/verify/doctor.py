@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
@@ -19,23 +18,7 @@ from packaging.version import Version
 from lockbuild.fetch.cache import Cache
 from lockbuild.lock.model import Lock
 from lockbuild.model.metadata import keras_major
-
-
-@dataclass(frozen=True)
-class Finding:
-    """A rule's verdict on a lock: what is wrong, why it breaks at serve time, the fix. verify.py's
-    ``Mismatch`` (expected vs actual in an image, and the input it comes from) is a different record
-    with a different JSON shape; both JSON outputs are tested, so they stay two types."""
-
-    rule: str
-    severity: str  # error | warning
-    what: str
-    why: str
-    fix: str
-
-    def to_dict(self) -> dict[str, str]:
-        return {"rule": self.rule, "severity": self.severity, "what": self.what, "why": self.why, "fix": self.fix}
-
+from lockbuild.verify.finding import Finding  # rule, severity, what (message), why, fix
 
 # Distributions that install the same top-level package: at most one may be present.
 SAME_FILES = [

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
+from lockbuild.digest import PREFIX
 from lockbuild.oci.layercache import Layer
 from lockbuild.verify.source import ImageSource
 
@@ -28,7 +29,7 @@ class Entry:
     uid: int
     gid: int
     target: str = ""  # link target
-    sha256: str = ""  # content, regular files only
+    sha256: str = ""  # sha256:<hex> of the content, regular files only
     size: int = 0
 
     def describe(self) -> str:
@@ -36,7 +37,7 @@ class Entry:
         if self.kind in ("symlink", "hardlink"):
             return f"{base} -> {self.target}"
         if self.kind == "file":
-            return f"{base} sha256:{self.sha256} ({self.size} bytes)"
+            return f"{base} {self.sha256} ({self.size} bytes)"
         return base
 
 
@@ -69,7 +70,7 @@ def iter_entries(stream: BinaryIO) -> Iterator[tuple[str, Entry]]:
                 while chunk := f.read(CHUNK):  # type: ignore[union-attr]
                     h.update(chunk)
                     size += len(chunk)
-                sha = h.hexdigest()
+                sha = PREFIX + h.hexdigest()
             yield norm(m.name), Entry(kind, m.mode & 0o7777, m.uid, m.gid,
                                        m.linkname if kind in ("symlink", "hardlink") else "", sha, size)
 
@@ -147,7 +148,7 @@ def hash_found_layer(src: ImageSource, i: int, known: Layer | None = None) -> Fo
             head = outer.read(4)
             plain = head[:2] != b"\x1f\x8b" and head != b"\x28\xb5\x2f\xfd"
             outer.drain()
-        blob = "sha256:" + outer.h.hexdigest()
+        blob = PREFIX + outer.h.hexdigest()
         if blob == known.digest or plain:
             return FoundLayer(blob, known.diff_id if blob == known.digest else blob)
     with src.open_layer(i) as raw:
@@ -155,7 +156,7 @@ def hash_found_layer(src: ImageSource, i: int, known: Layer | None = None) -> Fo
         inner = _HashReader(_decompressed(outer))
         inner.drain()
         outer.drain()
-    return FoundLayer("sha256:" + outer.h.hexdigest(), "sha256:" + inner.h.hexdigest())
+    return FoundLayer(PREFIX + outer.h.hexdigest(), PREFIX + inner.h.hexdigest())
 
 
 def found_entries(src: ImageSource, i: int) -> Iterator[tuple[str, Entry]]:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from lockbuild.assemble.plan import LayerPlan
+from lockbuild.digest import short
 from lockbuild.fetch.cache import HashingWriter
 from lockbuild.lock.model import Lock
 from lockbuild.oci.layercache import Layer
@@ -42,7 +43,7 @@ def expected_diff_id(staged: Any) -> str:
     """The expected layer's diff_id: its tar hashed as written, never stored."""
     sink = HashingWriter(_Null())
     _tar_expected(staged, sink)
-    return "sha256:" + sink.hexdigest()
+    return sink.digest()
 
 
 def expected_entries(staged: Any) -> Iterator[tuple[str, Entry]]:
@@ -97,14 +98,14 @@ class Origins:
 
                 for w in plan.wheels:
                     for p in install_paths(w, self.blobs[w.sha256], self.lock.target):
-                        out[norm(p)] = f"wheel {w.filename} (sha256:{w.sha256[:12]}…)"
+                        out[norm(p)] = f"wheel {w.filename} (sha256:{short(w.sha256)}…)"
             elif plan.kind == "debian":
                 from lockbuild.assemble.deb import open_deb_tars
                 from lockbuild.assemble.paths import member_path
 
                 for d in self.lock.debian.packages:
                     control, data = open_deb_tars(self.blobs[d.sha256], d.filename)
-                    label = f"deb {d.filename.rsplit('/', 1)[-1]} (sha256:{d.sha256[:12]}…)"
+                    label = f"deb {d.filename.rsplit('/', 1)[-1]} (sha256:{short(d.sha256)}…)"
                     with control, data:
                         for m in data:
                             rel = member_path(m.name, d.name)
@@ -114,7 +115,7 @@ class Origins:
                 from lockbuild.assemble.model import MODEL_DIR
 
                 for f in self.lock.model.files:
-                    out[norm(f"{MODEL_DIR}/{f.path}")] = f"model file {f.path} (sha256:{f.sha256[:12]}…)"
+                    out[norm(f"{MODEL_DIR}/{f.path}")] = f"model file {f.path} (sha256:{short(f.sha256)}…)"
         except Exception:  # noqa: BLE001 - attribution is a courtesy; the finding stands without it
             pass
         return out

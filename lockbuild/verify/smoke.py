@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import socket
-import tarfile
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -22,7 +21,9 @@ import httpx
 
 from lockbuild.errors import SmokeFailed
 from lockbuild.lock.model import Lock
-from lockbuild.verify.diagnose import Diagnosis, diagnose
+from lockbuild.oci.docker_archive import layout_archive
+from lockbuild.verify.diagnose import diagnose
+from lockbuild.verify.finding import DIAGNOSIS_KEYS, Finding
 
 
 @dataclass
@@ -35,39 +36,20 @@ class SmokeReport:
     predictions: Any = None
     version: str | None = None
     problems: list[str] = field(default_factory=list)
-    diagnoses: list[Diagnosis] = field(default_factory=list)
+    diagnoses: list[Finding] = field(default_factory=list)
     log_tail: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {"image": self.image, "ok": self.ok, "port": self.port, "seconds_to_ready": self.seconds_to_ready,
                 "status": self.status, "predictions": self.predictions, "version": self.version,
                 "problems": self.problems, "log_tail": self.log_tail,
-                "diagnoses": [{"name": d.name, "why": d.why, "fix": d.fix} for d in self.diagnoses]}
+                "diagnoses": [d.to_dict(DIAGNOSIS_KEYS) for d in self.diagnoses]}
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _layout_archive(layout: Path, tag: str, dest: Path) -> None:
-    """A docker-loadable tar of an OCI layout dir (adds Docker's manifest.json)."""
-    from lockbuild.verify.source import from_layout
-
-    src = from_layout(layout)
-    m = json.loads(src.manifest or b"{}")
-    entry = [{"Config": "blobs/sha256/" + m["config"]["digest"].split(":", 1)[1], "RepoTags": [tag],
-              "Layers": ["blobs/sha256/" + d["digest"].split(":", 1)[1] for d in m["layers"]]}]
-    data = json.dumps(entry).encode()
-    with tarfile.open(dest, "w") as tar:
-        for p in sorted(layout.rglob("*")):
-            tar.add(p, arcname=p.relative_to(layout).as_posix(), recursive=False)
-        info = tarfile.TarInfo("manifest.json")
-        info.size = len(data)
-        import io
-
-        tar.addfile(info, io.BytesIO(data))
 
 
 def ensure_loaded(client: Any, image: str, tag: str) -> str:
@@ -79,7 +61,7 @@ def ensure_loaded(client: Any, image: str, tag: str) -> str:
         archive = p
         if p.is_dir():
             archive = Path(d) / "image.tar"
-            _layout_archive(p, tag, archive)
+            layout_archive(p, tag, archive)
         with open(archive, "rb") as f:
             loaded = client.images.load(f)
     if loaded and loaded[0].tags:

@@ -36,7 +36,7 @@ class ImageSource:
 
     @property
     def config_digest(self) -> str:
-        return "sha256:" + sha256_bytes(self.config)
+        return sha256_bytes(self.config)
 
     def open_layer(self, i: int) -> BinaryIO:
         return self._open[i]()
@@ -115,8 +115,8 @@ def from_docker_archive(path: Path) -> ImageSource:
             try:
                 mdesc = index["manifests"][0]["digest"]
                 oci_manifest = tar.extractfile(members[f"blobs/sha256/{mdesc.split(':', 1)[1]}"]).read()  # type: ignore[union-attr]
-                if "sha256:" + sha256_bytes(oci_manifest) != mdesc:
-                    problems.append(("index.json", mdesc, "sha256:" + sha256_bytes(oci_manifest),
+                if sha256_bytes(oci_manifest) != mdesc:
+                    problems.append(("index.json", mdesc, sha256_bytes(oci_manifest),
                                      "the manifest blob index.json names does not match its digest"))
                 om = json.loads(oci_manifest)
                 oci_config = str(om["config"]["digest"])
@@ -127,7 +127,7 @@ def from_docker_archive(path: Path) -> ImageSource:
             if len(index.get("manifests", [])) != 1:
                 problems.append(("index.json", "1 manifest", f"{len(index.get('manifests', []))} manifests",
                                  "index.json must name exactly one image"))
-            found_config = "sha256:" + sha256_bytes(config)
+            found_config = sha256_bytes(config)
             if oci_config != found_config:
                 problems.append(("manifest.json Config", oci_config, found_config,
                                  "index.json and manifest.json name different image configs"))
