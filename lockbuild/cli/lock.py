@@ -172,7 +172,7 @@ def lock(
                   f"{lk.target.wheel_platform}, model {lk.model.resolved_uri}")
         if pruned_files:
             per = sorted(pruned_files.items(), key=lambda kv: (-kv[1], kv[0]))
-            err.print(f"pruned {sum(pruned_files.values()):,} files from {len(per)} wheel(s) ([build] prune, "
+            err.print(f"pruned {sum(pruned_files.values()):,} files from {len(per)} wheel(s) (\\[build] prune, "
                       "listed per wheel in the lock): " + ", ".join(f"{n} {c:,}" for n, c in per))
 
 
