@@ -235,7 +235,8 @@ def test_the_untouched_example_lock_checks_fresh(project: Path) -> None:
 
 @pytest.mark.network
 @pytest.mark.parametrize(("name", "entries", "says"), [
-    ("tensorflow-cpu", ("tensorflow/include/", "tensorflow/python/"), "1 entry the rules do not give (tensorflow/python/)"),
+    ("tensorflow-cpu", ("tensorflow/include/", "tensorflow/python/"),
+     "1 entry the rules do not give (tensorflow/python/)"),
     ("tensorflow-cpu", (), "1 the rules give missing (tensorflow/include/)"),  # would ship the headers
     ("numpy", ("numpy/_core/include/",), "14 the rules give missing"),
     ("six", ("six.py",), "1 entry the rules do not give (six.py)"),  # a wheel the rules leave alone
