@@ -264,3 +264,34 @@ def test_lock_reports_files_pruned_per_wheel(project: Path) -> None:
     assert r.json["pruned"] == {"files": 12655, "wheels": {
         "numpy": {"files": 536, "entries": 15}, "pandas": {"files": 1143, "entries": 1},
         "tensorflow-cpu": {"files": 10976, "entries": 1}}}
+
+
+@pytest.mark.network
+@pytest.mark.parametrize("name", ["numpy", "pandas"])
+def test_the_list_matches_the_installed_record_as_the_rules_do(name: str, tmp_path: Path,
+                                                               tmp_path_factory: pytest.TempPathFactory) -> None:
+    """site_paths maps zip members to exactly the site-packages paths the installer writes into RECORD
+    (plus its own INSTALLER file), so the builder can match the recorded list against RECORD rows."""
+    import posixpath
+
+    from lockbuild.assemble import wheels as W
+    from lockbuild.assemble.prune import read_record
+    from lockbuild.fetch.download import Item, client, fetch_all
+    from lockbuild.resolve import overlap
+
+    lock = read_lock(KERAS3 / "lockbuild.lock")
+    w = _wheel(lock, name)
+    cache = Cache(shared_cache(tmp_path_factory))
+    blob = fetch_all(cache, [Item(urls=(w.url,), sha256=w.sha256, size=w.size, label=w.filename)])[w.sha256]
+    W.install_wheel(w, blob, lock.target, tmp_path)
+    site = tmp_path / W.scheme(lock.target)["purelib"].strip("/")
+    dist_info = next(p.name for p in site.iterdir() if p.name.endswith(".dist-info"))
+    rows = {posixpath.normpath(r[0]) for r in read_record(site / dist_info / "RECORD")}
+    inside = {r for r in rows if not r.startswith("../")}
+    with client() as http:
+        listed = set(site_paths(overlap.wheel_members(w, cache, http)))
+    assert inside - listed == {f"{dist_info}/INSTALLER"} and listed <= inside
+    ps, rules = PrunedSet.of(w.pruned), Rules.of(lock.build.prune, lock.build.keep)
+    for r in inside:
+        assert ps.matches(r) is (rules.pruned(r) and not r.startswith(dist_info + "/")), r
+    assert sum(ps.matches(r) for r in inside) == {"numpy": 536, "pandas": 1143}[name]
