@@ -68,7 +68,8 @@ def test_swapped_wheel_is_caught(project: Path) -> None:
         i = next(i for i, w in enumerate(pkgs) if w.name == "numpy")
         other = next(w for w in pkgs if w.name == "pandas")  # another real wheel on PyPI
         pkgs[i] = dataclasses.replace(pkgs[i], url=other.url, sha256=other.sha256, size=other.size,
-                                      filename=other.filename)
+                                      filename=other.filename, pruned=other.pruned)  # (plain --check
+        # would catch a pruned list that does not fit the swapped-in wheel)
         return dataclasses.replace(lk, python=dataclasses.replace(lk.python, packages=tuple(pkgs)))
 
     tamper(project, swap)
@@ -102,6 +103,24 @@ def test_changed_runtime_is_caught(project: Path) -> None:
     assert code == 17
     fields = {d["field"] for d in report["differences"]}
     assert {"runtime.server", "runtime.env.PYTHONPATH"} <= fields
+
+
+def test_pruned_lists_edited_with_rules_to_match_are_caught(project: Path) -> None:
+    """Rules and lists edited together stay consistent for plain `--check`; re-derivation names both."""
+    from lockbuild.fetch.cache import Cache
+    from lockbuild.lock import pruned
+
+    def prune_more(lk: Lock) -> Lock:
+        build = dataclasses.replace(lk.build, prune=(*lk.build.prune, "pandas/io/**"))
+        lists = pruned.derive(lk.python.packages, build, pruned.site_listings(lk.python.packages, Cache()))
+        pkgs = tuple(dataclasses.replace(w, pruned=lists[w.name]) for w in lk.python.packages)
+        return dataclasses.replace(lk, build=build, python=dataclasses.replace(lk.python, packages=pkgs))
+
+    tamper(project, prune_more)
+    assert run_cli("lock", "--check", "--spec", str(project)).code == 0  # consistent, so only rederive tells
+    code, out, report = audit(project)
+    assert code == 17, out
+    assert {d["field"] for d in report["differences"]} == {"build.prune", "python.packages[pandas].pruned"}
 
 
 def test_forged_signer_and_inrelease_are_caught(project: Path) -> None:

@@ -30,7 +30,7 @@ import io
 import os
 import posixpath
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -178,3 +178,128 @@ def add_pyc_to_record(site: Path, content: WheelContent, compiled: dict[str, str
 
 def dist_infos(site: Path) -> list[str]:
     return sorted(n for n in os.listdir(site) if n.endswith(".dist-info")) if site.is_dir() else []
+
+
+# -- the per-wheel pruned list recorded in the lock (python.packages[].pruned) ---------------------
+
+
+def site_paths(members: Iterable[str]) -> list[str]:
+    """The site-packages-relative paths a wheel's zip members are installed to, as its installed
+    RECORD names them: ``X.data/purelib/…`` and ``X.data/platlib/…`` land in site-packages like
+    top-level members; the other ``.data`` schemes (scripts, headers, data) land outside it and are
+    left out (never pruned). Directory entries (``…/``) are skipped, like the installer does."""
+    out = []
+    for name in members:
+        if name.endswith("/"):
+            continue
+        norm = posixpath.normpath(name)
+        first, _, rest = norm.partition("/")
+        if first.endswith(".data") and rest:
+            key, _, sub = rest.partition("/")
+            if key in ("purelib", "platlib") and sub:
+                out.append(sub)
+            continue
+        out.append(norm)
+    return out
+
+
+def _metadata(rel: str) -> bool:
+    """A path in a top-level ``*.dist-info`` directory: the distribution's metadata, never pruned."""
+    first, sep, _ = rel.partition("/")
+    return bool(sep) and first.endswith(".dist-info")
+
+
+def pruned_paths(site_rels: Iterable[str], rules: Rules) -> list[str]:
+    """What ``rules`` prune from one wheel whose files (site-relative, see ``site_paths``) are
+    ``site_rels``, compacted: a directory entry ``d/`` stands for every file of the wheel below
+    ``d`` and is used only when the rules prune ALL of them (the topmost such directory); any
+    other pruned file is listed itself. Sorted, no duplicates: the same listing and rules give the
+    same list. ``PrunedSet.of(result).matches(p) == rules.pruned(p)`` for every ``p`` of the
+    listing (outside the ``*.dist-info`` metadata, which is never pruned)."""
+    files = sorted({posixpath.normpath(r) for r in site_rels} - {"."})
+    pruned = {f for f in files if not _metadata(f) and rules.pruned(f)}
+    if not pruned:
+        return []
+    kept_below: set[str] = set()  # directories with at least one file the rules keep
+    for f in files:
+        if f in pruned:
+            continue
+        d = posixpath.dirname(f)
+        while d and d not in kept_below:  # ancestors of a marked directory are marked already
+            kept_below.add(d)
+            d = posixpath.dirname(d)
+    out: set[str] = set()
+    for f in pruned:
+        top = ""
+        d = posixpath.dirname(f)
+        while d and d not in kept_below:
+            top = d
+            d = posixpath.dirname(d)
+        out.add(top + "/" if top else f)
+    return sorted(out)
+
+
+def _entry_error(entry: str) -> str | None:
+    """Why ``entry`` is not a well-formed pruned-list entry (None when it is)."""
+    path = entry[:-1] if entry.endswith("/") else entry
+    if not path or path.startswith("/") or "\\" in path or posixpath.normpath(path) != path or path == ".." \
+            or path.startswith("../"):
+        return f"{entry!r} is not a normalised path relative to site-packages"
+    if _metadata(path) or path.endswith(".dist-info"):
+        return f"{entry!r} is in the distribution's .dist-info metadata, which is never pruned"
+    return None
+
+
+@dataclass(frozen=True)
+class PrunedSet:
+    """One wheel's recorded pruned list (``pruned_paths``'s output, as the lock stores it), for
+    matching the paths of that wheel's installed RECORD: a file entry matches itself, a directory
+    entry ``d/`` every path below ``d``."""
+
+    files: frozenset[str] = frozenset()
+    dirs: frozenset[str] = frozenset()  # without the trailing "/"
+
+    @classmethod
+    def of(cls, entries: Iterable[str]) -> PrunedSet:
+        """Raises ValueError naming the first malformed entry (absolute, ``..``, not normalised,
+        inside ``*.dist-info``)."""
+        files, dirs = set(), set()
+        for e in entries:
+            why = _entry_error(e)
+            if why is not None:
+                raise ValueError(why)
+            if e.endswith("/"):
+                dirs.add(e[:-1])
+            else:
+                files.add(e)
+        return cls(frozenset(files), frozenset(dirs))
+
+    def __bool__(self) -> bool:
+        return bool(self.files or self.dirs)
+
+    def matches(self, rel: str) -> bool:
+        """Whether the site-relative path ``rel`` (a RECORD path, normalised here) is pruned."""
+        rel = posixpath.normpath(rel)
+        if rel in self.files:
+            return True
+        if not self.dirs:
+            return False
+        d = posixpath.dirname(rel)
+        while d:
+            if d in self.dirs:
+                return True
+            d = posixpath.dirname(d)
+        return False
+
+    def unmatched(self, site_rels: Iterable[str]) -> list[str]:
+        """Entries that match none of ``site_rels`` (the wheel's files): a list made for another
+        wheel or edited by hand. Sorted."""
+        rels = {posixpath.normpath(r) for r in site_rels}
+        dirs_of: set[str] = set()
+        for r in rels:
+            d = posixpath.dirname(r)
+            while d and d not in dirs_of:
+                dirs_of.add(d)
+                d = posixpath.dirname(d)
+        return sorted([f for f in self.files if f not in rels] + [d + "/" for d in self.dirs if d not in dirs_of])
+

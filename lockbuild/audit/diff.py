@@ -226,11 +226,23 @@ def python_settings_changes(a: Lock, b: Lock) -> list[Change]:
 
 
 def build_changes(a: Lock, b: Lock) -> list[Change]:
-    """The [build] rules: bytecode mode, and prune/keep globs added or removed."""
+    """The [build] rules: bytecode mode, prune/keep globs added or removed, and the per-wheel
+    pruned lists of the wheels both locks have (what the builder really removes)."""
     ba, bb = a.build, b.build
     out: list[Change | None] = [_plain("build", "bytecode", ba.bytecode, bb.bytecode)]
     for key, ga, gb in (("prune", set(ba.prune), set(bb.prune)), ("keep", set(ba.keep), set(bb.keep))):
         out += [Change("build", f"{key} {g}", "added" if g in gb else "removed") for g in sorted(ga ^ gb)]
+    out.append(_plain("build", "pruned-listed", str(ba.pruned_listed).lower() if ba.pruned_listed else "",
+                      str(bb.pruned_listed).lower() if bb.pruned_listed else ""))
+    pa = {w.name: set(w.pruned) for w in a.python.packages}
+    pb = {w.name: set(w.pruned) for w in b.python.packages}
+    for name in sorted(pa.keys() & pb.keys()):
+        if pa[name] != pb[name]:
+            gone, new = sorted(pa[name] - pb[name]), sorted(pb[name] - pa[name])
+            detail = ", ".join([f"+{e}" for e in new[:3]] + [f"-{e}" for e in gone[:3]])
+            more = len(new) + len(gone) - min(len(new), 3) - min(len(gone), 3)
+            out.append(Change("build", f"pruned {name}", "changed", f"{len(pa[name])} entries",
+                              f"{len(pb[name])} entries", detail=detail + (f" and {more} more" if more else "")))
     return _keep(out)
 
 

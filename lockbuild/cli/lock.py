@@ -89,11 +89,19 @@ def lock(
         text = path.read_text(encoding="utf-8")
         if dumps(current) != text:
             reasons.append(f"{path.name} was edited by hand (it does not render back to the same bytes)")
+        from lockbuild.lock import pruned
+
+        with err.status("checking the pruned lists against the wheels' file lists…"):
+            pruned_reasons, notes = pruned.check(current, Cache())
+        reasons += pruned_reasons
+        if not as_json:
+            for note in notes:
+                err.print(f"[yellow]note[/] {escape(note)}")
         if rederive and not reasons:
             _rederive_check(s, current, path, as_json)
             return
         if as_json:
-            emit_json({"lock": str(path), "fresh": not reasons, "reasons": reasons})
+            emit_json({"lock": str(path), "fresh": not reasons, "reasons": reasons, "notes": notes})
         if reasons:
             raise StaleLock(f"{path} is stale:\n  - " + "\n  - ".join(reasons),
                             hint="run `lockbuild lock` and commit the result")
@@ -132,6 +140,14 @@ def lock(
                            hint=errors[0].fix)
     changed = write_lock(result.lock, path)
     lk = result.lock
+    pruned_files = result.pruned_files
+    if pruned_files is None:  # reused: count from the (cached) file lists
+        from lockbuild.lock.pruned import lock_counts
+
+        try:
+            pruned_files = lock_counts(lk, Cache())
+        except LockbuildError as e:
+            err.print(f"[yellow]note[/] pruned files not counted: {escape(e.message)}")
     summary = {
         "lock": str(path), "changed": changed, "reused": result.reused, "inputs_digest": lk.inputs_digest,
         "python": lk.target.python, "base": lk.target.base, "wheel_platform": lk.target.wheel_platform,
@@ -140,6 +156,10 @@ def lock(
         "variants": [{"dropped": c.dropped, "kept": c.kept, "reason": c.reason, "paths": c.paths,
                       "example": c.example} for c in lk.python.variants],
         "doctor": [f.to_dict(DOCTOR_KEYS) for f in findings],
+        "pruned": None if pruned_files is None else {
+            "files": sum(pruned_files.values()),
+            "wheels": {w.name: {"files": pruned_files.get(w.name, 0), "entries": len(w.pruned)}
+                       for w in sorted(lk.python.packages, key=lambda w: w.name) if w.pruned}},
     }
     if result.reused:
         for c in lk.python.variants:
@@ -151,6 +171,10 @@ def lock(
         err.print(f"[green]{state}[/] {path}: Python {lk.target.python} on {lk.target.base} "
                   f"({len(lk.debian.packages)} .debs), {len(lk.python.packages)} wheels for "
                   f"{lk.target.wheel_platform}, model {lk.model.resolved_uri}")
+        if pruned_files:
+            per = sorted(pruned_files.items(), key=lambda kv: (-kv[1], kv[0]))
+            err.print(f"pruned {sum(pruned_files.values()):,} files from {len(per)} wheel(s) (\\[build] prune, "
+                      "listed per wheel in the lock): " + ", ".join(f"{n} {c:,}" for n, c in per))
 
 
 def _rederive_check(s: Any, current: Any, path: Path, as_json: bool) -> None:

@@ -23,6 +23,7 @@ from lockbuild.errors import PythonVersionError, SpecError
 from lockbuild.fetch.cache import Cache
 from lockbuild.fetch.model import cache_model_tree
 from lockbuild.fsutil import sha256_bytes
+from lockbuild.lock import pruned
 from lockbuild.lock.model import (
     LOCK_VERSION,
     BuildRules,
@@ -52,7 +53,8 @@ from lockbuild.spec import Spec
 
 NONROOT_UID = 65532
 # Bumped when the default [build] rules change, so `lock --check` reports existing locks stale.
-BUILD_RULES_VERSION = 1
+# 2: every wheel's pruned paths listed in the lock (python.packages[].pruned, lock/pruned.py).
+BUILD_RULES_VERSION = 2
 
 
 def build_rules(spec: Spec) -> BuildRules:
@@ -78,6 +80,7 @@ class LockResult:
     lock: Lock
     reused: bool  # inputs unchanged: nothing was resolved
     notes: list[str] = field(default_factory=list)  # warnings worth showing (patch drift, ...)
+    pruned_files: dict[str, int] | None = None  # {distribution: files pruned}; None: not counted (reused)
 
 
 def _digest(obj: object) -> str:
@@ -228,6 +231,7 @@ def _make_lock(spec: Spec, source: ModelSource, info: ModelInfo, *, previous: Lo
                         where=str(spec.path), hint="remove it from [python] omit")
     omit |= default_omit(spec, {w.name for w in wheels})
     wheels = [w for w in wheels if w.name not in omit]
+    wheels, build, pruned_files = pruned.with_pruned(wheels, build_rules(spec), cache, notify)
     versions = {w.name: w.version for w in wheels}
     v = Version(python_exact)
     lock = Lock(
@@ -263,9 +267,9 @@ def _make_lock(spec: Spec, source: ModelSource, info: ModelInfo, *, previous: Lo
                           extra_index_urls=info.extra_index_urls, constraints=info.constraints,
                           variants=settled.choices),
         debian=deb_lock,
-        build=build_rules(spec),
+        build=build,
     )
-    return LockResult(lock, reused=False, notes=notes)
+    return LockResult(lock, reused=False, notes=notes, pruned_files=pruned_files)
 
 
 def explain_stale(spec: Spec, lock: Lock) -> list[str]:

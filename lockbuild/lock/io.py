@@ -84,7 +84,8 @@ def to_dict(lock: Lock) -> dict[str, Any]:
                               "example": c.example} for c in p.variants]} if p.variants else {}),
             "packages": [wheel_to_dict(w) for w in sorted(p.packages, key=lambda w: w.name)],
         },
-        "build": {"bytecode": lock.build.bytecode, "prune": list(lock.build.prune), "keep": list(lock.build.keep)},
+        "build": {"bytecode": lock.build.bytecode, "prune": list(lock.build.prune), "keep": list(lock.build.keep),
+                  **({"pruned-listed": True} if lock.build.pruned_listed else {})},
         "debian": {
             "roots": list(d.roots),
             "suites": [_suite_dict(s) for s in d.suites],
@@ -106,6 +107,8 @@ def wheel_to_dict(w: Wheel) -> dict[str, Any]:
         row["source"] = w.source
     if w.path:
         row["path"] = w.path
+    if w.pruned:  # one inline array, sorted (pruned_paths): absent = nothing pruned from this wheel
+        row["pruned"] = sorted(w.pruned)
     if w.sdist is not None:
         row["source-date-epoch"] = w.source_date_epoch
         row["build-backend"] = w.build_backend
@@ -124,6 +127,7 @@ def wheel_from_dict(row: dict[str, Any]) -> Wheel:
         build_backend=row.get("build-backend", ""),
         build_requires=tuple(wheel_from_dict(b) for b in row.get("build-requires", ())),
         source_date_epoch=row.get("source-date-epoch", 0),
+        pruned=tuple(row.get("pruned", ())),
     )
 
 
@@ -311,6 +315,7 @@ def _deb(row: dict[str, Any]) -> Deb:
 
 
 def _build_rules(b: dict[str, Any]) -> BuildRules:
-    """A lock without [build] (written before it existed) means: no bytecode, nothing pruned."""
+    """A lock without [build] (written before it existed) means: no bytecode, nothing pruned. One
+    without `pruned-listed` (written before the per-wheel lists) has rules but no lists."""
     return BuildRules(bytecode=b.get("bytecode", "none"), prune=tuple(b.get("prune", ())),
-                      keep=tuple(b.get("keep", ())))
+                      keep=tuple(b.get("keep", ())), pruned_listed=bool(b.get("pruned-listed", False)))

@@ -40,6 +40,10 @@ class Wheel:
     build_backend: str = ""  # source == "sdist": PEP 517 backend, e.g. setuptools.build_meta:__legacy__
     build_requires: tuple[Wheel, ...] = ()  # source == "sdist": the locked isolated build env
     source_date_epoch: int = 0  # source == "sdist": SOURCE_DATE_EPOCH of the build
+    # What [build] prune/keep remove from this wheel, site-packages-relative as its RECORD names the
+    # files; "d/" stands for every file of the wheel below d (assemble/prune.py pruned_paths,
+    # PrunedSet). Meaningful only when the lock's BuildRules.pruned_listed is set.
+    pruned: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -161,6 +165,10 @@ class BuildRules:
     bytecode: str = "none"  # "unchecked-hash": PEP 552 .pyc compiled by the target interpreter
     prune: tuple[str, ...] = ()  # globs, relative to site-packages, of wheel files left out
     keep: tuple[str, ...] = ()  # globs exempt from prune
+    # True: every wheel's pruned paths are listed in the lock (Wheel.pruned, () = nothing pruned),
+    # and the builder removes exactly those. False (locks written before the lists): the builder
+    # applies prune/keep to each wheel's files itself.
+    pruned_listed: bool = False
 
 
 @dataclass(frozen=True)
