@@ -210,3 +210,74 @@ def test_spec_compression_key_is_validated(tmp_path: Path) -> None:
     with pytest.raises(SpecError) as e:
         parse_spec(base + 'compression = "xz"\n', tmp_path / "lockbuild.toml")
     assert "compression" in str(e.value) + str(e.value.where)
+
+
+# -- the same bytes on every CPU --------------------------------------------------------------------
+
+# qemu-x86_64 (Debian's qemu-user) CPU models and the ISA-L code path each selects at run time
+# (igzip_multibinary.asm: base without SSE4.2, _01 SSE4.2, _02 AVX, _04 AVX2; the native run on an
+# AVX-512 host adds the _06 encoders).
+QEMU_CPUS = {"Nehalem": "SSE4.2", "SandyBridge": "AVX", "Haswell": "AVX2"}
+_DIGEST_SCRIPT = """
+import hashlib, io, sys
+from pathlib import Path
+from lockbuild.errors import BuildError
+from lockbuild.oci.compress import gzip_writer, zstd_writer
+data = Path(sys.argv[1]).read_bytes()
+for name in ("gzip", "zstd"):
+    sink = io.BytesIO()
+    try:
+        w = gzip_writer(sink, 1) if name == "gzip" else zstd_writer(sink)
+    except BuildError as e:
+        print(name, "refused", e)
+        continue
+    w.write(data)
+    w.close()
+    print(name, hashlib.sha256(sink.getvalue()).hexdigest(), len(sink.getvalue()))
+"""
+
+
+def _real_data(limit: int = 20 << 20) -> bytes:
+    """The first 20 MB of the installed packages' files (code, text, shared libraries), sorted."""
+    import sysconfig
+
+    buf = bytearray()
+    for p in sorted(Path(sysconfig.get_paths()["purelib"]).rglob("*")):
+        if p.is_file() and not p.is_symlink() and "__pycache__" not in p.parts:
+            buf += p.read_bytes()
+            if len(buf) >= limit:
+                break
+    return bytes(buf[:limit])
+
+
+def test_compressed_bytes_are_the_same_on_every_x86_64_code_path(tmp_path: Path) -> None:
+    """ISA-L and libzstd dispatch to SSE4.2/AVX/AVX2/AVX-512 code at run time: the layer bytes must
+    not depend on the builder's CPU. The venv's Python runs natively and under qemu-x86_64 emulating
+    older CPUs, compressing 20 MB of real files. A CPU without SSE4.2 makes ISA-L take its portable C
+    path, which writes other bytes: there the gzip writer must refuse (zstd stays identical)."""
+    import platform
+    import subprocess
+    import sys
+
+    from tests.conftest_services import need_tool
+
+    if platform.machine() != "x86_64":
+        pytest.skip("x86-64 code paths: this host is " + platform.machine())
+    need_tool("qemu-x86_64")
+    data = tmp_path / "data.bin"
+    data.write_bytes(_real_data())
+    script = tmp_path / "digest.py"
+    script.write_text(_DIGEST_SCRIPT)
+
+    def run(*prefix: str) -> dict[str, str]:
+        out = subprocess.run([*prefix, sys.executable, str(script), str(data)], check=True, capture_output=True,
+                             text=True, timeout=300).stdout
+        return {line.split(" ", 1)[0]: line.split(" ", 1)[1] for line in out.splitlines()}
+
+    native = run()
+    assert not native["gzip"].startswith("refused"), native
+    for cpu, feature in QEMU_CPUS.items():
+        assert run("qemu-x86_64", "-cpu", cpu) == native, f"{cpu} ({feature}) compressed differently"
+    old = run("qemu-x86_64", "-cpu", "core2duo")  # SSSE3, no SSE4.2: ISA-L's base C code
+    assert old["zstd"] == native["zstd"]
+    assert old["gzip"].startswith("refused on this CPU isal"), old
