@@ -146,48 +146,121 @@ def test_a_lock_pinning_another_compressor_version_refuses_to_build() -> None:
 # -- a zstd image through the independent tools ---------------------------------------------------
 
 
+UMOCI_ZSTD = Path("/usr/local/lib/lockbuild/umoci/umoci")  # umoci 0.6 from trixie-backports (install-deps.sh)
+
+
+def _umoci_version(cmd: str) -> tuple[int, ...]:
+    import re
+    import subprocess
+
+    out = subprocess.run([cmd, "--version"], capture_output=True, text=True, check=True).stdout
+    m = re.match(r"umoci version (\d+)\.(\d+)", out)
+    assert m, out
+    return (int(m[1]), int(m[2]))
+
+
+def umoci_with_zstd() -> str:
+    """A umoci that unpacks tar+zstd (>= 0.5): the system one if new enough, else install-deps.sh's."""
+    import shutil
+
+    for cmd in (shutil.which("umoci"), str(UMOCI_ZSTD) if UMOCI_ZSTD.is_file() else None):
+        if cmd and _umoci_version(cmd) >= (0, 5):
+            return cmd
+    from tests.conftest_services import unavailable
+
+    unavailable(f"no umoci >= 0.5 (zstd layers): run scripts/install-deps.sh (installs {UMOCI_ZSTD})")
+
+
+def unpacked_tree(umoci: str, layout: str, bundle: Path) -> dict[str, tuple[object, ...]]:
+    """``umoci unpack`` (which checks every diff_id itself), then every path's type, mode and content."""
+    import stat
+    import subprocess
+
+    subprocess.run([umoci, "unpack", "--rootless", "--image", layout, str(bundle)], check=True,
+                   capture_output=True, text=True, timeout=120)
+    root, out = bundle / "rootfs", {}
+    for p in sorted(root.rglob("*")):
+        st = p.lstat()
+        kind = (os.readlink(p) if stat.S_ISLNK(st.st_mode) else
+                hashlib.sha256(p.read_bytes()).hexdigest() if stat.S_ISREG(st.st_mode) else "dir")
+        out[str(p.relative_to(root))] = (stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode), int(st.st_mtime), kind)
+    return out
+
+
 @pytest.mark.docker
-def test_zstd_layout_passes_skopeo_and_survives_a_registry_round_trip(tmp_path: Path, registry: str,
-                                                                       docker_engine: object) -> None:
-    """skopeo inspects and copies the zstd OCI layout; after a push the registry serves the same
-    digest; converted to gzip (skopeo) it loads into Docker 20.10 with our config digest as image ID
-    and runs. (Docker 20.10 itself cannot load zstd; Debian 12's umoci 0.4.7 rejects the tar+zstd
-    media type: both documented.)"""
+def test_zstd_layout_passes_skopeo_and_umoci_and_survives_a_registry_round_trip(
+        tmp_path: Path, registry: str, docker_engine: object) -> None:
+    """The zstd OCI layout of a tree and the gzip layout of the same tree, checked by independent tools:
+    skopeo inspects and copies the zstd layout; umoci >= 0.5 unpacks it, before and after a registry
+    round trip, into exactly the tree it unpacks from the gzip layout. Debian's umoci 0.4.7 (bookworm,
+    trixie) refuses tar+zstd with "blob is not correct mediatype" (asserted when that is the system
+    umoci); the second path works with it: skopeo converts the pulled zstd image to gzip, 0.4.7 unpacks
+    that into the same tree, and it loads into Docker 20.10 (which cannot load zstd) with our config
+    digest as image ID and runs."""
     import json
-    import os
+    import shutil
     import subprocess
 
     from lockbuild.oci.image import ImageSpec, build_image
     from lockbuild.oci.layout import write_oci_layout
     from lockbuild.oci.registry import push
-    from tests.conftest_services import BUSYBOX, skopeo, unavailable
+    from tests.conftest_services import BUSYBOX, need_tool, skopeo, unavailable
 
     if not BUSYBOX.is_file():
         unavailable("busybox-static missing: run scripts/install-deps.sh")
-    staging = tmp_path / "root"
-    (staging / "bin").mkdir(parents=True)
+    need_tool("umoci")
+    umoci = umoci_with_zstd()
+    staging = tree(tmp_path / "root")
+    (staging / "bin").mkdir()
     (staging / "bin/busybox").write_bytes(BUSYBOX.read_bytes())
     os.chmod(staging / "bin/busybox", 0o755)
+    (staging / "bin/sh").symlink_to("busybox")
+    (staging / "tmp").mkdir()
+    os.chmod(staging / "tmp", 0o1777)
     cache = Cache(tmp_path / "cache")
-    layer = write_layer(cache, staging, mtime=MTIME, compression="zstd")
     spec = ImageSpec(env={"PATH": "/bin"}, entrypoint=("/bin/busybox",), cmd=("echo", "zstd-ok"))
-    image = build_image([("tiny", layer)], config=spec, created="2026-11-25T00:00:00Z", annotations={})
-    write_oci_layout(image, tmp_path / "oci", cache, ref_name="zstd")
+    images = {}
+    for comp in ("gzip", "zstd"):
+        layer = write_layer(cache, staging, mtime=MTIME, compression=comp)
+        images[comp] = build_image([("tiny", layer)], config=spec, created="2026-11-25T00:00:00Z", annotations={})
+        write_oci_layout(images[comp], tmp_path / comp, cache, ref_name="t")
+    image = images["zstd"]
+    assert image.config_digest == images["gzip"].config_digest
 
-    raw = json.loads(skopeo("inspect", "--raw", f"oci:{tmp_path / 'oci'}:zstd"))
+    raw = json.loads(skopeo("inspect", "--raw", f"oci:{tmp_path / 'zstd'}:t"))
     assert raw["layers"][0]["mediaType"] == ZSTD_LAYER_MEDIA_TYPE
-    skopeo("copy", f"oci:{tmp_path / 'oci'}:zstd", f"oci:{tmp_path / 'copy'}:zstd")
+    skopeo("copy", f"oci:{tmp_path / 'zstd'}:t", f"oci:{tmp_path / 'copy'}:t")
     assert json.loads((tmp_path / "copy/index.json").read_text())["manifests"][0]["digest"] == image.manifest_digest
+
+    reference = unpacked_tree(umoci, f"{tmp_path / 'gzip'}:t", tmp_path / "u-gzip")
+    assert {"bin/busybox", "bin/sh", "tmp", "usr/lib/noise.bin"} <= set(reference)
+    assert unpacked_tree(umoci, f"{tmp_path / 'zstd'}:t", tmp_path / "u-zstd") == reference
+    system = shutil.which("umoci")
+    if system and _umoci_version(system) < (0, 5):  # the documented limit of Debian's umoci 0.4.7
+        r = subprocess.run([system, "unpack", "--rootless", "--image", f"{tmp_path / 'zstd'}:t",
+                            str(tmp_path / "u-old")], capture_output=True, text=True, timeout=120)
+        assert r.returncode != 0
+        assert f"blob is not correct mediatype: {ZSTD_LAYER_MEDIA_TYPE}" in r.stderr
 
     ref = f"{registry}/h13-zstd:tiny"
     push(image, ref, cache)
     assert json.loads(skopeo("inspect", "--tls-verify=false", f"docker://{ref}"))["Digest"] == image.manifest_digest
+    skopeo("copy", "--src-tls-verify=false", f"docker://{ref}", f"oci:{tmp_path / 'pulled'}:t")
+    pulled = json.loads((tmp_path / "pulled/index.json").read_text())["manifests"][0]["digest"]
+    assert pulled == image.manifest_digest
+    assert unpacked_tree(umoci, f"{tmp_path / 'pulled'}:t", tmp_path / "u-pulled") == reference
+
+    # The second path, for hosts with umoci 0.4.7 only: convert to gzip (skopeo), then unpack and run.
+    skopeo("copy", "--src-tls-verify=false", "--dest-compress-format", "gzip", f"docker://{ref}",
+           f"oci:{tmp_path / 'gz'}:t")
+    gz = json.loads(skopeo("inspect", "--raw", f"oci:{tmp_path / 'gz'}:t"))
+    assert gz["layers"][0]["mediaType"] == "application/vnd.oci.image.layer.v1.tar+gzip"
+    assert gz["config"]["digest"] == image.config_digest  # same diff_ids, so the same config
+    assert unpacked_tree(system or umoci, f"{tmp_path / 'gz'}:t", tmp_path / "u-gz") == reference
 
     host = os.environ.get("DOCKER_HOST", "unix:///run/lockbuild-docker.sock")
-    skopeo("copy", "--src-tls-verify=false", "--dest-compress-format", "gzip", f"docker://{ref}",
-           f"oci:{tmp_path / 'gz'}:gz")
     tag = "lockbuild-test/h13-zstd:tiny"
-    skopeo("copy", "--dest-daemon-host", host, f"oci:{tmp_path / 'gz'}:gz", f"docker-daemon:{tag}")
+    skopeo("copy", "--dest-daemon-host", host, f"oci:{tmp_path / 'gz'}:t", f"docker-daemon:{tag}")
     env = {**os.environ, "DOCKER_HOST": host}
     try:
         image_id = subprocess.run(["docker", "image", "inspect", "-f", "{{.Id}}", tag], env=env, check=True,
