@@ -354,3 +354,72 @@ def test_compressed_bytes_are_the_same_on_every_x86_64_code_path(tmp_path: Path)
     old = run("qemu-x86_64", "-cpu", "core2duo")  # SSSE3, no SSE4.2: ISA-L's base C code
     assert old["zstd"] == native["zstd"]
     assert old["gzip"].startswith("refused on this CPU isal"), old
+
+
+ARM64_PYTHON_DEBS = ("python3.11-minimal", "libpython3.11-minimal", "libpython3.11-stdlib", "libc6", "libexpat1",
+                     "zlib1g", "libssl3", "libffi8", "libgcc-s1", "libbz2-1.0", "liblzma5", "libcrypt1",
+                     "libstdc++6", "libuuid1", "libtinfo6", "libncursesw6")
+
+
+def _arm64_sysroot(dest: Path) -> Path:
+    """Debian bookworm's arm64 python3.11 and its libraries unpacked into ``dest`` (apt with a private
+    state directory, signatures checked against the archive keyring; the host's apt is untouched)."""
+    import subprocess
+
+    state = dest / "apt"
+    for d in ("lists/partial", "cache/archives/partial", "debs"):
+        (state / d).mkdir(parents=True)
+    (state / "status").touch()
+    (state / "sources.list").write_text("deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] "
+                                        "http://deb.debian.org/debian bookworm main\n")
+    opts = [f"-oDir::Etc::sourcelist={state}/sources.list", "-oDir::Etc::sourceparts=/nonexistent",
+            f"-oDir::State::Lists={state}/lists", f"-oDir::Cache={state}/cache", f"-oDir::State::status={state}/status",
+            "-oAPT::Architecture=arm64", "-oAPT::Architectures=arm64", "-oAPT::Sandbox::User=root",
+            "-oDebug::NoLocking=1"]
+    subprocess.run(["apt-get", "-qq", *opts, "update"], check=True, capture_output=True, timeout=600)
+    subprocess.run(["apt-get", "-qq", *opts, "download", *ARM64_PYTHON_DEBS], cwd=state / "debs", check=True,
+                   capture_output=True, timeout=600)
+    root = dest / "root"
+    for deb in sorted((state / "debs").glob("*.deb")):
+        subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True)
+    return root
+
+
+@pytest.mark.network
+def test_on_arm64_isal_refuses_and_zstd_gives_the_same_bytes(tmp_path: Path) -> None:
+    """ISA-L's aarch64 code (igzip/aarch64) writes other deflate streams than its x86-64 SIMD paths, so
+    an arm64 builder (Graviton, Apple silicon) must refuse gzip layers rather than make other digests;
+    libzstd's bytes are the same there. Debian's arm64 Python runs under qemu-aarch64 with the pinned
+    isal and zstandard aarch64 wheels from PyPI."""
+    import platform
+    import subprocess
+    import sys
+    from importlib.metadata import version
+
+    from tests.conftest_services import need_tool
+
+    if platform.machine() != "x86_64":
+        pytest.skip("compares with the x86-64 output: this host is " + platform.machine())
+    need_tool("qemu-aarch64", "apt-get", "dpkg-deb")
+    root = _arm64_sysroot(tmp_path / "arm64")
+    site = tmp_path / "site"
+    uv = Path(sys.executable).parent / "uv"
+    subprocess.run([str(uv), "pip", "install", "-q", "--target", str(site), "--python-platform",
+                    "aarch64-manylinux_2_36", "--python-version", "3.11", "--only-binary", ":all:",
+                    f"isal=={version('isal')}", f"zstandard=={version('zstandard')}"], check=True, timeout=600)
+    data = tmp_path / "data.bin"
+    data.write_bytes(_real_data(8 << 20))
+    script = tmp_path / "digest.py"
+    script.write_text(_DIGEST_SCRIPT)
+    repo = Path(__file__).resolve().parents[1]
+
+    def run(*cmd: str, env: dict[str, str] | None = None) -> dict[str, str]:
+        out = subprocess.run([*cmd, str(script), str(data)], check=True, capture_output=True, text=True,
+                             timeout=300, env=env).stdout
+        return {line.split(" ", 1)[0]: line.split(" ", 1)[1] for line in out.splitlines()}
+
+    native = run(sys.executable)
+    arm = run("qemu-aarch64", "-L", str(root), str(root / "usr/bin/python3.11"),
+              env={"PATH": "/usr/bin:/bin", "PYTHONPATH": f"{site}:{repo}", "PYTHONNOUSERSITE": "1"})
+    assert arm["zstd"] == native["zstd"]
+    assert arm["gzip"].startswith("refused on this CPU isal"), arm
