@@ -423,3 +423,25 @@ def test_on_arm64_isal_refuses_and_zstd_gives_the_same_bytes(tmp_path: Path) -> 
               env={"PATH": "/usr/bin:/bin", "PYTHONPATH": f"{site}:{repo}", "PYTHONNOUSERSITE": "1"})
     assert arm["zstd"] == native["zstd"]
     assert arm["gzip"].startswith("refused on this CPU isal"), arm
+
+
+@pytest.mark.network
+def test_compression_override_on_a_gzip_lock_builds_zstd_with_the_same_config(tiny_project: dict,
+                                                                             tmp_path: Path) -> None:
+    """`lockbuild image --compression zstd` on a lock that pins its gzip compressor (isal): the override
+    is not held to the isal pin (it refused before), and gives the same diff_ids and config."""
+    import json
+    import tomllib
+
+    from tests.tiny_project import run_lockbuild
+
+    lock = tomllib.loads((tiny_project["dir"] / "lockbuild.lock").read_text())
+    assert lock["image"]["compressor"] == compressor_version("gzip")
+    out = json.loads(run_lockbuild("image", "--compression", "zstd", "--oci", str(tmp_path / "oci"), "--json",
+                                   cwd=tiny_project["dir"]).stdout)
+    gz = tiny_project["image"]
+    assert out["config_digest"] == gz["config_digest"] and out["digest"] != gz["digest"]
+    assert [la["diff_id"] for la in out["layers"]] == [la["diff_id"] for la in gz["layers"]]
+    manifest_digest = json.loads((tmp_path / "oci/index.json").read_text())["manifests"][0]["digest"]
+    manifest = json.loads((tmp_path / "oci/blobs/sha256" / manifest_digest.split(":")[1]).read_text())
+    assert {la["mediaType"] for la in manifest["layers"]} == {ZSTD_LAYER_MEDIA_TYPE}
