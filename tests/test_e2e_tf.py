@@ -179,3 +179,29 @@ def test_smoke_diagnoses_a_missing_module(keras3: dict, tmp_path: Path) -> None:
     proc = lockbuild("smoke", "out/image.tar", "--timeout", "60", cwd=work, ok=False)
     assert proc.returncode == 14, proc.stderr
     assert "missing-module" in proc.stderr and "absl" in proc.stderr
+
+
+def test_zstd_push_verifies_and_serves_after_a_registry_round_trip(keras3: dict, registry: str,
+                                                                    tmp_path: Path) -> None:
+    """The real model as zstd: pushed (tar+zstd layers, same config digest as gzip), verified against the
+    lock straight from the registry, then pulled by skopeo into gzip (what an engine without zstd needs;
+    Docker 20.10 cannot load zstd), verified again and served: real predictions."""
+    ref = f"{registry}/lockbuild/keras3:zstd"
+    pushed = json.loads(lockbuild("image", "--compression", "zstd", "--push", ref, "--json", cwd=keras3["dir"]).stdout)
+    assert pushed["config_digest"] == keras3["image"]["config_digest"]
+    assert pushed["digest"] != keras3["image"]["digest"]
+    assert [la["diff_id"] for la in pushed["layers"]] == [la["diff_id"] for la in keras3["image"]["layers"]]
+    raw = json.loads(subprocess.run(["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{ref}"],
+                                    capture_output=True, text=True, check=True).stdout)
+    assert {la["mediaType"] for la in raw["layers"]} == {"application/vnd.oci.image.layer.v1.tar+zstd"}
+    report = json.loads(lockbuild("verify", f"docker://{ref}", "--json", cwd=keras3["dir"]).stdout)
+    assert report["ok"], report["findings"][:5]
+
+    gz = tmp_path / "gz"
+    subprocess.run(["skopeo", "copy", "-q", "--src-tls-verify=false", "--dest-compress-format", "gzip",
+                    f"docker://{ref}", f"oci:{gz}:zstd-roundtrip"], check=True, capture_output=True, timeout=900)
+    proc = lockbuild("smoke", str(gz), "--expected", "predictions.json", "--json", cwd=keras3["dir"])
+    smoke = json.loads(proc.stdout)
+    assert smoke["ok"] and smoke["status"] == 200, smoke
+    expected = json.loads((keras3["dir"] / "predictions.json").read_text())
+    assert len(smoke["predictions"]) == len(expected["predictions"])

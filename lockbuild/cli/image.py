@@ -76,7 +76,9 @@ def image(
         if compression not in COMPRESSIONS:
             raise BuildError(f"--compression {compression!r} is not one of {', '.join(COMPRESSIONS)}",
                              hint="use --compression gzip or --compression zstd")
-        lk = replace(lk, compression=compression)
+        # The lock pins the compressor of its own compression only: overriding to the other one has no
+        # pinned version to hold the installed library to (same as a lock written before the field).
+        lk = replace(lk, compression=compression, compressor=lk.compressor if compression == lk.compression else "")
     cache = Cache()
     progress, report = progress_reporter(not as_json and err.is_terminal)
     warnings: list[str] = []  # in --json mode too: a skipped step must never be silent

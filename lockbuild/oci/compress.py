@@ -9,6 +9,8 @@ the tar alone), ``gzip_writer`` (fixed gzip header) and ``zstd_writer`` (fixed f
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -124,8 +126,49 @@ class ChunkedCompressor:
             self.close()
 
 
+# ISA-L picks its deflate code at run time by CPU (igzip_multibinary.asm). Its SSE4.2, AVX, AVX2 and
+# AVX-512 paths give identical bytes (tests/test_compression.py runs them under qemu-x86_64), but the
+# portable C path, taken on x86-64 CPUs without SSE4.2 (Core 2, QEMU's default "qemu64" VM model),
+# hashes 3-byte prefixes by multiplication instead of CRC32C (igzip/huffman.h compute_hash), finds
+# other matches and so writes other, equally valid deflate streams. A known input's output, checked
+# before the first layer is compressed, catches that path (and any other we have not seen, e.g. on
+# another architecture) so such a host refuses instead of building silently different layers.
+CANARY_SHA256 = {  # isal version -> sha256 of the raw level-1 deflate of canary_input()
+    "1.9.1": "be2ec4707eca709dd9b834f639865cea1481e686330b208b276db9d33e3470d3",
+}
+
+
+def canary_input() -> bytes:
+    """100 KB of text with many repeats of varying length: enough matches to tell hash functions apart."""
+    return b"".join(b"%d:%s\n" % (i, hashlib.sha256(b"%d" % (i // 3)).hexdigest()[:i % 40].encode())
+                    for i in range(4000))
+
+
+@functools.lru_cache(maxsize=1)
+def check_gzip_code_path() -> str:
+    """The canary output's sha256 when it is the reference one; a BuildError when this CPU makes ISA-L
+    write other bytes than the reference hosts (failures are not cached: every build refuses)."""
+    z = _module("gzip")
+    import isal
+
+    c = z.compressobj(1, z.DEFLATED, -15, z.DEF_MEM_LEVEL, z.Z_DEFAULT_STRATEGY)
+    got = hashlib.sha256(c.compress(canary_input()) + c.flush()).hexdigest()
+    want = CANARY_SHA256.get(isal.__version__)
+    if want is None:
+        raise BuildError(f"no reference gzip output for isal {isal.__version__} (lockbuild pins isal "
+                         f"{', '.join(CANARY_SHA256)})", hint="reinstall lockbuild with its pinned dependencies")
+    if got != want:
+        raise BuildError(f"on this CPU isal {isal.__version__} compresses differently from the reference hosts "
+                         f"(canary sha256 {got[:12]}, expected {want[:12]}): gzip layer digests would not be "
+                         "reproducible", hint="build on an x86-64 CPU with SSE4.2 (x86-64-v2; in a VM, pass the "
+                         'host CPU model through), or set [image] compression = "zstd" for --oci/--push')
+    return got
+
+
 def gzip_writer(sink: Sink, level: int) -> ChunkedCompressor:
-    """ISA-L raw deflate in a gzip member with a fixed header (no name, mtime 0, OS 255)."""
+    """ISA-L raw deflate in a gzip member with a fixed header (no name, mtime 0, OS 255), after checking
+    that this CPU's ISA-L code path writes the reference bytes (``check_gzip_code_path``)."""
+    check_gzip_code_path()
     z = _module("gzip")
     return ChunkedCompressor(sink, z.compressobj(level, z.DEFLATED, -15, z.DEF_MEM_LEVEL, z.Z_DEFAULT_STRATEGY),
                              header=GZIP_HEADER, gzip_trailer=True)
