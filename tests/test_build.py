@@ -43,7 +43,8 @@ def make_wheel(tmp: Path, name: str, version: str, files: dict[str, bytes]) -> t
                  sha256="sha256:" + "0" * 64), path
 
 
-def install_into(root: Path, pairs: list[tuple[Wheel, Path]], rules: object = None, py: object = None) -> list:
+def install_into(root: Path, pairs: list[tuple[Wheel, Path]], rules: object = None, py: object = None,
+                 pruned: object = None) -> list:
     """Stream the wheels into a layer tar (the builder's path) and extract it into ``root``."""
     import io
     import tarfile
@@ -52,7 +53,8 @@ def install_into(root: Path, pairs: list[tuple[Wheel, Path]], rules: object = No
     from lockbuild.oci.tar import write_tar
 
     root.mkdir(parents=True, exist_ok=True)
-    tree = W.wheel_tree(pairs, TARGET, rules or Rules(), py, spool_dir=root.parent)  # type: ignore[arg-type]
+    tree = W.wheel_tree(pairs, TARGET, rules or Rules(), py, spool_dir=root.parent,  # type: ignore[arg-type]
+                        pruned=pruned)  # type: ignore[arg-type]
     buf = io.BytesIO()
     try:
         write_tar(buf, tree.nodes, mtime=1, exclude=None, owners=None)
@@ -188,3 +190,28 @@ def test_a_member_hashed_with_another_algorithm_in_record_is_rehashed_as_sha256(
     record = (root / "usr/local/lib/python3.11/dist-packages/demo-1.0.dist-info/RECORD").read_text()
     digest = base64.urlsafe_b64encode(hashlib.sha256(b"X = 1\n").digest()).rstrip(b"=").decode()
     assert f"demo/__init__.py,sha256={digest},6" in record
+
+
+def test_the_builder_prunes_exactly_the_locks_list_and_refuses_a_list_for_another_wheel(tmp_path: Path) -> None:
+    """With per-wheel lists in the lock, the lists decide (not the rules); an entry the verified
+    wheel does not have (a list edited by hand, or made for another wheel) stops the build."""
+    import dataclasses
+
+    from lockbuild.assemble.build import listed_pruning
+    from lockbuild.lock.io import read_lock
+
+    lock = read_lock(Path(__file__).parent.parent / "examples" / "keras3" / "lockbuild.lock")
+    assert lock.build.pruned_listed
+    wheel, path = make_wheel(tmp_path, "demo", "1.0", {"demo/__init__.py": b"X = 1\n",
+                                                      "demo/tests/test_a.py": b"", "demo/extra.h": b""})
+    listed = dataclasses.replace(wheel, pruned=("demo/extra.h",))  # not what DEFAULT_PRUNE would give
+    pruned = listed_pruning(lock, {wheel.sha256: path})
+    assert pruned is not None
+    root = tmp_path / "root"
+    install_into(root, [(listed, path)], pruned=pruned)
+    site = root / "usr/local/lib/python3.11/dist-packages"
+    assert not (site / "demo/extra.h").exists() and (site / "demo/tests/test_a.py").exists()
+    with pytest.raises(BuildError, match=r"pruned lists 'demo/include/'.*not in demo-1\.0"):
+        pruned(dataclasses.replace(wheel, pruned=("demo/include/",)))
+    older = dataclasses.replace(lock, build=dataclasses.replace(lock.build, pruned_listed=False))
+    assert listed_pruning(older, {}) is None  # a lock from before the lists: the rules decide

@@ -274,8 +274,9 @@ def test_the_list_matches_the_installed_record_as_the_rules_do(name: str, tmp_pa
     (plus its own INSTALLER file), so the builder can match the recorded list against RECORD rows."""
     import posixpath
 
+    from installer.records import parse_record_file
+
     from lockbuild.assemble import wheels as W
-    from lockbuild.assemble.prune import read_record
     from lockbuild.fetch.download import Item, client, fetch_all
     from lockbuild.resolve import overlap
 
@@ -283,10 +284,17 @@ def test_the_list_matches_the_installed_record_as_the_rules_do(name: str, tmp_pa
     w = _wheel(lock, name)
     cache = Cache(shared_cache(tmp_path_factory))
     blob = fetch_all(cache, [Item(urls=(w.url,), sha256=w.sha256, size=w.size, label=w.filename)])[w.sha256]
-    W.install_wheel(w, blob, lock.target, tmp_path)
-    site = tmp_path / W.scheme(lock.target)["purelib"].strip("/")
-    dist_info = next(p.name for p in site.iterdir() if p.name.endswith(".dist-info"))
-    rows = {posixpath.normpath(r[0]) for r in read_record(site / dist_info / "RECORD")}
+    tree = W.wheel_tree([(w, blob)], lock.target, Rules(), None, spool_dir=tmp_path)  # installed, nothing pruned
+    site = W.scheme(lock.target)["purelib"].strip("/")
+    try:
+        record = next(n for n in tree.nodes if n.rel.startswith(site + "/") and n.rel.endswith(".dist-info/RECORD"))
+        assert record.open is not None
+        with record.open() as f:
+            text = f.read().decode()
+    finally:
+        tree.close()
+    dist_info = record.rel[len(site) + 1:].split("/")[0]
+    rows = {posixpath.normpath(r[0]) for r in parse_record_file(text.splitlines())}
     inside = {r for r in rows if not r.startswith("../")}
     with client() as http:
         listed = set(site_paths(overlap.wheel_members(w, cache, http)))

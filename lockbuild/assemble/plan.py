@@ -83,7 +83,9 @@ def plan_layers(lock: Lock, *, mtime: int, lock_digest: str, level: int) -> list
                   if lock.build.bytecode != "none" else []}
     for name, group in python_groups(lock.python.packages):
         plans.append(LayerPlan(name, "python", group,
-                               key=_key({**wheel_base, "wheels": _hexes(group)})))
+                               key=_key({**wheel_base, "wheels": _hexes(group),
+                                         **({"pruned": sorted([to_hex(w.sha256), list(w.pruned)] for w in group)}
+                                            if lock.build.pruned_listed else {})})))
     plans.append(LayerPlan("model", "model", key=_key({**base, "model": lock.model.tree_digest})))
     plans.append(LayerPlan("config", "config", key=_key({**base, "lock": lock_digest,
                                                          "launcher": launcher_digest()})))

@@ -23,16 +23,10 @@ against it while serving), triton's headers (compiled at run time), ``*.pyi`` (s
 
 from __future__ import annotations
 
-import base64
-import csv
-import hashlib
-import io
-import os
 import posixpath
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 DEFAULT_PRUNE: tuple[str, ...] = (
     "tensorflow/include/**",
@@ -89,98 +83,6 @@ class WheelContent:
     pruned_bytes: int = 0
     pruned_digest: str = ""  # sha256 over the sorted pruned paths
     sources: list[str] = field(default_factory=list)  # .py files (site-relative) to byte-compile
-
-
-def read_record(path: Path) -> list[list[str]]:
-    return [row for row in csv.reader(io.StringIO(path.read_text(encoding="utf-8"))) if row]
-
-
-def record_hash(path: Path) -> tuple[str, int]:
-    h = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-            size += len(chunk)
-    return "sha256=" + base64.urlsafe_b64encode(h.digest()).rstrip(b"=").decode(), size
-
-
-def write_record(path: Path, rows: list[list[str]]) -> None:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    for row in rows:
-        w.writerow(row)
-    path.write_text(buf.getvalue(), encoding="utf-8")
-
-
-def _remove_empty_dirs(site: Path, rels: list[str]) -> None:
-    dirs = sorted({posixpath.dirname(r) for r in rels}, key=lambda d: -d.count("/"))
-    for d in dirs:
-        while d:
-            p = site / d
-            try:
-                p.rmdir()  # only succeeds when empty
-            except OSError:
-                break
-            d = posixpath.dirname(d)
-
-
-def prune_distribution(site: Path, dist_info: str, rules: Rules) -> WheelContent:
-    """Remove the distribution's files matched by the rules, rewrite its RECORD without them, and
-    list its remaining .py sources below site-packages."""
-    record = site / dist_info / "RECORD"
-    rows = read_record(record)
-    content = WheelContent(dist_info)
-    kept: list[list[str]] = []
-    gone: list[str] = []
-    for row in rows:
-        rel = posixpath.normpath(row[0])
-        inside = not rel.startswith("../")
-        p = site / rel
-        size = p.stat().st_size if inside and p.is_file() and not p.is_symlink() else 0
-        content.installed_bytes += size
-        if inside and not rel.startswith(dist_info + "/") and rules.pruned(rel):
-            if p.is_file() or p.is_symlink():
-                p.unlink()
-            gone.append(rel)
-            content.pruned_bytes += size
-            continue
-        kept.append(row)
-        if inside and rel.endswith(".py") and p.is_file() and not p.is_symlink():
-            content.sources.append(rel)
-    content.pruned_files = len(gone)
-    content.pruned_digest = "sha256:" + hashlib.sha256("\n".join(sorted(gone)).encode()).hexdigest()
-    _remove_empty_dirs(site, gone)
-    if gone:
-        write_record(record, kept)
-    return content
-
-
-def add_pyc_to_record(site: Path, content: WheelContent, compiled: dict[str, str]) -> None:
-    """Append a RECORD row (hash, size) for every .pyc compiled from this distribution's sources,
-    as pip does for the bytecode it writes; ``compiled`` maps source -> .pyc, both site-relative."""
-    record = site / content.dist_info / "RECORD"
-    rows = read_record(record)
-    listed = {r[0] for r in rows}
-    extra = []
-    for src in content.sources:
-        pyc = compiled.get(src)
-        if pyc is None or pyc in listed:
-            continue
-        digest, size = record_hash(site / pyc)
-        extra.append([pyc, digest, str(size)])
-    if not extra:
-        return
-    own = content.dist_info + "/RECORD"
-    body = [r for r in rows if r[0] != own] + sorted(extra)
-    write_record(record, body + [[own, "", ""]])
-
-
-def dist_infos(site: Path) -> list[str]:
-    return sorted(n for n in os.listdir(site) if n.endswith(".dist-info")) if site.is_dir() else []
-
-
-# -- the per-wheel pruned list recorded in the lock (python.packages[].pruned) ---------------------
 
 
 def site_paths(members: Iterable[str]) -> list[str]:
