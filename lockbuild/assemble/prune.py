@@ -1,10 +1,12 @@
-"""Pruning wheel contents that serving never reads, and rewriting each wheel's RECORD.
+"""Pruning wheel contents that serving never reads: the rules, and the per-wheel lists in the lock.
 
 Rules are globs relative to site-packages (``tensorflow/include/**``): ``**`` as a whole path
 segment matches any number of segments (zero included), ``*`` and ``?`` stay within one
 segment. A path is pruned when it matches a ``prune`` glob and no ``keep`` glob. The rules are
 written into the lock (``[build] prune``/``keep``, defaults expanded), so the image is a
-function of the lock; the builder applies them to each wheel as it stages it, and reports what
+function of the lock. At lock time every wheel's pruned paths are listed in the lock
+(``pruned_paths``, compacted to ``d/`` where a whole directory goes); the builder prunes exactly
+the listed paths (``PrunedSet``) as it streams each wheel (assemble/wheels.py), and reports what
 it removed.
 
 Defaults (``DEFAULT_PRUNE``; ``[build] prune-defaults = false`` turns them off, ``keep``
