@@ -157,17 +157,23 @@ def test_image_json_reports_layers_and_digest(tiny_project: dict) -> None:
     assert all(layer["reused"] for layer in again["layers"])
 
 
+def _rewritten(path: Path, folder: Path, edit: object) -> Path:
+    """A copy of the wheel at ``path`` in ``folder`` with each member passed through ``edit(name, data)``."""
+    folder.mkdir()
+    out = folder / path.name
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(out, "w") as dst:
+        for info in src.infolist():
+            dst.writestr(info, edit(info.filename, src.read(info)))  # type: ignore[operator]
+    return out
+
+
 def test_a_wheel_member_that_does_not_match_its_record_hash_stops_the_build(tmp_path: Path) -> None:
     """The binary distribution format requires installers to check RECORD: streamed members are
     hashed on their way into the tar; a wheel whose member was swapped after RECORD was written
     (RECORD well-formed, hash of the old bytes) is refused, naming the wheel and the member."""
     wheel, path = make_wheel(tmp_path, "demo", "1.0", {"demo/__init__.py": b"X = 1\n"})
-    swapped = tmp_path / "swapped" / path.name
-    swapped.parent.mkdir()
-    with zipfile.ZipFile(path) as src, zipfile.ZipFile(swapped, "w") as dst:
-        for info in src.infolist():
-            data = src.read(info)
-            dst.writestr(info, b"X = 2\n" if info.filename == "demo/__init__.py" else data)
+    swapped = _rewritten(path, tmp_path / "swapped",
+                         lambda name, data: b"X = 2\n" if name == "demo/__init__.py" else data)
     with pytest.raises(BuildError, match=r"demo/__init__\.py.*does not match its hash in the wheel's RECORD") as e:
         install_into(tmp_path / "root", [(wheel, swapped)])
     assert "demo-1.0-py3-none-any.whl" in e.value.message
@@ -175,16 +181,15 @@ def test_a_wheel_member_that_does_not_match_its_record_hash_stops_the_build(tmp_
 
 def test_a_member_hashed_with_another_algorithm_in_record_is_rehashed_as_sha256(tmp_path: Path) -> None:
     wheel, path = make_wheel(tmp_path, "demo", "1.0", {"demo/__init__.py": b"X = 1\n"})
-    unhashed = tmp_path / "unhashed" / path.name
-    unhashed.parent.mkdir()
-    with zipfile.ZipFile(path) as src, zipfile.ZipFile(unhashed, "w") as dst:
-        for info in src.infolist():
-            data = src.read(info)
-            if info.filename.endswith("RECORD"):
-                other = base64.urlsafe_b64encode(hashlib.sha512(b"X = 1\n").digest()).rstrip(b"=")
-                data = b"\n".join(ln if not ln.startswith(b"demo/__init__.py,") else
-                                  b"demo/__init__.py,sha512=" + other + b",6" for ln in data.split(b"\n"))
-            dst.writestr(info, data)
+    other = base64.urlsafe_b64encode(hashlib.sha512(b"X = 1\n").digest()).rstrip(b"=")
+
+    def sha512_row(name: str, data: bytes) -> bytes:
+        if not name.endswith("RECORD"):
+            return data
+        return b"\n".join(ln if not ln.startswith(b"demo/__init__.py,") else
+                          b"demo/__init__.py,sha512=" + other + b",6" for ln in data.split(b"\n"))
+
+    unhashed = _rewritten(path, tmp_path / "unhashed", sha512_row)
     root = tmp_path / "root"
     install_into(root, [(wheel, unhashed)])
     record = (root / "usr/local/lib/python3.11/dist-packages/demo-1.0.dist-info/RECORD").read_text()

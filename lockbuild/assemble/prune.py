@@ -154,6 +154,17 @@ def _entry_error(entry: str) -> str | None:
     return None
 
 
+def parent_dirs(paths: Iterable[str]) -> set[str]:
+    """Every directory above the given relative paths ("a/b/c" -> {"a", "a/b"})."""
+    dirs: set[str] = set()
+    for rel in paths:
+        d = posixpath.dirname(rel)
+        while d and d not in dirs:
+            dirs.add(d)
+            d = posixpath.dirname(d)
+    return dirs
+
+
 @dataclass(frozen=True)
 class PrunedSet:
     """One wheel's recorded pruned list (``pruned_paths``'s output, as the lock stores it), for
@@ -199,11 +210,6 @@ class PrunedSet:
         """Entries that match none of ``site_rels`` (the wheel's files): a list made for another
         wheel or edited by hand. Sorted."""
         rels = {posixpath.normpath(r) for r in site_rels}
-        dirs_of: set[str] = set()
-        for r in rels:
-            d = posixpath.dirname(r)
-            while d and d not in dirs_of:
-                dirs_of.add(d)
-                d = posixpath.dirname(d)
+        dirs_of = parent_dirs(rels)
         return sorted([f for f in self.files if f not in rels] + [d + "/" for d in self.dirs if d not in dirs_of])
 

@@ -42,7 +42,7 @@ from installer.sources import WheelFile
 from installer.utils import Scheme, construct_record_file
 
 from lockbuild.assemble.bytecode import TargetPython
-from lockbuild.assemble.prune import Rules, WheelContent
+from lockbuild.assemble.prune import Rules, WheelContent, parent_dirs
 from lockbuild.errors import BuildError
 from lockbuild.lock.model import Target, Wheel
 from lockbuild.oci.tar import Node
@@ -242,13 +242,7 @@ class WheelTree:
 
 
 def _parents(files: dict[str, Node]) -> list[Node]:
-    dirs: set[str] = set()
-    for rel in files:
-        d = posixpath.dirname(rel)
-        while d and d not in dirs:
-            dirs.add(d)
-            d = posixpath.dirname(d)
-    return [Node(d, tarfile.DIRTYPE, 0o755) for d in dirs]
+    return [Node(d, tarfile.DIRTYPE, 0o755) for d in parent_dirs(files)]
 
 
 def wheel_tree(wheels: Iterable[tuple[Wheel, Path]], target: Target, rules: Rules,
