@@ -15,7 +15,9 @@ so its bytes do not depend on the host's umask, time zone, zlib or cache.
 from __future__ import annotations
 
 import base64
+import csv
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -26,6 +28,8 @@ import tempfile
 import time
 import zipfile
 from pathlib import Path
+
+from installer.records import Hash, RecordEntry
 
 from lockbuild.errors import IntegrityError, SourceBuildError
 from lockbuild.fetch.cache import Cache
@@ -193,13 +197,15 @@ def normalise_wheel(src: Path, dest: Path, epoch: int) -> None:
     if len(records) != 1:
         raise SourceBuildError(f"{src.name}: the built wheel has {len(records)} RECORD files, expected one")
     record = records[0]
-    lines = []
+    rows = []
     for name in sorted(n for n in entries if n != record):
         data = entries[name][0]
         digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-        lines.append(f"{name},sha256={digest},{len(data)}")
-    lines.append(f"{record},,")
-    entries[record] = (("\n".join(lines) + "\n").encode(), False)
+        rows.append(RecordEntry(name, Hash("sha256", digest), len(data)).to_row())
+    rows.append(RecordEntry(record, None, None).to_row())  # RECORD itself last, as wheel tools write it
+    text = io.StringIO()
+    csv.writer(text, delimiter=",", quotechar='"', lineterminator="\n").writerows(rows)  # installer's dialect
+    entries[record] = (text.getvalue().encode(), False)
     date = time.gmtime(max(epoch, ZIP_EPOCH_MIN))[:6]
 
     def order(name: str) -> tuple[bool, bool, str]:
