@@ -202,7 +202,7 @@ def test_the_builder_prunes_exactly_the_locks_list_and_refuses_a_list_for_anothe
     wheel does not have (a list edited by hand, or made for another wheel) stops the build."""
     import dataclasses
 
-    from lockbuild.assemble.build import listed_pruning
+    from lockbuild.assemble.prune import listed_pruning
     from lockbuild.lock.io import read_lock
 
     lock = read_lock(Path(__file__).parent.parent / "examples" / "keras3" / "lockbuild.lock")

@@ -12,7 +12,6 @@ import os
 import shutil
 import tarfile
 import tempfile
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ from lockbuild.assemble import config as config_layer
 from lockbuild.assemble import wheels as wheel_install
 from lockbuild.assemble.model import stage_model
 from lockbuild.assemble.plan import WHEEL_MTIME, LayerPlan, plan_layers
-from lockbuild.assemble.prune import PrunedSet, Rules, site_paths
+from lockbuild.assemble.prune import Rules, listed_pruning
 from lockbuild.assemble.rootfs import assemble_rootfs
 from lockbuild.errors import BuildError, IntegrityError
 from lockbuild.fetch.cache import Cache
@@ -31,7 +30,7 @@ from lockbuild.fetch.debs import deb_items
 from lockbuild.fetch.download import Item, fetch_all
 from lockbuild.fetch.model import fetch_model_files
 from lockbuild.fetch.sdist import ensure_built
-from lockbuild.lock.model import Lock, Wheel
+from lockbuild.lock.model import Lock
 from lockbuild.oci.compress import compressor_name, compressor_version
 from lockbuild.oci.image import Image, ImageSpec, build_image
 from lockbuild.oci.layercache import Layer, layer_record, remember_layer
@@ -291,33 +290,6 @@ def stage_layer(p: LayerPlan, lock: Lock, lock_bytes: bytes, blobs: dict[str, Pa
     else:
         raise BuildError(f"unknown layer kind {p.kind}")
     return StagedLayer(root=root, mtime=mtime, owners=owners, stats=stats, close=close)
-
-
-def listed_pruning(lock: Lock, blobs: dict[str, Path]) -> Callable[[Wheel], Callable[[str], bool]] | None:
-    """What to prune in each wheel: exactly the paths the lock lists for it (``pruned``), once
-    the list is checked against the verified wheel's own file names; None for a lock written
-    before the lists (``[build] pruned-listed`` absent): then the rules decide, as they did."""
-    if not lock.build.pruned_listed:
-        return None
-
-    def for_wheel(w: Wheel) -> Callable[[str], bool]:
-        try:
-            listed = PrunedSet.of(w.pruned)
-        except ValueError as e:
-            raise BuildError(f"lockbuild.lock: python.packages[{w.name}].pruned: {e}",
-                             hint="run `lockbuild lock` to write the lists again") from None
-        if listed:
-            with zipfile.ZipFile(blobs[w.sha256]) as zf:
-                stray = listed.unmatched(site_paths(zf.namelist()))
-            if stray:
-                raise BuildError(
-                    f"lockbuild.lock: python.packages[{w.name}].pruned lists {stray[0]!r}, which is not in "
-                    f"{w.filename} (verified by sha256)",
-                    hint="the list was made for another wheel or edited by hand; run `lockbuild lock --check`, "
-                         "then `lockbuild lock` to write it again")
-        return listed.matches
-
-    return for_wheel
 
 
 def tree_stats(staged: StagedLayer) -> dict[str, int]:

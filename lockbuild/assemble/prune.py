@@ -27,8 +27,13 @@ from __future__ import annotations
 
 import posixpath
 import re
-from collections.abc import Iterable, Sequence
+import zipfile
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+
+from lockbuild.errors import BuildError
+from lockbuild.lock.model import Lock, Wheel
 
 DEFAULT_PRUNE: tuple[str, ...] = (
     "tensorflow/include/**",
@@ -213,3 +218,29 @@ class PrunedSet:
         dirs_of = parent_dirs(rels)
         return sorted([f for f in self.files if f not in rels] + [d + "/" for d in self.dirs if d not in dirs_of])
 
+
+def listed_pruning(lock: Lock, blobs: dict[str, Path]) -> Callable[[Wheel], Callable[[str], bool]] | None:
+    """What to prune in each wheel: exactly the paths the lock lists for it (``pruned``), once
+    the list is checked against the verified wheel's own file names; None for a lock written
+    before the lists (``[build] pruned-listed`` absent): then the rules decide, as they did."""
+    if not lock.build.pruned_listed:
+        return None
+
+    def for_wheel(w: Wheel) -> Callable[[str], bool]:
+        try:
+            listed = PrunedSet.of(w.pruned)
+        except ValueError as e:
+            raise BuildError(f"lockbuild.lock: python.packages[{w.name}].pruned: {e}",
+                             hint="run `lockbuild lock` to write the lists again") from None
+        if listed:
+            with zipfile.ZipFile(blobs[w.sha256]) as zf:
+                stray = listed.unmatched(site_paths(zf.namelist()))
+            if stray:
+                raise BuildError(
+                    f"lockbuild.lock: python.packages[{w.name}].pruned lists {stray[0]!r}, which is not in "
+                    f"{w.filename} (verified by sha256)",
+                    hint="the list was made for another wheel or edited by hand; run `lockbuild lock --check`, "
+                         "then `lockbuild lock` to write it again")
+        return listed.matches
+
+    return for_wheel
