@@ -136,11 +136,21 @@ def build(lock: Lock, lock_bytes: bytes, cache: Cache, *, lock_dir: Path, jobs: 
     todo = [p for p in plans if p.name not in done]
     report("plan", {"layers": len(plans), "cached": len(done), "todo": [p.name for p in todo]})
 
-    blobs = _fetch_inputs(lock, todo, cache, jobs=jobs, report=report, lock_dir=lock_dir)
-    if any(p.kind == "python" for p in todo):
-        _check_conflicts(lock, cache, blobs, lock_dir=lock_dir)
-    done.update(_build_layers(todo, lock, lock_bytes, cache, blobs, mtime=mtime, report=report,
+    # Downloads overlap the build: every download starts at once in the background, and each
+    # layer starts as soon as its own inputs are in the cache (the cache's per-blob lock makes a
+    # layer wait for a download in flight instead of starting a second one).
+    _prefetch(lock, todo, cache, jobs=jobs, report=report)
+    blobs: dict[str, Path] = {}
+
+    def inputs(p: LayerPlan) -> dict[str, Path]:
+        got = _fetch_inputs(lock, [p], cache, jobs=jobs, report=_no_fetch_events(report), lock_dir=lock_dir)
+        blobs.update(got)
+        return got
+
+    done.update(_build_layers(todo, lock, lock_bytes, cache, inputs, mtime=mtime, report=report,
                               compression=compression))
+    if any(p.kind == "python" for p in todo):
+        _check_conflicts(lock, cache, blobs, lock_dir=lock_dir)  # within a layer, wheel_tree refuses it already
 
     labels = labels_for(lock, lock_digest)
     annotations = {
@@ -161,13 +171,43 @@ def _weight(p: LayerPlan) -> int:
     return sum(w.size for w in p.wheels) if p.wheels else (20 << 20 if p.kind == "debian" else 0)
 
 
-def _build_layers(todo: list[LayerPlan], lock: Lock, lock_bytes: bytes, cache: Cache, blobs: dict[str, Path], *,
+def _no_fetch_events(report: Report) -> Report:
+    def filtered(event: str, data: dict) -> None:
+        if not event.startswith("fetch-"):
+            report(event, data)
+    return filtered
+
+
+def _prefetch(lock: Lock, todo: list[LayerPlan], cache: Cache, *, jobs: int, report: Report) -> None:
+    """Download every input the layers need, in a background thread, reporting progress. Errors are
+    not raised here: the layer that needs the input fetches it again and raises them."""
+    import threading
+
+    items = _download_items(lock, todo)
+    if not items:
+        return
+
+    def run() -> None:
+        report("fetch-start", {"items": len(items), "bytes": sum(i.size or 0 for i in items)})
+        try:
+            fetch_all(cache, items, jobs=jobs,
+                      on_progress=lambda done, tot: report("fetch-progress", {"done": done, "total": tot}))
+        except Exception:  # noqa: BLE001 - the layer needing the item refetches and reports it
+            return
+        report("fetch-done", {"items": len(items)})
+
+    threading.Thread(target=run, name="lockbuild-prefetch", daemon=True).start()
+
+
+def _build_layers(todo: list[LayerPlan], lock: Lock, lock_bytes: bytes, cache: Cache,
+                  inputs: Callable[[LayerPlan], dict[str, Path]], *,
                   mtime: int, report: Report, compression: str = "gzip") -> dict[str, Layer]:
     """Build layers in parallel: deflate and sha256 release the GIL, so threads use every core.
     Each layer's bytes depend only on its own inputs, never on the order they finish in."""
     from concurrent.futures import ThreadPoolExecutor
 
     def one(p: LayerPlan) -> tuple[str, Layer]:
+        blobs = inputs(p)
         report("layer-start", {"name": p.name})
         layer = _build_layer(p, lock, lock_bytes, cache, blobs, mtime=mtime, report=report,
                              compression=compression)
@@ -180,16 +220,23 @@ def _build_layers(todo: list[LayerPlan], lock: Lock, lock_bytes: bytes, cache: C
         return dict(pool.map(one, sorted(todo, key=_weight, reverse=True)))
 
 
-def _fetch_inputs(lock: Lock, todo: list[LayerPlan], cache: Cache, *, jobs: int, report: Report,
-                  lock_dir: Path) -> dict[str, Path]:
+def _download_items(lock: Lock, todo: list[LayerPlan]) -> list[Item]:
+    """What the layers need from the network: the .debs and the index wheels, biggest first."""
     items: list[Item] = []
     kinds = {p.kind for p in todo}
     if "debian" in kinds or ("python" in kinds and lock.build.bytecode != "none"):
         items += deb_items(lock.debian)  # python layers are byte-compiled by the lock's own interpreter
     for p in todo:
         for w in p.wheels:
-            if not w.source:  # built (sdist) and bundled (model) wheels come from elsewhere, below
+            if not w.source:  # built (sdist) and bundled (model) wheels come from elsewhere
                 items.append(Item(urls=(w.url,), sha256=w.sha256, size=w.size, label=w.filename))
+    return items
+
+
+def _fetch_inputs(lock: Lock, todo: list[LayerPlan], cache: Cache, *, jobs: int, report: Report,
+                  lock_dir: Path) -> dict[str, Path]:
+    items = _download_items(lock, todo)
+    kinds = {p.kind for p in todo}
     blobs: dict[str, Path] = {}
     if items:
         total = sum(i.size or 0 for i in items)
@@ -274,9 +321,12 @@ def stage_layer(p: LayerPlan, lock: Lock, lock_bytes: bytes, blobs: dict[str, Pa
         if compile_pyc:
             stats["pyc_files"] = bytecode.compile_debian(bytecode.TargetPython(stage, lock), stage, lock)
     elif p.kind == "python":
-        py = bytecode.target_python(lock, blobs, stage.parent) if compile_pyc else None
+        def py() -> bytecode.TargetPython:  # staged when first needed: after the install pass
+            return bytecode.target_python(lock, blobs, stage.parent)
+
         tree = wheel_install.wheel_tree([(w, blobs[w.sha256]) for w in p.wheels], lock.target,
-                                        Rules.of(lock.build.prune, lock.build.keep), py, spool_dir=stage,
+                                        Rules.of(lock.build.prune, lock.build.keep), py if compile_pyc else None,
+                                        spool_dir=stage,
                                         pruned=listed_pruning(lock, blobs))
         root, close = tree.nodes, tree.close
         stats = {"installed_bytes": sum(c.installed_bytes for c in tree.contents),

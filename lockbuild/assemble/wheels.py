@@ -246,11 +246,12 @@ def _parents(files: dict[str, Node]) -> list[Node]:
 
 
 def wheel_tree(wheels: Iterable[tuple[Wheel, Path]], target: Target, rules: Rules,
-               py: TargetPython | None, *, spool_dir: Path,
+               py: TargetPython | Callable[[], TargetPython] | None, *, spool_dir: Path,
                pruned: Callable[[Wheel], Callable[[str], bool]] | None = None) -> WheelTree:
     """The layer tree of these verified wheels: installed by installer into nodes, pruned by the
-    rules (or by ``pruned(wheel)``, a site-relative path predicate), byte-compiled by ``py`` when
-    given, with each distribution's RECORD listing exactly what is in the tree."""
+    rules (or by ``pruned(wheel)``, a site-relative path predicate), byte-compiled by ``py`` (or
+    the interpreter ``py()`` returns, asked for after the install pass) when given, with each
+    distribution's RECORD listing exactly what is in the tree."""
     tree = WheelTree([], [])
     try:
         files: dict[str, Node] = {}
@@ -264,6 +265,8 @@ def wheel_tree(wheels: Iterable[tuple[Wheel, Path]], target: Target, rules: Rule
                                pruned(wheel) if pruned is not None else rules.pruned))
         site = scheme(target)["purelib"].strip("/")
         sources = _apply_rules(dists, files, tree, site)
+        if callable(py):  # the interpreter is staged only now, so other layers' install passes overlap it
+            py = py()
         pycs = _compile(py, sources, files, tree, spool_dir) if py is not None else {}
         for d in dists:
             _write_record(d, files, pycs, target)
