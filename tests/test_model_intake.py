@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from lockbuild.digest import check
 from lockbuild.errors import ModelError, TrackingServerError
 from lockbuild.model.intake import ModelSource, fetch_model
 from lockbuild.model.metadata import keras_major, read_model, read_requirements
@@ -83,7 +84,7 @@ def test_keras3_example_metadata() -> None:
     assert info.input_example == "serving_input_example.json"
     paths = [f[0] for f in info.files]
     assert paths == sorted(paths) and "data/model.keras" in paths and "MLmodel" in paths
-    assert all(len(sha) == 64 for _, _, sha in info.files)
+    assert all(check(sha) == sha for _, _, sha in info.files)  # sha256:<hex>, the one in-memory form
     assert info.tree_digest == read_model(KERAS3_MODEL).tree_digest  # a function of the bytes
 
 
