@@ -12,7 +12,7 @@ import os
 import shutil
 import tarfile
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +34,7 @@ from lockbuild.lock.model import Lock
 from lockbuild.oci.compress import compressor_name, compressor_version
 from lockbuild.oci.image import Image, ImageSpec, build_image
 from lockbuild.oci.layercache import Layer, layer_record, remember_layer
-from lockbuild.oci.tar import Tree, tree_nodes, write_layer
+from lockbuild.oci.tar import Node, Tree, tree_nodes, write_layer
 from lockbuild.platforms import debian_arch
 
 LEVEL = 1  # gzip level: compression dominates a cold build (field notes: -6 is 2.7x slower)
@@ -342,12 +342,16 @@ def stage_layer(p: LayerPlan, lock: Lock, lock_bytes: bytes, blobs: dict[str, Pa
     return StagedLayer(root=root, mtime=mtime, owners=owners, stats=stats, close=close)
 
 
-def tree_stats(staged: StagedLayer) -> dict[str, int]:
+def layer_nodes(staged: StagedLayer) -> Sequence[Node]:
+    """The layer's entries: a staging directory walked once, or the streamed nodes as they are."""
+    return tree_nodes(staged.root) if isinstance(staged.root, Path) else staged.root
+
+
+def tree_stats(staged: StagedLayer, nodes: Sequence[Node] | None = None) -> dict[str, int]:
     """Unpacked size of a staged layer after the lock's [build] rules, and before them (without the
     .pyc, with the pruned files)."""
     total = pyc = pyc_files = 0
-    nodes = tree_nodes(staged.root) if isinstance(staged.root, Path) else staged.root
-    for n in nodes:
+    for n in layer_nodes(staged) if nodes is None else nodes:
         if n.kind == tarfile.REGTYPE:
             total += n.size
             if n.rel.endswith(".pyc"):
@@ -364,8 +368,9 @@ def _build_layer(p: LayerPlan, lock: Lock, lock_bytes: bytes, cache: Cache, blob
     staged: StagedLayer | None = None
     try:
         staged = stage_layer(p, lock, lock_bytes, blobs, stage, mtime=mtime, report=report)
-        cache.meta_put("layer-stats", p.key.replace(":", "-"), tree_stats(staged))
-        return write_layer(cache, staged.root, mtime=staged.mtime, level=LEVEL, owners=staged.owners,
+        nodes = layer_nodes(staged)  # one walk of a staging directory, for the stats and the tar
+        cache.meta_put("layer-stats", p.key.replace(":", "-"), tree_stats(staged, nodes))
+        return write_layer(cache, nodes, mtime=staged.mtime, level=LEVEL, owners=staged.owners,
                            compression=compression)
     except OSError as e:
         if e.errno == 28:

@@ -88,7 +88,6 @@ class WheelContent:
     installed_bytes: int = 0
     pruned_files: int = 0
     pruned_bytes: int = 0
-    pruned_digest: str = ""  # sha256 over the sorted pruned paths
     sources: list[str] = field(default_factory=list)  # .py files (site-relative) to byte-compile
 
 

@@ -301,7 +301,6 @@ def _apply_rules(dists: list[_Dist], files: dict[str, Node], tree: WheelTree, si
                 content.sources.append(posixpath.normpath(rec.path))
                 sources.append(rel)
         content.pruned_files = len(gone)
-        content.pruned_digest = "sha256:" + hashlib.sha256("\n".join(sorted(gone)).encode()).hexdigest()
         d.records = kept
         tree.contents.append(content)
     return sorted(sources)
@@ -322,11 +321,15 @@ def _compile(py: TargetPython, sources: list[str], files: dict[str, Node], tree:
 
     out = py.compile([(rel, functools.partial(read, files[rel])) for rel in sources], spool)
     done: dict[str, Node] = {}
-    for rel, c in zip(sources, out, strict=True):
-        if c is None or c.rel in files:
-            continue
-        files[c.rel] = done[rel] = Node(c.rel, tarfile.REGTYPE, 0o644, c.size, open=c.open,
-                                        where=f"bytecode of /{rel}")
+    with open(spool, "rb") as f:  # one pass over the spool: each .pyc's RECORD hash, checked again in the tar
+        for rel, c in zip(sources, out, strict=True):
+            if c is None:
+                continue
+            f.seek(c.offset)
+            digest = "sha256=" + _b64(hashlib.sha256(f.read(c.size)).digest())
+            if c.rel not in files:
+                files[c.rel] = done[rel] = Node(c.rel, tarfile.REGTYPE, 0o644, c.size, open=c.open,
+                                                record_hash=digest, where=f"bytecode of /{rel}")
     return done
 
 
@@ -337,12 +340,9 @@ def _write_record(d: _Dist, files: dict[str, Node], pycs: dict[str, Node], targe
     rows = list(d.records)
     for s, rec in d.records:
         pyc = pycs.get(f"{base}/{posixpath.normpath(rec.path)}") if s in ("purelib", "platlib") else None
-        if pyc is None:
+        if pyc is None or pyc.record_hash is None:
             continue
-        with pyc.open() as f:  # type: ignore[misc]
-            data = f.read()
-        rows.append((s, RecordEntry(pyc.rel[len(base) + 1:], Hash("sha256", _b64(hashlib.sha256(data).digest())),
-                                    len(data))))
+        rows.append((s, RecordEntry(pyc.rel[len(base) + 1:], Hash("sha256", pyc.record_hash[7:]), pyc.size)))
 
     def prefix(file_scheme: Scheme) -> str | None:
         if file_scheme == d.scheme:
