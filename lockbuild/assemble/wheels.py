@@ -32,7 +32,7 @@ import zipfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, cast
+from typing import BinaryIO
 
 from installer import install
 from installer.destinations import SchemeDictionaryDestination
@@ -41,7 +41,8 @@ from installer.scripts import Script
 from installer.sources import WheelFile
 from installer.utils import Scheme, construct_record_file
 
-from lockbuild.assemble.bytecode import TargetPython
+from lockbuild.assemble.bytecode import Spool, TargetPython
+from lockbuild.assemble.members import WheelReader
 from lockbuild.assemble.prune import Rules, WheelContent, parent_dirs
 from lockbuild.errors import BuildError
 from lockbuild.lock.model import Target, Wheel
@@ -125,12 +126,6 @@ def _b64(digest: bytes) -> str:
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 
-def _member_opener(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> Callable[[], BinaryIO]:
-    def open_member() -> BinaryIO:
-        return cast(BinaryIO, zf.open(info))
-    return open_member
-
-
 @dataclass
 class _Dist:
     """One installed distribution, waiting for its RECORD: installer's records and where they go."""
@@ -145,14 +140,15 @@ class _Dist:
 class TreeDestination(SchemeDictionaryDestination):
     """installer's scheme-dictionary destination, writing ``Node``s into ``files`` instead of the disk."""
 
-    def __init__(self, target: Target, wheel: Wheel, zf: zipfile.ZipFile, files: dict[str, Node]) -> None:
+    def __init__(self, target: Target, wheel: Wheel, reader: WheelReader, files: dict[str, Node]) -> None:
         super().__init__(scheme(target), interpreter=interpreter(target), script_kind="posix",
                          bytecode_optimization_levels=())
-        self.wheel, self.zf, self.files = wheel, zf, files
+        self.wheel, self.reader, self.zf, self.files = wheel, reader, reader.zf, files
         self.record: dict[str, tuple[str, str]] = {}
         with contextlib.suppress(KeyError, UnicodeDecodeError, ValueError):
-            dist_info = next(n.split("/", 1)[0] for n in zf.namelist() if n.split("/", 1)[0].endswith(".dist-info"))
-            lines = zf.read(f"{dist_info}/RECORD").decode("utf-8").splitlines()
+            tops = (n.split("/", 1)[0] for n in self.zf.namelist())
+            dist_info = next(top for top in tops if top.endswith(".dist-info"))
+            lines = self.zf.read(f"{dist_info}/RECORD").decode("utf-8").splitlines()
             self.record = {path: (h, size) for path, h, size in parse_record_file(lines)}
         self.finished: tuple[Scheme, str, list[tuple[Scheme, RecordEntry]]] | None = None
 
@@ -176,14 +172,14 @@ class TreeDestination(SchemeDictionaryDestination):
         claimed = self.record.get(member or "", ("", ""))
         if info is not None and claimed[0].startswith("sha256=") and claimed[1] == str(info.file_size):
             # the member's bytes are read once, into the tar, and checked against this hash there
-            node = Node(rel, tarfile.REGTYPE, mode, info.file_size, open=_member_opener(self.zf, info),
+            node = Node(rel, tarfile.REGTYPE, mode, info.file_size, open=self.reader.opener(info, where),
                         record_hash=claimed[0], where=where)
         elif info is not None:  # no usable hash in the wheel's RECORD: hash it now, read it again later
             h, size = hashlib.sha256(), 0
             while chunk := stream.read(1 << 20):
                 h.update(chunk)
                 size += len(chunk)
-            node = Node(rel, tarfile.REGTYPE, mode, size, open=_member_opener(self.zf, info),
+            node = Node(rel, tarfile.REGTYPE, mode, size, open=self.reader.opener(info, where),
                         record_hash="sha256=" + _b64(h.digest()), where=where)
         else:  # generated: a script, a rewritten shebang, INSTALLER
             data = stream.read()
@@ -205,20 +201,24 @@ class TreeDestination(SchemeDictionaryDestination):
         self.finished = (scheme, record_file_path, list(records))
 
 
-def _open_wheel(wheel: Wheel, path: Path, stack: contextlib.ExitStack) -> zipfile.ZipFile:
+def _open_wheel(wheel: Wheel, path: Path, stack: contextlib.ExitStack) -> WheelReader:
     """The verified wheel as a zip named by its file name (installer reads name, version and tags
     from it), open for as long as the layer's nodes read from it."""
     with tempfile.TemporaryDirectory(prefix="wheel-") as d:
         named = Path(d) / wheel.filename
         os.symlink(path, named)
-        return stack.enter_context(zipfile.ZipFile(named))
+        zf = stack.enter_context(zipfile.ZipFile(named))
+    reader = WheelReader(zf, path)
+    stack.callback(reader.close)
+    return reader
 
 
-def _install(wheel: Wheel, path: Path, target: Target, zf: zipfile.ZipFile, files: dict[str, Node]) -> TreeDestination:
+def _install(wheel: Wheel, path: Path, target: Target, reader: WheelReader,
+             files: dict[str, Node]) -> TreeDestination:
     install_paths(wheel, path, target)  # safety check of every member name first
-    dest = TreeDestination(target, wheel, zf, files)
+    dest = TreeDestination(target, wheel, reader, files)
     try:
-        source = WheelFile(zf)
+        source = WheelFile(reader.zf)
         source.validate_record(validate_contents=False)  # names only: contents are checked as they are read
         install(source, dest, additional_metadata={"INSTALLER": b"lockbuild\n"})
     except Exception as e:  # installer raises several types for broken wheels
@@ -257,8 +257,8 @@ def wheel_tree(wheels: Iterable[tuple[Wheel, Path]], target: Target, rules: Rule
         files: dict[str, Node] = {}
         dists: list[_Dist] = []
         for wheel, path in wheels:
-            zf = _open_wheel(wheel, path, tree.stack)
-            dest = _install(wheel, path, target, zf, files)
+            reader = _open_wheel(wheel, path, tree.stack)
+            dest = _install(wheel, path, target, reader, files)
             assert dest.finished is not None
             root_scheme, record_path, records = dest.finished
             dists.append(_Dist(wheel, root_scheme, record_path, records,
@@ -311,8 +311,8 @@ def _compile(py: TargetPython, sources: list[str], files: dict[str, Node], tree:
     """Byte-compile the sources (sorted, one process); the .pyc become nodes. Returns source -> .pyc node."""
     fd, name = tempfile.mkstemp(prefix="pyc-", dir=spool_dir)
     os.close(fd)
-    spool = Path(name)
-    tree.stack.callback(spool.unlink, missing_ok=True)
+    spool = Spool(Path(name))
+    tree.stack.callback(spool.close)
 
     def read(node: Node) -> bytes:
         assert node.open is not None
@@ -321,7 +321,7 @@ def _compile(py: TargetPython, sources: list[str], files: dict[str, Node], tree:
 
     out = py.compile([(rel, functools.partial(read, files[rel])) for rel in sources], spool)
     done: dict[str, Node] = {}
-    with open(spool, "rb") as f:  # one pass over the spool: each .pyc's RECORD hash, checked again in the tar
+    with open(spool.path, "rb") as f:  # one pass over the spool: each .pyc's RECORD hash, checked again in the tar
         for rel, c in zip(sources, out, strict=True):
             if c is None:
                 continue
