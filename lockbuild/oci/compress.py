@@ -77,8 +77,8 @@ class ChunkedCompressor:
     ISA-L's deflate output depends on how the input is split into calls, and the split the tar
     writer produces differs between Python versions (3.12's GzipFile added a write buffer), so the
     compressed bytes would differ between hosts with the same library. Chunking here, not in
-    gzip.GzipFile, makes the call sequence a function of the tar bytes alone. Single-threaded
-    (layers run in parallel instead), so thread scheduling never matters either.
+    gzip.GzipFile, makes the call sequence a function of the tar bytes alone. One thread feeds it
+    (oci/tar.py hands it the tar bytes in order), so thread scheduling never matters either.
     """
 
     def __init__(self, sink: Sink, compressobj, *, header: bytes = b"", gzip_trailer: bool = False) -> None:  # type: ignore[no-untyped-def]

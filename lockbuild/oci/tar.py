@@ -12,8 +12,10 @@ one fixed mtime, PAX format, no xattrs. Hard links become independent regular fi
 bytes depend on paths, modes and contents only, never on inode sharing in the staging tree.
 
 One streaming pass computes both digests: the tar bytes are hashed (diff_id) on their way into
-the compressor, whose output is hashed (digest) by the cache writer as it lands on disk. Memory
-stays at a few MiB whatever the layer size.
+the compressor, whose output is hashed (digest) by the cache writer as it lands on disk. The
+tar side (inflating wheel members, their RECORD hashes) and the compressing side run on two
+threads joined by a short queue of 1 MiB pieces, so one big layer uses two cores; the
+compressor still sees one ordered byte stream. Memory stays at a few MiB whatever the layer size.
 
 The compressor is pinned with lockbuild, never the host's zlib (oci/compress.py); compression
 runs strictly after ``write_tar``: the diff_id never depends on it. The Layer descriptor and the
@@ -25,8 +27,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import queue
 import stat
 import tarfile
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -222,6 +226,48 @@ def write_tar(out: BinaryIO, root: Tree, *, mtime: int, exclude: Exclude | None,
             _add(tar, node, mtime, owners)
 
 
+class _Handoff:
+    """A write-only sink that hands the bytes, in order, in pieces of at least ``READ_SIZE``, to
+    ``sink.write`` on a thread of its own. ``close()`` waits for it and raises what it raised."""
+
+    def __init__(self, sink: HashingWriter) -> None:
+        self.sink, self.size, self.buf = sink, 0, bytearray()
+        self.q: queue.Queue[bytearray | None] = queue.Queue(maxsize=1)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="lockbuild-compress", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while (piece := self.q.get()) is not None:
+            if self.error is None:
+                try:
+                    self.sink.write(piece)  # type: ignore[arg-type]
+                except BaseException as e:  # noqa: BLE001 - re-raised by the writing thread
+                    self.error = e
+
+    def write(self, data: bytes) -> int:
+        if self.error is not None:
+            raise self.error
+        self.buf += data
+        self.size += len(data)
+        if len(self.buf) >= READ_SIZE:
+            self.q.put(self.buf)
+            self.buf = bytearray()
+        return len(data)
+
+    def tell(self) -> int:
+        return self.size
+
+    def close(self, *, ok: bool = True) -> None:
+        if ok and self.buf:
+            self.q.put(self.buf)
+        self.buf = bytearray()
+        self.q.put(None)
+        self.thread.join()
+        if ok and self.error is not None:
+            raise self.error
+
+
 def write_layer(cache: Cache, root: Tree, *, mtime: int, level: int = 1,
                 exclude: Exclude | None = None, owners: Owners | None = None,
                 compression: str = "gzip") -> Layer:
@@ -237,6 +283,12 @@ def write_layer(cache: Cache, root: Tree, *, mtime: int, level: int = 1,
     name = compressor_name(level, compression)
     with cache.writer() as blob, compress_writer(blob, compression, level) as z:
         tee = HashingWriter(z)
-        write_tar(tee, root, mtime=mtime, exclude=exclude, owners=owners)  # type: ignore[arg-type]
+        pipe = _Handoff(tee)
+        try:
+            write_tar(pipe, root, mtime=mtime, exclude=exclude, owners=owners)  # type: ignore[arg-type]
+        except BaseException:
+            pipe.close(ok=False)
+            raise
+        pipe.close()
     return Layer(digest=f"sha256:{blob.hexdigest()}", diff_id=f"sha256:{tee.h.hexdigest()}",
                  size=blob.size, media_type=media_type(compression), compressor=name)
