@@ -1,4 +1,4 @@
-"""Small filesystem helpers shared by every stage: atomic writes and hashing.
+"""Small filesystem helpers shared by every stage: atomic writes, hashing, a fast staging place.
 
 One function computes a digest of a file tree (`tree_digest`); everything else calls it.
 """
@@ -91,3 +91,47 @@ def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
 
 def atomic_write_text(path: Path, text: str, mode: int = 0o644) -> None:
     atomic_write_bytes(path, text.encode("utf-8"), mode)
+
+
+# -- a staging place where creating files is cheap ---------------------------------------------------
+SHM = Path("/dev/shm")
+SHM_FREE = 2 << 30  # use it only with this much room: a container's default /dev/shm is 64 MiB
+SCRATCH_PREFIX = "lockbuild-scratch-"
+
+
+def _sweep(base: Path) -> None:
+    """Remove scratch directories of this user's processes that died without cleaning up."""
+    with contextlib.suppress(OSError), os.scandir(base) as it:
+        for de in it:
+            if not de.name.startswith(SCRATCH_PREFIX):
+                continue
+            pid = de.name[len(SCRATCH_PREFIX):].split("-", 1)[0]
+            try:
+                if not pid.isdigit() or de.stat(follow_symlinks=False).st_uid != os.getuid():
+                    continue
+                os.kill(int(pid), 0)
+            except ProcessLookupError:
+                import shutil
+
+                shutil.rmtree(de.path, ignore_errors=True)
+            except OSError:
+                continue
+
+
+def scratch_dir(fallback: Path) -> Path:
+    """A new private directory for a tree of many small files: in ``$LOCKBUILD_SCRATCH`` when set, else
+    in /dev/shm when it is a writable tmpfs with room (creating a file there costs microseconds; on
+    some disks, as on this project's build machines, ~0.7 ms of CPU), else in ``fallback``. The name
+    carries the pid so a later run removes what a killed one left behind. The caller removes it."""
+    env = os.environ.get("LOCKBUILD_SCRATCH")
+    base = Path(env) if env else fallback
+    if not env:
+        try:
+            st = os.statvfs(SHM)
+            if st.f_bavail * st.f_frsize >= SHM_FREE and os.access(SHM, os.W_OK | os.X_OK):
+                base = SHM
+        except OSError:
+            pass
+    base.mkdir(parents=True, exist_ok=True)
+    _sweep(base)
+    return Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-", dir=base))

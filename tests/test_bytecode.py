@@ -106,6 +106,21 @@ def staged(tmp_path_factory: pytest.TempPathFactory) -> tuple[object, dict[str, 
     return lock, blobs, tmp
 
 
+def compile_into(py: B.TargetPython, tree: Path, rels: list[str]) -> dict[str, str]:
+    """compile_tree, with each .pyc written beside its source in ``tree``: source rel -> .pyc rel."""
+    spool = B.Spool(tree.parent / f"{tree.name}.spool")
+    done = {}
+    try:
+        for rel, c in B.compile_tree(py, tree, rels, spool).items():
+            (tree / c.rel).parent.mkdir(exist_ok=True)
+            with c.open() as f:
+                (tree / c.rel).write_bytes(f.read())
+            done[rel] = c.rel
+    finally:
+        spool.close()
+    return done
+
+
 @pytest.mark.network
 def test_pyc_bytes_do_not_depend_on_process_or_order(staged: tuple) -> None:  # type: ignore[type-arg]
     lock, blobs, tmp = staged
@@ -117,11 +132,11 @@ def test_pyc_bytes_do_not_depend_on_process_or_order(staged: tuple) -> None:  # 
             shutil.copytree(py.root / "usr/lib/python3.11" / pkg, t / "usr/lib/python3.11" / pkg)
         trees.append(t)
     rels = sorted(p.relative_to(trees[0]).as_posix() for p in trees[0].rglob("*.py"))
-    one = B.compile_files(py, trees[0], rels)
+    one = compile_into(py, trees[0], rels)
     shuffled = rels[:]
     random.Random(7).shuffle(shuffled)
     for i in range(0, len(shuffled), 9):  # other order, other grouping, many processes
-        B.compile_files(py, trees[1], shuffled[i:i + 9])
+        compile_into(py, trees[1], shuffled[i:i + 9])
     assert len(one) == len(rels) > 50
     for pyc in one.values():
         a, b = (trees[0] / pyc).read_bytes(), (trees[1] / pyc).read_bytes()

@@ -9,6 +9,7 @@ the Debian, model and config layers are staged under the cache's tmp/, always re
 from __future__ import annotations
 
 import os
+import posixpath
 import shutil
 import tarfile
 import tempfile
@@ -23,11 +24,10 @@ from lockbuild.assemble import wheels as wheel_install
 from lockbuild.assemble.model import stage_model
 from lockbuild.assemble.plan import WHEEL_MTIME, LayerPlan, plan_layers
 from lockbuild.assemble.prune import Rules, listed_pruning
-from lockbuild.assemble.rootfs import assemble_rootfs
 from lockbuild.errors import BuildError, IntegrityError
 from lockbuild.fetch.cache import Cache
 from lockbuild.fetch.debs import deb_items
-from lockbuild.fetch.download import Item, fetch_all
+from lockbuild.fetch.download import Downloads, Item, fetch_all
 from lockbuild.fetch.model import fetch_model_files
 from lockbuild.fetch.sdist import ensure_built
 from lockbuild.lock.model import Lock
@@ -137,13 +137,13 @@ def build(lock: Lock, lock_bytes: bytes, cache: Cache, *, lock_dir: Path, jobs: 
     report("plan", {"layers": len(plans), "cached": len(done), "todo": [p.name for p in todo]})
 
     # Downloads overlap the build: every download starts at once in the background, and each
-    # layer starts as soon as its own inputs are in the cache (the cache's per-blob lock makes a
-    # layer wait for a download in flight instead of starting a second one).
-    _prefetch(lock, todo, cache, jobs=jobs, report=report)
+    # layer starts as soon as its own inputs are verified in the cache; each input is verified once.
+    downloads = _start_downloads(lock, todo, cache, jobs=jobs, report=report)
+    _prestage_rootfs(lock, todo, cache, downloads)
     blobs: dict[str, Path] = {}
 
     def inputs(p: LayerPlan) -> dict[str, Path]:
-        got = _fetch_inputs(lock, [p], cache, jobs=jobs, report=_no_fetch_events(report), lock_dir=lock_dir)
+        got = _fetch_inputs(lock, [p], cache, jobs=jobs, report=report, lock_dir=lock_dir, downloads=downloads)
         blobs.update(got)
         return got
 
@@ -171,32 +171,35 @@ def _weight(p: LayerPlan) -> int:
     return sum(w.size for w in p.wheels) if p.wheels else (20 << 20 if p.kind == "debian" else 0)
 
 
-def _no_fetch_events(report: Report) -> Report:
-    def filtered(event: str, data: dict) -> None:
-        if not event.startswith("fetch-"):
-            report(event, data)
-    return filtered
+def _start_downloads(lock: Lock, todo: list[LayerPlan], cache: Cache, *, jobs: int, report: Report) -> Downloads:
+    """Every input the layers need, downloaded (or verified in the cache) in the background, with
+    progress. Errors are raised to the layer that needs the input, by ``Downloads.path``."""
+    items = _download_items(lock, todo)
+    if items:
+        report("fetch-start", {"items": len(items), "bytes": sum(i.size or 0 for i in items)})
+    return Downloads(cache, items, jobs=jobs,
+                     on_progress=lambda done, tot: report("fetch-progress", {"done": done, "total": tot}),
+                     on_done=lambda: report("fetch-done", {"items": len(items)}))
 
 
-def _prefetch(lock: Lock, todo: list[LayerPlan], cache: Cache, *, jobs: int, report: Report) -> None:
-    """Download every input the layers need, in a background thread, reporting progress. Errors are
-    not raised here: the layer that needs the input fetches it again and raises them."""
+def _prestage_rootfs(lock: Lock, todo: list[LayerPlan], cache: Cache, downloads: Downloads) -> None:
+    """Stage the Debian rootfs (the debian layer's tree and the bytecode compilers' interpreter) as
+    soon as its .debs are in, on a core the big downloads leave idle. Errors are not raised here:
+    the layer that needs the rootfs stages it again and raises them."""
     import threading
 
-    items = _download_items(lock, todo)
-    if not items:
+    compiles = lock.build.bytecode != "none" and any(p.kind == "python" for p in todo)
+    if not (compiles or any(p.kind == "debian" for p in todo)):
         return
 
     def run() -> None:
-        report("fetch-start", {"items": len(items), "bytes": sum(i.size or 0 for i in items)})
         try:
-            fetch_all(cache, items, jobs=jobs,
-                      on_progress=lambda done, tot: report("fetch-progress", {"done": done, "total": tot}))
-        except Exception:  # noqa: BLE001 - the layer needing the item refetches and reports it
-            return
-        report("fetch-done", {"items": len(items)})
+            blobs = {i.sha256: downloads.path(i) for i in deb_items(lock.debian)}
+            bytecode.staged_rootfs(lock, blobs, cache.tmpdir())
+        except Exception:  # noqa: BLE001, S110 - the layer needing it stages it again and reports it
+            pass
 
-    threading.Thread(target=run, name="lockbuild-prefetch", daemon=True).start()
+    threading.Thread(target=run, name="lockbuild-rootfs", daemon=True).start()
 
 
 def _build_layers(todo: list[LayerPlan], lock: Lock, lock_bytes: bytes, cache: Cache,
@@ -234,11 +237,15 @@ def _download_items(lock: Lock, todo: list[LayerPlan]) -> list[Item]:
 
 
 def _fetch_inputs(lock: Lock, todo: list[LayerPlan], cache: Cache, *, jobs: int, report: Report,
-                  lock_dir: Path) -> dict[str, Path]:
+                  lock_dir: Path, downloads: Downloads | None = None) -> dict[str, Path]:
+    """The verified inputs of the planned layers: from ``downloads`` when the build started them,
+    else fetched (cache first) here."""
     items = _download_items(lock, todo)
     kinds = {p.kind for p in todo}
     blobs: dict[str, Path] = {}
-    if items:
+    if items and downloads is not None:
+        blobs.update({i.sha256: downloads.path(i) for i in items})
+    elif items:
         total = sum(i.size or 0 for i in items)
         report("fetch-start", {"items": len(items), "bytes": total})
         blobs.update(fetch_all(cache, items, jobs=jobs,
@@ -292,8 +299,9 @@ def _nothing() -> None:
 @dataclass(frozen=True)
 class StagedLayer:
     """A layer's tree: what write_layer (build) and verify's expected-image derivation both tar.
-    ``root`` is a staging directory (debian, model, config) or nodes streamed from the wheels
-    (python layers; ``close`` releases the open wheels and bytecode spool)."""
+    ``root`` is a staging directory (model, config) or nodes: streamed from the wheels (python
+    layers), or the shared Debian rootfs plus its .pyc (debian); ``close`` releases the open wheels
+    and bytecode spools."""
 
     root: Tree
     mtime: int
@@ -314,18 +322,29 @@ def stage_layer(p: LayerPlan, lock: Lock, lock_bytes: bytes, blobs: dict[str, Pa
     close: Callable[[], None] = _nothing
     compile_pyc = lock.build.bytecode == bytecode.UNCHECKED_HASH
     if p.kind == "debian":
-        debs = [(d, blobs[d.sha256]) for d in lock.debian.packages]
-        for warning in assemble_rootfs(debs, stage, uid=lock.runtime.user):
+        shared = bytecode.staged_rootfs(lock, blobs, stage.parent)  # also the bytecode compilers' interpreter
+        for warning in shared.warnings:
             report("warning", {"message": f"debian layer: {warning}"})
         owners = {"home/nonroot": (lock.runtime.user, lock.runtime.user)}
+        nodes = {n.rel: n for n in tree_nodes(shared.path)}
         if compile_pyc:
-            stats["pyc_files"] = bytecode.compile_debian(bytecode.TargetPython(stage, lock), stage, lock)
+            py = bytecode.TargetPython(shared.path, lock)
+            spool = bytecode.Spool(stage / "pyc")
+            close = spool.close
+            pycs = bytecode.compile_tree(py, shared.path, bytecode.debian_sources(shared.path, lock), spool)
+            for c in pycs.values():  # into the layer from the spool: the shared rootfs stays as staged
+                cache_dir = posixpath.dirname(c.rel)
+                nodes.setdefault(cache_dir, Node(cache_dir, tarfile.DIRTYPE, 0o755, where=f"{shared.path}/{cache_dir}"))
+                nodes[c.rel] = Node(c.rel, tarfile.REGTYPE, 0o644, c.size, open=c.open,
+                                    where=f"bytecode in {spool.path}")
+            stats["pyc_files"] = len(pycs)
+        root = list(nodes.values())
     elif p.kind == "python":
-        def py() -> bytecode.TargetPython:  # staged when first needed: after the install pass
+        def target() -> bytecode.TargetPython:  # staged when first needed: after the install pass
             return bytecode.target_python(lock, blobs, stage.parent)
 
         tree = wheel_install.wheel_tree([(w, blobs[w.sha256]) for w in p.wheels], lock.target,
-                                        Rules.of(lock.build.prune, lock.build.keep), py if compile_pyc else None,
+                                        Rules.of(lock.build.prune, lock.build.keep), target if compile_pyc else None,
                                         spool_dir=stage,
                                         pruned=listed_pruning(lock, blobs))
         root, close = tree.nodes, tree.close

@@ -69,22 +69,44 @@ json.dump(done, sys.stdout)
 """
 
 
+class Spool:
+    """The file one compile run appends its .pyc to, read back by any thread: one descriptor, pread.
+    ``close()`` closes and deletes it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+        self._mu = threading.Lock()
+
+    def read(self, offset: int, size: int) -> bytes:
+        with self._mu:
+            if self._fd is None:
+                self._fd = os.open(self.path, os.O_RDONLY)
+            fd = self._fd
+        data = os.pread(fd, size, offset)
+        if len(data) != size:
+            raise BuildError(f"bytecode spool {self.path} was truncated while the layer was written")
+        return data
+
+    def close(self) -> None:
+        with self._mu:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+        self.path.unlink(missing_ok=True)
+
+
 @dataclass(frozen=True)
 class Compiled:
-    """One .pyc: its in-image path (no leading /) and where its bytes are in the spool file."""
+    """One .pyc: its in-image path (no leading /) and where its bytes are in the spool."""
 
     rel: str
-    spool: Path
+    spool: Spool
     offset: int
     size: int
 
     def open(self) -> BinaryIO:
-        with open(self.spool, "rb") as f:
-            f.seek(self.offset)
-            data = f.read(self.size)
-        if len(data) != self.size:
-            raise BuildError(f"bytecode spool {self.spool} was truncated while the layer was written")
-        return io.BytesIO(data)
+        return io.BytesIO(self.spool.read(self.offset, self.size))
 
 
 def minor(lock: Lock) -> str:
@@ -120,12 +142,12 @@ class TargetPython:
                 raise BuildError(f"the staged Debian rootfs has no {p.relative_to(root)}; cannot byte-compile",
                                  hint="the lock's Debian closure must contain the interpreter package")
 
-    def compile(self, sources: Sequence[tuple[str, Callable[[], bytes]]], spool: Path) -> list[Compiled | None]:
+    def compile(self, sources: Sequence[tuple[str, Callable[[], bytes]]], spool: Spool) -> list[Compiled | None]:
         """Compile (in-image path without leading /, source bytes) pairs in the given order, in one
         process; .pyc bytes land in ``spool`` (a new file). None for a source that does not compile."""
         if not sources:
             return []
-        src_spool = spool.with_name(spool.name + ".src")
+        src_spool = spool.path.with_name(spool.path.name + ".src")
         index = []
         with open(src_spool, "wb") as f:
             for rel, read in sources:
@@ -136,7 +158,7 @@ class TargetPython:
                "PYTHONDONTWRITEBYTECODE": "1", "LC_ALL": "C.UTF-8", "PATH": "/usr/bin:/bin"}
         argv = [str(self.loader), "--library-path", str(self.libdir), str(self.python), "-S", "-s", "-B",
                 "-c", _COMPILE]
-        payload = json.dumps([index, str(src_spool), str(spool)])
+        payload = json.dumps([index, str(src_spool), str(spool.path)])
         try:
             with tempfile.TemporaryDirectory(prefix="pyc-cwd-") as cwd:  # sys.path[0] is the (empty) cwd
                 proc = subprocess.run(argv, input=payload.encode(), capture_output=True, env=env, cwd=cwd,
@@ -149,32 +171,19 @@ class TargetPython:
         return [Compiled(r[0].lstrip("/"), spool, r[1], r[2]) if r else None for r in json.loads(proc.stdout)]
 
 
-def compile_files(py: TargetPython, stage: Path, rels: Sequence[str]) -> dict[str, str]:
-    """Compile staged files ``stage/rel`` (in sorted order; in-image name ``/rel``) and write each
-    .pyc beside its source in the stage; returns rel -> .pyc rel."""
+def compile_tree(py: TargetPython, root: Path, rels: Sequence[str], spool: Spool) -> dict[str, Compiled]:
+    """Compile files ``root/rel`` (in sorted order; in-image name ``/rel``) into ``spool``; source
+    rel -> its .pyc, for those that compile."""
     ordered = sorted(rels)
-    spool = Path(tempfile.mkstemp(prefix="pyc-", dir=stage.parent)[1])
-    try:
-        out = py.compile([(rel, (stage / rel).read_bytes) for rel in ordered], spool)
-        done = {}
-        for rel, c in zip(ordered, out, strict=True):
-            if c is None:
-                continue
-            dest = stage / c.rel
-            dest.parent.mkdir(exist_ok=True)
-            with c.open() as src, open(dest, "wb") as f:
-                shutil.copyfileobj(src, f)
-            done[rel] = c.rel
-        return done
-    finally:
-        spool.unlink(missing_ok=True)
+    out = py.compile([(rel, (root / rel).read_bytes) for rel in ordered], spool)
+    return {rel: c for rel, c in zip(ordered, out, strict=True) if c is not None}
 
 
-def compile_debian(py: TargetPython, stage: Path, lock: Lock) -> int:
-    """Byte-compile the Debian interpreter's stdlib and Debian's dist-packages in the rootfs stage."""
+def debian_sources(root: Path, lock: Lock) -> list[str]:
+    """The Debian interpreter's stdlib and Debian's dist-packages .py files in a staged rootfs."""
     rels = []
     for top in (f"usr/lib/python{minor(lock)}", "usr/lib/python3/dist-packages"):
-        base = stage / top
+        base = root / top
         if not base.is_dir():
             continue
         for dirpath, dirnames, filenames in os.walk(base):
@@ -182,41 +191,59 @@ def compile_debian(py: TargetPython, stage: Path, lock: Lock) -> int:
             for f in filenames:
                 p = os.path.join(dirpath, f)
                 if f.endswith(".py") and not os.path.islink(p):
-                    rels.append(Path(p).relative_to(stage).as_posix())
-    return len(compile_files(py, stage, rels))
+                    rels.append(Path(p).relative_to(root).as_posix())
+    return rels
 
 
-# -- one staged interpreter rootfs per set of interpreter packages, shared by a build's wheel layers --
-_ROOTS: dict[tuple[str, ...], Path] = {}
+# -- one staged Debian rootfs per set of .debs, shared by a process's builds -----------------------
+# The Debian layer tars it (its .pyc come from a spool, never written into it) and every wheel
+# layer compiles with the interpreter in it, so it is read-only once staged: a compiler never
+# sees a half-written .pyc, and never a .pyc at all (the same interpreter state on every host).
+
+
+@dataclass(frozen=True)
+class StagedRoot:
+    path: Path
+    warnings: tuple[str, ...]
+
+
+_ROOTS: dict[tuple[str, ...], StagedRoot] = {}
 _ROOTS_LOCK = threading.Lock()
 
 
 def _cleanup() -> None:
-    for p in _ROOTS.values():
-        shutil.rmtree(p, ignore_errors=True)
+    for r in _ROOTS.values():
+        shutil.rmtree(r.path.parent, ignore_errors=True)
 
 
 atexit.register(_cleanup)
 
 
-def target_python(lock: Lock, blobs: dict[str, Path], tmp_parent: Path) -> TargetPython:
-    """The lock's interpreter, staged once per process (from the lock's own verified .debs) into a
-    temporary rootfs beside the layer stages, and reused by every wheel layer of the build."""
+def staged_rootfs(lock: Lock, blobs: dict[str, Path], tmp_parent: Path) -> StagedRoot:
+    """The lock's Debian rootfs, staged once per process (from the lock's own verified .debs) into a
+    scratch directory (``fsutil.scratch_dir``: /dev/shm when it has room, else beside the layer
+    stages). Never write into it."""
     from lockbuild.assemble.rootfs import assemble_rootfs
+    from lockbuild.fsutil import scratch_dir
 
     missing = [d.filename for d in lock.debian.packages if d.sha256 not in blobs]
     if missing:
-        raise BuildError(f"byte-compiling wheel layers needs the lock's Debian packages; not fetched: {missing[0]}")
-    key = tuple(sorted(d.sha256 for d in lock.debian.packages))
+        raise BuildError(f"staging the Debian rootfs needs the lock's Debian packages; not fetched: {missing[0]}")
+    key = (str(lock.runtime.user), *sorted(d.sha256 for d in lock.debian.packages))
     with _ROOTS_LOCK:
-        root = _ROOTS.get(key)
-        if root is None or not root.is_dir():
-            root = Path(tempfile.mkdtemp(prefix="target-python-", dir=tmp_parent))
+        staged = _ROOTS.get(key)
+        if staged is None or not staged.path.is_dir():
+            tmp = scratch_dir(tmp_parent)
             try:
-                assemble_rootfs([(d, blobs[d.sha256]) for d in lock.debian.packages], root / "r",
-                                uid=lock.runtime.user)
+                warnings = assemble_rootfs([(d, blobs[d.sha256]) for d in lock.debian.packages], tmp / "r",
+                                           uid=lock.runtime.user)
             except BaseException:
-                shutil.rmtree(root, ignore_errors=True)
+                shutil.rmtree(tmp, ignore_errors=True)
                 raise
-            _ROOTS[key] = root
-    return TargetPython(root / "r", lock)
+            staged = _ROOTS[key] = StagedRoot(tmp / "r", tuple(warnings))
+    return staged
+
+
+def target_python(lock: Lock, blobs: dict[str, Path], tmp_parent: Path) -> TargetPython:
+    """The lock's interpreter, in the process's staged rootfs (``staged_rootfs``)."""
+    return TargetPython(staged_rootfs(lock, blobs, tmp_parent).path, lock)

@@ -1,16 +1,21 @@
 """Verified downloads into the cache: mirrors in order, retries, resume, parallel, progress.
 
-``fetch_all`` is the one entry point the builder uses: it takes (urls, sha256, size) items,
-returns verified cache paths, and never leaves a partial entry in the cache.
+``Downloads`` starts every (urls, sha256, size) item at once on background threads and hands out
+each verified cache path as soon as that item is done (the builder starts a layer when its own
+inputs are in); ``fetch_all`` is the same, waiting for all. Each item is verified exactly once:
+hashed while it streams in, or re-hashed when the cache already holds it. Never a partial entry
+in the cache.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
+import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import Future, wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +24,7 @@ import httpx
 from lockbuild.digest import to_hex
 from lockbuild.errors import FetchError, IntegrityError
 from lockbuild.fetch.cache import Cache
-from lockbuild.fsutil import CHUNK, sha256_file
+from lockbuild.fsutil import CHUNK
 from lockbuild.net import RETRIES, USER_AGENT
 from lockbuild.progress import Progress
 
@@ -62,10 +67,11 @@ def _download_one(http: httpx.Client, cache: Cache, item: Item, progress: Progre
         cached = cache.get(item.sha256, item.size)
         if cached is not None:
             return cached
+        got: tuple[str, int] | None = None
         for url in item.urls:
             for attempt in range(RETRIES):
                 try:
-                    _stream_to(http, url, partial, progress)
+                    got = _stream_to(http, url, partial, progress)
                     break
                 except (httpx.TransportError, httpx.HTTPStatusError) as e:
                     status = getattr(getattr(e, "response", None), "status_code", None)
@@ -75,9 +81,9 @@ def _download_one(http: httpx.Client, cache: Cache, item: Item, progress: Progre
                     time.sleep(min(2**attempt, 8) * 0.25)
             else:
                 continue
-            if not partial.exists():
+            if not partial.exists() or got is None:
                 continue
-            digest, size = sha256_file(partial)
+            digest, size = got
             if digest != item.sha256 or (item.size is not None and size != item.size):
                 partial.unlink()
                 errors.append(f"{url}: served {digest} ({size} bytes)")
@@ -98,22 +104,96 @@ def _download_one(http: httpx.Client, cache: Cache, item: Item, progress: Progre
     )
 
 
-def _stream_to(http: httpx.Client, url: str, partial: Path, progress: Progress | None) -> None:
-    """Append to `partial`, resuming with a Range request when bytes are already there."""
+def _hash_file(path: Path) -> tuple[hashlib._Hash, int]:
+    """The running sha256 of what is already in ``path``, and its size."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256"), f.tell()
+
+
+def _stream_to(http: httpx.Client, url: str, partial: Path, progress: Progress | None) -> tuple[str, int]:
+    """Append to `partial`, resuming with a Range request when bytes are already there; returns the
+    sha256 (``sha256:<hex>``) and size of the whole file, hashed as it was written."""
     have = partial.stat().st_size if partial.exists() else 0
     headers = {"Range": f"bytes={have}-"} if have else {}
     with http.stream("GET", url, headers=headers) as r:
         if r.status_code == 416:  # already complete
-            return
+            h, size = _hash_file(partial)
+            return "sha256:" + h.hexdigest(), size
         r.raise_for_status()
         mode = "ab" if (have and r.status_code == 206) else "wb"
         if mode == "wb" and have and progress:
             progress(-have)
+        h, size = _hash_file(partial) if mode == "ab" else (hashlib.sha256(), 0)
         with open(partial, mode) as f:
             for chunk in r.iter_bytes(CHUNK):
                 f.write(chunk)
+                h.update(chunk)
+                size += len(chunk)
                 if progress:
                     progress(len(chunk))
+    return "sha256:" + h.hexdigest(), size
+
+
+class Downloads:
+    """Every item fetched (cache first) by ``jobs`` background threads, in the given order.
+    ``path(item)`` waits for that item alone and returns its verified path, or raises its error.
+
+    on_progress(done_bytes, total_bytes) and on_done() are called from the worker threads. The
+    threads are daemons: an abandoned download never keeps the process from exiting.
+    """
+
+    def __init__(self, cache: Cache, items: Sequence[Item], *, jobs: int = 4,
+                 on_progress: Callable[[int, int], None] | None = None,
+                 on_done: Callable[[], None] | None = None) -> None:
+        self.cache = cache
+        unique = list({i.sha256: i for i in items}.values())
+        self.futures: dict[str, Future[Path]] = {i.sha256: Future() for i in unique}
+        self._todo = list(reversed(unique))
+        self._mu = threading.Lock()
+        self._total, self._done = sum(i.size or 0 for i in unique), 0
+        self._on_progress, self._on_done = on_progress, on_done
+        self._workers = max(1, min(jobs, len(unique)))
+        self._http = client() if unique else None
+        for n in range(self._workers if unique else 0):
+            threading.Thread(target=self._work, name=f"lockbuild-download-{n}", daemon=True).start()
+
+    def _bump(self, n: int) -> None:
+        with self._mu:
+            self._done += n
+            done = self._done
+        if self._on_progress:
+            self._on_progress(done, self._total)
+
+    def _work(self) -> None:
+        assert self._http is not None
+        while True:
+            with self._mu:
+                item = self._todo.pop() if self._todo else None
+            if item is None:
+                break
+            fut = self.futures[item.sha256]
+            try:
+                fut.set_result(_download_one(self._http, self.cache, item, self._bump))
+            except BaseException as e:  # noqa: BLE001 - raised by path() to whoever needs the item
+                fut.set_exception(e)
+        with self._mu:
+            self._workers -= 1
+            last = self._workers == 0
+        if last:
+            self._http.close()
+            if self._on_done and all(f.exception() is None for f in self.futures.values()):
+                self._on_done()
+
+    def path(self, item: Item) -> Path:
+        fut = self.futures.get(item.sha256)
+        if fut is None:
+            return fetch_all(self.cache, [item])[item.sha256]
+        return fut.result()
+
+    def wait(self) -> dict[str, Path]:
+        """Every item's verified path, once all are done; the first failed item's error otherwise."""
+        wait(list(self.futures.values()))
+        return {sha: fut.result() for sha, fut in self.futures.items()}
 
 
 def fetch_all(
@@ -127,22 +207,7 @@ def fetch_all(
 
     on_progress(done_bytes, total_bytes) is called from worker threads.
     """
-    total = sum(i.size or 0 for i in items)
-    done = 0
-
-    def bump(n: int) -> None:
-        nonlocal done
-        done += n
-        if on_progress:
-            on_progress(done, total)
-
-    out: dict[str, Path] = {}
-    with client() as http, ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        futs = {pool.submit(_download_one, http, cache, it, bump): it for it in items}
-        for fut in as_completed(futs):
-            it = futs[fut]
-            out[it.sha256] = fut.result()
-    return out
+    return Downloads(cache, items, jobs=jobs, on_progress=on_progress).wait()
 
 
 def fetch_bytes(url: str, *, http: httpx.Client | None = None) -> bytes:
