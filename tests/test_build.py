@@ -23,7 +23,9 @@ TARGET = Target(platform="linux/amd64", python="3.11.2", python_abi="cp311", whe
                 interpreter_deb_version="3.11.2-6+deb12u9")
 
 
-def make_wheel(tmp: Path, name: str, version: str, files: dict[str, bytes]) -> tuple[Wheel, Path]:
+def make_wheel(tmp: Path, name: str, version: str, files: dict[str, bytes],
+               compression: int = zipfile.ZIP_DEFLATED) -> tuple[Wheel, Path]:
+    """A wheel as build backends write one: members deflated (or ``compression``), RECORD last."""
     filename = f"{name.replace('-', '_')}-{version}-py3-none-any.whl"
     path = tmp / filename
     dist_info = f"{name.replace('-', '_')}-{version}.dist-info"
@@ -35,7 +37,7 @@ def make_wheel(tmp: Path, name: str, version: str, files: dict[str, bytes]) -> t
         digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
         record.append(f"{rel},sha256={digest},{len(data)}")
     record.append(f"{dist_info}/RECORD,,")
-    with zipfile.ZipFile(path, "w") as zf:
+    with zipfile.ZipFile(path, "w", compression=compression) as zf:
         for rel, data in contents.items():
             zf.writestr(rel, data)
         zf.writestr(f"{dist_info}/RECORD", "\n".join(record) + "\n")
@@ -177,6 +179,54 @@ def test_a_wheel_member_that_does_not_match_its_record_hash_stops_the_build(tmp_
     with pytest.raises(BuildError, match=r"demo/__init__\.py.*does not match its hash in the wheel's RECORD") as e:
         install_into(tmp_path / "root", [(wheel, swapped)])
     assert "demo-1.0-py3-none-any.whl" in e.value.message
+
+
+@pytest.mark.parametrize("compression", [zipfile.ZIP_DEFLATED, zipfile.ZIP_STORED, zipfile.ZIP_BZIP2])
+def test_members_install_the_same_bytes_however_the_wheel_compressed_them(tmp_path: Path, compression: int) -> None:
+    """Deflated members are inflated by ISA-L (assemble/members.py), the rest by zipfile."""
+    big = b"".join(b"line %d of a module\n" % i for i in range(200_000))  # several MiB: many reads
+    files = {"demo/__init__.py": b"X = 1\n", "demo/big.py": big, "demo/empty.py": b""}
+    wheel, path = make_wheel(tmp_path, "demo", "1.0", files, compression=compression)
+    root = tmp_path / "root"
+    install_into(root, [(wheel, path)])
+    site = root / "usr/local/lib/python3.11/dist-packages"
+    assert {rel: (site / rel).read_bytes() for rel in files} == files
+
+
+def _member_data_offset(path: Path, name: str) -> tuple[int, int]:
+    """(offset of the member's compressed bytes in the file, their length)."""
+    with zipfile.ZipFile(path) as zf:
+        info = zf.getinfo(name)
+    raw = path.read_bytes()
+    n, extra = int.from_bytes(raw[info.header_offset + 26:info.header_offset + 28], "little"), \
+        int.from_bytes(raw[info.header_offset + 28:info.header_offset + 30], "little")
+    return info.header_offset + 30 + n + extra, info.compress_size
+
+
+def test_a_corrupt_deflate_stream_is_refused_naming_the_member(tmp_path: Path) -> None:
+    """A member whose compressed bytes were damaged (the zip directory and RECORD intact) stops the
+    build with a clear error, never a traceback from the inflater and never other bytes in the layer."""
+    body = b"".join(b"value_%d = %d\n" % (i, i * i) for i in range(50_000))
+    wheel, path = make_wheel(tmp_path, "demo", "1.0", {"demo/data.py": body})
+    start, length = _member_data_offset(path, "demo/data.py")
+    raw = bytearray(path.read_bytes())
+    for i in range(start + length // 3, start + length // 3 + 64):
+        raw[i] ^= 0xA5
+    path.write_bytes(bytes(raw))
+    with pytest.raises(BuildError, match=r"demo/data\.py") as e:
+        install_into(tmp_path / "root", [(wheel, path)])
+    assert "demo-1.0-py3-none-any.whl" in e.value.message
+
+
+def test_a_local_header_naming_another_file_than_the_directory_is_refused(tmp_path: Path) -> None:
+    """A crafted zip whose local header names another file than its central directory (the trick
+    that makes two zip readers see two different wheels) is refused."""
+    wheel, path = make_wheel(tmp_path, "demo", "1.0", {"demo/a.py": b"A = 1\n"})
+    raw = path.read_bytes()
+    first = raw.index(b"demo/a.py")  # the local header's copy comes first, the directory's last
+    path.write_bytes(raw[:first] + b"demo/b.py" + raw[first + len(b"demo/a.py"):])
+    with pytest.raises(BuildError, match=r"demo/a\.py|header"):
+        install_into(tmp_path / "root", [(wheel, path)])
 
 
 def test_a_member_hashed_with_another_algorithm_in_record_is_rehashed_as_sha256(tmp_path: Path) -> None:

@@ -483,3 +483,35 @@ def test_nonroot_without_user_namespaces_refuses(bookworm: Built, nobody_dir: Pa
     empty.mkdir()
     result = _assemble_as_nobody(bookworm, nobody_dir / "rootfs", str(empty))
     assert "cannot build /etc/ld.so.cache as a non-root user" in result.get("error", ""), result
+
+
+# -- the scratch place the shared rootfs is staged in (fsutil.scratch_dir) -------------------------
+def test_scratch_dirs_left_by_dead_builds_are_swept_and_live_ones_kept(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+
+    from lockbuild import fsutil
+
+    monkeypatch.setenv("LOCKBUILD_SCRATCH", str(tmp_path / "scratch"))
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    left = tmp_path / "scratch" / f"{fsutil.SCRATCH_PREFIX}{dead.pid}-abc"
+    live = tmp_path / "scratch" / f"{fsutil.SCRATCH_PREFIX}{os.getpid()}-def"
+    other = tmp_path / "scratch" / "not-ours"
+    for d in (left / "r/usr", live, other):
+        d.mkdir(parents=True)
+    new = fsutil.scratch_dir(tmp_path / "fallback")
+    assert new.parent == tmp_path / "scratch" and new.name.startswith(f"{fsutil.SCRATCH_PREFIX}{os.getpid()}-")
+    assert not left.exists() and live.exists() and other.exists()
+
+
+def test_scratch_falls_back_beside_the_cache_without_a_roomy_tmpfs(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from lockbuild import fsutil
+
+    monkeypatch.delenv("LOCKBUILD_SCRATCH", raising=False)
+    monkeypatch.setattr(fsutil, "SHM", tmp_path / "no-shm")  # e.g. a chroot without /dev/shm
+    assert fsutil.scratch_dir(tmp_path / "fallback").parent == tmp_path / "fallback"
+    (tmp_path / "small").mkdir()
+    monkeypatch.setattr(fsutil, "SHM", tmp_path / "small")
+    monkeypatch.setattr(fsutil, "SHM_FREE", 1 << 62)  # a container's 64 MiB /dev/shm: too small
+    assert fsutil.scratch_dir(tmp_path / "fallback").parent == tmp_path / "fallback"
