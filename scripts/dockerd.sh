@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# lockbuild's private Docker engine: start|stop|status.
+# lockbuild's private Docker engine: start|stop|status|trim.
 #
 # Runs Debian's dockerd in the background with no bridge, no iptables rules and no IP
 # forwarding changes, its own data/exec roots, pidfile and socket, so it never touches a system
@@ -71,6 +71,20 @@ stop() {
     echo "dockerd.sh: killed (did not stop within 30s)"
 }
 
+# What the test suite and the benchmarks leave in this engine (loaded images, stopped containers,
+# build cache) grows the data root by gigabytes per run on a long-lived machine; `trim` removes
+# all of it, and caps the engine log. It never touches another engine: only this socket.
+trim() {
+    answers || { echo "dockerd.sh: not running; nothing to trim"; return 0; }
+    docker -H "$HOST" container prune -f >/dev/null
+    docker -H "$HOST" image prune -af >/dev/null
+    docker -H "$HOST" builder prune -af >/dev/null 2>&1 || true
+    if [ -f "$LOG" ] && [ "$(stat -c %s "$LOG")" -gt $((64 << 20)) ]; then
+        tail -c $((8 << 20)) "$LOG" >"$LOG.tail" && cat "$LOG.tail" >"$LOG" && rm -f "$LOG.tail"
+    fi
+    echo "dockerd.sh: trimmed $(du -sh "$ROOT/data" 2>/dev/null | cut -f1) left in $ROOT/data"
+}
+
 status() {
     if answers; then
         echo "running DOCKER_HOST=$HOST"
@@ -84,5 +98,6 @@ case "${1:-}" in
     start) start ;;
     stop) stop ;;
     status) status ;;
-    *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
+    trim) trim ;;
+    *) echo "usage: $0 start|stop|status|trim" >&2; exit 2 ;;
 esac

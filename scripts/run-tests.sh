@@ -16,7 +16,11 @@ if ! docker -H "$DOCKER_HOST" info >/dev/null 2>&1; then
     bash scripts/dockerd.sh start >/dev/null && started=1 || echo "run-tests: no Docker engine; engine tests will skip" >&2
 fi
 export LOCKBUILD_KEEP_DOCKER=1  # the session fixture must not stop an engine this script manages
-cleanup() { if [ "$started" = 1 ]; then bash scripts/dockerd.sh stop >/dev/null 2>&1 || true; fi; }
+cleanup() {
+    # lockbuild's own engine only: what the tests loaded into it would fill the disk over many runs
+    if [ "$DOCKER_HOST" = "unix:///run/lockbuild-docker.sock" ]; then bash scripts/dockerd.sh trim >&2 || true; fi
+    if [ "$started" = 1 ]; then bash scripts/dockerd.sh stop >/dev/null 2>&1 || true; fi
+}
 trap cleanup EXIT
 
 .venv/bin/pytest -q -p no:cacheprovider --durations=15 "$@"

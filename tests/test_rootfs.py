@@ -488,7 +488,6 @@ def test_nonroot_without_user_namespaces_refuses(bookworm: Built, nobody_dir: Pa
 # -- the scratch place the shared rootfs is staged in (fsutil.scratch_dir) -------------------------
 def test_scratch_dirs_left_by_dead_builds_are_swept_and_live_ones_kept(tmp_path: Path,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-
     from lockbuild import fsutil
 
     monkeypatch.setenv("LOCKBUILD_SCRATCH", str(tmp_path / "scratch"))
