@@ -88,7 +88,7 @@ def test_unknown_tag_and_unreachable_registry_are_publish_errors(registry: str) 
 
 
 def test_only_transient_failures_are_retried(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(reg.time, "sleep", lambda _s: None)
+    monkeypatch.setattr(reg.net.time, "sleep", lambda _s: None)
     calls: list[str] = []
 
     def flaky() -> str:

@@ -45,7 +45,8 @@ class _Inflating:
             raise BuildError(f"{where}: the local header names another file than the zip directory",
                              hint="the wheel is corrupt or crafted; remove it from the lock")
         self.fd, self.pos, self.left = fd, info.header_offset + _HEADER.size + n + extra, info.compress_size
-        self.d = isal_zlib.decompressobj(-15)
+        self.d, self.where = isal_zlib.decompressobj(-15), where
+        self.error = cast(type[Exception], isal_zlib.error)  # its stubs call it an instance
         self.tail = b""
 
     def read(self, n: int = -1) -> bytes:
@@ -60,7 +61,11 @@ class _Inflating:
                     break
                 self.pos += len(self.tail)
                 self.left -= len(self.tail)
-            chunk = self.d.decompress(self.tail, want)
+            try:
+                chunk = self.d.decompress(self.tail, want)
+            except self.error as e:
+                raise BuildError(f"{self.where}: corrupt compressed data ({e})",
+                                 hint="the wheel is corrupt; its sha256 in the lock can no longer match") from None
             self.tail = self.d.unconsumed_tail
             out.append(chunk)
             want -= len(chunk)

@@ -13,7 +13,6 @@ import contextlib
 import hashlib
 import os
 import threading
-import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, wait
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from lockbuild.digest import to_hex
 from lockbuild.errors import FetchError, IntegrityError
 from lockbuild.fetch.cache import Cache
 from lockbuild.fsutil import CHUNK
-from lockbuild.net import RETRIES, USER_AGENT
+from lockbuild.net import RETRIES, USER_AGENT, backoff
 from lockbuild.progress import Progress
 
 TIMEOUT = httpx.Timeout(60.0, connect=15.0)
@@ -78,7 +77,7 @@ def _download_one(http: httpx.Client, cache: Cache, item: Item, progress: Progre
                     errors.append(f"{url}: {e}")
                     if status is not None and status in (403, 404, 410):
                         break  # this mirror does not have it: try the next one
-                    time.sleep(min(2**attempt, 8) * 0.25)
+                    backoff(attempt)
             else:
                 continue
             if not partial.exists() or got is None:
@@ -227,7 +226,7 @@ def fetch_bytes(url: str, *, http: httpx.Client | None = None) -> bytes:
                 last = e
             except httpx.TransportError as e:
                 last = e
-            time.sleep(min(2**attempt, 8) * 0.25)
+            backoff(attempt)
         raise FetchError(f"could not fetch {url}: {last}", hint="check the network or the mirror URL")
     finally:
         if own:

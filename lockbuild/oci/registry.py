@@ -23,7 +23,6 @@ import hashlib
 import json
 import os
 import re
-import time
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import TypeVar
 
 import httpx
 
+from lockbuild import net
 from lockbuild.errors import IntegrityError, PublishError
 from lockbuild.fetch.cache import Cache
 from lockbuild.fsutil import CHUNK, sha256_bytes
@@ -237,11 +237,11 @@ class Transient(PublishError):
 
 def with_retries(action: Callable[[], T], attempts: int = RETRIES) -> T:
     """Run ``action``, again after a back-off when it fails transiently (at most ``attempts``)."""
-    for attempt in range(1, attempts):
+    for attempt in range(attempts - 1):
         try:
             return action()
         except Transient:
-            time.sleep(min(2.0**attempt, 30.0))
+            net.backoff(attempt)
     return action()
 
 
