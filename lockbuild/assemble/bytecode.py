@@ -98,7 +98,8 @@ class Spool:
 
 @dataclass(frozen=True)
 class Compiled:
-    """One .pyc: its in-image path (no leading /) and where its bytes are in the spool."""
+    """One .pyc (or one source sent to the compiler): its in-image path (no leading /) and where its
+    bytes are in a spool."""
 
     rel: str
     spool: Spool
@@ -145,30 +146,39 @@ class TargetPython:
     def compile(self, sources: Sequence[tuple[str, Callable[[], bytes]]], spool: Spool) -> list[Compiled | None]:
         """Compile (in-image path without leading /, source bytes) pairs in the given order, in one
         process; .pyc bytes land in ``spool`` (a new file). None for a source that does not compile."""
+        src = Spool(spool.path.with_name(spool.path.name + ".src"))
+        try:
+            return self.compile_spooled(spool_sources(src, sources), spool)
+        finally:
+            src.close()
+
+    def compile_spooled(self, sources: Sequence[Compiled], spool: Spool) -> list[Compiled | None]:
+        """``compile`` for sources already in one spool (``spool_sources``)."""
         if not sources:
             return []
-        src_spool = spool.path.with_name(spool.path.name + ".src")
-        index = []
-        with open(src_spool, "wb") as f:
-            for rel, read in sources:
-                data = read()
-                index.append(["/" + rel, f.tell(), len(data)])
-                f.write(data)
+        index = [["/" + c.rel, c.offset, c.size] for c in sources]
         env = {"PYTHONHOME": str(self.root / "usr"), "PYTHONHASHSEED": "0", "PYTHONUTF8": "1",
                "PYTHONDONTWRITEBYTECODE": "1", "LC_ALL": "C.UTF-8", "PATH": "/usr/bin:/bin"}
         argv = [str(self.loader), "--library-path", str(self.libdir), str(self.python), "-S", "-s", "-B",
                 "-c", _COMPILE]
-        payload = json.dumps([index, str(src_spool), str(spool.path)])
-        try:
-            with tempfile.TemporaryDirectory(prefix="pyc-cwd-") as cwd:  # sys.path[0] is the (empty) cwd
-                proc = subprocess.run(argv, input=payload.encode(), capture_output=True, env=env, cwd=cwd,
-                                      check=False)
-        finally:
-            src_spool.unlink(missing_ok=True)
+        payload = json.dumps([index, str(sources[0].spool.path), str(spool.path)])
+        with tempfile.TemporaryDirectory(prefix="pyc-cwd-") as cwd:  # sys.path[0] is the (empty) cwd
+            proc = subprocess.run(argv, input=payload.encode(), capture_output=True, env=env, cwd=cwd, check=False)
         if proc.returncode != 0:
             tail = proc.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
             raise BuildError(f"byte-compiling with the image's python{self.python.name[6:]} failed: {tail[0]}")
         return [Compiled(r[0].lstrip("/"), spool, r[1], r[2]) if r else None for r in json.loads(proc.stdout)]
+
+
+def spool_sources(src: Spool, sources: Sequence[tuple[str, Callable[[], bytes]]]) -> list[Compiled]:
+    """Write each (rel, read) source's bytes into the new spool ``src``, in order; where each landed."""
+    out = []
+    with open(src.path, "wb") as f:
+        for rel, read in sources:
+            data = read()
+            out.append(Compiled(rel, src, f.tell(), len(data)))
+            f.write(data)
+    return out
 
 
 def compile_tree(py: TargetPython, root: Path, rels: Sequence[str], spool: Spool) -> dict[str, Compiled]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import io
@@ -41,7 +42,7 @@ from installer.scripts import Script
 from installer.sources import WheelFile
 from installer.utils import Scheme, construct_record_file
 
-from lockbuild.assemble.bytecode import Spool, TargetPython
+from lockbuild.assemble.bytecode import Spool, TargetPython, spool_sources
 from lockbuild.assemble.members import WheelReader
 from lockbuild.assemble.prune import Rules, WheelContent, parent_dirs
 from lockbuild.errors import BuildError
@@ -308,18 +309,24 @@ def _apply_rules(dists: list[_Dist], files: dict[str, Node], tree: WheelTree, si
 
 def _compile(py: TargetPython, sources: list[str], files: dict[str, Node], tree: WheelTree,
              spool_dir: Path) -> dict[str, Node]:
-    """Byte-compile the sources (sorted, one process); the .pyc become nodes. Returns source -> .pyc node."""
+    """Byte-compile the sources (sorted, one process); the .pyc become nodes. Returns source -> .pyc node.
+    Each source is inflated once: its node then reads the bytes the compiler saw back from the
+    sources' spool (its RECORD hash is still checked in the tar)."""
     fd, name = tempfile.mkstemp(prefix="pyc-", dir=spool_dir)
     os.close(fd)
-    spool = Spool(Path(name))
+    spool, src = Spool(Path(name)), Spool(Path(name + ".src"))
     tree.stack.callback(spool.close)
+    tree.stack.callback(src.close)
 
     def read(node: Node) -> bytes:
         assert node.open is not None
         with node.open() as f:
             return f.read()
 
-    out = py.compile([(rel, functools.partial(read, files[rel])) for rel in sources], spool)
+    spooled = spool_sources(src, [(rel, functools.partial(read, files[rel])) for rel in sources])
+    for s in spooled:
+        files[s.rel] = dataclasses.replace(files[s.rel], open=s.open)
+    out = py.compile_spooled(spooled, spool)
     done: dict[str, Node] = {}
     with open(spool.path, "rb") as f:  # one pass over the spool: each .pyc's RECORD hash, checked again in the tar
         for rel, c in zip(sources, out, strict=True):
