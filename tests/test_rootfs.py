@@ -514,3 +514,30 @@ def test_scratch_falls_back_beside_the_cache_without_a_roomy_tmpfs(tmp_path: Pat
     monkeypatch.setattr(fsutil, "SHM", tmp_path / "small")
     monkeypatch.setattr(fsutil, "SHM_FREE", 1 << 62)  # a container's 64 MiB /dev/shm: too small
     assert fsutil.scratch_dir(tmp_path / "fallback").parent == tmp_path / "fallback"
+
+
+@pytest.mark.network
+def test_a_full_scratch_place_is_a_clear_error_and_leaves_nothing(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A scratch place that fills up while the rootfs is staged (a small tmpfs) stops the build
+    naming the place and LOCKBUILD_SCRATCH, and leaves no half-staged rootfs behind."""
+    from lockbuild.assemble import bytecode
+    from lockbuild.lock.io import read_lock
+
+    need_root("mounting a 1 MiB tmpfs")
+    lock = read_lock(Path(__file__).parent.parent / "examples/keras3/lockbuild.lock")
+    env = os.environ.get("LOCKBUILD_CACHE")
+    cache = Cache(Path(env) if env else Path("/tmp/lockbuild-test-cache"))
+    blobs = download.fetch_all(cache, deb_items(lock.debian), jobs=4)
+    tiny = tmp_path / "tiny"
+    tiny.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(tiny)], check=True)
+    try:
+        monkeypatch.setenv("LOCKBUILD_SCRATCH", str(tiny))
+        monkeypatch.setattr(bytecode, "_ROOTS", {})  # nothing staged by earlier tests in this process
+        with pytest.raises(BuildError, match="no space left staging the Debian rootfs") as e:
+            bytecode.staged_rootfs(lock, blobs, tmp_path)
+        assert "LOCKBUILD_SCRATCH" in (e.value.hint or "") and str(tiny) in e.value.message
+        assert not list(tiny.iterdir())
+    finally:
+        subprocess.run(["umount", str(tiny)], check=False)

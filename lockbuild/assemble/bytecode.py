@@ -24,6 +24,7 @@ the image sets PYTHONDONTWRITEBYTECODE=1, and the tree is read-only for uid 6553
 from __future__ import annotations
 
 import atexit
+import errno
 import io
 import json
 import os
@@ -247,6 +248,13 @@ def staged_rootfs(lock: Lock, blobs: dict[str, Path], tmp_parent: Path) -> Stage
             try:
                 warnings = assemble_rootfs([(d, blobs[d.sha256]) for d in lock.debian.packages], tmp / "r",
                                            uid=lock.runtime.user)
+            except OSError as e:
+                shutil.rmtree(tmp, ignore_errors=True)
+                if e.errno != errno.ENOSPC:
+                    raise
+                raise BuildError(f"no space left staging the Debian rootfs in {tmp.parent}",
+                                 hint="free space there, or set LOCKBUILD_SCRATCH to a directory with a few "
+                                      "hundred MB free") from None
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
