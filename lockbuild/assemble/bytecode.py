@@ -234,7 +234,7 @@ def staged_rootfs(lock: Lock, blobs: dict[str, Path], tmp_parent: Path) -> Stage
     """The lock's Debian rootfs, staged once per process (from the lock's own verified .debs) into a
     scratch directory (``fsutil.scratch_dir``: /dev/shm when it has room, else beside the layer
     stages). Never write into it."""
-    from lockbuild.assemble.rootfs import assemble_rootfs
+    from lockbuild.assemble.rootfs import assemble_rootfs_apart
     from lockbuild.fsutil import scratch_dir
 
     missing = [d.filename for d in lock.debian.packages if d.sha256 not in blobs]
@@ -246,8 +246,8 @@ def staged_rootfs(lock: Lock, blobs: dict[str, Path], tmp_parent: Path) -> Stage
         if staged is None or not staged.path.is_dir():
             tmp = scratch_dir(tmp_parent)
             try:
-                warnings = assemble_rootfs([(d, blobs[d.sha256]) for d in lock.debian.packages], tmp / "r",
-                                           uid=lock.runtime.user)
+                warnings = assemble_rootfs_apart([(d, blobs[d.sha256]) for d in lock.debian.packages], tmp / "r",
+                                                 uid=lock.runtime.user)
             except OSError as e:
                 shutil.rmtree(tmp, ignore_errors=True)
                 if e.errno != errno.ENOSPC:

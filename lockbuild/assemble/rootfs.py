@@ -305,3 +305,51 @@ def assemble_rootfs(debs: Sequence[tuple[Deb, Path]], dest: Path, *, uid: int = 
     if (warning := run_ldconfig(dest, arch)) is not None:
         st.warnings.append(warning)
     return st.warnings
+
+
+# The child of ``assemble_rootfs_apart``: the same function, its result or error as JSON on stdout.
+_CHILD = r"""
+import json, sys
+from pathlib import Path
+from lockbuild.assemble.rootfs import assemble_rootfs
+from lockbuild.errors import BuildError
+from lockbuild.lock.model import Deb
+args = json.load(sys.stdin)
+try:
+    out = {"warnings": assemble_rootfs([(Deb(**d), Path(p)) for d, p in args["debs"]], Path(args["dest"]),
+                                       uid=args["uid"])}
+except BuildError as e:
+    out = {"error": e.message, "hint": e.hint}
+except OSError as e:
+    out = {"error": e.strerror or str(e), "errno": e.errno, "filename": e.filename}
+json.dump(out, sys.stdout)
+"""
+
+
+def assemble_rootfs_apart(debs: Sequence[tuple[Deb, Path]], dest: Path, *, uid: int = 65532) -> list[str]:
+    """``assemble_rootfs`` in a child process of this interpreter: the same code and bytes, but its
+    tar parsing and path checks (pure Python) no longer wait for the GIL the builder's other
+    threads hold, so it runs on a core of its own while the wheel layers are installed."""
+    import dataclasses
+    import json
+    import subprocess
+    import sys
+
+    import lockbuild
+
+    env = dict(os.environ)
+    here = str(Path(lockbuild.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = here + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    payload = {"debs": [[dataclasses.asdict(d), str(p)] for d, p in debs], "dest": str(dest), "uid": uid}
+    proc = subprocess.run([sys.executable, "-c", _CHILD], input=json.dumps(payload).encode(), capture_output=True,
+                          env=env, check=False)
+    try:
+        out = json.loads(proc.stdout)
+    except json.JSONDecodeError:
+        tail = proc.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
+        raise BuildError(f"staging the Debian rootfs failed: {tail[0]}") from None
+    if "errno" in out:
+        raise OSError(out["errno"], out["error"], out["filename"])
+    if "error" in out:
+        raise BuildError(out["error"], hint=out["hint"])
+    return list(out["warnings"])
