@@ -89,7 +89,7 @@ class ChunkedCompressor:
         if header:
             sink.write(header)
 
-    def _feed(self, data: bytes | bytearray) -> None:
+    def _feed(self, data: bytes | bytearray | memoryview) -> None:
         if self._gzip:
             self._crc = _module("gzip").crc32(data, self._crc)
             self._size += len(data)
@@ -98,14 +98,20 @@ class ChunkedCompressor:
             self._sink.write(out)
 
     def write(self, data: bytes) -> int:
-        self._buf += data
-        if len(self._buf) >= CHUNK:
-            view = memoryview(self._buf)
-            full = len(self._buf) - len(self._buf) % CHUNK
-            for i in range(0, full, CHUNK):
-                self._feed(view[i:i + CHUNK].tobytes())
-            view.release()
-            del self._buf[:full]
+        view = memoryview(data)
+        if self._buf:  # complete the pending chunk first
+            take = CHUNK - len(self._buf)
+            self._buf += view[:take]
+            view = view[take:]
+            if len(self._buf) < CHUNK:
+                return len(data)
+            self._feed(self._buf)
+            self._buf = bytearray()
+        while len(view) >= CHUNK:  # whole chunks straight from the caller's buffer, no copy
+            self._feed(view[:CHUNK])
+            view = view[CHUNK:]
+        if view:
+            self._buf += view
         return len(data)
 
     def close(self) -> None:

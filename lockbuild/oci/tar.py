@@ -232,7 +232,7 @@ class _Handoff:
 
     def __init__(self, sink: HashingWriter) -> None:
         self.sink, self.size, self.buf = sink, 0, bytearray()
-        self.q: queue.Queue[bytearray | None] = queue.Queue(maxsize=1)
+        self.q: queue.Queue[bytes | bytearray | None] = queue.Queue(maxsize=1)
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name="lockbuild-compress", daemon=True)
         self.thread.start()
@@ -248,8 +248,11 @@ class _Handoff:
     def write(self, data: bytes) -> int:
         if self.error is not None:
             raise self.error
-        self.buf += data
         self.size += len(data)
+        if not self.buf and len(data) >= READ_SIZE and isinstance(data, bytes):
+            self.q.put(data)  # a whole copy buffer of tarfile's: immutable, handed over as it is
+            return len(data)
+        self.buf += data
         if len(self.buf) >= READ_SIZE:
             self.q.put(self.buf)
             self.buf = bytearray()
