@@ -1,9 +1,11 @@
 """The builder: Lock -> Image. Reads only the lock and the cache; never resolves.
 
 For each planned layer: reuse it when its key is in the layer cache (blob re-verified), else
-fetch its inputs (verified), make its tree, and write the deterministic layer. Then config +
-manifest. Python layers are streamed from the wheels (assemble/wheels.py: no files staged);
-the Debian, model and config layers are staged under the cache's tmp/, always removed.
+take its inputs as they are verified (assemble/inputs.py), make its tree, and write the
+deterministic layer. Then config + manifest. Python layers are streamed from the wheels
+(assemble/wheels.py: no files staged); the Debian layer is the build's one read-only rootfs
+(bytecode.staged_rootfs); the model and config layers are staged under the cache's tmp/,
+always removed.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lockbuild import __version__
-from lockbuild.assemble import bytecode
+from lockbuild.assemble import bytecode, inputs
 from lockbuild.assemble import config as config_layer
 from lockbuild.assemble import wheels as wheel_install
 from lockbuild.assemble.model import stage_model
@@ -26,10 +28,6 @@ from lockbuild.assemble.plan import WHEEL_MTIME, LayerPlan, plan_layers
 from lockbuild.assemble.prune import Rules, listed_pruning
 from lockbuild.errors import BuildError, IntegrityError
 from lockbuild.fetch.cache import Cache
-from lockbuild.fetch.debs import deb_items
-from lockbuild.fetch.download import Downloads, Item, fetch_all
-from lockbuild.fetch.model import fetch_model_files
-from lockbuild.fetch.sdist import ensure_built
 from lockbuild.lock.model import Lock
 from lockbuild.oci.compress import compressor_name, compressor_version
 from lockbuild.oci.image import Image, ImageSpec, build_image
@@ -138,16 +136,17 @@ def build(lock: Lock, lock_bytes: bytes, cache: Cache, *, lock_dir: Path, jobs: 
 
     # Downloads overlap the build: every download starts at once in the background, and each
     # layer starts as soon as its own inputs are verified in the cache; each input is verified once.
-    downloads = _start_downloads(lock, todo, cache, jobs=jobs, report=report)
-    _prestage_rootfs(lock, todo, cache, downloads)
+    downloads = inputs.start_downloads(lock, todo, cache, jobs=jobs, report=report)
+    inputs.prestage_rootfs(lock, todo, cache, downloads)
     blobs: dict[str, Path] = {}
 
-    def inputs(p: LayerPlan) -> dict[str, Path]:
-        got = _fetch_inputs(lock, [p], cache, jobs=jobs, report=report, lock_dir=lock_dir, downloads=downloads)
+    def layer_inputs(p: LayerPlan) -> dict[str, Path]:
+        got = inputs.fetch_inputs(lock, [p], cache, jobs=jobs, report=report, lock_dir=lock_dir,
+                                  downloads=downloads)
         blobs.update(got)
         return got
 
-    done.update(_build_layers(todo, lock, lock_bytes, cache, inputs, mtime=mtime, report=report,
+    done.update(_build_layers(todo, lock, lock_bytes, cache, layer_inputs, mtime=mtime, report=report,
                               compression=compression))
     if any(p.kind == "python" for p in todo):
         _check_conflicts(lock, cache, blobs, lock_dir=lock_dir)  # within a layer, wheel_tree refuses it already
@@ -171,46 +170,15 @@ def _weight(p: LayerPlan) -> int:
     return sum(w.size for w in p.wheels) if p.wheels else (20 << 20 if p.kind == "debian" else 0)
 
 
-def _start_downloads(lock: Lock, todo: list[LayerPlan], cache: Cache, *, jobs: int, report: Report) -> Downloads:
-    """Every input the layers need, downloaded (or verified in the cache) in the background, with
-    progress. Errors are raised to the layer that needs the input, by ``Downloads.path``."""
-    items = _download_items(lock, todo)
-    if items:
-        report("fetch-start", {"items": len(items), "bytes": sum(i.size or 0 for i in items)})
-    return Downloads(cache, items, jobs=jobs,
-                     on_progress=lambda done, tot: report("fetch-progress", {"done": done, "total": tot}),
-                     on_done=lambda: report("fetch-done", {"items": len(items)}))
-
-
-def _prestage_rootfs(lock: Lock, todo: list[LayerPlan], cache: Cache, downloads: Downloads) -> None:
-    """Stage the Debian rootfs (the debian layer's tree and the bytecode compilers' interpreter) as
-    soon as its .debs are in, on a core the big downloads leave idle. Errors are not raised here:
-    the layer that needs the rootfs stages it again and raises them."""
-    import threading
-
-    compiles = lock.build.bytecode != "none" and any(p.kind == "python" for p in todo)
-    if not (compiles or any(p.kind == "debian" for p in todo)):
-        return
-
-    def run() -> None:
-        try:
-            blobs = {i.sha256: downloads.path(i) for i in deb_items(lock.debian)}
-            bytecode.staged_rootfs(lock, blobs, cache.tmpdir())
-        except Exception:  # noqa: BLE001, S110 - the layer needing it stages it again and reports it
-            pass
-
-    threading.Thread(target=run, name="lockbuild-rootfs", daemon=True).start()
-
-
 def _build_layers(todo: list[LayerPlan], lock: Lock, lock_bytes: bytes, cache: Cache,
-                  inputs: Callable[[LayerPlan], dict[str, Path]], *,
+                  get_inputs: Callable[[LayerPlan], dict[str, Path]], *,
                   mtime: int, report: Report, compression: str = "gzip") -> dict[str, Layer]:
     """Build layers in parallel: deflate and sha256 release the GIL, so threads use every core.
     Each layer's bytes depend only on its own inputs, never on the order they finish in."""
     from concurrent.futures import ThreadPoolExecutor
 
     def one(p: LayerPlan) -> tuple[str, Layer]:
-        blobs = inputs(p)
+        blobs = get_inputs(p)
         report("layer-start", {"name": p.name})
         layer = _build_layer(p, lock, lock_bytes, cache, blobs, mtime=mtime, report=report,
                              compression=compression)
@@ -221,56 +189,6 @@ def _build_layers(todo: list[LayerPlan], lock: Lock, lock_bytes: bytes, cache: C
     workers = max(1, min(len(todo), int(os.environ.get("LOCKBUILD_BUILD_JOBS", os.cpu_count() or 2))))
     with ThreadPoolExecutor(max_workers=workers) as pool:
         return dict(pool.map(one, sorted(todo, key=_weight, reverse=True)))
-
-
-def _download_items(lock: Lock, todo: list[LayerPlan]) -> list[Item]:
-    """What the layers need from the network: the .debs and the index wheels, biggest first."""
-    items: list[Item] = []
-    kinds = {p.kind for p in todo}
-    if "debian" in kinds or ("python" in kinds and lock.build.bytecode != "none"):
-        items += deb_items(lock.debian)  # python layers are byte-compiled by the lock's own interpreter
-    for p in todo:
-        for w in p.wheels:
-            if not w.source:  # built (sdist) and bundled (model) wheels come from elsewhere
-                items.append(Item(urls=(w.url,), sha256=w.sha256, size=w.size, label=w.filename))
-    return items
-
-
-def _fetch_inputs(lock: Lock, todo: list[LayerPlan], cache: Cache, *, jobs: int, report: Report,
-                  lock_dir: Path, downloads: Downloads | None = None) -> dict[str, Path]:
-    """The verified inputs of the planned layers: from ``downloads`` when the build started them,
-    else fetched (cache first) here."""
-    items = _download_items(lock, todo)
-    kinds = {p.kind for p in todo}
-    blobs: dict[str, Path] = {}
-    if items and downloads is not None:
-        blobs.update({i.sha256: downloads.path(i) for i in items})
-    elif items:
-        total = sum(i.size or 0 for i in items)
-        report("fetch-start", {"items": len(items), "bytes": total})
-        blobs.update(fetch_all(cache, items, jobs=jobs,
-                               on_progress=lambda done, tot: report("fetch-progress", {"done": done, "total": tot})))
-        report("fetch-done", {"items": len(items)})
-    wheels = [w for p in todo for w in p.wheels]
-    if "model" in kinds or any(w.source == "model" for w in wheels):
-        blobs.update(fetch_model_files(lock.model, cache, lock_dir=lock_dir))
-    for w in wheels:
-        if w.source == "sdist":
-            report("sdist-build", {"name": w.name, "version": w.version})
-            blobs[w.sha256] = ensure_built(w, cache, python=lock.target.python, jobs=jobs)
-    return blobs
-
-
-def wheel_blob(lock: Lock, w, cache: Cache, *, lock_dir: Path) -> Path:  # type: ignore[no-untyped-def]
-    """One locked wheel's verified bytes, wherever the lock says they come from."""
-    if w.source == "sdist":
-        return ensure_built(w, cache, python=lock.target.python)
-    if w.source == "model":
-        return fetch_model_files(lock.model, cache, lock_dir=lock_dir)[w.sha256]
-    path = cache.get(w.sha256, w.size)
-    if path is None:
-        path = fetch_all(cache, [Item(urls=(w.url,), sha256=w.sha256, size=w.size, label=w.filename)])[w.sha256]
-    return path
 
 
 def _wheel_listing(lock: Lock, cache: Cache, w, path: Path) -> list[str]:  # type: ignore[no-untyped-def]
@@ -285,7 +203,7 @@ def _wheel_listing(lock: Lock, cache: Cache, w, path: Path) -> list[str]:  # typ
 def _check_conflicts(lock: Lock, cache: Cache, blobs: dict[str, Path], *, lock_dir: Path) -> None:
     listings = []
     for w in lock.python.packages:
-        path = blobs.get(w.sha256) or wheel_blob(lock, w, cache, lock_dir=lock_dir)
+        path = blobs.get(w.sha256) or inputs.wheel_blob(lock, w, cache, lock_dir=lock_dir)
         listings.append((w, _wheel_listing(lock, cache, w, path)))
     conflicts = wheel_install.find_conflicts(listings)
     if conflicts:

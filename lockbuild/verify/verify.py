@@ -165,7 +165,8 @@ def verify(src: ImageSource, lock: Lock, lock_bytes: bytes, lock_digest: str, ca
     """The image ``src`` against the image ``lock`` determines. Expected diff_ids come from a layer
     record only when its MAC (key outside the cache dir) checks out and ``rederive`` is off; any
     mismatch is always re-derived from the lock before it is reported."""
-    from lockbuild.assemble.build import LEVEL, _fetch_inputs, compressed_key, source_date_epoch, stage_layer
+    from lockbuild.assemble.build import LEVEL, compressed_key, source_date_epoch, stage_layer
+    from lockbuild.assemble.inputs import fetch_inputs
     from lockbuild.oci.layercache import layer_record
 
     report = Report(image=src.description)
@@ -179,7 +180,7 @@ def verify(src: ImageSource, lock: Lock, lock_bytes: bytes, lock_digest: str, ca
     def inputs(plan: LayerPlan) -> dict[str, Path]:
         """The plan's locked inputs, by hash (cache, else download; every byte checked)."""
         with fetch_mu:
-            blobs.update(_fetch_inputs(lock, [plan], cache, jobs=jobs, report=lambda _e, _d: None,
+            blobs.update(fetch_inputs(lock, [plan], cache, jobs=jobs, report=lambda _e, _d: None,
                                        lock_dir=lock_dir))
             return blobs
 

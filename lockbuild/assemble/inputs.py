@@ -1,0 +1,105 @@
+"""A build's inputs: what its layers need from the network, each verified once, handed to each
+layer as soon as its own are in.
+
+``start_downloads`` starts every .deb and index wheel the layers to build need, in the
+background (fetch/download.py: Downloads); ``prestage_rootfs`` stages the build's one Debian rootfs
+as soon as its .debs are in; ``fetch_inputs`` gives one layer (or verify's derivation of it) its
+verified inputs: downloads, model files, and wheels built from locked sdists.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from lockbuild.assemble import bytecode
+from lockbuild.assemble.plan import LayerPlan
+from lockbuild.fetch.cache import Cache
+from lockbuild.fetch.debs import deb_items
+from lockbuild.fetch.download import Downloads, Item, fetch_all
+from lockbuild.fetch.model import fetch_model_files
+from lockbuild.fetch.sdist import ensure_built
+from lockbuild.lock.model import Lock
+
+Report = Callable[[str, dict], None]
+
+
+def start_downloads(lock: Lock, todo: list[LayerPlan], cache: Cache, *, jobs: int, report: Report) -> Downloads:
+    """Every input the layers need, downloaded (or verified in the cache) in the background, with
+    progress. Errors are raised to the layer that needs the input, by ``Downloads.path``."""
+    items = download_items(lock, todo)
+    if items:
+        report("fetch-start", {"items": len(items), "bytes": sum(i.size or 0 for i in items)})
+    return Downloads(cache, items, jobs=jobs,
+                     on_progress=lambda done, tot: report("fetch-progress", {"done": done, "total": tot}),
+                     on_done=lambda: report("fetch-done", {"items": len(items)}))
+
+
+def prestage_rootfs(lock: Lock, todo: list[LayerPlan], cache: Cache, downloads: Downloads) -> None:
+    """Stage the Debian rootfs (the debian layer's tree and the bytecode compilers' interpreter) as
+    soon as its .debs are in, on a core the big downloads leave idle. Errors are not raised here:
+    the layer that needs the rootfs stages it again and raises them."""
+    import threading
+
+    compiles = lock.build.bytecode != "none" and any(p.kind == "python" for p in todo)
+    if not (compiles or any(p.kind == "debian" for p in todo)):
+        return
+
+    def run() -> None:
+        try:
+            blobs = {i.sha256: downloads.path(i) for i in deb_items(lock.debian)}
+            bytecode.staged_rootfs(lock, blobs, cache.tmpdir())
+        except Exception:  # noqa: BLE001, S110 - the layer needing it stages it again and reports it
+            pass
+
+    threading.Thread(target=run, name="lockbuild-rootfs", daemon=True).start()
+
+
+def download_items(lock: Lock, todo: list[LayerPlan]) -> list[Item]:
+    """What the layers need from the network: the .debs and the index wheels, biggest first."""
+    items: list[Item] = []
+    kinds = {p.kind for p in todo}
+    if "debian" in kinds or ("python" in kinds and lock.build.bytecode != "none"):
+        items += deb_items(lock.debian)  # python layers are byte-compiled by the lock's own interpreter
+    for p in todo:
+        for w in p.wheels:
+            if not w.source:  # built (sdist) and bundled (model) wheels come from elsewhere
+                items.append(Item(urls=(w.url,), sha256=w.sha256, size=w.size, label=w.filename))
+    return items
+
+
+def fetch_inputs(lock: Lock, todo: list[LayerPlan], cache: Cache, *, jobs: int, report: Report,
+                  lock_dir: Path, downloads: Downloads | None = None) -> dict[str, Path]:
+    """The verified inputs of the planned layers: from ``downloads`` when the build started them,
+    else fetched (cache first) here."""
+    items = download_items(lock, todo)
+    kinds = {p.kind for p in todo}
+    blobs: dict[str, Path] = {}
+    if items and downloads is not None:
+        blobs.update({i.sha256: downloads.path(i) for i in items})
+    elif items:
+        total = sum(i.size or 0 for i in items)
+        report("fetch-start", {"items": len(items), "bytes": total})
+        blobs.update(fetch_all(cache, items, jobs=jobs,
+                               on_progress=lambda done, tot: report("fetch-progress", {"done": done, "total": tot})))
+        report("fetch-done", {"items": len(items)})
+    wheels = [w for p in todo for w in p.wheels]
+    if "model" in kinds or any(w.source == "model" for w in wheels):
+        blobs.update(fetch_model_files(lock.model, cache, lock_dir=lock_dir))
+    for w in wheels:
+        if w.source == "sdist":
+            report("sdist-build", {"name": w.name, "version": w.version})
+            blobs[w.sha256] = ensure_built(w, cache, python=lock.target.python, jobs=jobs)
+    return blobs
+
+
+def wheel_blob(lock: Lock, w, cache: Cache, *, lock_dir: Path) -> Path:  # type: ignore[no-untyped-def]
+    """One locked wheel's verified bytes, wherever the lock says they come from."""
+    if w.source == "sdist":
+        return ensure_built(w, cache, python=lock.target.python)
+    if w.source == "model":
+        return fetch_model_files(lock.model, cache, lock_dir=lock_dir)[w.sha256]
+    path = cache.get(w.sha256, w.size)
+    if path is None:
+        path = fetch_all(cache, [Item(urls=(w.url,), sha256=w.sha256, size=w.size, label=w.filename)])[w.sha256]
+    return path
