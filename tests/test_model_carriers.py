@@ -21,6 +21,7 @@ from lockbuild.fetch.download import Item, fetch_all
 from lockbuild.fsutil import sha256_file
 from lockbuild.model.metadata import read_model, strip_userinfo
 from tests.lockbuild_testing import EXAMPLES, finish, lockbuild_process, set_model_python, shared_cache
+from tests.test_build import make_wheel
 
 pytestmark = [pytest.mark.network]
 
@@ -113,11 +114,15 @@ def carriers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, 
     req.write_text("--index-url https://lockbuild:s3cr3t-token@pypi.org/simple\n"
                    "--extra-index-url https://__token__:s3cr3t-extra@pypi.org/simple/\n" + req.read_text())
 
+    # add_libraries_to_model's layout: wheels/ + requirement lines naming them. Neither wheel is in the
+    # cache the lock runs with (a private one never is), as on a user's first `lock`.
     d = dirs["bundled"] = project(root, "bundled")
-    six = fetch_all(Cache(cache), [SIX])[SIX.sha256]
+    six = fetch_all(Cache(root / "elsewhere"), [SIX])[SIX.sha256]
     (d / "model" / "wheels").mkdir()
     shutil.copyfile(six, d / "model" / "wheels" / "six-1.17.0-py2.py3-none-any.whl")
-    append_requirements(d, "wheels/six-1.17.0-py2.py3-none-any.whl")
+    _, private = make_wheel(d / "model" / "wheels", "acme-features", "0.1",
+                            {"acme_features/__init__.py": f"NONCE = {str(root)!r}\n".encode()})
+    append_requirements(d, "wheels/six-1.17.0-py2.py3-none-any.whl", f"wheels/{private.name}")
 
     d = dirs["conda-only"] = project(root, "conda-only")  # the layout MLflow 1.x wrote
     (d / "model" / "requirements.txt").unlink()
@@ -180,6 +185,9 @@ def test_bundled_wheel_is_locked_from_the_model_by_sha256(carriers: dict[str, tu
     assert (six["source"], six["path"], six["url"]) == ("model", "wheels/six-1.17.0-py2.py3-none-any.whl", "")
     assert ("sha256:" + six["sha256"], six["size"]) == (digest, size)
     assert any(f["path"] == six["path"] and "sha256:" + f["sha256"] == digest for f in lock["model"]["files"])
+    acme = _pkg(lock, "acme-features")
+    digest, size = sha256_file(d / "model" / "wheels" / acme["path"].rsplit("/", 1)[-1])
+    assert (acme["source"], acme["version"], "sha256:" + acme["sha256"]) == ("model", "0.1", digest)
 
 
 def test_conda_yaml_only_model_locks_from_the_pip_section(carriers: dict[str, tuple[Path, object]]) -> None:

@@ -200,6 +200,9 @@ def _make_lock(spec: Spec, source: ModelSource, info: ModelInfo, *, previous: Lo
     files = {p: (size, sha) for p, size, sha in info.files}
     bundled = tuple(BundledWheel(path=p, local=source.path / p, size=files[p][0], sha256=files[p][1])
                     for p in info.bundled_wheels)
+    for b in bundled:  # file lists (overlaps, pruning) read a bundled wheel from the cache, like any other
+        if cache.get(b.sha256, b.size) is None:
+            cache.put_file(b.local, expected_sha256=b.sha256)
     created = created_time(exclude_newer, deb_lock)
     epoch = int(datetime.fromisoformat(created.replace("Z", "+00:00")).timestamp())
     resolve_kw = dict(target=py_target, index_url=index_url, exclude_newer=exclude_newer,

@@ -133,6 +133,10 @@ def wheel_members(w: Wheel, cache: Cache, http: httpx.Client) -> list[str]:
     if meta is not None and meta.get("size") == w.size and isinstance(meta.get("members"), list):
         return list(meta["members"])
     path = cache.get(w.sha256, w.size)
+    if path is None and not w.url:  # bundled in the model or built from an sdist: only ever read from the cache
+        raise ResolveError(f"cannot read the file list of {w.filename}: a {w.source or 'local'} wheel with no URL, "
+                           "not in the cache",
+                           hint="run `lockbuild lock` again where the model and its sdists are at hand")
     try:
         if path is not None:
             members, source = _members_of(path), "wheel"
