@@ -331,7 +331,7 @@ def _poison_model_record(project: dict, key_file: Path | None) -> str:
         info, data = _file("opt/ml/model/MLmodel", b"flavors: {}\n")
         tar.addfile(info, io.BytesIO(data))
     raw = buf.getvalue()
-    blob = gzip.compress(raw, mtime=0)
+    blob = gzip.compress(raw, compresslevel=1, mtime=0)  # an attacker needs no level 9; 5x faster
     cache = Cache()
     digest = cache.put_bytes(blob)
     layer = Layer(digest=digest, diff_id="sha256:" + hashlib.sha256(raw).hexdigest(), size=len(blob))
