@@ -6,6 +6,7 @@ The lock names each file by sha256; whatever source serves it, the bytes are che
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 from lockbuild.errors import IntegrityError, ModelError
@@ -15,11 +16,17 @@ from lockbuild.lock.model import ModelLock
 
 def cache_model_tree(model_dir: Path, model: ModelLock, cache: Cache) -> None:
     """Put every locked model file into the cache (done at lock time, so builds need no source)."""
+    cache_model_files(model_dir, [(f.path, f.sha256) for f in model.files], cache)
+
+
+def cache_model_files(model_dir: Path, files: Iterable[tuple[str, str]], cache: Cache) -> None:
+    """Put these (path in the model, sha256) files into the cache, checked against their hashes on
+    the way in; an entry already there is kept (every reader verifies it with ``cache.get``)."""
     from lockbuild.model.metadata import inside_model
 
-    for f in model.files:
-        if not cache.has(f.sha256):
-            cache.put_file(inside_model(model_dir, f.path), expected_sha256=f.sha256)
+    for path, sha256 in files:
+        if not cache.has(sha256):
+            cache.put_file(inside_model(model_dir, path), expected_sha256=sha256)
 
 
 def fetch_model_files(model: ModelLock, cache: Cache, *, lock_dir: Path) -> dict[str, Path]:

@@ -21,7 +21,7 @@ from lockbuild.assemble.prune import DEFAULT_OMIT, DEFAULT_PRUNE
 from lockbuild.digest import short
 from lockbuild.errors import PythonVersionError, SpecError
 from lockbuild.fetch.cache import Cache
-from lockbuild.fetch.model import cache_model_tree
+from lockbuild.fetch.model import cache_model_files, cache_model_tree
 from lockbuild.fsutil import sha256_bytes
 from lockbuild.lock import pruned
 from lockbuild.lock.model import (
@@ -200,9 +200,8 @@ def _make_lock(spec: Spec, source: ModelSource, info: ModelInfo, *, previous: Lo
     files = {p: (size, sha) for p, size, sha in info.files}
     bundled = tuple(BundledWheel(path=p, local=source.path / p, size=files[p][0], sha256=files[p][1])
                     for p in info.bundled_wheels)
-    for b in bundled:  # file lists (overlaps, pruning) read a bundled wheel from the cache, like any other
-        if cache.get(b.sha256, b.size) is None:
-            cache.put_file(b.local, expected_sha256=b.sha256)
+    # file lists (overlaps, pruning) read a bundled wheel from the cache, like any other wheel
+    cache_model_files(source.path, [(b.path, b.sha256) for b in bundled], cache)
     created = created_time(exclude_newer, deb_lock)
     epoch = int(datetime.fromisoformat(created.replace("Z", "+00:00")).timestamp())
     resolve_kw = dict(target=py_target, index_url=index_url, exclude_newer=exclude_newer,
