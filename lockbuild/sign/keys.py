@@ -347,6 +347,8 @@ def _encrypt_sigstore(key: ec.EllipticCurvePrivateKey, password: bytes) -> bytes
 
 _SIGMA = (0x61707865, 0x3320646E, 0x79622D32, 0x6B206574)  # "expand 32-byte k"
 _M32 = 0xFFFFFFFF
+_DOUBLE_ROUND = ((0, 4, 8, 12), (5, 9, 13, 1), (10, 14, 2, 6), (15, 3, 7, 11),  # columns
+                 (0, 1, 2, 3), (5, 6, 7, 4), (10, 11, 8, 9), (15, 12, 13, 14))  # rows
 
 
 def _rounds(x: list[int]) -> list[int]:
@@ -364,8 +366,8 @@ def _rounds(x: list[int]) -> list[int]:
         x[a] ^= ((t << 18) | (t >> 14)) & _M32
 
     for _ in range(10):
-        qr(0, 4, 8, 12), qr(5, 9, 13, 1), qr(10, 14, 2, 6), qr(15, 3, 7, 11)
-        qr(0, 1, 2, 3), qr(5, 6, 7, 4), qr(10, 11, 8, 9), qr(15, 12, 13, 14)
+        for a, b, c, d in _DOUBLE_ROUND:
+            qr(a, b, c, d)
     return x
 
 
