@@ -79,17 +79,16 @@ def _pinned(store: Any) -> str:
     return str(store.path)
 
 
-def run_sign(ref: str, key: Path, lk: Any, lock_bytes: bytes, path: Path, *, passphrase_env: str,
-             verify_report: Any, smoke_report: Any, run_verify: bool, built: bool,
-             attest: bool = True, signature: bool = True) -> dict[str, Any]:
-    """Load the key (fails before any write), verify the image unless told otherwise, sign and attest."""
+def run_sign(ref: str, signer: Any, lk: Any, lock_bytes: bytes, path: Path, *, verify_report: Any,
+             smoke_report: Any, run_verify: bool, built: bool, attest: bool = True,
+             signature: bool = True) -> dict[str, Any]:
+    """Verify the image unless told otherwise, then sign and attest (the key is loaded by the caller,
+    before anything is built or pushed)."""
     from lockbuild.audit.sbom import sbom_json
     from lockbuild.fetch.cache import Cache
     from lockbuild.fsutil import sha256_bytes
-    from lockbuild.sign.keys import load_private_key
     from lockbuild.sign.release import sign_image, statements
 
-    signer = load_private_key(key, passphrase_env)
     with _store(ref, lk, push=True) as store:
         digest = store.image()["digest"]
         if run_verify and verify_report is None and attest:
@@ -139,6 +138,7 @@ def sign(
     Example: [bold]lockbuild sign docker://myacr.azurecr.io/churn@sha256:… --key release.key[/]
     """
     from lockbuild.audit import read_locked
+    from lockbuild.sign.keys import load_private_key
 
     if attest_only and not attest:
         raise LockbuildError("--attest-only and --no-attest leave nothing to do", hint="drop one of them")
@@ -146,9 +146,9 @@ def sign(
     locked = read_locked(path)
     lock_bytes = path.read_bytes()
     vrep, srep = _load_json(verify_report, "verify report"), _load_json(smoke_report, "smoke report")
-    summary = run_sign(image_ref, key, locked.lock, lock_bytes, path, passphrase_env=passphrase_env,
-                       verify_report=vrep, smoke_report=srep, run_verify=run_verify, built=False, attest=attest,
-                       signature=not attest_only)
+    signer = load_private_key(key, passphrase_env)
+    summary = run_sign(image_ref, signer, locked.lock, lock_bytes, path, verify_report=vrep, smoke_report=srep,
+                       run_verify=run_verify, built=False, attest=attest, signature=not attest_only)
     if as_json:
         emit_json(summary)
     else:
