@@ -156,10 +156,7 @@ def _referrer(store: Store, image: Mapping[str, Any], blob: bytes, artifact_type
 
     if not isinstance(store, RegistryStore):
         return {"artifactType": artifact_type, "mechanism": "layout-tag"}
-    from lockbuild.audit.attach import push_referrer
-
-    pushed = push_referrer(store.ref_text, image, blob, artifact_type, annotations)
-    return {"artifactType": artifact_type, "digest": pushed.digest, "mechanism": pushed.mechanism}
+    return store.push_referrer(image, blob, artifact_type, annotations)
 
 
 def _sig_referrer(store: Store, image: Mapping[str, Any], layer: cosign.SignatureLayer) -> dict[str, str]:

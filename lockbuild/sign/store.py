@@ -146,6 +146,24 @@ class RegistryStore:
                    headers={"Accept": INDEX_MEDIA_TYPE})
         return r.status_code == 200 and r.headers.get("content-type", "").startswith(INDEX_MEDIA_TYPE)
 
+    def push_referrer(self, subject: Mapping[str, Any], blob: bytes, artifact_type: str,
+                      annotations: Mapping[str, str]) -> dict[str, str]:
+        """``blob`` as an OCI 1.1 referrer of ``subject`` on this session (audit/attach.py's format):
+        the referrers API when the registry echoes OCI-Subject, else the referrers tag schema."""
+        from lockbuild.audit import attach
+
+        manifest = attach.artifact_manifest(subject, blob, artifact_type, annotations)
+        for data in (attach.EMPTY_BLOB, blob):
+            attach.upload_blob(self._session, data)
+        echoed = attach.put_manifest(self._session, sha256_bytes(manifest), manifest, MANIFEST_MEDIA_TYPE)
+        mechanism = "referrers-api"
+        if echoed != subject["digest"]:
+            entry = {**attach.descriptor(MANIFEST_MEDIA_TYPE, manifest), "artifactType": artifact_type,
+                     "annotations": dict(annotations)}
+            attach._update_tag_index(self._session, subject["digest"], entry)
+            mechanism = "tag-schema"
+        return {"artifactType": artifact_type, "digest": sha256_bytes(manifest), "mechanism": mechanism}
+
     def referrers(self, artifact_type: str) -> list[dict[str, Any]]:
         from lockbuild.audit.attach import list_referrers
 

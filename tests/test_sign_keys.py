@@ -1,0 +1,199 @@
+"""Signing keys, DSSE envelopes and simple-signing payloads, checked by a second implementation (the
+openssl CLI over the exact signed bytes), and signing into an OCI layout. No network."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import stat
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lockbuild.errors import AttestationError, BadSignature, NoSignature, SigningKeyError
+from lockbuild.fetch.cache import Cache
+from lockbuild.oci.image import Image
+from lockbuild.oci.layout import write_oci_layout
+from lockbuild.sign import cosign, dsse, keys, policy, release
+from lockbuild.sign.store import LayoutStore
+from tests.conftest_services import need_tool
+
+PW = "LOCKBUILD_TEST_KEY_PASSWORD"
+
+
+@pytest.fixture()
+def pair(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> keys.KeyPair:
+    monkeypatch.setenv(PW, "correct horse")
+    return keys.generate(tmp_path / "release", passphrase_env=PW)
+
+
+def openssl(*args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
+    need_tool("openssl")
+    proc = subprocess.run(["openssl", *args], capture_output=True, text=True, timeout=60)
+    if ok:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def openssl_verifies(tmp_path: Path, public: Path, data: bytes, der_sig: bytes) -> bool:
+    (tmp_path / "data.bin").write_bytes(data)
+    (tmp_path / "sig.der").write_bytes(der_sig)
+    proc = openssl("dgst", "-sha256", "-verify", str(public), "-signature", str(tmp_path / "sig.der"),
+                   str(tmp_path / "data.bin"), ok=False)
+    return proc.returncode == 0 and "Verified OK" in proc.stdout
+
+
+# -- keys -----------------------------------------------------------------------------------------------
+
+
+def test_keygen_writes_an_encrypted_0600_key_and_refuses_to_overwrite(pair: keys.KeyPair, tmp_path: Path) -> None:
+    assert stat.S_IMODE(pair.private.stat().st_mode) == 0o600
+    assert stat.S_IMODE(pair.public.stat().st_mode) == 0o644
+    assert pair.private.read_text().startswith("-----BEGIN ENCRYPTED PRIVATE KEY-----")
+    assert "correct horse" not in pair.private.read_text()
+    with pytest.raises(SigningKeyError, match="already exists"):
+        keys.generate(tmp_path / "release", passphrase_env=PW)
+    signer = keys.load_private_key(pair.private, PW)
+    assert signer.key_id == pair.key_id == keys.load_public_key(pair.public).key_id
+    assert "PRIVATE" not in repr(signer) and pair.key_id[:16] in repr(signer)
+
+
+def test_key_errors_are_clear(pair: keys.KeyPair, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(PW, "wrong")
+    with pytest.raises(SigningKeyError, match="wrong passphrase") as e:
+        keys.load_private_key(pair.private, PW)
+    assert e.value.exit_code == 31 and "wrong" not in e.value.message.replace("wrong passphrase", "")
+    monkeypatch.delenv(PW)
+    with pytest.raises(SigningKeyError, match="encrypted and no passphrase") as e:
+        keys.load_private_key(pair.private, PW)
+    assert PW in (e.value.hint or "")
+    with pytest.raises(SigningKeyError, match="no private key at"):
+        keys.load_private_key(tmp_path / "missing.key", PW)
+    with pytest.raises(SigningKeyError, match="is a public key"):
+        keys.load_private_key(pair.public, PW)
+    with pytest.raises(SigningKeyError, match="is a private key"):
+        keys.load_public_key(pair.private)
+    (tmp_path / "junk.key").write_bytes(os.urandom(300))
+    with pytest.raises(SigningKeyError, match="not a PEM private key"):
+        keys.load_private_key(tmp_path / "junk.key", PW)
+    with pytest.raises(SigningKeyError, match="no passphrase to encrypt"):
+        keys.generate(tmp_path / "other", passphrase_env=PW)
+
+
+def test_openssl_made_keys_load_and_other_curves_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(PW, "pw")
+    pk8, sec1, enc = tmp_path / "pk8.key", tmp_path / "sec1.key", tmp_path / "enc.key"
+    openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", str(pk8))
+    openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", str(sec1))
+    openssl("pkcs8", "-topk8", "-v2", "aes-256-cbc", "-in", str(pk8), "-out", str(enc), "-passout", "env:" + PW)
+    openssl("pkey", "-in", str(pk8), "-pubout", "-out", str(tmp_path / "pk8.pub"))
+    a, b, c = (keys.load_private_key(p, PW) for p in (pk8, sec1, enc))
+    assert a.key_id == c.key_id == keys.load_public_key(tmp_path / "pk8.pub").key_id != b.key_id
+    assert openssl_verifies(tmp_path, tmp_path / "pk8.pub", b"data", c.sign(b"data"))
+    openssl("ecparam", "-name", "secp384r1", "-genkey", "-noout", "-out", str(tmp_path / "p384.key"))
+    with pytest.raises(SigningKeyError, match="secp384r1 key, not an ECDSA P-256"):
+        keys.load_private_key(tmp_path / "p384.key", PW)
+
+
+def test_sigstore_format_round_trip_and_wrong_passphrase(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Our writer against our reader; the cross-check against skopeo's own keys is in test_sign_skopeo."""
+    monkeypatch.setenv(PW, "pw")
+    pair = keys.generate(tmp_path / "c", passphrase_env=PW, sigstore_format=True)
+    assert pair.private.read_text().startswith("-----BEGIN ENCRYPTED SIGSTORE PRIVATE KEY-----")
+    assert keys.load_private_key(pair.private, PW).key_id == pair.key_id
+    monkeypatch.setenv(PW, "nope")
+    with pytest.raises(SigningKeyError, match="wrong passphrase"):
+        keys.load_private_key(pair.private, PW)
+
+
+def test_signatures_are_deterministic_and_verified_by_openssl(pair: keys.KeyPair, tmp_path: Path) -> None:
+    signer = keys.load_private_key(pair.private, PW)
+    assert signer.deterministic, "cryptography >= 43 offers RFC 6979 signing"
+    payload = cosign.payload("127.0.0.1:5000/models/churn", "sha256:" + "a" * 64)
+    assert payload == cosign.payload("127.0.0.1:5000/models/churn", "sha256:" + "a" * 64)
+    sig = signer.sign(payload)
+    assert sig == signer.sign(payload)
+    assert openssl_verifies(tmp_path, pair.public, payload, sig)
+    assert not openssl_verifies(tmp_path, pair.public, payload.replace(b"churn", b"churm"), sig)
+
+
+def test_dsse_envelope_verified_by_openssl_over_the_pae_bytes(pair: keys.KeyPair, tmp_path: Path) -> None:
+    signer = keys.load_private_key(pair.private, PW)
+    digest = "sha256:" + "b" * 64
+    st = dsse.statement("models/churn", digest, dsse.VERIFICATION, {"lock": {"digest": {"sha256": "c" * 64}}})
+    env = json.loads(dsse.envelope(signer, st))
+    body = base64.b64decode(env["payload"])
+    assert body == st and env["payloadType"] == "application/vnd.in-toto+json"
+    assert env["signatures"][0]["keyid"] == signer.key_id
+    # The PAE written out by hand, as the DSSE spec defines it, for openssl to check.
+    pae = b"DSSEv1 28 application/vnd.in-toto+json " + str(len(body)).encode() + b" " + body
+    assert pae == dsse.pae(env["payloadType"], body)
+    assert openssl_verifies(tmp_path, pair.public, pae, base64.b64decode(env["signatures"][0]["sig"]))
+    assert dsse.envelope(signer, st) == dsse.envelope(signer, st)  # same inputs, same envelope bytes
+    verifier = keys.load_public_key(pair.public)
+    assert dsse.open_envelope(json.dumps(env).encode(), verifier, digest, "t").predicate_type == dsse.VERIFICATION
+    edited = dict(env, payload=base64.b64encode(body.replace(b"cccc", b"cccd")).decode())
+    with pytest.raises(AttestationError, match="no signature on the envelope verifies"):
+        dsse.open_envelope(json.dumps(edited).encode(), verifier, digest, "t")
+    with pytest.raises(AttestationError, match="about another image"):
+        dsse.open_envelope(json.dumps(env).encode(), verifier, "sha256:" + "d" * 64, "t")
+
+
+# -- an OCI layout ----------------------------------------------------------------------------------------
+
+
+def test_sign_and_verify_in_an_oci_layout(pair: keys.KeyPair, tmp_path: Path, cache: Cache,
+                                          tiny_image: Callable[..., Image]) -> None:
+    image = tiny_image(cache, tmp_path / "stage")
+    root = write_oci_layout(image, tmp_path / "oci", cache, ref_name="v1")
+    signer, verifier = keys.load_private_key(pair.private, PW), keys.load_public_key(pair.public)
+    store = LayoutStore(str(root), "lockbuild-test/tiny")
+    with pytest.raises(NoSignature):
+        release.check_signature(store, verifier)
+    digest = image.manifest_digest
+    sts = [(t, dsse.statement("tiny", digest, t, {"lock": {"digest": {"sha256": "e" * 64}}}))
+           for t in (dsse.CYCLONEDX, dsse.VERIFICATION)]
+    release.sign_image(store, signer, statements_=sts)
+    assert release.check_signature(store, verifier) == "lockbuild-test/tiny"
+    with pytest.raises(AttestationError, match="provenance"):  # only two of the three were attached
+        release.check_attestations(store, verifier, None)
+    # the layout still holds exactly one image for every reader (the signature entries carry an artifactType)
+    from lockbuild.fsutil import sha256_bytes
+    from lockbuild.oci.layout import read_oci_layout
+
+    assert sha256_bytes(read_oci_layout(root).manifest) == digest
+    other = keys.generate(tmp_path / "other", passphrase_env=PW)
+    with pytest.raises(BadSignature, match="does not verify"):
+        release.check_signature(store, keys.load_public_key(other.public))
+    release.sign_image(store, signer, statements_=None)  # re-signing is idempotent: still one signature layer
+    sig = json.loads(store.get_manifest(cosign.sig_tag(digest)) or b"{}")
+    assert len(sig["layers"]) == 1
+
+
+# -- admission policy -------------------------------------------------------------------------------------
+
+
+def test_policy_documents(pair: keys.KeyPair) -> None:
+    pem = pair.public.read_bytes()
+    repo = "myacr.azurecr.io/models/churn"
+    doc = policy.containers_policy([f"{repo}@sha256:{'a' * 64}", f"{repo}:v1"], pem)
+    assert doc["default"] == [{"type": "reject"}]
+    assert list(doc["transports"]["docker"]) == [repo]
+    req = doc["transports"]["docker"][repo][0]
+    assert req["type"] == "sigstoreSigned" and base64.b64decode(req["keyData"]) == pem
+    assert req["signedIdentity"] == {"type": "matchRepository"}
+    assert policy.containers_policy([repo], pem, others="accept")["default"] == [{"type": "insecureAcceptAnything"}]
+    assert policy.registries_d(["127.0.0.1:5000/m:v1"]) == {"docker": {"127.0.0.1:5000/m": {
+        "use-sigstore-attachments": True}}}
+    text = policy.render_yaml(policy.ratify_manifests([repo], pem, name="lockbuild-churn", namespaces=["ml"]),
+                              "header")
+    docs = list(yaml.safe_load_all(text))
+    assert [d["kind"] for d in docs] == ["KeyManagementProvider", "Store", "Verifier", "RatifyVerification"]
+    assert docs[0]["spec"]["parameters"]["value"] == pem.decode()
+    assert docs[2]["spec"]["parameters"]["trustPolicies"][0]["scopes"] == [repo]
+    assert docs[2]["spec"]["parameters"]["trustPolicies"][0]["keys"] == [{"provider": "lockbuild-churn-key"}]
+    assert docs[3]["spec"]["match"]["namespaces"] == ["ml"] and "&" not in text
