@@ -26,7 +26,8 @@ install_root() {
     if [ -x "$ROOT/usr/bin/skopeo" ]; then echo "$ROOT"; return; fi
     echo "trixie-skopeo: debootstrap trixie + skopeo into $ROOT (once per month, ~2 min)" >&2
     rm -rf "$ROOT.tmp"
-    debootstrap --variant=minbase --include=skopeo,ca-certificates trixie "$ROOT.tmp" "$MIRROR" \
+    # netavark: skopeo needs the virtual container-network-stack, which debootstrap cannot pick itself
+    debootstrap --variant=minbase --include=skopeo,netavark,ca-certificates trixie "$ROOT.tmp" "$MIRROR" \
         >"$ROOT.debootstrap.log" 2>&1 || { tail -20 "$ROOT.debootstrap.log" >&2; exit 1; }
     mkdir -p "$ROOT.tmp/mnt"
     mv "$ROOT.tmp" "$ROOT"

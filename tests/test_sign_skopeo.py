@@ -262,11 +262,16 @@ def test_release_flow_sign_verify_enforce(tiny_project: dict, world: World, trix
     # distinct exit codes
     assert run_lockbuild("verify", f"docker://{repo}:v1", "--key", str(world.mnt / "b.pub"), cwd=cwd,
                          ok=False).returncode == 33
+    import dataclasses
+
+    from lockbuild.lock.io import dumps, read_lock
+
+    lock = read_lock(cwd / "lockbuild.lock")
     other_lock = tmp_path / "other.lock"
-    other_lock.write_bytes((cwd / "lockbuild.lock").read_bytes() + b"# another lock\n")
+    other_lock.write_text(dumps(dataclasses.replace(lock, runtime=dataclasses.replace(lock.runtime, port=8081))))
     mismatch = run_lockbuild("verify", f"docker://{repo}:v1", "--key", pub, "--lock", str(other_lock), cwd=cwd,
                              ok=False)
-    assert mismatch.returncode == 35 and "another lock" not in mismatch.stderr, mismatch.stderr
+    assert mismatch.returncode == 35 and "released from another lock" in mismatch.stderr, mismatch.stderr
     run_lockbuild("image", "--push", f"{world.registry}/tiny-unsigned:v1", cwd=cwd)
     assert run_lockbuild("verify", f"docker://{world.registry}/tiny-unsigned:v1", "--key", pub, cwd=cwd,
                          ok=False).returncode == 32
