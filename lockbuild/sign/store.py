@@ -119,12 +119,27 @@ class RegistryStore:
         return got[0] if got else None
 
     def get_blob(self, digest: str) -> bytes:
+        import httpx
+
         s = self._session
-        r = s.send("GET", s.url(f"blobs/{digest}"), ok=(200, 404), follow_redirects=True)
-        if r.status_code == 404:
-            raise IntegrityError(f"{self.repository}: blob {digest} is missing",
-                                 hint="the signature or attestation manifest points at a blob that is not there")
-        data = r.content[:MAX_SMALL + 1]
+        chunks, size = [], 0
+        try:
+            with s.client.stream("GET", s.url(f"blobs/{digest}"), follow_redirects=True) as r:
+                if r.status_code == 404:
+                    raise IntegrityError(f"{self.repository}: blob {digest} is missing", hint="the signature or "
+                                         "attestation manifest points at a blob that is not there")
+                if r.status_code != 200:
+                    raise PublishError(f"GET blob {digest} -> HTTP {r.status_code}", hint="check the registry")
+                for chunk in r.iter_bytes():
+                    size += len(chunk)
+                    if size > MAX_SMALL:  # never buffer an unbounded body from a hostile registry
+                        raise IntegrityError(f"{self.repository}: blob {digest} is over {MAX_SMALL >> 20} MiB",
+                                             hint="not a signature or attestation lockbuild wrote; do not trust it")
+                    chunks.append(chunk)
+        except httpx.HTTPError as e:
+            raise PublishError(f"GET blob {digest} from {self.ref.registry} failed: {e}",
+                               hint="check the network and the registry") from e
+        data = b"".join(chunks)
         if sha256_bytes(data) != digest:
             raise IntegrityError(f"{self.repository}: blob {digest} does not match its digest",
                                  hint="the registry or a proxy served different bytes; do not trust it")
