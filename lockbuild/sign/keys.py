@@ -136,19 +136,23 @@ class FileSigner:
 
 def _read(path: Path, what: str) -> bytes:
     try:
-        if path.stat().st_size > MAX_KEY_FILE:
-            raise SigningKeyError(f"{path} is {path.stat().st_size} bytes: not a {what}",
-                                  hint=f"pass the PEM {what} file (a few hundred bytes)")
-        return path.read_bytes()
+        if not path.is_file():
+            if not path.exists():
+                raise FileNotFoundError(path)
+            raise SigningKeyError(f"{path} is not a regular file, not a {what}", hint=f"pass the PEM {what} file")
+        with open(path, "rb") as f:
+            data = f.read(MAX_KEY_FILE + 1)  # bounded: /dev/zero or a huge wrong file never fills memory
     except FileNotFoundError:
         hint = ("create a key pair with `lockbuild keygen KEYNAME` (writes KEYNAME.key and KEYNAME.pub)"
                 if what == "private key" else "pass the .pub file written by `lockbuild keygen` or cosign")
         raise SigningKeyError(f"no {what} at {path}", hint=hint) from None
-    except IsADirectoryError:
-        raise SigningKeyError(f"{path} is a directory, not a {what}", hint=f"pass the PEM {what} file") from None
     except PermissionError:
         raise SigningKeyError(f"cannot read the {what} {path}: permission denied",
                               hint="run as the key's owner, or fix its permissions (0600 for a private key)") from None
+    if len(data) > MAX_KEY_FILE:
+        raise SigningKeyError(f"{path} is over {MAX_KEY_FILE // 1024} KiB: not a {what}",
+                              hint=f"pass the PEM {what} file (a few hundred bytes)")
+    return data
 
 
 def _pem_type(data: bytes) -> str | None:
