@@ -197,3 +197,35 @@ def test_policy_documents(pair: keys.KeyPair) -> None:
     assert docs[2]["spec"]["parameters"]["trustPolicies"][0]["scopes"] == [repo]
     assert docs[2]["spec"]["parameters"]["trustPolicies"][0]["keys"] == [{"provider": "lockbuild-churn-key"}]
     assert docs[3]["spec"]["match"]["namespaces"] == ["ml"] and "&" not in text
+
+
+def test_statements_name_the_lock_and_spec_and_are_reproducible() -> None:
+    """The three statements of the example's lock: same inputs, same bytes; the provenance names the
+    lock and the spec by sha256, the verification predicate the lock, the digest and the reports."""
+    from lockbuild.audit import read_locked
+    from lockbuild.fsutil import sha256_bytes
+
+    example = Path(__file__).resolve().parent.parent / "examples" / "keras3"
+    locked = read_locked(example / "lockbuild.lock")
+    lock_bytes = (example / "lockbuild.lock").read_bytes()
+    spec = ("lockbuild.toml", (example / "lockbuild.toml").read_bytes())
+    digest = "sha256:" + "f" * 64
+    verify_report = {"ok": True, "checked": {"layers": 7, "config": 1}, "findings": []}
+
+    def make() -> list[tuple[str, bytes]]:
+        return release.statements(locked.lock, lock_bytes, digest, sbom=b'{"bomFormat":"CycloneDX"}',
+                                  verify=verify_report, smoke=None, built=True, spec=spec)
+
+    first = make()
+    assert first == make()
+    by_type = {t: json.loads(st) for t, st in first}
+    assert set(by_type) == set(release.REQUIRED)
+    prov = by_type[dsse.SLSA_PROVENANCE]["predicate"]["buildDefinition"]
+    assert prov["externalParameters"]["lockDigest"] == sha256_bytes(lock_bytes)
+    assert prov["resolvedDependencies"][1] == {"name": "lockbuild.toml", "mediaType": "application/toml",
+                                               "digest": {"sha256": sha256_bytes(spec[1]).removeprefix("sha256:")}}
+    ver = by_type[dsse.VERIFICATION]["predicate"]
+    assert ver["lock"]["digest"]["sha256"] == sha256_bytes(lock_bytes).removeprefix("sha256:")
+    assert ver["image"]["digest"] == digest and ver["builtFromLock"] is True and ver["smoke"] is None
+    assert ver["verify"]["result"] == "passed" and ver["verify"]["checked"] == {"layers": 7, "config": 1}
+    assert all(st["subject"][0]["digest"] == {"sha256": "f" * 64} for st in by_type.values())

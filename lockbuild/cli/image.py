@@ -135,7 +135,7 @@ def image(
 
         ref = parse_reference(push).with_digest(img.manifest_digest)
         outputs["signed"] = run_sign(ref, signer, lk, lock_bytes, path, verify_report=None, smoke_report=None,
-                                     run_verify=False, built=True)
+                                     run_verify=False, built=True, spec=spec)
     size = sum(layer.size for _, layer, _ in result.layers)
     summary = {
         "digest": img.manifest_digest, "config_digest": img.config_digest, "compressed_bytes": size,

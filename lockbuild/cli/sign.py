@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from lockbuild.cli.common import JsonOpt, LockOpt, SpecOpt, emit_json, err, lock_path
+from lockbuild.cli.common import JsonOpt, LockOpt, SpecOpt, emit_json, err, lock_path, spec_file
 from lockbuild.errors import LockbuildError, VerifyFailed
 
 PassEnvOpt = Annotated[str, typer.Option("--passphrase-env", metavar="VAR",
@@ -81,7 +81,7 @@ def _pinned(store: Any) -> str:
 
 def run_sign(ref: str, signer: Any, lk: Any, lock_bytes: bytes, path: Path, *, verify_report: Any,
              smoke_report: Any, run_verify: bool, built: bool, attest: bool = True,
-             signature: bool = True) -> dict[str, Any]:
+             signature: bool = True, spec: Path | None = None) -> dict[str, Any]:
     """Verify the image unless told otherwise, then sign and attest (the key is loaded by the caller,
     before anything is built or pushed)."""
     from lockbuild.audit.sbom import sbom_json
@@ -104,8 +104,10 @@ def run_sign(ref: str, signer: Any, lk: Any, lock_bytes: bytes, path: Path, *, v
         sts = None
         if attest:
             sbom = sbom_json(lk, sha256_bytes(lock_bytes), image_digest=digest, cache=Cache()).encode()
+            spec_file_ = spec_file(spec) if spec is not None else path.parent / "lockbuild.toml"
+            spec_input = (spec_file_.name, spec_file_.read_bytes()) if spec_file_.is_file() else None
             sts = statements(lk, lock_bytes, digest, sbom=sbom, verify=verify_report, smoke=smoke_report,
-                             built=built)
+                             built=built, spec=spec_input)
         result = sign_image(store, signer, statements_=sts, signature=signature)
     return result.to_dict()
 
@@ -148,7 +150,7 @@ def sign(
     vrep, srep = _load_json(verify_report, "verify report"), _load_json(smoke_report, "smoke report")
     signer = load_private_key(key, passphrase_env)
     summary = run_sign(image_ref, signer, locked.lock, lock_bytes, path, verify_report=vrep, smoke_report=srep,
-                       run_verify=run_verify, built=False, attest=attest, signature=not attest_only)
+                       run_verify=run_verify, built=False, attest=attest, signature=not attest_only, spec=spec)
     if as_json:
         emit_json(summary)
     else:

@@ -59,13 +59,16 @@ def verification_predicate(lock: Any, lock_digest: str, image_digest: str, *, ve
 
 
 def statements(lock: Any, lock_bytes: bytes, image_digest: str, *, sbom: bytes, verify: Mapping[str, Any] | None,
-               smoke: Mapping[str, Any] | None, built: bool) -> list[tuple[str, bytes]]:
-    """(predicate type, canonical statement bytes) for SLSA provenance, the SBOM, the verification."""
+               smoke: Mapping[str, Any] | None, built: bool,
+               spec: tuple[str, bytes] | None = None) -> list[tuple[str, bytes]]:
+    """(predicate type, canonical statement bytes) for SLSA provenance, the SBOM, the verification.
+    ``spec``: (name, bytes) of lockbuild.toml, recorded in the provenance beside the lock."""
     from lockbuild.audit.provenance import statement as provenance
 
     lock_digest = sha256_bytes(lock_bytes)
+    spec_kw = {"spec_name": spec[0], "spec_digest": sha256_bytes(spec[1])} if spec else {}
     return [
-        (dsse.SLSA_PROVENANCE, canonical_json(provenance(lock, lock_digest, image_digest))),
+        (dsse.SLSA_PROVENANCE, canonical_json(provenance(lock, lock_digest, image_digest, **spec_kw))),
         (dsse.CYCLONEDX, dsse.statement(lock.image_name, image_digest, dsse.CYCLONEDX, json.loads(sbom))),
         (dsse.VERIFICATION, dsse.statement(lock.image_name, image_digest, dsse.VERIFICATION,
                                            verification_predicate(lock, lock_digest, image_digest, verify=verify,
