@@ -10,6 +10,7 @@ import stat
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -229,3 +230,88 @@ def test_statements_name_the_lock_and_spec_and_are_reproducible() -> None:
     assert ver["image"]["digest"] == digest and ver["builtFromLock"] is True and ver["smoke"] is None
     assert ver["verify"]["result"] == "passed" and ver["verify"]["checked"] == {"layers": 7, "config": 1}
     assert all(st["subject"][0]["digest"] == {"sha256": "f" * 64} for st in by_type.values())
+
+
+# -- a registry with the referrers API (fake; the real registry without it is in test_sign_skopeo) -------
+
+
+class FakeOCI11Registry:
+    """Blobs, manifests by tag and digest, OCI-Subject on manifest PUT, GET referrers filtered by subject."""
+
+    def __init__(self) -> None:
+        self.blobs: dict[str, bytes] = {}
+        self.manifests: dict[str, bytes] = {}
+
+    def __call__(self, request: Any) -> Any:
+        import httpx
+
+        from lockbuild.fsutil import sha256_bytes
+
+        path, method = request.url.path, request.method
+        last = path.rsplit("/", 1)[1]
+        if "/blobs/uploads/" in path:
+            if method == "POST":
+                return httpx.Response(202, headers={"Location": "/v2/repo/blobs/uploads/1"})
+            self.blobs[request.url.params["digest"]] = request.read()
+            return httpx.Response(201)
+        if "/blobs/" in path:
+            if last not in self.blobs:
+                return httpx.Response(404)
+            return httpx.Response(200, content=b"" if method == "HEAD" else self.blobs[last])
+        if "/manifests/" in path and method == "PUT":
+            body = request.read()
+            self.manifests[last] = self.manifests[sha256_bytes(body)] = body
+            subject = json.loads(body).get("subject", {}).get("digest")
+            return httpx.Response(201, headers={"Docker-Content-Digest": sha256_bytes(body),
+                                                **({"OCI-Subject": subject} if subject else {})})
+        if "/manifests/" in path:
+            body = self.manifests.get(last)
+            if body is None:
+                return httpx.Response(404)
+            return httpx.Response(200, content=body, headers={"Content-Type": json.loads(body)["mediaType"],
+                                                              "Docker-Content-Digest": sha256_bytes(body)})
+        if "/referrers/" in path:
+            kind = request.url.params.get("artifactType")
+            found = [{"mediaType": json.loads(b)["mediaType"], "digest": d, "size": len(b),
+                      "artifactType": json.loads(b).get("artifactType")}
+                     for d, b in self.manifests.items() if d.startswith("sha256:")
+                     and json.loads(b).get("subject", {}).get("digest") == last
+                     and (kind is None or json.loads(b).get("artifactType") == kind)]
+            return httpx.Response(200, json={"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+                                             "manifests": found},
+                                  headers={"Content-Type": "application/vnd.oci.image.index.v1+json"})
+        return httpx.Response(404)
+
+
+def test_referrers_api_registry_gets_signature_and_attestation_referrers(pair: keys.KeyPair,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import httpx
+
+    from lockbuild.audit import attach
+    from lockbuild.oci import registry as reg
+    from lockbuild.oci.image import MANIFEST_MEDIA_TYPE, canonical_json
+    from lockbuild.sign.store import RegistryStore
+
+    fake = FakeOCI11Registry()
+
+    def session(ref: reg.Reference, *, push: bool, mount_from: str | None = None) -> reg.Session:
+        return reg.Session(ref, httpx.Client(base_url=ref.base_url, transport=httpx.MockTransport(fake)))
+
+    monkeypatch.setattr(reg, "open_session", session)
+    monkeypatch.setattr(attach, "open_session", session)
+    image = canonical_json({"schemaVersion": 2, "mediaType": MANIFEST_MEDIA_TYPE, "config": {}, "layers": []})
+    fake.manifests["v1"] = image
+    signer, verifier = keys.load_private_key(pair.private, PW), keys.load_public_key(pair.public)
+    digest = "sha256:" + __import__("hashlib").sha256(image).hexdigest()
+    sts = [(t, dsse.statement("m", digest, t, {"lock": {"digest": {"sha256": "a" * 64}}})) for t in release.REQUIRED]
+    with RegistryStore("127.0.0.1:1/repo:v1", push=True) as st:
+        result = release.sign_image(st, signer, statements_=sts)
+    assert [r["mechanism"] for r in result.referrers] == ["referrers-api"] * 4
+    assert result.referrers[-1]["artifactType"] == cosign.SIG_ARTIFACT_TYPE
+    assert not any(k == digest.replace(":", "-") for k in fake.manifests)  # no referrers tag schema index
+    # drop cosign's tags: signature and attestations are still found through the referrers API alone
+    for tag in (cosign.sig_tag(digest), cosign.sig_tag(digest, "att")):
+        del fake.manifests[tag]
+    with RegistryStore("127.0.0.1:1/repo:v1", push=False) as st:
+        assert release.verify_release(st, verifier, None).digest == digest
+

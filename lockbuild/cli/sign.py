@@ -91,7 +91,7 @@ def run_sign(ref: str, signer: Any, lk: Any, lock_bytes: bytes, path: Path, *, v
 
     with _store(ref, lk, push=True) as store:
         digest = store.image()["digest"]
-        if run_verify and verify_report is None and attest:
+        if run_verify and verify_report is None:
             from lockbuild.cli.proof import _run_verify
 
             with err.status(f"verifying {digest[:19]} against the lock before signing…"):
