@@ -149,7 +149,11 @@ def image(
         emit_json(summary)
     else:
         for k, v in outputs.items():
-            err.print(f"  {k}: {v}")
+            if k == "signed":
+                err.print(f"  signed: {v['signature_tag']} + {len(v['attestations'])} attestation(s) "
+                          f"({v['attestation_tag']}), key {v['key_id'][:16]}…")
+            else:
+                err.print(f"  {k}: {v}")
         _print_layer_sizes(err, result)
         err.print(f"[green]image[/] {lk.image_name} {size / 1e6:.1f} MB compressed, {len(result.layers)} layers")
         out.print(img.manifest_digest)
