@@ -293,8 +293,12 @@ def check_attestations(store: Store, verifier: Verifier, lock_digest: str | None
                                "SBOM and the verification statement)")
     if lock_digest is not None:
         want = lock_digest.removeprefix("sha256:")
-        prov = found[dsse.SLSA_PROVENANCE]["predicate"]["buildDefinition"]["externalParameters"].get("lockDigest", "")
-        ver = found[dsse.VERIFICATION]["predicate"].get("lock", {}).get("digest", {}).get("sha256", "")
+        try:
+            prov = found[dsse.SLSA_PROVENANCE]["predicate"]["buildDefinition"]["externalParameters"]["lockDigest"]
+            ver = found[dsse.VERIFICATION]["predicate"]["lock"]["digest"]["sha256"]
+        except (KeyError, TypeError):
+            raise AttestationError(f"{store.description}: the signed provenance or verification statement of {digest} "
+                                   "names no lock", hint="re-attest the image with `lockbuild sign`") from None
         named = {str(prov).removeprefix("sha256:"), str(ver)}
         if named != {want}:
             raise AttestedLockMismatch(
