@@ -85,5 +85,11 @@ def render_yaml(docs: Sequence[dict[str, Any]], header: str) -> str:
         def ignore_aliases(self, data: Any) -> bool:
             return True
 
+    def _str(dumper: yaml.SafeDumper, data: str) -> yaml.Node:
+        style = "|" if "\n" in data else None  # a PEM key as a literal block, as kubectl users write it
+        return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
+
+    _NoAlias.add_representer(str, _str)
+
     body = "---\n".join(yaml.dump(d, Dumper=_NoAlias, sort_keys=False, default_flow_style=False) for d in docs)
     return f"# {header}\n" + body
