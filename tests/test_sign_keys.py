@@ -170,6 +170,11 @@ def test_sign_and_verify_in_an_oci_layout(pair: keys.KeyPair, tmp_path: Path, ca
     other = keys.generate(tmp_path / "other", passphrase_env=PW)
     with pytest.raises(BadSignature, match="does not verify"):
         release.check_signature(store, keys.load_public_key(other.public))
+    # the missing provenance attested by another key does not count
+    prov = [(dsse.SLSA_PROVENANCE, dsse.statement("tiny", digest, dsse.SLSA_PROVENANCE, {}))]
+    release.sign_image(store, keys.load_private_key(other.private, PW), statements_=prov, signature=False)
+    with pytest.raises(AttestationError, match="no signature on the envelope verifies"):
+        release.check_attestations(store, verifier, None)
     release.sign_image(store, signer, statements_=None)  # re-signing is idempotent: still one signature layer
     sig = json.loads(store.get_manifest(cosign.sig_tag(digest)) or b"{}")
     assert len(sig["layers"]) == 1
