@@ -320,3 +320,21 @@ def test_referrers_api_registry_gets_signature_and_attestation_referrers(pair: k
     with RegistryStore("127.0.0.1:1/repo:v1", push=False) as st:
         assert release.verify_release(st, verifier, None).digest == digest
 
+
+
+def test_k8s_signed_by_writes_the_admission_policy(pair: keys.KeyPair, tmp_path: Path) -> None:
+    from tests.tiny_project import run_lockbuild
+
+    example = Path(__file__).resolve().parent.parent / "examples" / "keras3"
+    image = "myacr.azurecr.io/models/churn@sha256:" + "a" * 64
+    out = json.loads(run_lockbuild("k8s", "--spec", str(example), "--image", image, "-o", str(tmp_path / "d.yaml"),
+                                   "--signed-by", str(pair.public), "--json", cwd=tmp_path).stdout)
+    assert out["policy"]["files"] == ["policy.json", "ratify.yaml", "registries.d/lockbuild.yaml"]
+    assert out["policy"]["repository"] == "myacr.azurecr.io/models/churn"
+    doc = json.loads((tmp_path / "policy" / "policy.json").read_text())
+    assert list(doc["transports"]["docker"]) == ["myacr.azurecr.io/models/churn"]
+    regd = yaml.safe_load((tmp_path / "policy" / "registries.d" / "lockbuild.yaml").read_text())
+    assert regd == {"docker": {"myacr.azurecr.io/models/churn": {"use-sigstore-attachments": True}}}
+    bad = run_lockbuild("k8s", "--spec", str(example), "--image", image, "-o", str(tmp_path / "e.yaml"),
+                        "--signed-by", str(pair.private), cwd=tmp_path, ok=False)
+    assert bad.returncode == 31 and not (tmp_path / "e.yaml").exists()  # refused before anything is written

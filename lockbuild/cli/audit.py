@@ -196,30 +196,35 @@ def k8s(
     locked = read_locked(lock_path(s.path, lock_file))
     ref = image if image is not None else f"{locked.lock.image_name}@{normalize_digest(str(image_digest))}"
     docs = k8s_mod.manifests(locked.lock, locked.digest, ref, s.deploy)
+    verifier = _policy_key(signed_by, unsigned_elsewhere) if signed_by is not None else None  # before any write
     where = _write(output, k8s_mod.render(docs))
     container = docs[0]["spec"]["template"]["spec"]["containers"][0]
     workers = next(e["value"] for e in container["env"] if e["name"] == "MLFLOW_MODELS_WORKERS")
     objects = [f"{d['kind']}/{d['metadata']['name']}" for d in docs]
     summary = {"output": where, "image": container["image"], "objects": objects, "workers": int(workers),
                "resources": container["resources"], "lock_digest": locked.digest}
-    if signed_by is not None:
+    if verifier is not None:
         base = policy_dir or (Path(".") if str(output) == "-" else output.parent) / "policy"
-        summary["policy"] = _write_policy(base, signed_by, container["image"], s.deploy, unsigned_elsewhere)
+        summary["policy"] = _write_policy(base, verifier, container["image"], s.deploy, unsigned_elsewhere)
     _report(as_json, summary,
             f"[green]wrote[/] {where}: {', '.join(objects)}, image {container['image']}, {workers} worker(s)"
             + (f"; admission policy in {summary['policy']['dir']}" if signed_by is not None else ""))
 
 
-def _write_policy(base: Path, public_key: Path, image: str, deploy: Any, others: str) -> dict[str, Any]:
-    """policy.json, registries.d/lockbuild.yaml and ratify.yaml for the image's repository and the key."""
-    from lockbuild.fsutil import atomic_write_text
-    from lockbuild.sign import policy
+def _policy_key(public_key: Path, others: str) -> Any:
     from lockbuild.sign.keys import load_public_key
 
     if others not in ("reject", "accept"):
         raise LockbuildError(f"--others {others!r} is not reject or accept",
                              hint="reject: only signed images run (the default); accept: other images unchecked")
-    verifier = load_public_key(public_key)
+    return load_public_key(public_key)
+
+
+def _write_policy(base: Path, verifier: Any, image: str, deploy: Any, others: str) -> dict[str, Any]:
+    """policy.json, registries.d/lockbuild.yaml and ratify.yaml for the image's repository and the key."""
+    from lockbuild.fsutil import atomic_write_text
+    from lockbuild.sign import policy
+
     pem = verifier.public_pem()
     repo = image.split("@", 1)[0]
     namespace = (deploy or {}).get("namespace")
