@@ -338,3 +338,39 @@ def test_k8s_signed_by_writes_the_admission_policy(pair: keys.KeyPair, tmp_path:
     bad = run_lockbuild("k8s", "--spec", str(example), "--image", image, "-o", str(tmp_path / "e.yaml"),
                         "--signed-by", str(pair.private), cwd=tmp_path, ok=False)
     assert bad.returncode == 31 and not (tmp_path / "e.yaml").exists()  # refused before anything is written
+
+
+def test_a_registry_refusing_oci_artifacts_still_gets_tags_and_a_warning(pair: keys.KeyPair,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import httpx
+
+    from lockbuild.audit import attach
+    from lockbuild.oci import registry as reg
+    from lockbuild.oci.image import MANIFEST_MEDIA_TYPE, canonical_json
+    from lockbuild.sign.store import RegistryStore
+
+    class Refusing(FakeOCI11Registry):
+        def __call__(self, request: Any) -> Any:
+            if request.method == "PUT" and "/manifests/" in request.url.path and b'"subject"' in request.read():
+                return httpx.Response(400, json={"errors": [{"code": "MANIFEST_INVALID", "message": "subject"}]})
+            if "/referrers/" in request.url.path:
+                return httpx.Response(404)
+            return super().__call__(request)
+
+    fake = Refusing()
+
+    def session(ref: reg.Reference, *, push: bool, mount_from: str | None = None) -> reg.Session:
+        return reg.Session(ref, httpx.Client(base_url=ref.base_url, transport=httpx.MockTransport(fake)))
+
+    monkeypatch.setattr(reg, "open_session", session)
+    monkeypatch.setattr(attach, "open_session", session)
+    image = canonical_json({"schemaVersion": 2, "mediaType": MANIFEST_MEDIA_TYPE, "config": {}, "layers": []})
+    fake.manifests["v1"] = image
+    digest = "sha256:" + __import__("hashlib").sha256(image).hexdigest()
+    sts = [(t, dsse.statement("m", digest, t, {"lock": {"digest": {"sha256": "a" * 64}}})) for t in release.REQUIRED]
+    with RegistryStore("127.0.0.1:1/repo:v1", push=True) as st:
+        result = release.sign_image(st, keys.load_private_key(pair.private, PW), statements_=sts).to_dict()
+    assert [r["mechanism"] for r in result["referrers"]] == ["refused"] * 3 and len(result["warnings"]) == 3
+    assert result["signature_tag"] in fake.manifests and result["attestation_tag"] in fake.manifests
+    with RegistryStore("127.0.0.1:1/repo:v1", push=False) as st:
+        assert release.verify_release(st, keys.load_public_key(pair.public), None).digest == digest

@@ -154,6 +154,8 @@ def sign(
     if as_json:
         emit_json(summary)
     else:
+        for w in summary["warnings"]:
+            err.print(f"[yellow]warning[/] {w}")
         what = [x for x in (summary["signature_tag"], summary["attestation_tag"]) if x]
         err.print(f"[green]signed[/] {summary['repository']}@{summary['digest']} with key "
                   f"{summary['key_id'][:16]}…: {', '.join(what)}")

@@ -94,7 +94,10 @@ class SignResult:
         return {"digest": self.digest, "repository": self.repository, "key_id": self.key_id,
                 "deterministic_signatures": self.deterministic, "signature_tag": self.signature_tag,
                 "attestation_tag": self.attestation_tag, "attestations": self.attestations,
-                "referrers": self.referrers}
+                "referrers": self.referrers,
+                "warnings": [f"the registry refused the {r['artifactType']} referrer ({r['error']}); the "
+                             f"attestation is still under the {self.attestation_tag} tag"
+                             for r in self.referrers if r.get("mechanism") == "refused"]}
 
 
 def _existing(store: Store, tag: str) -> Mapping[str, Any] | None:
@@ -159,7 +162,15 @@ def _referrer(store: Store, image: Mapping[str, Any], blob: bytes, artifact_type
 
     if not isinstance(store, RegistryStore):
         return {"artifactType": artifact_type, "mechanism": "layout-tag"}
-    return store.push_referrer(image, blob, artifact_type, annotations)
+    from lockbuild.errors import PublishError
+    from lockbuild.oci.registry import Transient
+
+    try:
+        return store.push_referrer(image, blob, artifact_type, annotations)
+    except Transient:
+        raise
+    except PublishError as e:  # a registry that refuses OCI 1.1 artifacts: cosign's .att tag still carries it
+        return {"artifactType": artifact_type, "mechanism": "refused", "error": e.message}
 
 
 def _sig_referrer(store: Store, image: Mapping[str, Any], layer: cosign.SignatureLayer) -> dict[str, str]:
