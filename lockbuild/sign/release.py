@@ -29,6 +29,7 @@ from lockbuild.sign.store import Store, manifest_json
 
 KEYID_ANNOTATION = "dev.lockbuild.keyid"
 REQUIRED = (dsse.SLSA_PROVENANCE, dsse.CYCLONEDX, dsse.VERIFICATION)
+MAX_LAYERS = 64  # signatures or attestations read per image: a hostile registry cannot make verify fetch thousands
 
 
 # -- the statements ---------------------------------------------------------------------------------------
@@ -240,7 +241,9 @@ def check_signature(store: Store, verifier: Verifier) -> str:
                           "no signature referrer)",
                           hint="sign it: `lockbuild sign REF --key KEY` (or pull the digest that was signed)")
     reasons = []
-    for i, layer in enumerate(layers):
+    if len(layers) > MAX_LAYERS:
+        reasons.append(f"only the first {MAX_LAYERS} of {len(layers)} signatures were read")
+    for i, layer in enumerate(layers[:MAX_LAYERS]):
         if layer.get("mediaType") != cosign.PAYLOAD_MEDIA_TYPE or not isinstance(layer.get("digest"), str):
             reasons.append(f"signature {i + 1}: not a simple-signing payload")
             continue
@@ -286,7 +289,9 @@ def check_attestations(store: Store, verifier: Verifier, lock_digest: str | None
         raise AttestationError(f"{store.description}: the attestations of {digest} are unreadable: {e.message}",
                                hint="they were edited or the registry serves other bytes; re-attest the image") \
             from None
-    for layer in att_layers:
+    if len(att_layers) > MAX_LAYERS:
+        problems.append(f"only the first {MAX_LAYERS} of {len(att_layers)} attestations were read")
+    for layer in att_layers[:MAX_LAYERS]:
         if layer.get("mediaType") != dsse.ENVELOPE_MEDIA_TYPE or not isinstance(layer.get("digest"), str):
             continue
         try:
