@@ -222,7 +222,7 @@ def _signature_layers(store: Store, digest: str) -> list[Mapping[str, Any]]:
 
 def _safe_referrers(store: Store, artifact_type: str) -> list[dict[str, Any]]:
     try:
-        return [r for r in store.referrers(artifact_type) if isinstance(r.get("digest"), str)]
+        return [r for r in store.referrers(artifact_type) if isinstance(r.get("digest"), str)][:MAX_LAYERS]
     except IntegrityError:
         return []
 
