@@ -1,7 +1,8 @@
 """Signing: keys (keys.py), cosign-format image signatures (cosign.py), DSSE attestations (dsse.py),
-attaching and verifying them in a registry or OCI layout (release.py), admission policy (policy.py).
+a registry repository or OCI layout as one store (store.py), signing and verifying both
+(release.py), admission policy (policy.py).
 
 The signer is a small interface (``keys.Signer``): a private key file today; a KMS signer (Azure
-Key Vault) is one more class with the same three members. Key material never leaves keys.py's
+Key Vault) is one more class with the same members (key_id, deterministic, sign, public_pem). Key material never leaves keys.py's
 objects: nothing here prints, logs or writes a private key except ``keys.generate``.
 """
