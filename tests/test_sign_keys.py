@@ -235,6 +235,15 @@ def test_statements_name_the_lock_and_spec_and_are_reproducible() -> None:
     assert ver["image"]["digest"] == digest and ver["builtFromLock"] is True and ver["smoke"] is None
     assert ver["verify"]["result"] == "passed" and ver["verify"]["checked"] == {"layers": 7, "config": 1}
     assert all(st["subject"][0]["digest"] == {"sha256": "f" * 64} for st in by_type.values())
+    # each statement parses strictly with in-toto's own bindings (unknown fields are errors)
+    from google.protobuf import json_format
+    from in_toto_attestation.predicates.provenance.v1 import provenance_pb2
+    from in_toto_attestation.v1 import statement_pb2
+    from in_toto_attestation.v1.statement import Statement
+
+    for _, st in first:
+        Statement.copy_from_pb(json_format.Parse(st, statement_pb2.Statement())).validate()
+    json_format.ParseDict(by_type[dsse.SLSA_PROVENANCE]["predicate"], provenance_pb2.Provenance())
 
 
 # -- a registry with the referrers API (fake; the real registry without it is in test_sign_skopeo) -------
