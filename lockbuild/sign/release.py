@@ -140,38 +140,31 @@ def sign_image(store: Store, signer: Signer, *, statements_: list[tuple[str, byt
         store.put_manifest(att_tag, manifest, dsse.ENVELOPE_MEDIA_TYPE)
         result.attestation_tag = att_tag
         result.attestations = [t for t, _ in envelopes]
-        for t, env in envelopes:
-            result.referrers.append(_referrer(store, image, env, dsse.ENVELOPE_MEDIA_TYPE, {
-                "in-toto.io/predicate-type": t}))
+        result.referrers += _referrers(store, image, [(env, dsse.ENVELOPE_MEDIA_TYPE, {"in-toto.io/predicate-type": t})
+                                                      for t, env in envelopes])
     # 4. the signature last: .sig tag (appending to other keys' signatures), referrer where the API exists
     if sig_layer is not None:
         tag = cosign.sig_tag(digest)
         layers = cosign.merged_layers(_existing(store, tag), sig_layer.descriptor)
         manifest, config = cosign.signature_manifest(layers)
         store.put_blob(config)
-        if getattr(store, "has_referrers_api", lambda: False)():
+        api = any(r.get("mechanism") == "referrers-api" for r in result.referrers) if result.referrers else \
+            getattr(store, "has_referrers_api", lambda: False)()
+        if api:
             result.referrers.append(_sig_referrer(store, image, sig_layer))
         store.put_manifest(tag, manifest, cosign.SIG_ARTIFACT_TYPE)
         result.signature_tag = tag
     return result
 
 
-def _referrer(store: Store, image: Mapping[str, Any], blob: bytes, artifact_type: str,
-              annotations: Mapping[str, str]) -> dict[str, str]:
-    """An OCI 1.1 referrer: registry (API or tag schema, audit/attach.py); a layout keeps the .att entry only."""
+def _referrers(store: Store, image: Mapping[str, Any],
+               items: list[tuple[bytes, str, Mapping[str, str]]]) -> list[dict[str, str]]:
+    """OCI 1.1 referrers: a registry (API or tag schema); a layout keeps the .att entry only."""
     from lockbuild.sign.store import RegistryStore
 
     if not isinstance(store, RegistryStore):
-        return {"artifactType": artifact_type, "mechanism": "layout-tag"}
-    from lockbuild.errors import PublishError
-    from lockbuild.oci.registry import Transient
-
-    try:
-        return store.push_referrer(image, blob, artifact_type, annotations)
-    except Transient:
-        raise
-    except PublishError as e:  # a registry that refuses OCI 1.1 artifacts: cosign's .att tag still carries it
-        return {"artifactType": artifact_type, "mechanism": "refused", "error": e.message}
+        return [{"artifactType": t, "mechanism": "layout-tag"} for _, t, _ in items]
+    return store.push_referrers(image, items)
 
 
 def _sig_referrer(store: Store, image: Mapping[str, Any], layer: cosign.SignatureLayer) -> dict[str, str]:

@@ -161,23 +161,42 @@ class RegistryStore:
                    headers={"Accept": INDEX_MEDIA_TYPE})
         return r.status_code == 200 and r.headers.get("content-type", "").startswith(INDEX_MEDIA_TYPE)
 
-    def push_referrer(self, subject: Mapping[str, Any], blob: bytes, artifact_type: str,
-                      annotations: Mapping[str, str]) -> dict[str, str]:
-        """``blob`` as an OCI 1.1 referrer of ``subject`` on this session (audit/attach.py's format):
-        the referrers API when the registry echoes OCI-Subject, else the referrers tag schema."""
+    def push_referrers(self, subject: Mapping[str, Any],
+                       items: list[tuple[bytes, str, Mapping[str, str]]]) -> list[dict[str, str]]:
+        """Each (blob, artifact type, annotations) as an OCI 1.1 referrer of ``subject`` (audit/attach.py's
+        manifest format; the blobs are already uploaded): the referrers API when the registry echoes
+        OCI-Subject, else the referrers tag schema, updated once for all of them. A manifest the registry
+        refuses (4xx) is reported as ``refused``; a transient failure raises."""
         from lockbuild.audit import attach
+        from lockbuild.errors import PublishError
+        from lockbuild.oci.registry import Transient
 
-        manifest = attach.artifact_manifest(subject, blob, artifact_type, annotations)
-        for data in (attach.EMPTY_BLOB, blob):
-            attach.upload_blob(self._session, data)
-        echoed = attach.put_manifest(self._session, sha256_bytes(manifest), manifest, MANIFEST_MEDIA_TYPE)
-        mechanism = "referrers-api"
-        if echoed != subject["digest"]:
-            entry = {**attach.descriptor(MANIFEST_MEDIA_TYPE, manifest), "artifactType": artifact_type,
-                     "annotations": dict(annotations)}
-            attach._update_tag_index(self._session, subject["digest"], entry)
-            mechanism = "tag-schema"
-        return {"artifactType": artifact_type, "digest": sha256_bytes(manifest), "mechanism": mechanism}
+        attach.upload_blob(self._session, attach.EMPTY_BLOB)
+        out: list[dict[str, str]] = []
+        fallback: list[dict[str, Any]] = []
+        for blob, artifact_type, notes in items:
+            manifest = attach.artifact_manifest(subject, blob, artifact_type, notes)
+            digest = sha256_bytes(manifest)
+            try:
+                echoed = attach.put_manifest(self._session, digest, manifest, MANIFEST_MEDIA_TYPE)
+            except Transient:
+                raise
+            except PublishError as e:
+                out.append({"artifactType": artifact_type, "digest": digest, "mechanism": "refused",
+                            "error": e.message})
+                continue
+            mechanism = "referrers-api" if echoed == subject["digest"] else "tag-schema"
+            if mechanism == "tag-schema":
+                fallback.append({**attach.descriptor(MANIFEST_MEDIA_TYPE, manifest), "artifactType": artifact_type,
+                                 "annotations": dict(notes)})
+            out.append({"artifactType": artifact_type, "digest": digest, "mechanism": mechanism})
+        if fallback:
+            index = attach._tag_index(self._session, subject["digest"])
+            ours = {e["digest"] for e in fallback}
+            index["manifests"] = [*(m for m in index.get("manifests", []) if m.get("digest") not in ours), *fallback]
+            attach.put_manifest(self._session, attach.fallback_tag(subject["digest"]), canonical_json(index),
+                                INDEX_MEDIA_TYPE)
+        return out
 
     def referrers(self, artifact_type: str) -> list[dict[str, Any]]:
         from lockbuild.audit.attach import list_referrers
