@@ -40,6 +40,7 @@ import common
 from baseline import MLFLOW_TAG, docker, ensure_engine, ensure_standin_base, mlflow_dockerfile
 from common import BENCH_ROOT, EXAMPLE, README, REPO, RESULTS, Results, log, machine_facts
 from measure import bench_cold, bench_lock, bench_warm, bench_zstd
+from measure_sign import bench_sign
 from measure_startup import bench_startup
 from report import render_table, replace_readme_table, summarize, write_json
 
@@ -119,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
             bench_zstd(res, host, args.rounds)
         bench_warm(res, warm_cache, host, args.repeats, compress_repeats=0 if args.quick else args.rounds)
         bench_startup(res, warm_cache, host, args.repeats)
+        bench_sign(res, res.scratch / "warm", warm_cache, args.repeats)
         if with_docker and host:
             docker(host, "rmi", "-f", MLFLOW_TAG)
     machine["loadavg_end"] = list(os.getloadavg())

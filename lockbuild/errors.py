@@ -161,3 +161,38 @@ class OverlapError(ResolveError):
 
     exit_code = 19
     kind = "overlap"
+
+
+class SigningKeyError(LockbuildError):
+    """A signing or verification key is missing, unreadable, of the wrong kind, or its passphrase is wrong."""
+
+    exit_code = 31
+    kind = "signing-key"
+
+
+class NoSignature(LockbuildError):
+    """`verify --key`: the image digest carries no signature at all."""
+
+    exit_code = 32
+    kind = "no-signature"
+
+
+class BadSignature(LockbuildError):
+    """`verify --key`: signatures exist, but none is valid for this key and this digest."""
+
+    exit_code = 33
+    kind = "bad-signature"
+
+
+class AttestationError(LockbuildError):
+    """`verify --key`: a signed attestation is missing, malformed, or its signature does not verify."""
+
+    exit_code = 34
+    kind = "attestation"
+
+
+class AttestedLockMismatch(LockbuildError):
+    """`verify --key`: the signed attestations name another lock than the one given."""
+
+    exit_code = 35
+    kind = "attested-lock-mismatch"

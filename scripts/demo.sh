@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # `make demo`: lock the bundled Keras 3 example, build its image without a daemon, verify it
 # file by file, and - when a Docker engine can be started here - smoke-test real predictions.
+# Last, the release: push to a throwaway local registry, sign with a throwaway key (signature +
+# signed provenance/SBOM/verification attestations), and `verify --key` what was pushed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -48,4 +50,22 @@ PY
 else
     echo "skipped: no Docker engine could be started here (install docker.io: make deps)."
     echo "The image was built and verified; run 'lockbuild smoke out/image.tar' where an engine runs."
+fi
+
+step "lockbuild sign   (a throwaway key; push, sign, attest; verify --key)"
+KEYDIR=$(mktemp -d)
+REG_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+cleanup_release() { bash "$ROOT/scripts/registry.sh" stop "$REG_PORT" >/dev/null 2>&1 || true; rm -rf "$KEYDIR"; }
+trap cleanup_release EXIT
+LOCKBUILD_KEY_PASSWORD=$(python3 -c 'import secrets; print(secrets.token_hex(16))')
+export LOCKBUILD_KEY_PASSWORD
+"$LB" keygen "$KEYDIR/demo"
+if REG=$(bash "$ROOT/scripts/registry.sh" start "$REG_PORT" 2>/dev/null | tail -1); then
+    REF="$REG/lockbuild-demo/$EXAMPLE"
+    "$LB" image --push "$REF:demo" --sign --key "$KEYDIR/demo.key" >/dev/null
+    "$LB" verify "docker://$REF:demo" --key "$KEYDIR/demo.pub"
+else
+    echo "no local registry could be started (install docker-registry: make deps); signing the OCI layout instead"
+    "$LB" sign out/oci --key "$KEYDIR/demo.key"
+    "$LB" verify out/oci --key "$KEYDIR/demo.pub"
 fi

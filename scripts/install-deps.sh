@@ -4,13 +4,14 @@
 # independent checkers), gnupg (test signing keys), Debian's archive keyring, debootstrap (the
 # other-host reproducibility test), a static busybox for tiny runnable test images, qemu-user (the
 # compressors on older CPU models) and a umoci that unpacks zstd layers (see umoci_zstd below).
+# openssl: the second implementation that checks signatures and DSSE envelopes in the signing tests.
 # Idempotent and quiet: does nothing when all are present.
 #
 #   install-deps.sh          everything above (make deps)
 #   install-deps.sh venv     only what `python3 -m venv` needs (python3-venv where ensurepip is missing)
 set -euo pipefail
 
-PACKAGES=(docker.io docker-registry skopeo umoci busybox-static gnupg gpgv debian-archive-keyring debootstrap util-linux qemu-user)
+PACKAGES=(docker.io docker-registry skopeo umoci busybox-static gnupg gpgv debian-archive-keyring debootstrap util-linux qemu-user openssl)
 if [ "${1:-}" = "venv" ]; then
     # Debian (and its cloud images) split ensurepip out of python3: `python3 -m venv` then stops with
     # "ensurepip is not available". Install the package of the python3 the Makefile uses.

@@ -106,12 +106,16 @@ def relative_name(path: Path, base: Path) -> str:
 
 
 def statement(lock: Lock, lock_digest: str, image_digest: str, *, spec_name: str = "lockbuild.toml",
-              lock_name: str = "lockbuild.lock", image_name: str | None = None) -> dict[str, Any]:
-    """The in-toto Statement (SLSA provenance v1) for ``image_digest`` built from ``lock``."""
+              lock_name: str = "lockbuild.lock", image_name: str | None = None,
+              spec_digest: str | None = None) -> dict[str, Any]:
+    """The in-toto Statement (SLSA provenance v1) for ``image_digest`` built from ``lock``.
+    ``spec_digest`` (sha256 of the spec's bytes; `lockbuild sign` passes it) adds the spec as a
+    resolved dependency beside the lock."""
     external = {"spec": spec_name, "lock": lock_name, "lockDigest": lock_digest,
                 "inputsDigest": lock.inputs_digest, "imageName": lock.image_name}
     internal = {"created": lock.created, "platform": lock.target.platform, "lockFormat": lock.version}
-    resolved = [lock_resource(lock_name, lock_digest), *suite_resources(lock), *deb_resources(lock),
+    spec = [dict(_resource(spec_name, spec_digest), mediaType="application/toml")] if spec_digest else []
+    resolved = [lock_resource(lock_name, lock_digest), *spec, *suite_resources(lock), *deb_resources(lock),
                 *wheel_resources(lock), *model_resources(lock.model)]
     return {
         "_type": STATEMENT_TYPE,

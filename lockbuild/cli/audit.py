@@ -168,13 +168,21 @@ def k8s(
     image: Annotated[str | None, typer.Option("--image", help="REPO@sha256:… to deploy (pinned by digest)")] = None,
     image_digest: Annotated[str | None, typer.Option("--image-digest",
                                                      help="digest; the repository is the lock's image name")] = None,
+    signed_by: Annotated[Path | None, typer.Option("--signed-by", metavar="PUB", help="also write admission "
+                                                   "policy requiring signatures by this public key")] = None,
+    policy_dir: Annotated[Path | None, typer.Option("--policy-dir", help="where --signed-by writes policy.json, "
+                                                    "registries.d/ and ratify.yaml (default: beside -o)")] = None,
+    unsigned_elsewhere: Annotated[str, typer.Option("--others", help="policy.json for every other image: "
+                                                    "reject or accept")] = "reject",
     as_json: JsonOpt = False,
 ) -> None:
     """Write a Kubernetes Deployment + Service (AKS-ready, non-root, read-only root) pinned by digest.
 
     Resources come from [deploy] in lockbuild.toml; MLFLOW_MODELS_WORKERS follows the CPU limit.
+    With --signed-by PUB, also the admission policy that enforces `lockbuild sign`'s signature:
+    containers policy.json + registries.d (CRI-O/podman nodes) and Ratify/Gatekeeper manifests (AKS).
 
-    Example: [bold]lockbuild k8s --image myacr.azurecr.io/churn@sha256:… -o deploy.yaml[/]
+    Example: [bold]lockbuild k8s --image myacr.azurecr.io/churn@sha256:… -o deploy.yaml --signed-by release.pub[/]
     """
     from lockbuild.audit import k8s as k8s_mod
     from lockbuild.audit import normalize_digest, read_locked
@@ -188,13 +196,51 @@ def k8s(
     locked = read_locked(lock_path(s.path, lock_file))
     ref = image if image is not None else f"{locked.lock.image_name}@{normalize_digest(str(image_digest))}"
     docs = k8s_mod.manifests(locked.lock, locked.digest, ref, s.deploy)
+    verifier = _policy_key(signed_by, unsigned_elsewhere) if signed_by is not None else None  # before any write
     where = _write(output, k8s_mod.render(docs))
     container = docs[0]["spec"]["template"]["spec"]["containers"][0]
     workers = next(e["value"] for e in container["env"] if e["name"] == "MLFLOW_MODELS_WORKERS")
     objects = [f"{d['kind']}/{d['metadata']['name']}" for d in docs]
-    _report(as_json, {"output": where, "image": container["image"], "objects": objects, "workers": int(workers),
-                      "resources": container["resources"], "lock_digest": locked.digest},
-            f"[green]wrote[/] {where}: {', '.join(objects)}, image {container['image']}, {workers} worker(s)")
+    summary = {"output": where, "image": container["image"], "objects": objects, "workers": int(workers),
+               "resources": container["resources"], "lock_digest": locked.digest}
+    if verifier is not None:
+        base = policy_dir or (Path(".") if str(output) == "-" else output.parent) / "policy"
+        summary["policy"] = _write_policy(base, verifier, container["image"], s.deploy, unsigned_elsewhere)
+    _report(as_json, summary,
+            f"[green]wrote[/] {where}: {', '.join(objects)}, image {container['image']}, {workers} worker(s)"
+            + (f"; admission policy in {summary['policy']['dir']}" if signed_by is not None else ""))
+
+
+def _policy_key(public_key: Path, others: str) -> Any:
+    from lockbuild.sign.keys import load_public_key
+
+    if others not in ("reject", "accept"):
+        raise LockbuildError(f"--others {others!r} is not reject or accept",
+                             hint="reject: only signed images run (the default); accept: other images unchecked")
+    return load_public_key(public_key)
+
+
+def _write_policy(base: Path, verifier: Any, image: str, deploy: Any, others: str) -> dict[str, Any]:
+    """policy.json, registries.d/lockbuild.yaml and ratify.yaml for the image's repository and the key."""
+    from lockbuild.fsutil import atomic_write_text
+    from lockbuild.sign import policy
+
+    pem = verifier.public_pem()
+    repo = image.split("@", 1)[0]
+    namespace = (deploy or {}).get("namespace")
+    name = "lockbuild-" + repo.rsplit("/", 1)[-1].replace("_", "-").replace(".", "-")[:40]
+    files = {
+        "policy.json": policy.render_json(policy.containers_policy([repo], pem, others=others)),
+        "registries.d/lockbuild.yaml": policy.render_yaml([policy.registries_d([repo])],
+                                                          "registries.d: sigstore signatures as attachments"),
+        "ratify.yaml": policy.render_yaml(policy.ratify_manifests([repo], pem, name=name,
+                                                                  namespaces=[namespace] if namespace else []),
+                                          f"Ratify + Gatekeeper: pods of {repo} need a signature by key "
+                                          f"{verifier.key_id[:16]}… (generated by lockbuild)"),
+    }
+    for rel, text in files.items():
+        atomic_write_text(base / rel, text)
+    return {"dir": str(base), "files": sorted(files), "repository": repo, "key_id": verifier.key_id}
 
 
 def register(app: typer.Typer) -> None:

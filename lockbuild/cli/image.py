@@ -49,6 +49,10 @@ def image(
         "--compression", help="gzip|zstd layers for --oci/--push (default: the lock's [image] compression)")] = None,
     attach_sbom: Annotated[bool, typer.Option("--sbom", help="attach a CycloneDX SBOM (OCI layout and push)")] = False,
     attach_provenance: Annotated[bool, typer.Option("--provenance", help="attach SLSA provenance")] = False,
+    sign: Annotated[bool, typer.Option("--sign", help="after --push, sign the pushed digest and attach signed "
+                                       "attestations (`lockbuild sign`); needs --key")] = False,
+    key: Annotated[Path | None, typer.Option("--key", "-k", help="private key for --sign (passphrase in "
+                                             "$LOCKBUILD_KEY_PASSWORD)")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Build the image from the lock alone (no daemon, no resolution); print its digest.
@@ -61,6 +65,16 @@ def image(
 
     path = lock_path(spec, lock_file)
     from lockbuild.errors import LockFileError
+
+    signer = None
+    if sign or key is not None:
+        from lockbuild.errors import SigningKeyError
+        from lockbuild.sign.keys import load_private_key
+
+        if not (sign and key is not None and push is not None):
+            raise SigningKeyError("--sign needs --push REF and --key KEY (and --key needs --sign)",
+                                  hint="e.g. lockbuild image --push HOST/REPO:TAG --sign --key release.key")
+        signer = load_private_key(key)  # before building or pushing: a bad key or passphrase pushes nothing
 
     try:
         lock_bytes = path.read_bytes()
@@ -115,6 +129,13 @@ def image(
             [*([ArchivePublisher(archive, repo_tag)] if archive is not None else []),
              *([EnginePublisher(repo_tag)] if load else [])],
             gz_img, cache))
+    if signer is not None and push is not None:
+        from lockbuild.cli.sign import run_sign
+        from lockbuild.oci.registry import parse_reference
+
+        ref = parse_reference(push).with_digest(img.manifest_digest)
+        outputs["signed"] = run_sign(ref, signer, lk, lock_bytes, path, verify_report=None, smoke_report=None,
+                                     run_verify=False, built=True, spec=spec)
     size = sum(layer.size for _, layer, _ in result.layers)
     summary = {
         "digest": img.manifest_digest, "config_digest": img.config_digest, "compressed_bytes": size,
@@ -128,7 +149,11 @@ def image(
         emit_json(summary)
     else:
         for k, v in outputs.items():
-            err.print(f"  {k}: {v}")
+            if k == "signed":
+                err.print(f"  signed: {v['signature_tag']} + {len(v['attestations'])} attestation(s) "
+                          f"({v['attestation_tag']}), key {v['key_id'][:16]}…")
+            else:
+                err.print(f"  {k}: {v}")
         _print_layer_sizes(err, result)
         err.print(f"[green]image[/] {lk.image_name} {size / 1e6:.1f} MB compressed, {len(result.layers)} layers")
         out.print(img.manifest_digest)

@@ -20,22 +20,36 @@ def verify(
     lock_file: LockOpt = None,
     rederive: Annotated[bool, typer.Option("--rederive", help="derive every expected layer from the lock's "
                                            "inputs; ignore the signed layer records of this machine")] = False,
+    key: Annotated[Path | None, typer.Option("--key", "-k", help="PEM public key: first require a valid "
+                                             "signature and signed attestations naming this lock")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Prove an image against the lock: the image the lock determines is derived with the builder's own
     code and compared layer by layer, entry by entry, and config (exits 13 on any difference).
+    With --key, first the image's signature (exit 32 none, 33 invalid), its signed attestations (34)
+    and the lock they name (35) are checked; then the digest that was signed is compared.
 
-    Example: [bold]lockbuild verify out/oci[/]
+    Example: [bold]lockbuild verify out/oci[/]   [bold]lockbuild verify docker://HOST/REPO:TAG --key release.pub[/]
     """
     from lockbuild.errors import VerifyFailed
     from lockbuild.lock.io import read_lock
 
     path = lock_path(spec, lock_file)
     lk = read_lock(path)
+    signed: dict | None = None
+    if key is not None:
+        from lockbuild.cli.sign import verify_key_step
+        from lockbuild.lock.io import lock_digest
+
+        with err.status("checking signature and attestations…"):
+            image_ref, signed = verify_key_step(image_ref, key, lock_digest(path), lk)
+        if not as_json:
+            err.print(f"[green]signed[/] {signed['repository']}@{signed['digest']} by key {signed['key_id'][:16]}…; "
+                      f"attestations: {', '.join(signed['attestations'])}")
     with err.status("verifying…"):
         report = _run_verify(image_ref, lk, path, rederive=rederive)
     if as_json:
-        emit_json(report.to_dict())
+        emit_json({**report.to_dict(), **({"signature": signed} if signed is not None else {})})
     else:
         _print_findings(report)
     if not report.ok:
