@@ -172,7 +172,7 @@ def k8s(
 ) -> None:
     """Write a Kubernetes Deployment + Service (AKS-ready, non-root, read-only root) pinned by digest.
 
-    Resources come from [deploy] in lockbuild.toml; MLFLOW_MODELS_WORKERS follows the CPU limit.
+    Resources come from \\[deploy] in lockbuild.toml; MLFLOW_MODELS_WORKERS follows the CPU limit.
 
     Example: [bold]lockbuild k8s --image myacr.azurecr.io/churn@sha256:… -o deploy.yaml[/]
     """

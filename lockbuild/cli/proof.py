@@ -22,8 +22,10 @@ def verify(
                                            "inputs; ignore the signed layer records of this machine")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Prove an image against the lock: the image the lock determines is derived with the builder's own
-    code and compared layer by layer, entry by entry, and config (exits 13 on any difference).
+    """Prove an image against the lock, layer by layer and entry by entry (exit 13 on any difference).
+
+    The image the lock determines is derived with the builder's own code and compared with IMAGE:
+    every layer, every entry, and the config.
 
     Example: [bold]lockbuild verify out/oci[/]
     """
@@ -82,8 +84,9 @@ def smoke(
                                             "against the lock (unsafe: it runs whatever the image holds)")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Verify the image against the lock, then run it in a real Docker engine and check real predictions
-    (container always removed). An image that fails verify is never run.
+    """Verify the image, then serve real predictions from it in a real Docker engine.
+
+    An image that fails verify is never run; the container is always removed.
 
     Example: [bold]lockbuild smoke out/oci[/]   (engine: scripts/dockerd.sh start)
     """
