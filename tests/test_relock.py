@@ -158,8 +158,15 @@ def test_changed_index_under_the_same_cutoff_moves_no_pin(index: LocalIndex, tmp
     assert after["lbpin"] == "1.1"
     assert {n: v for n, v in after.items() if n != "lbpin"} == {n: v for n, v in first.items() if n != "lbpin"}
 
+    # a Debian name moves the Debian archive state to today's, never a Python pin or the cutoff
+    cutoff = read_lock(project / "lockbuild.lock").python.exclude_newer
+    r = run_cli("lock", "--upgrade-package", "libssl3", "--json", "--spec", str(project))
+    assert r.code == 0, r.text
+    assert pins(project) == after and read_lock(project / "lockbuild.lock").python.exclude_newer == cutoff
+    assert all(m["kind"] == "debian" and "--upgrade-package libssl3" in m["why"] for m in r.json["moves"])
 
 def test_upgrade_package_refused_with_check(tmp_path: Path) -> None:
     (tmp_path / "lockbuild.toml").write_text('[model]\nuri = "model"\n')
     r = run_cli("lock", "--check", "--upgrade-package", "numpy", "--spec", str(tmp_path))
     assert r.code == 3 and "--upgrade-package" in r.text
+

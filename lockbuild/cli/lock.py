@@ -60,8 +60,8 @@ def lock(
         "--upgrade", help="re-resolve everything (Python and Debian) at today's date")] = False,
     upgrade_package: Annotated[list[str] | None, typer.Option(
         "--upgrade-package", "-P", metavar="NAME",
-        help="let this Python distribution move to its newest version (cutoff: now); every other pin "
-        "stays. Repeatable")] = None,
+        help="let this Python distribution move to its newest version (cutoff: now), or, for a Debian "
+        "package, the Debian archive state move to today's; every other pin stays. Repeatable")] = None,
     rederive: Annotated[bool, typer.Option(
         "--rederive", help="with --check: audit the lock by re-deriving it from the spec and model at its "
         "recorded cutoff and Debian InRelease files (from the cache, lockbuild.lock.d/ or the archive); "
@@ -148,11 +148,13 @@ def lock(
         err.print(f"[yellow]note[/] {escape(note)}")
     if upgrade_packages and previous is not None:
         known = {w.name for w in previous.python.packages}
+        debs = {d.name for d in previous.debian.packages}
         from packaging.utils import canonicalize_name
 
         for n in upgrade_packages:
-            if canonicalize_name(n) not in known:
-                err.print(f"[yellow]note[/] --upgrade-package {escape(n)}: not in the previous lock's Python pins")
+            if canonicalize_name(n) not in known and n not in debs:
+                err.print(f"[yellow]note[/] --upgrade-package {escape(n)}: neither a Python nor a Debian package of "
+                          "the previous lock")
     from lockbuild.verify.doctor import doctor as run_doctor
     from lockbuild.verify.finding import DOCTOR_KEYS
 

@@ -182,7 +182,11 @@ def _make_lock(spec: Spec, source: ModelSource, info: ModelInfo, *, previous: Lo
     inputs = input_digests(spec, source, info)
     digest = combined_digest(inputs)
     upgrade_names = {canonicalize_name(n) for n in upgrade_packages}
-    if previous is not None and not upgrade and not upgrade_names and previous.inputs_digest == digest:
+    # a Debian package name moves the Debian archive state (all suites) to today's; Python names move pins
+    debian_names = {d.name for d in previous.debian.packages} if previous is not None else set()
+    upgrade_debian = bool({n for n in upgrade_packages if n in debian_names})
+    upgrade_names -= {canonicalize_name(n) for n in upgrade_packages if n in debian_names}
+    if previous is not None and not upgrade and not upgrade_packages and previous.inputs_digest == digest:
         return LockResult(previous, reused=True)
     notes: list[str] = []
 
@@ -192,9 +196,10 @@ def _make_lock(spec: Spec, source: ModelSource, info: ModelInfo, *, previous: Lo
     codename = spec.base.split(":", 1)[1] if spec.base else choice.codename
     arch = runtime.debian_arch(spec.platform)
     roots = tuple(sorted(set(debian.default_roots(choice.interpreter_package)) | set(spec.debian_packages)))
-    keep_debian = (previous is not None and not upgrade and previous.debian.roots == roots
+    keep_debian = (previous is not None and not upgrade and not upgrade_debian and previous.debian.roots == roots
                    and previous.target.base == f"debian:{codename}" and previous.target.platform == spec.platform)
-    same_base = (previous is not None and not upgrade and previous.target.base == f"debian:{codename}"
+    same_base = (previous is not None and not upgrade and not upgrade_debian
+                 and previous.target.base == f"debian:{codename}"
                  and previous.target.platform == spec.platform)
     if keep_debian:
         assert previous is not None
@@ -330,7 +335,8 @@ def moves(old: Lock, new: Lock, *, upgrade: bool, upgrade_packages: tuple[str, .
     named = {canonicalize_name(n) for n in upgrade_packages}
     out: list[Move] = []
     if old.python.exclude_newer != new.python.exclude_newer:
-        why = "--upgrade" if upgrade else ("--upgrade-package" if named else "[python] exclude-newer in the spec")
+        why = "--upgrade" if upgrade else ("--upgrade-package" if upgrade_packages else
+                                           "[python] exclude-newer in the spec")
         out.append(Move("cutoff", "exclude-newer", old.python.exclude_newer, new.python.exclude_newer, why))
     reqs = [_requirement(r) for r in new.python.requirements]
     a = {w.name: w.version for w in old.python.packages}
@@ -358,8 +364,11 @@ def moves(old: Lock, new: Lock, *, upgrade: bool, upgrade_packages: tuple[str, .
     for name in sorted(set(da) | set(db)):
         if da.get(name) == db.get(name):
             continue
+        debian_named = sorted(n for n in upgrade_packages if n in da)
         if upgrade:
             why = "--upgrade"
+        elif debian_named:
+            why = f"--upgrade-package {debian_named[0]}: the Debian archive state moved to today's"
         elif not same_state:
             why = "the locked Debian archive state was not available: resolved live"
         elif name not in da:
