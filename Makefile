@@ -41,8 +41,10 @@ repro: venv deps  ## same lock: root here, non-root here, non-root in a debootst
 wheel: venv  ## dist/lockbuild-<version>-py3-none-any.whl
 	$(BIN)/uv build --wheel -o dist .
 
-install-tool: venv  ## `lockbuild` on PATH (~/.local/bin) in its own venv, dependencies pinned
+install-tool: venv  ## `lockbuild` on PATH (uv's tool bin dir, ~/.local/bin) in its own venv, dependencies pinned
 	$(BIN)/uv tool install --force --constraint constraints.txt .
+	@bin=$$($(BIN)/uv tool dir --bin); case ":$$PATH:" in *":$$bin:"*) echo "lockbuild: $$bin/lockbuild";; \
+	  *) echo "lockbuild: $$bin/lockbuild ($$bin is not on PATH: run '$(BIN)/uv tool update-shell' and open a new shell)";; esac
 
 constraints:  ## re-resolve lockbuild's own dependency pins
 	$(BIN)/uv pip compile pyproject.toml --all-extras --universal --python-version 3.11 -o constraints.txt --quiet
