@@ -111,6 +111,10 @@ def lock(
         with err.status("checking the pruned lists against the wheels' file lists…"):
             pruned_reasons, notes = pruned.check(current, Cache())
         reasons += pruned_reasons
+        kept = KeptInputs.beside(path)
+        if kept.root.is_dir() and not _kept_complete(kept, current):
+            notes.append(f"{kept.root.parent.name}/ lacks InRelease files this lock pins: `lock --check --rederive` "
+                         "may not run later; run `lockbuild export audit-inputs` and commit it")
         if not as_json:
             for note in notes:
                 err.print(f"[yellow]note[/] {escape(note)}")
@@ -171,7 +175,11 @@ def lock(
     kept_written: list[str] = []
     if kept.root.is_dir() and (previous is None or previous.debian.suites != lk.debian.suites
                                or previous.debian.roots != lk.debian.roots or not _kept_complete(kept, lk)):
-        kept_written = [str(p) for p in _export_kept(s, lk, kept.root, status=None)]
+        try:  # the lock is written and good; its audit inputs are a convenience beside it
+            kept_written = [str(p) for p in _export_kept(s, lk, kept.root, status=None)]
+        except LockbuildError as e:
+            result.notes.append(f"the audit inputs in {kept.root.parent} were not refreshed: {e.message}")
+            err.print(f"[yellow]note[/] {escape(result.notes[-1])}" + (f" ({escape(e.hint)})" if e.hint else ""))
     pruned_files = result.pruned_files
     if pruned_files is None:  # reused: count from the (cached) file lists
         from lockbuild.lock.pruned import lock_counts
