@@ -165,6 +165,18 @@ def test_changed_index_under_the_same_cutoff_moves_no_pin(index: LocalIndex, tmp
     assert pins(project) == after and read_lock(project / "lockbuild.lock").python.exclude_newer == cutoff
     assert all(m["kind"] == "debian" and "--upgrade-package libssl3" in m["why"] for m in r.json["moves"])
 
+    # a new Debian root is closed over the locked InRelease files: only additions, no pin moves
+    before = read_lock(project / "lockbuild.lock").debian
+    (project / "lockbuild.toml").write_text('[model]\nuri = "model"\n[target]\npackages = ["netcat-openbsd"]\n')
+    r = run_cli("lock", "--json", "--spec", str(project))
+    assert r.code == 0, r.text
+    assert r.json["moves"] and all(m["kind"] == "debian" and m["old"] is None for m in r.json["moves"]), r.json
+    after_deb = read_lock(project / "lockbuild.lock").debian
+    assert after_deb.suites == before.suites
+    old_debs = {d.name: d.version for d in before.packages}
+    assert old_debs.items() <= {d.name: d.version for d in after_deb.packages}.items()
+    assert pins(project) == after
+
 def test_upgrade_package_refused_with_check(tmp_path: Path) -> None:
     (tmp_path / "lockbuild.toml").write_text('[model]\nuri = "model"\n')
     r = run_cli("lock", "--check", "--upgrade-package", "numpy", "--spec", str(tmp_path))

@@ -24,7 +24,7 @@ from packaging.version import Version
 from lockbuild import __version__
 from lockbuild.assemble.prune import DEFAULT_OMIT, DEFAULT_PRUNE
 from lockbuild.digest import short
-from lockbuild.errors import AuditUnavailable, PythonVersionError, SpecError
+from lockbuild.errors import AuditUnavailable, PythonVersionError, ResolveError, SpecError
 from lockbuild.fetch.cache import Cache
 from lockbuild.fetch.model import cache_model_files, cache_model_tree
 from lockbuild.fsutil import sha256_bytes
@@ -207,11 +207,16 @@ def _make_lock(spec: Spec, source: ModelSource, info: ModelInfo, *, previous: Lo
     elif same_base:  # other roots: close them over the archive state the lock pins, so nothing else moves
         assert previous is not None
         notify(f"resolving Debian {codename}/{arch} at the locked InRelease files")
+        subset: list[str] = []  # kept stanzas are enough to audit a closure, never to close new roots
         try:
             deb_lock = debian.resolve_debian(codename, arch, roots, cache, mirror=spec.mirror,
                                              security_mirror=spec.security_mirror, keyring=spec.keyrings or None,
-                                             locked=previous.debian, kept=kept)
-        except AuditUnavailable as e:
+                                             locked=previous.debian, kept=kept, notes=subset)
+            if subset:
+                raise AuditUnavailable("; ".join(subset))
+        except (AuditUnavailable, ResolveError) as e:
+            if isinstance(e, ResolveError) and not subset:  # a real resolution error of the new roots
+                raise
             notes.append(f"the locked Debian archive state is not available ({e.message}); resolved against "
                          "the live archive instead")
             deb_lock = debian.resolve_debian(codename, arch, roots, cache, mirror=spec.mirror,
