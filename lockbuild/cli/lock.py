@@ -164,7 +164,8 @@ def lock(
 
     findings = run_doctor(result.lock, None)
     for f in findings:
-        err.print(f"[yellow]doctor {f.severity}[/] [{f.rule}] {escape(f.message)}; fix: {escape(f.fix)}")
+        rule = escape(f"[{f.rule}]")  # unescaped, Rich takes [rule-name] for a style and drops it
+        err.print(f"[yellow]doctor {f.severity}[/] {rule} {escape(f.message)}; fix: {escape(f.fix)}")
     errors = [f for f in findings if f.severity == "error"]
     if errors:  # a lock that `lock` writes must build and serve: nothing is written
         raise DoctorFailed(f"the lock would not serve; {path} was not written: "

@@ -177,7 +177,8 @@ def doctor(
     else:
         for f in findings:
             color = "red" if f.severity == "error" else "yellow"
-            err.print(f"[{color}]{f.severity}[/] [{f.rule}] {escape(f.message)}\n  why: {escape(f.why)}\n"
+            rule = escape(f"[{f.rule}]")  # unescaped, Rich takes [rule-name] for a style and drops it
+            err.print(f"[{color}]{f.severity}[/] {rule} {escape(f.message)}\n  why: {escape(f.why)}\n"
                       f"  fix: {escape(f.fix)}")
         if not findings:
             err.print("[green]doctor: no findings[/]")
