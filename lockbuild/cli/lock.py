@@ -304,7 +304,7 @@ def export_audit_inputs(
     """Keep what `lock --check --rederive` needs beside the lock, so the audit runs later anywhere.
 
     Writes lockbuild.lock.d/debian/: the signed InRelease files the lock pins, small Packages
-    indexes whole, and of a big index only the stanzas the closure reads (docs/audit.md). Commit the
+    indexes whole, and of a big index only the stanzas the closure reads (docs/lock.md). Commit the
     directory with the lock; once it exists, `lockbuild lock` keeps it up to date.
 
     Example: [bold]lockbuild export audit-inputs && git add lockbuild.lock.d[/]
