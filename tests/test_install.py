@@ -71,3 +71,12 @@ def test_uv_tool_install_gives_a_working_lockbuild_on_path(tmp_path: Path) -> No
     assert r.returncode == 1 and '"changed": true' in r.stdout, r.stderr
     r = run("doctor", "--json")
     assert r.returncode in (0, 15) and "Traceback" not in r.stderr, r.stderr
+
+    # the daily loop's resolver step: the tool's own uv re-locks a changed model (pins kept)
+    keras3 = work / "keras3"
+    shutil.copytree(EXAMPLES / "keras3", keras3, ignore=shutil.ignore_patterns("out", ".venv"))
+    (keras3 / "model" / "notes.txt").write_text("a model-only change\n")
+    r = subprocess.run(["lockbuild", "lock", "--json"], cwd=keras3, env=shell_env, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert '"moves": []' in r.stdout and '"reused": false' in r.stdout, r.stdout
