@@ -12,7 +12,8 @@ audit re-derives every field from the spec and the model at the lock's recorded 
 - Python: uv resolves the same requirements again with the lock's `exclude-newer` cutoff and the
   lock's versions as preferences (as `lock` re-locks); wheel URLs and sha256 come from the index,
   never from the lock. So a version is accepted when the resolver accepts it for these inputs at
-  this cutoff; another version that also satisfies them is not a difference.
+  this cutoff (a stable re-lock keeps older pins); another allowed release, edited in together
+  with its own index data, is not a difference — `lockbuild diff` shows version moves in review.
 - Everything else (target, runtime, model files, image) is derived as `lock` derives it.
 
 The derived lock is compared field by field with the file. What cannot be re-derived is the
