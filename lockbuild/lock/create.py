@@ -374,6 +374,9 @@ def moves(old: Lock, new: Lock, *, upgrade: bool, upgrade_packages: tuple[str, .
             why = "--upgrade"
         elif debian_named:
             why = f"--upgrade-package {debian_named[0]}: the Debian archive state moved to today's"
+        elif (old.target.base, old.target.platform) != (new.target.base, new.target.platform):
+            why = f"the target changed ({old.target.base} {old.target.platform} -> {new.target.base} " \
+                  f"{new.target.platform})"
         elif not same_state:
             why = "the locked Debian archive state was not available: resolved live"
         elif name not in da:
