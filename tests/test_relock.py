@@ -182,3 +182,30 @@ def test_upgrade_package_refused_with_check(tmp_path: Path) -> None:
     r = run_cli("lock", "--check", "--upgrade-package", "numpy", "--spec", str(tmp_path))
     assert r.code == 3 and "--upgrade-package" in r.text
 
+
+
+def test_moves_name_each_changed_pin_and_the_reason() -> None:
+    """The move report alone (no resolution): versions, additions, removals, Debian and cutoff."""
+    import dataclasses
+
+    from lockbuild.lock.create import moves
+    from tests.lockbuild_testing import EXAMPLES
+
+    old = read_lock(EXAMPLES / "keras3" / "lockbuild.lock")
+    pkgs = {w.name: w for w in old.python.packages}
+    new_py = [dataclasses.replace(w, version="99.0") if w.name == "numpy" else w
+              for w in old.python.packages if w.name != "six"]
+    new_py.append(dataclasses.replace(pkgs["wheel"] if "wheel" in pkgs else pkgs["numpy"], name="lbextra",
+                                      version="1.0"))
+    new = dataclasses.replace(old, python=dataclasses.replace(
+        old.python, packages=tuple(new_py), requirements=(*old.python.requirements, "numpy>=99")))
+    got = {(m.kind, m.name): m for m in moves(old, new, upgrade=False)}
+    assert str(got["python", "numpy"]).endswith("(the requirement 'numpy>=99' excludes "
+                                                f"{pkgs['numpy'].version})")
+    assert got["python", "lbextra"].old is None and got["python", "lbextra"].new == "1.0"
+    if "six" in pkgs:
+        assert got["python", "six"].new is None
+    assert all(k[0] == "python" for k in got)
+    got = moves(old, new, upgrade=False, upgrade_packages=("numpy",))
+    assert next(m for m in got if m.name == "numpy").why == "--upgrade-package numpy"
+    assert moves(old, old, upgrade=False) == []
