@@ -108,8 +108,13 @@ class KeptInputs:
         if not ok:
             raise IntegrityError(f"{p}: not the stanzas of {f.path} ({f.sha256})",
                                  hint="re-export the audit inputs with `lockbuild export audit-inputs`")
-        keep = set(INDEX_FIELDS)
-        return [{k: str(v) for k, v in e.items() if k in keep} for e in doc["stanzas"] if isinstance(e, dict)]
+        keep, pin = set(INDEX_FIELDS), ("Package", "Version", "Filename", "Size", "SHA256")
+        entries = [{k: str(v) for k, v in e.items() if k in keep} for e in doc["stanzas"] if isinstance(e, dict)]
+        if len(entries) != len(doc["stanzas"]) or not all(all(k in e for k in pin) and e["Size"].isdigit()
+                                                          for e in entries):
+            raise IntegrityError(f"{p}: a stanza lacks one of {', '.join(pin)} (or its Size is not a number)",
+                                 hint="re-export the audit inputs with `lockbuild export audit-inputs`")
+        return entries
 
 
 # -- suites ---------------------------------------------------------------------------------------
