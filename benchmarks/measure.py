@@ -262,8 +262,12 @@ def bench_warm(res: Results, cache: Path, host: str | None, repeats: int, compre
         lk = run([*lockbuild_cmd(), "lock", "--json"], env=lb_env(cache, None), cwd=work).check()
         if lk.json()["changed"] is not True or lk.json()["reused"] is not False:
             raise RuntimeError(f"lock did not change after a model change: {lk.stdout}")
+        if lk.json().get("moves"):  # a re-lock keeps every pin the model change does not require to move
+            raise RuntimeError(f"a model-only change moved pins: {lk.json()['moves']}")
         r = lb_image(work, cache, host)
         names = {x["name"] for x in r.json()["layers"] if not x["reused"]}
+        if names - {"model", "config"}:
+            raise RuntimeError(f"a model-only change rebuilt {sorted(names)}: only model and config may change")
         rebuilt |= names
         lock_s.append(lk.seconds)
         img_s.append(r.seconds)

@@ -2,8 +2,8 @@
 
 Run with the Python of the venv that made the example, e.g.
 
-    /work/venvs/tf221/bin/python examples/serve_check.py examples/keras3 --port 5055
-    /work/venvs/tf215/bin/python examples/serve_check.py examples/legacy-tfkeras --port 5056
+    examples/keras3/.venv/bin/python examples/serve_check.py examples/keras3 --port 5055
+    examples/legacy-tfkeras/.venv/bin/python examples/serve_check.py examples/legacy-tfkeras --port 5056
 
 It starts `mlflow models serve -m <example>/model --env-manager local` (the venv's bin
 directory first on PATH, so the venv's mlflow and uvicorn are used), waits for /ping,

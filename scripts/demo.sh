@@ -69,3 +69,14 @@ else
     "$LB" sign out/oci --key "$KEYDIR/demo.key"
     "$LB" verify out/oci --key "$KEYDIR/demo.pub"
 fi
+
+step "where lockbuild is"
+echo "this demo ran $LB (the repository's venv, dependencies pinned by constraints.txt)."
+if command -v lockbuild >/dev/null 2>&1; then
+    echo "on your PATH: $(command -v lockbuild)"
+else
+    echo "lockbuild is not on your PATH. Either:"
+    echo "  export PATH=\"$ROOT/.venv/bin:\$PATH\"                       # this shell, this checkout"
+    echo "  uv tool install --constraint constraints.txt .             # or: make install-tool (~/.local/bin)"
+fi
+echo "then, in any project: lockbuild init --model ./model && lockbuild lock && lockbuild image --oci out/oci"

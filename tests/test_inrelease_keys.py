@@ -7,6 +7,7 @@ Real keys generated with gpg in a throwaway GNUPGHOME; the signed text is a real
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from lockbuild.errors import IntegrityError, SpecError
+from lockbuild.errors import AuditUnavailable, IntegrityError, SpecError
 from lockbuild.fetch import download
 from lockbuild.fetch.cache import Cache
 from lockbuild.lock.model import DebianLock
@@ -200,7 +201,7 @@ def test_rederive_says_which_pinned_input_is_unavailable(archive_fp: tuple[Archi
     with pytest.raises(AuditUnavailable) as e:
         _rederive(archive, lock, Cache(tmp_path / "empty"))
     assert "bookworm: the InRelease the lock recorded" in e.value.message
-    assert "not in the cache and the live archive now serves another one" in e.value.message
+    assert "tried: the cache; the live archive (serves another one now" in e.value.message
     assert e.value.hint and "snapshot.debian.org" in e.value.hint and e.value.exit_code == 18
     # the InRelease is cached but the Packages index it names is gone from cache and archive
     index = next(s for s in lock.suites if s.name == "bookworm")
@@ -242,3 +243,64 @@ def test_one_good_signature_among_worthless_ones_is_enough() -> None:
     assert good == [b]
     assert refused == [f"key {a}: made by an expired key (expired 2023-11-14 22:13 UTC)",
                        f"key {'C' * 40}: signature uses the weak digest SHA1"]
+
+
+def test_rederive_reads_a_snapshot_archive_when_configured(archive_fp: tuple[Archive, str], tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The live archive moved on and the cache is empty: LOCKBUILD_SNAPSHOT_URL (snapshot.debian.org's
+    layout, /archive/<archive>/<timestamp>/dists/<suite>/) still has the pinned, signed state."""
+    archive, _ = archive_fp
+    lock = archive.resolve(Cache(tmp_path / "cache"))
+    for s in lock.suites:
+        src = archive.root / s.snapshot_archive / "dists" / s.name
+        shutil.copytree(src, archive.root / "snap" / "archive" / s.snapshot_archive / s.snapshot / "dists" / s.name)
+    for name in ("debian", "debian-security"):
+        shutil.rmtree(archive.root / name / "dists")
+    with pytest.raises(AuditUnavailable, match="tried: the cache; the live archive"):
+        _rederive(archive, lock, Cache(tmp_path / "empty"))
+    monkeypatch.setenv("LOCKBUILD_SNAPSHOT_URL", f"{archive.url}/snap/")
+    assert _rederive(archive, lock, Cache(tmp_path / "empty2")) == lock
+
+
+def test_kept_stanzas_rederive_alternatives_and_providers_offline(server: tuple[Path, str],  # noqa: F811
+                                                                  signer: Signer, tmp_path: Path,  # noqa: F811
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """export_audit_inputs keeps, of an index too big to keep whole, every stanza the solver reads: both
+    alternatives of a dependency, a virtual package's providers, and the same names in other suites;
+    the closure re-derives from them alone, and an unrelated package is not kept."""
+    from lockbuild.resolve import archive as A
+
+    root = server[0] / "kept-stanzas"
+    root.mkdir()
+    a = Archive(root, f"{server[1]}/kept-stanzas", signer)
+    a.add_suite("debian", "bookworm", [
+        a.add_deb("debian", "hello", "1.0-1", Depends="libfoo (>= 1.0) | libbar, mail-transport-agent"),
+        a.add_deb("debian", "libfoo", "1.0-1"),
+        a.add_deb("debian", "libbar", "2.0-1"),
+        a.add_deb("debian", "exim4", "4.96-1", Provides="mail-transport-agent", Priority="standard"),
+        a.add_deb("debian", "postfix", "3.7-1", Provides="mail-transport-agent", Priority="optional"),
+        a.add_deb("debian", "unrelated", "1.0-1"),
+    ])
+    a.add_suite("debian", "bookworm-updates", [])
+    a.add_suite("debian-security", "bookworm-security", [a.add_deb("debian-security", "libfoo", "1.0-1+deb12u1")])
+    cache = Cache(tmp_path / "cache")
+    lock = a.resolve(cache)
+    assert {d.name for d in lock.packages} == {"hello", "libfoo", "exim4"}
+    monkeypatch.setattr(A, "KEEP_WHOLE_INDEX_MAX", 0)
+    monkeypatch.setattr(D, "KEEP_WHOLE_INDEX_MAX", 0)
+    kept = tmp_path / "lockbuild.lock.d" / "debian"
+    D.export_audit_inputs(lock, "bookworm", "amd64", cache, kept, mirror=a.mirror, security_mirror=a.security,
+                          keyring=a.signer.keyring)
+    stanzas = [p for p in kept.iterdir() if p.name.endswith(".stanzas.json")]
+    assert len(stanzas) == 3 and len([p for p in kept.iterdir() if p.suffix == ".InRelease"]) == 3
+    docs = {d["suite"]: d for d in (json.loads(p.read_text()) for p in stanzas)}
+    assert {e["Package"] for e in docs["bookworm"]["stanzas"]} == {"hello", "libfoo", "libbar", "exim4", "postfix"}
+    assert [e["Version"] for e in docs["bookworm-security"]["stanzas"]] == ["1.0-1+deb12u1"]
+    for name in ("debian", "debian-security"):
+        shutil.rmtree(root / name / "dists")
+    notes: list[str] = []
+    again = D.resolve_debian("bookworm", "amd64", list(lock.roots), Cache(tmp_path / "empty"), locked=lock,
+                             mirror=a.mirror, security_mirror=a.security, keyring=a.signer.keyring, kept=kept,
+                             notes=notes)
+    assert again == lock
+    assert len(notes) == 3 and all("kept stanzas" in n for n in notes)

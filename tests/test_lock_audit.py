@@ -141,7 +141,7 @@ def test_forged_signer_and_inrelease_are_caught(project: Path) -> None:
     tamper(project, other_inrelease)
     r = run_cli("lock", "--check", "--rederive", "--spec", str(project))
     assert r.code == 18, r.text
-    assert "bookworm-updates: the InRelease the lock recorded" in r.text and "not in the cache" in r.text
+    assert "bookworm-updates: the InRelease the lock recorded" in r.text and "tried: the cache" in r.text
     assert "Traceback" not in r.stderr
 
 
@@ -189,3 +189,43 @@ def test_rederive_reports_stale_inputs_first(project: Path) -> None:
     code, out, report = audit(project)
     assert code == 1, out
     assert report["fresh"] is False and any("spec edited" in r for r in report["reasons"])
+
+
+def test_audit_inputs_kept_beside_the_lock_rederive_offline_with_an_empty_cache(
+        project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`export audit-inputs` keeps the signed InRelease files and the indexes (small ones whole, the big
+    one as the stanzas the closure reads); with an EMPTY cache and Debian's archive unreachable the
+    audit still passes from them, says which stanzas it could not check against the signed index,
+    and still names an edited field. Without them it says exactly what is missing and where it is."""
+    r = run_cli("export", "audit-inputs", "--json", "--spec", str(project))
+    assert r.code == 0, r.text
+    kept = project / "lockbuild.lock.d" / "debian"
+    assert sorted(p.suffix for p in kept.iterdir()).count(".InRelease") == 3
+    assert r.json["bytes"] < 2_000_000, r.json  # small enough to commit
+    assert any(p.name.endswith(".stanzas.json") for p in kept.iterdir())
+
+    monkeypatch.setenv("LOCKBUILD_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")  # deb.debian.org (http) unreachable; PyPI is https
+    monkeypatch.delenv("LOCKBUILD_SNAPSHOT_URL", raising=False)
+    monkeypatch.setattr("lockbuild.fetch.download.backoff", lambda _attempt: None)  # refused at once anyway
+    code, out, report = audit(project)
+    assert code == 0, out
+    assert report["genuine"] is True
+    assert any("kept stanzas" in n and "bookworm:" in n for n in report["notes"]), report["notes"]
+
+    def older(lk: Lock) -> Lock:
+        debs = [dataclasses.replace(d, version=d.version + "~old") if d.name == "libssl3" else d
+                for d in lk.debian.packages]
+        return dataclasses.replace(lk, debian=dataclasses.replace(lk.debian, packages=tuple(debs)))
+
+    tamper(project, older)
+    code, out, report = audit(project)
+    assert code == 17, out
+    assert [d["field"] for d in report["differences"]] == ["debian.packages[libssl3].version"]
+
+    shutil.rmtree(project / "lockbuild.lock.d")
+    monkeypatch.setenv("LOCKBUILD_CACHE", str(tmp_path / "another-empty-cache"))
+    r = run_cli("lock", "--check", "--rederive", "--spec", str(project))
+    assert r.code == 18, r.text
+    assert "the InRelease the lock recorded" in r.text and "lockbuild export audit-inputs" in r.text
+    assert "https://snapshot.debian.org/archive/debian/" in r.text and "LOCKBUILD_SNAPSHOT_URL" in r.text

@@ -4,7 +4,7 @@ Run with the venv that has tensorflow-cpu==2.21.0 + mlflow-skinny==3.17.2 + pand
 (mlflow.tensorflow imports pandas and infer_signature imports scipy, but mlflow-skinny
 pulls in neither; full `mlflow` would); `make_venv.sh` recreates exactly that venv:
 
-    /work/venvs/tf221/bin/python make_model.py
+    .venv/bin/python make_model.py   (after `bash make_venv.sh`)
 
 Writes (next to this file, replacing what was there):
     model/            MLflow model (tensorflow flavor, Keras 3 native file data/model.keras)

@@ -6,7 +6,7 @@ scipy, but mlflow-skinny pulls in neither; full `mlflow` would, with pandas<3), 
 starlette<1 so that MLflow 2.22's scoring server can start (see README.md); `make_venv.sh`
 recreates exactly that venv:
 
-    /work/venvs/tf215/bin/python make_model.py
+    .venv/bin/python make_model.py   (after `bash make_venv.sh`)
 
 Writes (next to this file, replacing what was there):
     model/            MLflow model (tensorflow flavor, Keras 2 "tf" format: a TensorFlow

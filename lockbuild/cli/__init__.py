@@ -25,13 +25,17 @@ from lockbuild.errors import LockbuildError
 app = typer.Typer(
     name="lockbuild",
     help="Turn an MLflow model into a locked, bit-for-bit reproducible OCI image, and prove it serves.\n\n"
-    "Daily use:  lockbuild lock && lockbuild image",
+    "Example (daily use): [bold]lockbuild lock && lockbuild image --oci out/oci && lockbuild verify out/oci[/]"
+    "\n\nEvery command has --help with an example; README.md has the whole tour.",
     no_args_is_help=True,
     add_completion=False,
     rich_markup_mode="rich",
     pretty_exceptions_enable=False,
 )
-export_app = typer.Typer(help="Export parts of the lock in other formats.", no_args_is_help=True)
+export_app = typer.Typer(
+    help="Export parts of the lock in other formats, or the inputs its audit needs.\n\n"
+    "Example: [bold]lockbuild export pylock -o pylock.toml[/]   ·   [bold]lockbuild export audit-inputs[/]",
+    no_args_is_help=True)
 app.add_typer(export_app, name="export")
 
 

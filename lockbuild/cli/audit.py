@@ -178,7 +178,7 @@ def k8s(
 ) -> None:
     """Write a Kubernetes Deployment + Service (AKS-ready, non-root, read-only root) pinned by digest.
 
-    Resources come from [deploy] in lockbuild.toml; MLFLOW_MODELS_WORKERS follows the CPU limit.
+    Resources come from \\[deploy] in lockbuild.toml; MLFLOW_MODELS_WORKERS follows the CPU limit.
     With --signed-by PUB, also the admission policy that enforces `lockbuild sign`'s signature:
     containers policy.json + registries.d (CRI-O/podman nodes) and Ratify/Gatekeeper manifests (AKS).
 

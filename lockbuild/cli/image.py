@@ -46,7 +46,7 @@ def image(
     tag: Annotated[str | None, typer.Option("--tag", help="tag for --load / archive (default: name:lock)")] = None,
     jobs: Annotated[int, typer.Option("--jobs", "-j", help="parallel downloads")] = 4,
     compression: Annotated[str | None, typer.Option(
-        "--compression", help="gzip|zstd layers for --oci/--push (default: the lock's [image] compression)")] = None,
+        "--compression", help="gzip|zstd layers for --oci/--push (default: the lock's \\[image] compression)")] = None,
     attach_sbom: Annotated[bool, typer.Option("--sbom", help="attach a CycloneDX SBOM (OCI layout and push)")] = False,
     attach_provenance: Annotated[bool, typer.Option("--provenance", help="attach SLSA provenance")] = False,
     sign: Annotated[bool, typer.Option("--sign", help="after --push, sign the pushed digest and attach signed "

@@ -56,24 +56,41 @@ def lock(
     spec: SpecOpt = Path("lockbuild.toml"),
     lock_file: LockOpt = None,
     check: Annotated[bool, typer.Option("--check", help="exit 1 with the reason if the lock is stale")] = False,
-    upgrade: Annotated[bool, typer.Option("--upgrade", help="re-resolve everything (Python and Debian)")] = False,
+    upgrade: Annotated[bool, typer.Option(
+        "--upgrade", help="re-resolve everything (Python and Debian) at today's date")] = False,
+    upgrade_package: Annotated[list[str] | None, typer.Option(
+        "--upgrade-package", "-P", metavar="NAME",
+        help="let this Python distribution move to its newest version (cutoff: now), or, for a Debian "
+        "package, the Debian archive state move to today's; every other pin stays. Repeatable")] = None,
     rederive: Annotated[bool, typer.Option(
         "--rederive", help="with --check: audit the lock by re-deriving it from the spec and model at its "
-        "recorded cutoff and Debian InRelease files; exit 17 naming every field that differs")] = False,
+        "recorded cutoff and Debian InRelease files (from the cache, lockbuild.lock.d/ or the archive); "
+        "exit 17 naming every field that differs")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Resolve and pin everything the image needs into lockbuild.lock.
 
+    A re-lock moves nothing it was not asked to move: the previous lock's versions, cutoff and
+    Debian archive state are kept unless the changed inputs require otherwise; every version that
+    moved is printed with the reason. --upgrade / --upgrade-package move the rest.
+
     Example: [bold]lockbuild lock[/]   ·   CI: [bold]lockbuild lock --check[/]   ·   audit:
-    [bold]lockbuild lock --check --rederive[/]
+    [bold]lockbuild lock --check --rederive[/]   ·   [bold]lockbuild lock --upgrade-package numpy[/]
     """
     from lockbuild.fetch.cache import Cache
     from lockbuild.lock.create import explain_stale, make_lock
     from lockbuild.lock.io import dumps, read_lock, write_lock
+    from lockbuild.resolve.archive import KeptInputs
     from lockbuild.spec import load_spec
 
     s = load_spec(spec)
     path = lock_path(s.path, lock_file)
+    upgrade_packages = tuple(upgrade_package or ())
+    if upgrade_packages and (check or upgrade):
+        from lockbuild.errors import SpecError
+
+        raise SpecError("--upgrade-package moves named pins in a new lock: not with --check or --upgrade",
+                        hint="run `lockbuild lock --upgrade-package NAME` (or `--upgrade` for everything)")
     if rederive and not check:
         from lockbuild.errors import SpecError
 
@@ -94,6 +111,10 @@ def lock(
         with err.status("checking the pruned lists against the wheels' file lists…"):
             pruned_reasons, notes = pruned.check(current, Cache())
         reasons += pruned_reasons
+        kept = KeptInputs.beside(path)
+        if kept.root.is_dir() and not _kept_complete(kept, current):
+            notes.append(f"{kept.root.parent.name}/ lacks InRelease files this lock pins: `lock --check --rederive` "
+                         "may not run later; run `lockbuild export audit-inputs` and commit it")
         if not as_json:
             for note in notes:
                 err.print(f"[yellow]note[/] {escape(note)}")
@@ -122,17 +143,29 @@ def lock(
                     f"date (new cutoff, new Debian state); or restore {path.name} from version control",
                 ) from None
             err.print(f"[yellow]note[/] --upgrade: replacing the unreadable lock ({escape(e.message)})")
+    kept = KeptInputs.beside(path)
     with err.status("locking…") as status:
         result = make_lock(s, previous=previous, upgrade=upgrade, cache=Cache(),
-                           notify=lambda m: status.update(m))
+                           notify=lambda m: status.update(escape(m)), upgrade_packages=upgrade_packages,
+                           kept=kept.root if kept.root.is_dir() else None)
     for note in result.notes:
         err.print(f"[yellow]note[/] {escape(note)}")
+    if upgrade_packages and previous is not None:
+        known = {w.name for w in previous.python.packages}
+        debs = {d.name for d in previous.debian.packages}
+        from packaging.utils import canonicalize_name
+
+        for n in upgrade_packages:
+            if canonicalize_name(n) not in known and n not in debs:
+                err.print(f"[yellow]note[/] --upgrade-package {escape(n)}: neither a Python nor a Debian package of "
+                          "the previous lock")
     from lockbuild.verify.doctor import doctor as run_doctor
     from lockbuild.verify.finding import DOCTOR_KEYS
 
     findings = run_doctor(result.lock, None)
     for f in findings:
-        err.print(f"[yellow]doctor {f.severity}[/] [{f.rule}] {escape(f.message)}; fix: {escape(f.fix)}")
+        rule = escape(f"[{f.rule}]")  # unescaped, Rich takes [rule-name] for a style and drops it
+        err.print(f"[yellow]doctor {f.severity}[/] {rule} {escape(f.message)}; fix: {escape(f.fix)}")
     errors = [f for f in findings if f.severity == "error"]
     if errors:  # a lock that `lock` writes must build and serve: nothing is written
         raise DoctorFailed(f"the lock would not serve; {path} was not written: "
@@ -140,6 +173,14 @@ def lock(
                            hint=errors[0].fix)
     changed = write_lock(result.lock, path)
     lk = result.lock
+    kept_written: list[str] = []
+    if kept.root.is_dir() and (previous is None or previous.debian.suites != lk.debian.suites
+                               or previous.debian.roots != lk.debian.roots or not _kept_complete(kept, lk)):
+        try:  # the lock is written and good; its audit inputs are a convenience beside it
+            kept_written = [str(p) for p in _export_kept(s, lk, kept.root, status=None)]
+        except LockbuildError as e:
+            result.notes.append(f"the audit inputs in {kept.root.parent} were not refreshed: {e.message}")
+            err.print(f"[yellow]note[/] {escape(result.notes[-1])}" + (f" ({escape(e.hint)})" if e.hint else ""))
     pruned_files = result.pruned_files
     if pruned_files is None:  # reused: count from the (cached) file lists
         from lockbuild.lock.pruned import lock_counts
@@ -153,6 +194,7 @@ def lock(
         "python": lk.target.python, "base": lk.target.base, "wheel_platform": lk.target.wheel_platform,
         "python_packages": len(lk.python.packages), "debian_packages": len(lk.debian.packages),
         "model": lk.model.resolved_uri, "notes": result.notes,
+        "moves": [m.to_dict() for m in result.moves], "audit_inputs": kept_written,
         "variants": [{"dropped": c.dropped, "kept": c.kept, "reason": c.reason, "paths": c.paths,
                       "example": c.example} for c in lk.python.variants],
         "doctor": [f.to_dict(DOCTOR_KEYS) for f in findings],
@@ -167,6 +209,12 @@ def lock(
     if as_json:
         emit_json(summary)
     else:
+        for m in result.moves:
+            err.print(f"[cyan]moved[/] {escape(str(m))}")
+        if previous is not None and not result.reused and not result.moves:
+            err.print("no pin moved")
+        if kept_written:
+            err.print(f"audit inputs refreshed in {kept.root.parent} ({len(kept_written)} files)")
         state = "unchanged" if not changed else "written"
         err.print(f"[green]{state}[/] {path}: Python {lk.target.python} on {lk.target.base} "
                   f"({len(lk.debian.packages)} .debs), {len(lk.python.packages)} wheels for "
@@ -177,17 +225,39 @@ def lock(
                       "listed per wheel in the lock): " + ", ".join(f"{n} {c:,}" for n, c in per))
 
 
+def _kept_complete(kept: Any, lk: Any) -> bool:
+    return all(kept.inrelease(st.inrelease_sha256).is_file() for st in lk.debian.suites)
+
+
+def _export_kept(s: Any, lk: Any, dest: Path, status: Any) -> list[Path]:
+    """Write the Debian audit inputs of lock `lk` into `dest` (lockbuild.lock.d/debian)."""
+    from lockbuild.fetch.cache import Cache
+    from lockbuild.resolve.debian import export_audit_inputs
+
+    return export_audit_inputs(lk.debian, lk.target.base.split(":", 1)[1], lk.target.platform, Cache(), dest,
+                               mirror=s.mirror, security_mirror=s.security_mirror, keyring=s.keyrings or None,
+                               kept=dest if dest.is_dir() else None,
+                               progress=(lambda m: status.update(escape(m))) if status else None)
+
+
 def _rederive_check(s: Any, current: Any, path: Path, as_json: bool) -> None:
     """`lock --check --rederive`: derive the lock again at its pins and compare field by field."""
     from lockbuild.errors import LockMismatch
     from lockbuild.fetch.cache import Cache
     from lockbuild.lock.audit import rederive as audit
+    from lockbuild.resolve.archive import KeptInputs
 
+    kept = KeptInputs.beside(path).root
+    notes: list[str] = []
     with err.status("re-deriving the lock…") as status:
-        diffs = audit(s, current, Cache(), notify=lambda m: status.update(escape(m)))
+        diffs = audit(s, current, Cache(), notify=lambda m: status.update(escape(m)),
+                      kept=kept if kept.is_dir() else None, notes=notes)
+    if not as_json:
+        for note in notes:
+            err.print(f"[yellow]note[/] {escape(note)}")
     if as_json:
         emit_json({"lock": str(path), "fresh": True, "rederived": True, "genuine": not diffs,
-                   "differences": [d.to_dict() for d in diffs]})
+                   "differences": [d.to_dict() for d in diffs], "notes": notes})
     if diffs:
         shown = [str(d) for d in diffs[:20]] + ([f"… and {len(diffs) - 20} more"] if len(diffs) > 20 else [])
         raise LockMismatch(
@@ -224,7 +294,41 @@ def export_pylock(
     err.print(f"[green]wrote[/] {output} ({len(lk.python.packages)} packages)")
 
 
+def export_audit_inputs(
+    spec: SpecOpt = Path("lockbuild.toml"),
+    lock_file: LockOpt = None,
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", help="directory (default: lockbuild.lock.d/ beside the lock)")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Keep what `lock --check --rederive` needs beside the lock, so the audit runs later anywhere.
+
+    Writes lockbuild.lock.d/debian/: the signed InRelease files the lock pins, small Packages
+    indexes whole, and of a big index only the stanzas the closure reads (docs/lock.md). Commit the
+    directory with the lock; once it exists, `lockbuild lock` keeps it up to date.
+
+    Example: [bold]lockbuild export audit-inputs && git add lockbuild.lock.d[/]
+    """
+    from lockbuild.lock.io import read_lock
+    from lockbuild.spec import load_spec
+
+    s = load_spec(spec)
+    path = lock_path(s.path, lock_file)
+    lk = read_lock(path)
+    dest = (output / "debian") if output is not None else path.with_name(path.name + ".d") / "debian"
+    with err.status("keeping the audit inputs…") as status:
+        files = _export_kept(s, lk, dest, status)
+    size = sum(p.stat().st_size for p in files)
+    if as_json:
+        emit_json({"lock": str(path), "directory": str(dest.parent), "files": [str(p) for p in files],
+                   "bytes": size})
+    else:
+        err.print(f"[green]wrote[/] {dest.parent}/ ({len(files)} files, {size / 1e3:,.0f} kB): "
+                  f"`lockbuild lock --check --rederive` now needs no cache")
+
+
 def register(app: typer.Typer, export_app: typer.Typer) -> None:
     app.command()(init)
     app.command()(lock)
     export_app.command("pylock")(export_pylock)
+    export_app.command("audit-inputs")(export_audit_inputs)

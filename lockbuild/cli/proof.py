@@ -24,8 +24,10 @@ def verify(
                                              "signature and signed attestations naming this lock")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Prove an image against the lock: the image the lock determines is derived with the builder's own
-    code and compared layer by layer, entry by entry, and config (exits 13 on any difference).
+    """Prove an image against the lock, layer by layer and entry by entry (exit 13 on any difference).
+
+    The image the lock determines is derived with the builder's own code and compared with IMAGE:
+    every layer, every entry, and the config.
     With --key, first the image's signature (exit 32 none, 33 invalid), its signed attestations (34)
     and the lock they name (35) are checked; then the digest that was signed is compared.
 
@@ -96,8 +98,9 @@ def smoke(
                                             "against the lock (unsafe: it runs whatever the image holds)")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Verify the image against the lock, then run it in a real Docker engine and check real predictions
-    (container always removed). An image that fails verify is never run.
+    """Verify the image, then serve real predictions from it in a real Docker engine.
+
+    An image that fails verify is never run; the container is always removed.
 
     Example: [bold]lockbuild smoke out/oci[/]   (engine: scripts/dockerd.sh start)
     """
@@ -188,7 +191,8 @@ def doctor(
     else:
         for f in findings:
             color = "red" if f.severity == "error" else "yellow"
-            err.print(f"[{color}]{f.severity}[/] [{f.rule}] {escape(f.message)}\n  why: {escape(f.why)}\n"
+            rule = escape(f"[{f.rule}]")  # unescaped, Rich takes [rule-name] for a style and drops it
+            err.print(f"[{color}]{f.severity}[/] {rule} {escape(f.message)}\n  why: {escape(f.why)}\n"
                       f"  fix: {escape(f.fix)}")
         if not findings:
             err.print("[green]doctor: no findings[/]")

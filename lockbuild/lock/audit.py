@@ -4,11 +4,16 @@ The lock's `# content:` header only catches accidental edits: anyone can recompu
 audit re-derives every field from the spec and the model at the lock's recorded pins:
 
 - Debian: the exact InRelease files the lock names (by sha256), from the content-addressed
-  cache (`lock` keeps every verified InRelease and Packages index there) or from the live archive
-  if it still serves those bytes; each is re-verified (signature against the configured keyring,
-  Codename, Packages index hashes) and the closure is recomputed.
-- Python: uv resolves the same requirements again with the lock's `exclude-newer` cutoff; wheel
-  URLs and sha256 come from the index, never from the lock.
+  cache (`lock` keeps every verified InRelease and Packages index there), the audit inputs kept
+  beside the lock (`lockbuild.lock.d/`, `lockbuild export audit-inputs`), the live archive if it
+  still serves those bytes, or a snapshot archive (LOCKBUILD_SNAPSHOT_URL); each is re-verified
+  (signature against the configured keyring, Codename, Packages index hashes) and the closure is
+  recomputed.
+- Python: uv resolves the same requirements again with the lock's `exclude-newer` cutoff and the
+  lock's versions as preferences (as `lock` re-locks); wheel URLs and sha256 come from the index,
+  never from the lock. So a version is accepted when the resolver accepts it for these inputs at
+  this cutoff (a stable re-lock keeps older pins); another allowed release, edited in together
+  with its own index data, is not a difference — `lockbuild diff` shows version moves in review.
 - Everything else (target, runtime, model files, image) is derived as `lock` derives it.
 
 The derived lock is compared field by field with the file. What cannot be re-derived is the
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from lockbuild.fetch.cache import Cache
@@ -87,7 +93,8 @@ def _compare_keyed(a: dict, b: dict, name: Callable[[str], str]) -> list[Differe
     return out
 
 
-def derive_lock(spec: Spec, lock: Lock, cache: Cache, notify: Notify = lambda _m: None) -> Lock:
+def derive_lock(spec: Spec, lock: Lock, cache: Cache, notify: Notify = lambda _m: None,
+                kept: Path | None = None, notes: list[str] | None = None) -> Lock:
     """The lock `lock` would write for this spec and model at `lock`'s pins (cutoff, InRelease files)."""
     source = fetch_model(spec.model_uri, tracking_uri=spec.tracking_uri, base_dir=spec.root)
     try:
@@ -100,7 +107,7 @@ def derive_lock(spec: Spec, lock: Lock, cache: Cache, notify: Notify = lambda _m
         notify(f"re-deriving Debian {codename}/{arch} from the locked InRelease files")
         deb = debian.resolve_debian(codename, arch, roots, cache, locked=lock.debian, mirror=spec.mirror,
                                     security_mirror=spec.security_mirror, keyring=spec.keyrings or None,
-                                    progress=notify)
+                                    progress=notify, kept=kept, notes=notes)
         # `lock` keeps a previous lock's Debian side and cutoff when its inputs changed: hand it the
         # re-derived Debian side and the recorded cutoff, with an inputs digest that never matches.
         previous = replace(lock, inputs_digest="", debian=deb,
@@ -113,9 +120,10 @@ def derive_lock(spec: Spec, lock: Lock, cache: Cache, notify: Notify = lambda _m
         source.cleanup()
 
 
-def rederive(spec: Spec, lock: Lock, cache: Cache, notify: Notify = lambda _m: None) -> list[Difference]:
+def rederive(spec: Spec, lock: Lock, cache: Cache, notify: Notify = lambda _m: None,
+             kept: Path | None = None, notes: list[str] | None = None) -> list[Difference]:
     """Every field where `lock` differs from what its spec and model derive at its pins ([] = genuine)."""
-    derived = derive_lock(spec, lock, cache, notify)
+    derived = derive_lock(spec, lock, cache, notify, kept=kept, notes=notes)
     diffs = compare(to_dict(lock), to_dict(derived))
     # Locks written before signer fingerprints were recorded have no `signed-by`: nothing to compare
     # (the InRelease files were still re-verified against the configured keyring above).

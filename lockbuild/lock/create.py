@@ -1,8 +1,11 @@
 """The `lock` stage: spec + model -> Lock. The only place that calls the resolvers.
 
 Re-locking with unchanged inputs (spec, model tree, tool version) returns the previous lock
-as it is: no resolution, identical bytes. Without --upgrade, the Debian side and the
-exclude-newer cutoff stay as locked even when other inputs change.
+as it is: no resolution, identical bytes. Without --upgrade, a re-lock moves nothing it was not
+asked to move: the exclude-newer cutoff and the Debian archive state (the locked InRelease files)
+stay, and uv gets the previous Python pins as preferences, so only what the changed inputs require
+moves (an index that changed under the same cutoff moves nothing). `--upgrade-package NAME` lets
+NAME move (cutoff: now); `--upgrade` re-resolves everything. Every move is reported (`Move`).
 """
 
 from __future__ import annotations
@@ -12,14 +15,16 @@ import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from pathlib import Path
 
+from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 from lockbuild import __version__
 from lockbuild.assemble.prune import DEFAULT_OMIT, DEFAULT_PRUNE
 from lockbuild.digest import short
-from lockbuild.errors import PythonVersionError, SpecError
+from lockbuild.errors import AuditUnavailable, PythonVersionError, ResolveError, SpecError
 from lockbuild.fetch.cache import Cache
 from lockbuild.fetch.model import cache_model_files, cache_model_tree
 from lockbuild.fsutil import sha256_bytes
@@ -75,12 +80,34 @@ def default_omit(spec: Spec, resolved: set[str]) -> set[str]:
     return {n for n in DEFAULT_OMIT if n in resolved and n not in wanted}
 
 
+@dataclass(frozen=True)
+class Move:
+    """One pin that a re-lock moved: what, from, to and why."""
+
+    kind: str  # "python" | "debian" | "cutoff"
+    name: str
+    old: str | None  # None: added
+    new: str | None  # None: removed
+    why: str
+
+    def __str__(self) -> str:
+        if self.old is None:
+            return f"{self.kind} {self.name}: added {self.new} ({self.why})"
+        if self.new is None:
+            return f"{self.kind} {self.name}: removed {self.old} ({self.why})"
+        return f"{self.kind} {self.name}: {self.old} -> {self.new} ({self.why})"
+
+    def to_dict(self) -> dict[str, str | None]:
+        return {"kind": self.kind, "name": self.name, "old": self.old, "new": self.new, "why": self.why}
+
+
 @dataclass
 class LockResult:
     lock: Lock
     reused: bool  # inputs unchanged: nothing was resolved
     notes: list[str] = field(default_factory=list)  # warnings worth showing (patch drift, ...)
     pruned_files: dict[str, int] | None = None  # {distribution: files pruned}; None: not counted (reused)
+    moves: list[Move] = field(default_factory=list)  # pins that moved against the previous lock
 
 
 def _digest(obj: object) -> str:
@@ -133,12 +160,16 @@ def runtime_env(spec: Spec, info: ModelInfo, wheels_by_name: dict[str, str]) -> 
 
 
 def make_lock(spec: Spec, *, previous: Lock | None, upgrade: bool, cache: Cache,
-              notify: Notify = lambda _m: None) -> LockResult:
+              notify: Notify = lambda _m: None, upgrade_packages: tuple[str, ...] = (),
+              kept: Path | None = None) -> LockResult:
     source = fetch_model(spec.model_uri, tracking_uri=spec.tracking_uri, base_dir=spec.root)
     try:
         notify(f"model {source.resolved_uri}")
         info = read_model(source.path)
-        result = _make_lock(spec, source, info, previous=previous, upgrade=upgrade, cache=cache, notify=notify)
+        result = _make_lock(spec, source, info, previous=previous, upgrade=upgrade, cache=cache, notify=notify,
+                            upgrade_packages=upgrade_packages, kept=kept)
+        if previous is not None and not result.reused:
+            result.moves = moves(previous, result.lock, upgrade=upgrade, upgrade_packages=upgrade_packages)
         cache_model_tree(source.path, result.lock.model, cache)  # builds then need no model source
         return result
     finally:
@@ -146,10 +177,16 @@ def make_lock(spec: Spec, *, previous: Lock | None, upgrade: bool, cache: Cache,
 
 
 def _make_lock(spec: Spec, source: ModelSource, info: ModelInfo, *, previous: Lock | None, upgrade: bool,
-               cache: Cache, notify: Notify) -> LockResult:
+               cache: Cache, notify: Notify, upgrade_packages: tuple[str, ...] = (),
+               kept: Path | None = None) -> LockResult:
     inputs = input_digests(spec, source, info)
     digest = combined_digest(inputs)
-    if previous is not None and not upgrade and previous.inputs_digest == digest:
+    upgrade_names = {canonicalize_name(n) for n in upgrade_packages}
+    # a Debian package name moves the Debian archive state (all suites) to today's; Python names move pins
+    debian_names = {d.name for d in previous.debian.packages} if previous is not None else set()
+    upgrade_debian = bool({n for n in upgrade_packages if n in debian_names})
+    upgrade_names -= {canonicalize_name(n) for n in upgrade_packages if n in debian_names}
+    if previous is not None and not upgrade and not upgrade_packages and previous.inputs_digest == digest:
         return LockResult(previous, reused=True)
     notes: list[str] = []
 
@@ -159,11 +196,31 @@ def _make_lock(spec: Spec, source: ModelSource, info: ModelInfo, *, previous: Lo
     codename = spec.base.split(":", 1)[1] if spec.base else choice.codename
     arch = runtime.debian_arch(spec.platform)
     roots = tuple(sorted(set(debian.default_roots(choice.interpreter_package)) | set(spec.debian_packages)))
-    keep_debian = (previous is not None and not upgrade and previous.debian.roots == roots
+    keep_debian = (previous is not None and not upgrade and not upgrade_debian and previous.debian.roots == roots
                    and previous.target.base == f"debian:{codename}" and previous.target.platform == spec.platform)
+    same_base = (previous is not None and not upgrade and not upgrade_debian
+                 and previous.target.base == f"debian:{codename}"
+                 and previous.target.platform == spec.platform)
     if keep_debian:
         assert previous is not None
         deb_lock = previous.debian
+    elif same_base:  # other roots: close them over the archive state the lock pins, so nothing else moves
+        assert previous is not None
+        notify(f"resolving Debian {codename}/{arch} at the locked InRelease files")
+        subset: list[str] = []  # kept stanzas are enough to audit a closure, never to close new roots
+        try:
+            deb_lock = debian.resolve_debian(codename, arch, roots, cache, mirror=spec.mirror,
+                                             security_mirror=spec.security_mirror, keyring=spec.keyrings or None,
+                                             locked=previous.debian, kept=kept, notes=subset)
+            if subset:
+                raise AuditUnavailable("; ".join(subset))
+        except (AuditUnavailable, ResolveError) as e:
+            if isinstance(e, ResolveError) and not subset:  # a real resolution error of the new roots
+                raise
+            notes.append(f"the locked Debian archive state is not available ({e.message}); resolved against "
+                         "the live archive instead")
+            deb_lock = debian.resolve_debian(codename, arch, roots, cache, mirror=spec.mirror,
+                                             security_mirror=spec.security_mirror, keyring=spec.keyrings or None)
     else:
         notify(f"resolving Debian {codename}/{arch}")
         deb_lock = debian.resolve_debian(codename, arch, roots, cache, mirror=spec.mirror,
@@ -183,10 +240,13 @@ def _make_lock(spec: Spec, source: ModelSource, info: ModelInfo, *, previous: Lo
 
     if spec.exclude_newer:
         exclude_newer = spec.exclude_newer
-    elif previous is not None and not upgrade:
+    elif previous is not None and not upgrade and not upgrade_names:
         exclude_newer = previous.python.exclude_newer
     else:
         exclude_newer = now_utc()
+    # the previous pins as uv preferences: kept unless the inputs exclude them (or --upgrade[-package])
+    preferences = ({w.name: w.version for w in previous.python.packages if w.name not in upgrade_names}
+                   if previous is not None and not upgrade else None)
 
     mlflow_version = info.mlflow_version
     reqs = (model_requirements(info.requirements, serving=spec.serving, exclude=spec.exclude)
@@ -205,7 +265,8 @@ def _make_lock(spec: Spec, source: ModelSource, info: ModelInfo, *, previous: Lo
     created = created_time(exclude_newer, deb_lock)
     epoch = int(datetime.fromisoformat(created.replace("Z", "+00:00")).timestamp())
     resolve_kw = dict(target=py_target, index_url=index_url, exclude_newer=exclude_newer,
-                      extra_index_urls=info.extra_index_urls, bundled=bundled, cache=cache, epoch=epoch, notify=notify)
+                      extra_index_urls=info.extra_index_urls, bundled=bundled, cache=cache, epoch=epoch, notify=notify,
+                      preferences=preferences)
     wheels = resolve_python(reqs, list(info.constraints), **resolve_kw)  # type: ignore[arg-type]
     server = serving_server(wheels)
     if server is None:  # an older MLflow 2 whose scoring server is a Flask app
@@ -272,6 +333,67 @@ def _make_lock(spec: Spec, source: ModelSource, info: ModelInfo, *, previous: Lo
         build=build,
     )
     return LockResult(lock, reused=False, notes=notes, pruned_files=pruned_files)
+
+
+def moves(old: Lock, new: Lock, *, upgrade: bool, upgrade_packages: tuple[str, ...] = ()) -> list[Move]:
+    """Every pin that differs between two locks, with the reason lockbuild let it move."""
+    named = {canonicalize_name(n) for n in upgrade_packages}
+    out: list[Move] = []
+    if old.python.exclude_newer != new.python.exclude_newer:
+        why = "--upgrade" if upgrade else ("--upgrade-package" if upgrade_packages else
+                                           "[python] exclude-newer in the spec")
+        out.append(Move("cutoff", "exclude-newer", old.python.exclude_newer, new.python.exclude_newer, why))
+    reqs = [_requirement(r) for r in new.python.requirements]
+    a = {w.name: w.version for w in old.python.packages}
+    b = {w.name: w.version for w in new.python.packages}
+    for name in sorted(set(a) | set(b)):
+        if a.get(name) == b.get(name):
+            continue
+        if upgrade:
+            why = "--upgrade"
+        elif name in named:
+            why = f"--upgrade-package {name}"
+        elif name not in a:
+            why = "a new requirement of the changed inputs"
+        elif name not in b:
+            why = "no longer required (or omitted) by the changed inputs"
+        else:
+            excluded = [str(r) for r in reqs if r is not None and canonicalize_name(r.name) == name
+                        and r.specifier and not r.specifier.contains(a[name], prereleases=True)]
+            why = (f"the requirement {excluded[0]!r} excludes {a[name]}" if excluded else
+                   f"the resolver could not keep {a[name]} with the changed inputs")
+        out.append(Move("python", name, a.get(name), b.get(name), why))
+    da = {d.name: d.version for d in old.debian.packages}
+    db = {d.name: d.version for d in new.debian.packages}
+    same_state = [s.inrelease_sha256 for s in old.debian.suites] == [s.inrelease_sha256 for s in new.debian.suites]
+    for name in sorted(set(da) | set(db)):
+        if da.get(name) == db.get(name):
+            continue
+        debian_named = sorted(n for n in upgrade_packages if n in da)
+        if upgrade:
+            why = "--upgrade"
+        elif debian_named:
+            why = f"--upgrade-package {debian_named[0]}: the Debian archive state moved to today's"
+        elif (old.target.base, old.target.platform) != (new.target.base, new.target.platform):
+            why = f"the target changed ({old.target.base} {old.target.platform} -> {new.target.base} " \
+                  f"{new.target.platform})"
+        elif not same_state:
+            why = "the locked Debian archive state was not available: resolved live"
+        elif name not in da:
+            why = "pulled in by a new Debian root"
+        elif name not in db:
+            why = "no longer needed by the Debian roots"
+        else:
+            why = "the changed Debian roots require it"
+        out.append(Move("debian", name, da.get(name), db.get(name), why))
+    return out
+
+
+def _requirement(line: str) -> Requirement | None:
+    try:
+        return Requirement(line)
+    except InvalidRequirement:
+        return None
 
 
 def explain_stale(spec: Spec, lock: Lock) -> list[str]:

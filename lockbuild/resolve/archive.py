@@ -12,7 +12,10 @@ Per suite (``<codename>``, ``-updates``, ``-security``):
    the builder's downloads are checked against it.
 
 For ``lock --check --rederive``, ``pinned_inrelease`` finds the exact InRelease a lock recorded
-(by sha256) so it can be verified again. The solver lives in closure.py; debian.py composes both.
+(by sha256) so it can be verified again: from the cache, the audit inputs kept beside the lock
+(``lockbuild.lock.d/debian/``, see ``KeptInputs``), the live archive, or a snapshot archive
+(``LOCKBUILD_SNAPSHOT_URL``, e.g. https://snapshot.debian.org). The solver lives in closure.py;
+debian.py composes both.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import gzip
 import io
 import json
 import lzma
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -53,6 +57,64 @@ INDEX_FIELDS = (
 )
 INDEX_CACHE_NS = "debian-index"
 INDEX_FORMAT = 2  # bump when the cached reduced-index layout changes
+# Audit inputs kept beside a lock (lockbuild.lock.d/debian/): a Packages index up to this size is kept
+# whole (its signed sha256 is checked again); a bigger one only as the stanzas the closure read.
+KEEP_WHOLE_INDEX_MAX = 512 * 1024
+SNAPSHOT_ENV = "LOCKBUILD_SNAPSHOT_URL"  # e.g. https://snapshot.debian.org (unset: not used)
+
+
+def snapshot_base() -> str:
+    return os.environ.get(SNAPSHOT_ENV, "").strip().rstrip("/")
+
+
+def snapshot_dists(locked: Suite, base: str = "https://snapshot.debian.org") -> str:
+    return f"{base}/archive/{locked.snapshot_archive}/{locked.snapshot}/dists/{locked.name}"
+
+
+@dataclass(frozen=True)
+class KeptInputs:
+    """The audit inputs kept beside a lock: `<lock>.d/debian/` holds, named by sha256,
+    ``<hex>.InRelease`` (the signed files), ``<hex>.Packages.xz|.gz`` (a small index, whole) and
+    ``<hex>.stanzas.json`` (a big index's stanzas the closure reads; <hex> is the WHOLE index's
+    signed sha256). Everything read from here is checked like a download: by its sha256, and the
+    InRelease by its signature; stanzas can be checked against the signed index only where the
+    whole index is reachable (cache, archive, snapshot) — the audit says when it could not."""
+
+    root: Path  # lockbuild.lock.d/debian
+
+    @classmethod
+    def beside(cls, lock_path: Path) -> KeptInputs:
+        return cls(lock_path.with_name(lock_path.name + ".d") / "debian")
+
+    def inrelease(self, sha256: str) -> Path:
+        return self.root / f"{to_hex(sha256)}.InRelease"
+
+    def index(self, f: IndexFile) -> Path:
+        return self.root / f"{to_hex(f.sha256)}.{f.path.rsplit('/', 1)[-1]}"
+
+    def stanzas(self, f: IndexFile) -> Path:
+        return self.root / f"{to_hex(f.sha256)}.stanzas.json"
+
+    def read_stanzas(self, f: IndexFile) -> list[dict[str, str]] | None:
+        p = self.stanzas(f)
+        if not p.is_file():
+            return None
+        try:
+            doc = json.loads(p.read_bytes())
+            ok = (doc.get("index") == f.sha256 and int(doc.get("size", -1)) == f.size
+                  and isinstance(doc.get("stanzas"), list))
+        except (ValueError, AttributeError, TypeError):
+            ok = False
+        if not ok:
+            raise IntegrityError(f"{p}: not the stanzas of {f.path} ({f.sha256})",
+                                 hint="re-export the audit inputs with `lockbuild export audit-inputs`")
+        keep, pin = set(INDEX_FIELDS), ("Package", "Version", "Filename", "Size", "SHA256")
+        entries = [{k: str(v) for k, v in e.items() if k in keep} for e in doc["stanzas"] if isinstance(e, dict)]
+        if len(entries) != len(doc["stanzas"]) or not all(all(k in e for k in pin) and e["Size"].isdigit()
+                                                          for e in entries):
+            raise IntegrityError(f"{p}: a stanza lacks one of {', '.join(pin)} (or its Size is not a number)",
+                                 hint="re-export the audit inputs with `lockbuild export audit-inputs`")
+        return entries
 
 
 # -- suites ---------------------------------------------------------------------------------------
@@ -145,12 +207,20 @@ def _by_hash_url(src: SuiteSource, f: IndexFile) -> str:
     return f"{src.dists}/{f.path.rsplit('/', 1)[0]}/by-hash/SHA256/{to_hex(f.sha256)}"
 
 
-def fetch_index(http: httpx.Client, cache: Cache, src: SuiteSource, f: IndexFile, by_hash: bool) -> Path:
-    """The verified compressed index from the cache, or downloaded and checked against the Release."""
+def fetch_index(http: httpx.Client, cache: Cache, src: SuiteSource, f: IndexFile, by_hash: bool,
+                kept: KeptInputs | None = None, snapshot: str = "") -> Path:
+    """The verified compressed index from the cache, or the kept audit inputs, or downloaded (archive,
+    then the snapshot archive's dists/ URL when given) and checked against the Release."""
     cached = cache.get(f.sha256, f.size)
     if cached is not None:
         return cached
-    urls = ([_by_hash_url(src, f)] if by_hash else []) + [f"{src.dists}/{f.path}"]
+    if kept is not None and (p := kept.index(f)).is_file():
+        kept_bytes = p.read_bytes()
+        if sha256_bytes(kept_bytes) == f.sha256 and len(kept_bytes) == f.size:
+            cache.put_bytes(kept_bytes, f.sha256)
+            return cache.path(f.sha256)
+    urls = (([_by_hash_url(src, f)] if by_hash else []) + [f"{src.dists}/{f.path}"]
+            + ([f"{snapshot}/{f.path}"] if snapshot else []))
     data, url, last = None, "", None
     for url in urls:
         try:
@@ -215,6 +285,8 @@ def load_index(cache: Cache, path: Path, sha256: str, label: str = "Packages") -
 class LoadedSuite:
     suite: Suite
     entries: list[dict[str, str]]
+    index: IndexFile | None = None  # the signed Packages index the entries come from
+    unverified: str = ""  # entries are kept stanzas the signed index could not be checked against: why
 
 
 def load_suite(http: httpx.Client, cache: Cache, src: SuiteSource, arch: str,
@@ -226,14 +298,25 @@ def load_suite(http: httpx.Client, cache: Cache, src: SuiteSource, arch: str,
 
 def load_verified_suite(http: httpx.Client, cache: Cache, src: SuiteSource, arch: str,
                          keyring: Path | Sequence[Path], say: Notify, inrelease: bytes,
-                         now: datetime | None = None) -> LoadedSuite:
+                         now: datetime | None = None, kept: KeptInputs | None = None,
+                         snapshot: str = "") -> LoadedSuite:
     sig = check_inrelease(inrelease, keyring, src.name)
     release = parse_release(sig.text, src, now)
     inrelease_sha = cache.put_bytes(inrelease)  # only verified bytes enter the cache (kept for audits)
     f = index_file(release, arch, src.name)
     by_hash = release.get("Acquire-By-Hash", "").strip().lower() == "yes"
-    path = fetch_index(http, cache, src, f, by_hash)
-    entries = load_index(cache, path, f.sha256, f"{src.name} {f.path}")
+    unverified = ""
+    try:
+        path = fetch_index(http, cache, src, f, by_hash, kept, snapshot)
+        entries = load_index(cache, path, f.sha256, f"{src.name} {f.path}")
+    except FetchError as e:
+        stanzas = kept.read_stanzas(f) if kept is not None else None
+        if stanzas is None or kept is None:
+            raise
+        entries = stanzas
+        unverified = (f"{src.name}: {len(entries)} kept stanzas of {f.path} ({kept.stanzas(f).name}) were used; "
+                      f"the signed index ({f.sha256}) itself is not reachable ({e.message}), so they are "
+                      f"trusted as the commit that carries them")
     say(f"{src.name}: InRelease verified (Date {release['Date']}), {f.path} {f.size / 1e6:.1f} MB, "
         f"{len(entries)} packages")
     suite = Suite(
@@ -241,28 +324,42 @@ def load_verified_suite(http: httpx.Client, cache: Cache, src: SuiteSource, arch
         snapshot=snapshot_timestamp(release["Date"]), snapshot_archive=src.snapshot_archive,
         signed_by=sig.signers,
     )
-    return LoadedSuite(suite, entries)
+    return LoadedSuite(suite, entries, f, unverified)
 
 
 # -- re-derivation (lock --check --rederive) ------------------------------------------------------
-def pinned_inrelease(http: httpx.Client, cache: Cache, src: SuiteSource, locked: Suite) -> bytes:
-    """The exact InRelease the lock recorded: from the cache, else from the live archive if it still
-    serves those bytes. snapshot.debian.org is not used (often unreachable); say so when neither has it."""
+def pinned_inrelease(http: httpx.Client, cache: Cache, src: SuiteSource, locked: Suite,
+                     kept: KeptInputs | None = None) -> bytes:
+    """The exact InRelease the lock recorded: from the cache, the kept audit inputs, the live archive
+    if it still serves those bytes, or the snapshot archive (LOCKBUILD_SNAPSHOT_URL); else say exactly
+    which file is missing and how to get it."""
     cached = cache.get(locked.inrelease_sha256)
     if cached is not None:
         return cached.read_bytes()
-    live: bytes | None = None
-    try:
-        live = download.fetch_bytes(f"{src.dists}/InRelease", http=http)
-        why = f"the live archive now serves another one ({sha256_bytes(live)})"
-    except FetchError as e:
-        why = f"the live archive is unreachable ({e.message})"
-    if live is None or sha256_bytes(live) != locked.inrelease_sha256:
-        raise AuditUnavailable(
-            f"{src.name}: the InRelease the lock recorded ({locked.inrelease_sha256}, Date {locked.date}) "
-            f"is not in the cache and {why}",
-            hint="re-derive where `lockbuild lock` ran (its LOCKBUILD_CACHE keeps every verified InRelease), or "
-            f"from a cache holding https://snapshot.debian.org/archive/{locked.snapshot_archive}/{locked.snapshot}/"
-            f"dists/{src.name}/InRelease (stored by its sha256)",
-        )
-    return live
+    tried = ["the cache"]
+    if kept is not None:
+        p = kept.inrelease(locked.inrelease_sha256)
+        if p.is_file() and sha256_bytes(data := p.read_bytes()) == locked.inrelease_sha256:
+            return data
+        tried.append(f"{p} ({'other bytes' if p.is_file() else 'absent'})")
+    urls = [(f"{src.dists}/InRelease", "the live archive")]
+    if snapshot_base():
+        urls.append((f"{snapshot_dists(locked, snapshot_base())}/InRelease", "the snapshot archive"))
+    for url, what in urls:
+        try:
+            live = download.fetch_bytes(url, http=http)
+        except FetchError as e:
+            tried.append(f"{what} ({e.message})")
+            continue
+        if sha256_bytes(live) == locked.inrelease_sha256:
+            return live
+        tried.append(f"{what} (serves another one now, {sha256_bytes(live)})")
+    snap = f"{snapshot_dists(locked)}/InRelease"
+    raise AuditUnavailable(
+        f"{src.name}: the InRelease the lock recorded ({locked.inrelease_sha256}, Date {locked.date}) is "
+        f"missing; tried: {'; '.join(tried)}",
+        hint=f"it is {snap} . Either run `lockbuild export audit-inputs` where `lockbuild lock` ran and commit "
+        f"the {KeptInputs.beside(Path('lockbuild.lock')).root.parent.name}/ directory beside the lock, or set "
+        f"{SNAPSHOT_ENV}=https://snapshot.debian.org (or a mirror of it), or save that file as "
+        f"lockbuild.lock.d/debian/{to_hex(locked.inrelease_sha256)}.InRelease",
+    )

@@ -126,6 +126,7 @@ class Closure:
         self.why: dict[str, tuple[str | None, str]] = {}  # name -> (parent or None for a root, relation)
         self.skipped: set[str] = set()
         self.queue: deque[str] = deque()
+        self.looked_up: set[str] = set()  # every name satisfiers() asked for (the audit keeps their stanzas)
 
     @cached_property
     def providers(self) -> dict[str, list[tuple[str, str | None]]]:
@@ -160,6 +161,7 @@ class Closure:
     def satisfiers(self, alt: dict) -> list[Candidate]:
         """Candidates that satisfy one alternative: the real package first, then providers."""
         out = []
+        self.looked_up.add(alt["name"])
         real = self.index.get(alt["name"])
         if real is not None and self._real_ok(real, alt):
             out.append(real)

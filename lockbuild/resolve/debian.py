@@ -7,6 +7,7 @@ with ``locked=`` lock --check --rederive), and names the default roots of a serv
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,12 +22,17 @@ from lockbuild.resolve.archive import (
     DEFAULT_KEYRING,
     DEFAULT_MIRROR,
     DEFAULT_SECURITY_MIRROR,
+    KEEP_WHOLE_INDEX_MAX,
+    SNAPSHOT_ENV,
+    KeptInputs,
     LoadedSuite,
     SuiteSource,
     load_suite,
     load_verified_suite,
     pinned_inrelease,
     rfc2822,
+    snapshot_base,
+    snapshot_dists,
     suite_sources,
 )
 from lockbuild.resolve.closure import DEFAULT_EXCLUDE, Closure, merge_suites
@@ -65,6 +71,8 @@ def resolve_debian(
     progress: Notify | None = None,
     exclude: Sequence[str] = DEFAULT_EXCLUDE,
     locked: DebianLock | None = None,
+    kept: Path | None = None,
+    notes: list[str] | None = None,
 ) -> DebianLock:
     """Lock the Pre-Depends/Depends closure of `roots` from the signed suites of `codename`.
 
@@ -75,27 +83,34 @@ def resolve_debian(
     With `locked` (lock --check --rederive) the suites are the signed InRelease files that lock
     names (by sha256), not the live ones: each is re-verified (signature, keyring, Codename;
     Valid-Until is judged at its own Date, since the lock pins a past archive state) and every
-    Packages index is re-checked against it, from the cache or the live archive's by-hash store.
+    Packages index is re-checked against it, from the cache, the audit inputs kept beside the lock
+    (`kept`: lockbuild.lock.d, archive.KeptInputs), the live archive's by-hash store or the snapshot
+    archive. Kept stanzas the signed index could not be checked against are named in `notes`.
     """
     arch = debian_arch(arch)
     say: Notify = progress or quiet
     sources = suite_sources(codename, mirror, security_mirror)
     keyring = keyring or DEFAULT_KEYRING
+    keep = KeptInputs(kept) if kept is not None else None
     with download.client() as http:
         if locked is None:
             loaded = [load_suite(http, cache, src, arch, keyring, say) for src in sources]
         else:
-            loaded = [_load_locked_suite(http, cache, src, arch, keyring, say, locked) for src in sources]
+            loaded = [_load_locked_suite(http, cache, src, arch, keyring, say, locked, keep) for src in sources]
+    if notes is not None:
+        notes += [ls.unverified for ls in loaded if ls.unverified]
     return _close(loaded, sources, arch, roots, exclude, say)
 
 
 def _close(loaded: Sequence[LoadedSuite], sources: Sequence[SuiteSource], arch: str, roots: Sequence[str],
-           exclude: Sequence[str], say: Notify) -> DebianLock:
+           exclude: Sequence[str], say: Notify, closure_out: list[Closure] | None = None) -> DebianLock:
     index = merge_suites([(ls.suite.name, ls.entries) for ls in loaded])
     closure = Closure(index, arch, [s.name for s in sources], exclude)
     for root in roots:
         closure.add_root(root)
     chosen = closure.run()
+    if closure_out is not None:
+        closure_out.append(closure)
     debs = tuple(c.to_deb(arch) for c in chosen)
     say(f"debian closure: {len(debs)} packages, {sum(d.size for d in debs) / 1e6:.1f} MB of .debs"
         + (f" (excluded: {', '.join(sorted(closure.skipped))})" if closure.skipped else ""))
@@ -104,7 +119,8 @@ def _close(loaded: Sequence[LoadedSuite], sources: Sequence[SuiteSource], arch: 
 
 # -- re-derivation (lock --check --rederive) -------------------------------------------------
 def _load_locked_suite(http: httpx.Client, cache: Cache, src: SuiteSource, arch: str,
-                       keyring: Path | Sequence[Path], say: Notify, locked: DebianLock) -> LoadedSuite:
+                       keyring: Path | Sequence[Path], say: Notify, locked: DebianLock,
+                       kept: KeptInputs | None = None) -> LoadedSuite:
     """One suite from the InRelease `locked` recorded for it."""
     by_name = {s.name: s for s in locked.suites}
     suite = by_name.get(src.name)
@@ -112,15 +128,91 @@ def _load_locked_suite(http: httpx.Client, cache: Cache, src: SuiteSource, arch:
         raise AuditUnavailable(
             f"the lock records no Debian suite {src.name} (it has: {', '.join(by_name) or 'none'})",
             hint="the lock does not belong to this spec: re-create it with `lockbuild lock --upgrade`")
-    inrelease = pinned_inrelease(http, cache, src, suite)
+    inrelease = pinned_inrelease(http, cache, src, suite, kept)
     when = rfc2822(suite.date, src.name)
+    snap = snapshot_base()
     try:
-        return load_verified_suite(http, cache, src, arch, keyring, say, inrelease, now=when)
+        return load_verified_suite(http, cache, src, arch, keyring, say, inrelease, now=when, kept=kept,
+                                   snapshot=snapshot_dists(suite, snap) if snap else "")
     except FetchError as e:
         raise AuditUnavailable(
-            f"{src.name}: a Packages index the locked InRelease names is neither in the cache nor on the "
-            f"live archive ({e.message})",
-            hint="re-derive where `lockbuild lock` ran (its LOCKBUILD_CACHE keeps the index), or from a "
-            f"cache holding it from https://snapshot.debian.org/archive/{suite.snapshot_archive}/"
-            f"{suite.snapshot}/",
+            f"{src.name}: a Packages index the locked InRelease names is neither in the cache nor in the kept "
+            f"audit inputs ({kept.root if kept else 'none given'}) nor on the live archive ({e.message})",
+            hint="run `lockbuild export audit-inputs` where `lockbuild lock` ran (its LOCKBUILD_CACHE keeps the "
+            f"index) and commit lockbuild.lock.d/ beside the lock, or set {SNAPSHOT_ENV}="
+            f"https://snapshot.debian.org to read it from {snapshot_dists(suite)}/",
         ) from None
+
+
+def export_audit_inputs(locked: DebianLock, codename: str, arch: str, cache: Cache, dest: Path, *,
+                        mirror: str = DEFAULT_MIRROR, security_mirror: str = DEFAULT_SECURITY_MIRROR,
+                        keyring: Path | Sequence[Path] | None = None, kept: Path | None = None,
+                        progress: Notify | None = None,
+                        exclude: Sequence[str] = DEFAULT_EXCLUDE) -> list[Path]:
+    """Write what re-deriving `locked`'s Debian side needs into `dest` (lockbuild.lock.d/debian/):
+    each signed InRelease whole; each Packages index whole when small (its signed sha256 is checked
+    again at audit time), else only the stanzas the closure reads: every stanza, in every suite, of
+    each name the solver looked up and of each package providing one of them, so the merged index
+    and the provider lists the solver sees are the same. Checked before writing: the kept stanzas
+    alone give the same closure. Returns the files written; stale files in `dest` are removed."""
+    from lockbuild.fsutil import atomic_write_bytes
+
+    arch = debian_arch(arch)
+    say: Notify = progress or quiet
+    sources = suite_sources(codename, mirror, security_mirror)
+    keyring = keyring or DEFAULT_KEYRING
+    keep = KeptInputs(kept) if kept is not None else None
+    with download.client() as http:
+        loaded = [_load_locked_suite(http, cache, src, arch, keyring, say, locked, keep) for src in sources]
+    unverified = [ls.unverified for ls in loaded if ls.unverified]
+    if unverified:
+        raise AuditUnavailable("cannot export audit inputs from unverified stanzas: " + "; ".join(unverified),
+                               hint="export where the whole Packages indexes are in the cache or reachable")
+    closures: list[Closure] = []
+    full = _close(loaded, sources, arch, locked.roots, exclude, say, closures)
+    looked = closures[0].looked_up
+    providing: set[str] = set()
+    for ls in loaded:
+        for e in ls.entries:
+            if "Provides" in e and any(alt["name"] in looked for rel in _provides(e["Provides"]) for alt in rel):
+                providing.add(e["Package"])
+    wanted = looked | providing
+    out = KeptInputs(dest)
+    files: dict[Path, bytes] = {}
+    reduced: list[LoadedSuite] = []
+    for ls in loaded:
+        assert ls.index is not None
+        got = cache.get(ls.suite.inrelease_sha256)
+        assert got is not None  # load_verified_suite put it there
+        files[out.inrelease(ls.suite.inrelease_sha256)] = got.read_bytes()
+        if ls.index.size <= KEEP_WHOLE_INDEX_MAX:
+            whole = cache.get(ls.index.sha256, ls.index.size)
+            assert whole is not None
+            files[out.index(ls.index)] = whole.read_bytes()
+            reduced.append(ls)
+        else:
+            stanzas = sorted((e for e in ls.entries if e["Package"] in wanted),
+                             key=lambda e: (e["Package"], e["Version"], e["Filename"]))
+            doc = {"index": ls.index.sha256, "size": ls.index.size, "suite": ls.suite.name, "path": ls.index.path,
+                   "inrelease-sha256": ls.suite.inrelease_sha256, "stanzas": stanzas}
+            files[out.stanzas(ls.index)] = (json.dumps(doc, indent=0, sort_keys=True) + "\n").encode()
+            reduced.append(LoadedSuite(ls.suite, stanzas, ls.index))
+    again = _close(reduced, sources, arch, locked.roots, exclude, quiet)
+    if again != full or full.packages != locked.packages:
+        raise AuditUnavailable("the kept stanzas do not re-derive the locked Debian closure",
+                               hint="the lock's Debian side is not what its InRelease files give: run "
+                               "`lockbuild lock --check --rederive`")
+    dest.mkdir(parents=True, exist_ok=True)
+    for p in dest.iterdir():
+        if p.is_file() and p not in files:
+            p.unlink()
+    for p, data in sorted(files.items()):
+        if not p.is_file() or p.read_bytes() != data:
+            atomic_write_bytes(p, data)
+    return sorted(files)
+
+
+def _provides(text: str) -> list[list[dict]]:
+    from debian import deb822
+
+    return deb822.PkgRelation.parse_relations(text)  # type: ignore[return-value]

@@ -121,7 +121,8 @@ def bundled_wheel_pins(bundled: tuple[BundledWheel, ...], tags: list[Tag], platf
 def resolve_python(requirements: list[str], constraints: list[str], *, target: PythonTarget, index_url: str,
                    exclude_newer: str, extra_index_urls: tuple[str, ...] = (),
                    bundled: tuple[BundledWheel, ...] = (), cache: object = None, epoch: int = 0,
-                   notify: Notify = lambda _m: None, overrides: list[str] | None = None) -> list[Wheel]:
+                   notify: Notify = lambda _m: None, overrides: list[str] | None = None,
+                   preferences: dict[str, str] | None = None) -> list[Wheel]:
     """Resolve to one pinned wheel per distribution: from the index, from the model (bundled wheels,
     pinned at their version so the rest resolves around them), or built from an sdist when the
     target has no wheel at all (only then: everything else stays wheels-only)."""
@@ -134,7 +135,8 @@ def resolve_python(requirements: list[str], constraints: list[str], *, target: P
         def compile_(only_binary: bool = True, no_binary: tuple[str, ...] = ()) -> str:
             return uv_compile(reqs, constraints, target=target, index_url=index_url, exclude_newer=exclude_newer,
                               workdir=Path(d), extra_index_urls=extra_index_urls, find_links=links,
-                              only_binary=only_binary, no_binary=no_binary, overrides=overrides)
+                              only_binary=only_binary, no_binary=no_binary, overrides=overrides,
+                              preferences=preferences)
 
         sdist_ok: frozenset[str] = frozenset()
         try:

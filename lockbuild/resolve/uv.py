@@ -74,8 +74,12 @@ def pick_wheel(wheels: list[dict], tags: list[Tag]) -> dict | None:
 def uv_compile(requirements: list[str], constraints: list[str], *, target: PythonTarget, index_url: str,
                exclude_newer: str, workdir: Path, extra_index_urls: tuple[str, ...] = (),
                find_links: tuple[str, ...] = (), only_binary: bool = True, no_binary: tuple[str, ...] = (),
-               overrides: list[str] | None = None) -> str:
+               overrides: list[str] | None = None, preferences: dict[str, str] | None = None) -> str:
     """Run uv; return the pylock.toml text. uv's own explanation becomes the error message.
+
+    ``preferences`` ({name: version}, a previous lock's pins) are written as the output file before
+    uv runs: `uv pip compile` prefers the versions an existing output file names and moves one
+    only when the requirements exclude it or the index no longer offers it (pip-compile's rule).
 
     Wheels only (``only_binary``), except the packages in ``no_binary``: those have no wheel for the
     target and are built from their sdist (lockbuild.fetch.sdist). Index credentials are never on
@@ -84,6 +88,8 @@ def uv_compile(requirements: list[str], constraints: list[str], *, target: Pytho
     req_in.write_text("\n".join(requirements) + "\n")
     out = workdir / "pylock.toml"
     out.unlink(missing_ok=True)
+    if preferences:
+        out.write_text(preferences_pylock(preferences))
     cmd = [
         uv_bin(), "pip", "compile", str(req_in),
         "--python-platform", target.wheel_platform,
@@ -121,6 +127,21 @@ def uv_compile(requirements: list[str], constraints: list[str], *, target: Pytho
             "requirement with [python] exclude, or change [target] platform",
         )
     return out.read_text()
+
+
+def preferences_pylock(pins: dict[str, str]) -> str:
+    """A minimal pylock.toml naming only versions: what uv reads preferences from."""
+    doc = tomlkit.document()
+    doc["lock-version"] = "1.0"
+    doc["created-by"] = "lockbuild"
+    packages = tomlkit.aot()
+    for name in sorted(pins):
+        t = tomlkit.table()
+        t["name"] = name
+        t["version"] = pins[name]
+        packages.append(t)
+    doc["packages"] = packages
+    return tomlkit.dumps(doc)
 
 
 @dataclass(frozen=True)
