@@ -26,9 +26,10 @@ def keygen(
                                            "read it) instead of PKCS#8")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Create an ECDSA P-256 key pair for `sign`: NAME.key (mode 0600, encrypted with the passphrase in
-    $LOCKBUILD_KEY_PASSWORD) and NAME.pub (give it to verifiers and admission policies). Never
-    overwrites a key.
+    """Create an ECDSA P-256 key pair for `sign`: NAME.key (private, 0600) and NAME.pub.
+
+    NAME.key is encrypted with the passphrase in $LOCKBUILD_KEY_PASSWORD; give NAME.pub to verifiers
+    and admission policies. Never overwrites a key.
 
     Example: [bold]LOCKBUILD_KEY_PASSWORD=… lockbuild keygen release[/]
     """
@@ -132,9 +133,11 @@ def sign(
                                               "signature")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Sign an image (cosign's signature format, `sha256-<hex>.sig`) and attach signed in-toto
-    attestations (DSSE: SLSA provenance, CycloneDX SBOM, lockbuild verification; `.att` tag and OCI
-    referrers). By default the image is first proven against the lock: only the lock's image is signed.
+    """Sign an image in cosign's format and attach signed attestations (provenance, SBOM, verification).
+
+    The signature goes under the `sha256-<hex>.sig` tag; the in-toto attestations (DSSE: SLSA
+    provenance, CycloneDX SBOM, lockbuild verification) under the `.att` tag and as OCI referrers.
+    By default the image is first proven against the lock: only the lock's image is signed.
     The key's passphrase is read from $LOCKBUILD_KEY_PASSWORD (or --passphrase-env VAR).
 
     Example: [bold]lockbuild sign docker://myacr.azurecr.io/churn@sha256:… --key release.key[/]
