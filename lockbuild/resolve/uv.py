@@ -8,11 +8,11 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-import tomlkit
 from packaging.tags import Tag, compatible_tags, cpython_tags
 from packaging.utils import canonicalize_name, parse_wheel_filename
 from packaging.version import Version
@@ -151,7 +151,8 @@ def classify_uv_failure(stderr: str, target: PythonTarget) -> Exception:
                           hint="check the network, a proxy (HTTPS_PROXY) and [python] index-url / the model's "
                           "index lines; then re-run `lockbuild lock`")
     if "python-platform" in low and ("invalid value" in low or "unknown" in low):
-        return ResolveError(f"uv does not accept the target platform {target.wheel_platform}:\n{text}",
+        said = "\n".join(ln for ln in text.splitlines() if "[possible values" not in ln).strip()
+        return ResolveError(f"uv does not accept the target platform {target.wheel_platform}:\n{said}",
                             hint="set [target] platform/base to a supported target (docs/spec.md) or upgrade "
                             "lockbuild (its pinned uv knows the platform tags it accepts)")
     if "exclude-newer" in low or "no publish time" in low:
@@ -159,7 +160,7 @@ def classify_uv_failure(stderr: str, target: PythonTarget) -> Exception:
                             hint="the cutoff is [python] exclude-newer (or the previous lock's): move it later, "
                             "or run `lockbuild lock --upgrade` to resolve at the current time")
     if any(k in low for k in ("no wheels with a matching", "only has source distributions", "has no wheels",
-                              "wheels are available for", "no source distribution")):
+                              "wheels are available for", "no source distribution", "wheels are required for")):
         return ResolveError(f"no wheel for {where}:\n{text}",
                             hint="pin a version that has a wheel for this platform in [python] requirements, drop "
                             "the requirement with [python] exclude, or change [target] platform")
@@ -249,7 +250,7 @@ class SdistPin:
 
 def source_only(text: str, tags: list[Tag]) -> list[str]:
     """Names in a pylock (resolved with sdists allowed) that have an sdist but no wheel for the target."""
-    doc = tomlkit.parse(text).unwrap()
+    doc = tomllib.loads(text)  # uv wrote it: plain TOML, read in linear time
     return sorted(canonicalize_name(p["name"]) for p in doc.get("packages", [])
                   if p.get("sdist") and pick_wheel(p.get("wheels") or [], tags) is None)
 
@@ -259,7 +260,7 @@ def parse_pylock(text: str, tags: list[Tag], platform: str, *,
                  bundled: frozenset[str] = frozenset()) -> tuple[list[Wheel], list[SdistPin]]:
     """Wheels (and sdists of ``sdist_ok`` packages) from uv's pylock; ``bundled`` names come from the
     model's own files instead (uv saw them through --find-links)."""
-    doc = tomlkit.parse(text).unwrap()
+    doc = tomllib.loads(text)  # uv wrote it: plain TOML, read in linear time
     wheels: list[Wheel] = []
     sdists: list[SdistPin] = []
     for pkg in doc.get("packages", []):
