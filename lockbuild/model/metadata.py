@@ -431,9 +431,6 @@ def _env_file(root: Path, value: Any, key: str, mlmodel: Path) -> str:
         raise ModelError(f"MLmodel `{key}: {rel}` points outside the model directory", where=f"{mlmodel} [{key}]",
                          hint="lockbuild reads only files inside the model directory (they are hashed in the "
                          "lock): copy the file into the model and name it by a relative path, or re-log the model")
-    if not p.resolve().is_file():
-        raise ModelError(f"MLmodel `{key}: {rel}` names a file the model does not have", where=f"{mlmodel} [{key}]",
-                         hint="restore the file or re-log the model")
     return p.resolve().relative_to(base).as_posix()
 
 
@@ -488,8 +485,10 @@ def read_model(path: Path) -> ModelInfo:
         cons = cparsed.requirements
         parsed.rewrites.update(cparsed.rewrites)
         parsed.notes.extend(cparsed.notes)
-    if env_files.get("virtualenv") is not None:
+    venv_rel = ""
+    if env_files.get("virtualenv") is not None:  # a named file the model lacks: as if not named
         venv_rel = _env_file(path, env_files["virtualenv"], f"{env_key}.virtualenv", mlmodel_path)
+    if venv_rel and (root / venv_rel).is_file():
         pe = load_yaml(venv_rel)
         if pe is not None:
             _shape(pe, dict, venv_rel, "(top level)", path / venv_rel, "a mapping")
@@ -499,8 +498,8 @@ def read_model(path: Path) -> ModelInfo:
     if env_files.get("conda") is not None:
         conda_rel = _env_file(path, env_files["conda"], f"{env_key}.conda", mlmodel_path)
     else:
-        conda_rel = "conda.yaml" if (path / "conda.yaml").is_file() else ""
-    if conda_rel:
+        conda_rel = "conda.yaml"
+    if conda_rel and (root / conda_rel).is_file():
         conda_py, conda_pip = _python_from_conda(load_yaml(conda_rel), conda_rel, path / conda_rel)
         python_version = python_version or conda_py
         if not env_source and conda_pip:

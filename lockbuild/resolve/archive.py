@@ -224,24 +224,43 @@ def load_suite(http: httpx.Client, cache: Cache, src: SuiteSource, arch: str,
     return load_verified_suite(http, cache, src, arch, keyring, say, inrelease)
 
 
-def load_verified_suite(http: httpx.Client, cache: Cache, src: SuiteSource, arch: str,
-                         keyring: Path | Sequence[Path], say: Notify, inrelease: bytes,
-                         now: datetime | None = None) -> LoadedSuite:
+@dataclass(frozen=True)
+class VerifiedSuite:
+    """A suite's InRelease, signature and Release checked: the Suite row and its Packages index's pin."""
+
+    suite: Suite
+    index: IndexFile
+    by_hash: bool
+
+
+def verify_suite(cache: Cache, src: SuiteSource, arch: str, keyring: Path | Sequence[Path], inrelease: bytes,
+                 now: datetime | None = None) -> VerifiedSuite:
     sig = check_inrelease(inrelease, keyring, src.name)
     release = parse_release(sig.text, src, now)
     inrelease_sha = cache.put_bytes(inrelease)  # only verified bytes enter the cache (kept for audits)
     f = index_file(release, arch, src.name)
     by_hash = release.get("Acquire-By-Hash", "").strip().lower() == "yes"
-    path = fetch_index(http, cache, src, f, by_hash)
-    entries = load_index(cache, path, f.sha256, f"{src.name} {f.path}")
-    say(f"{src.name}: InRelease verified (Date {release['Date']}), {f.path} {f.size / 1e6:.1f} MB, "
-        f"{len(entries)} packages")
     suite = Suite(
         name=src.name, archive=src.archive, date=release["Date"], inrelease_sha256=inrelease_sha,
         snapshot=snapshot_timestamp(release["Date"]), snapshot_archive=src.snapshot_archive,
         signed_by=sig.signers,
     )
-    return LoadedSuite(suite, entries)
+    return VerifiedSuite(suite, f, by_hash)
+
+
+def load_entries(http: httpx.Client, cache: Cache, src: SuiteSource, v: VerifiedSuite, say: Notify) -> LoadedSuite:
+    """The verified suite's Packages index, fetched (or re-checked in the cache) and parsed."""
+    path = fetch_index(http, cache, src, v.index, v.by_hash)
+    entries = load_index(cache, path, v.index.sha256, f"{src.name} {v.index.path}")
+    say(f"{src.name}: InRelease verified (Date {v.suite.date}), {v.index.path} {v.index.size / 1e6:.1f} MB, "
+        f"{len(entries)} packages")
+    return LoadedSuite(v.suite, entries)
+
+
+def load_verified_suite(http: httpx.Client, cache: Cache, src: SuiteSource, arch: str,
+                         keyring: Path | Sequence[Path], say: Notify, inrelease: bytes,
+                         now: datetime | None = None) -> LoadedSuite:
+    return load_entries(http, cache, src, verify_suite(cache, src, arch, keyring, inrelease, now), say)
 
 
 # -- re-derivation (lock --check --rederive) ------------------------------------------------------
