@@ -77,6 +77,15 @@ def test_yaml_of_the_wrong_shape_names_file_and_key(model: Path, name: str, text
     refused(model, *words)
 
 
+@pytest.mark.parametrize(("line", "words"), [
+    ("mlflow_version: not-a-version", ("mlflow_version: not-a-version", "is not a version")),
+    ("mlflow_version: [3]", ("mlflow_version", "must be a version", "list")),
+])
+def test_mlflow_version_that_is_not_a_version(model: Path, line: str, words: tuple[str]) -> None:
+    edit(model / "MLmodel", "mlflow_version: 3.17.2", line)
+    refused(model, *words)
+
+
 def test_env_virtualenv_that_is_a_number(model: Path) -> None:
     edit(model / "MLmodel", "virtualenv: python_env.yaml", "virtualenv: 123")
     refused(model, "flavors.python_function.env.virtualenv", "must be a path", "int")

@@ -434,6 +434,35 @@ def _env_file(root: Path, value: Any, key: str, mlmodel: Path) -> str:
     return p.resolve().relative_to(base).as_posix()
 
 
+def _mlflow_version(mlmodel: dict[str, Any], reqs: list[str], mlmodel_path: Path) -> str:
+    """MLmodel's `mlflow_version` (the serving runtime is pinned at it), else the logged `mlflow==X` pin."""
+    from packaging.requirements import InvalidRequirement, Requirement
+    from packaging.version import InvalidVersion, Version
+
+    value = mlmodel.get("mlflow_version")
+    if value in (None, ""):
+        for line in reqs:
+            try:
+                req = Requirement(line)
+            except InvalidRequirement:
+                continue
+            pins = [sp.version for sp in req.specifier if sp.operator == "=="]
+            if req.name.lower() in ("mlflow", "mlflow-skinny") and pins:
+                value = pins[0]
+                break
+        else:
+            raise ModelError("MLmodel does not say which MLflow logged the model (no `mlflow_version`, no mlflow==X "
+                             "requirement)", where=str(mlmodel_path),
+                             hint="re-log the model with MLflow, or add mlflow_version: X.Y.Z to MLmodel")
+    text = str(_shape(value, (str, int, float), "MLmodel", "mlflow_version", mlmodel_path, "a version such as 3.17.2"))
+    try:
+        Version(text)
+    except InvalidVersion:
+        raise ModelError(f"MLmodel: `mlflow_version: {text[:60]}` is not a version", where=str(mlmodel_path),
+                         hint="re-log the model with MLflow (it writes e.g. mlflow_version: 3.17.2)") from None
+    return text
+
+
 def read_model(path: Path) -> ModelInfo:
     check_symlinks(path)
     root = path.resolve()
@@ -522,6 +551,8 @@ def read_model(path: Path) -> ModelInfo:
             where=str(path), hint='set [target] python = "3.X" in lockbuild.toml',
         )
 
+    mlflow_version = _mlflow_version(mlmodel, reqs, mlmodel_path)
+
     tf = flavors.get("tensorflow") or flavors.get("keras") or {}
     keras_version = str(tf.get("keras_version", "") or "") if isinstance(tf, dict) else ""
     saved_format = ""
@@ -544,7 +575,7 @@ def read_model(path: Path) -> ModelInfo:
     return ModelInfo(
         flavors=tuple(sorted(str(f) for f in flavors)),
         loader_module=loader,
-        mlflow_version=str(mlmodel.get("mlflow_version", "") or ""),
+        mlflow_version=mlflow_version,
         python_version=python_version,
         keras_version=keras_version,
         saved_format=saved_format,
