@@ -422,3 +422,14 @@ def test_the_writer_is_linear() -> None:
     text = dumps(big)
     assert time.monotonic() - t < 30
     assert re.search(r'"pkg-49999==1.49999"\]', text) and loads(text).python.requirements == reqs
+
+
+def test_doctor_refuses_a_lock_whose_loader_is_os(tmp_path: Path) -> None:
+    """`loader_module: os` used to build, verify and then die in smoke: doctor (and so `lock`, which
+    fails on a doctor error) now names it."""
+    lk = read_lock(EXAMPLES / "keras3" / "lockbuild.lock")
+    bent = dataclasses.replace(lk, model=dataclasses.replace(lk.model, loader_module="os"))
+    (tmp_path / "lockbuild.lock").write_text(dumps(bent))
+    r = run_cli("doctor", "--lock", str(tmp_path / "lockbuild.lock"), "--json")
+    assert r.code != 0 and "Traceback" not in r.stderr, r.stderr
+    assert "loader_module os is a standard-library module" in r.stdout + r.stderr
