@@ -7,6 +7,7 @@ are the model's trust boundary and read best next to the reader that applies the
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from packaging.requirements import InvalidRequirement, Requirement
 
 from lockbuild.errors import ModelError, RequirementsError
 from lockbuild.fsutil import sha256_bytes, tree_digest, tree_files
@@ -44,15 +46,22 @@ class ModelInfo:
     notes: tuple[str, ...] = ()  # pip options lockbuild does not apply, named with file:line
 
 
+@functools.lru_cache(maxsize=1 << 17)
+def requirement(line: str) -> Requirement:
+    """``packaging.requirements.Requirement(line)``, parsed once per distinct line: lock reads every logged
+    line in several places (the reader, the serving runtime, overlaps, doctor), and the parser costs
+    ~40 µs a line (a 50,000-line requirements file). Callers must not mutate the result."""
+    return Requirement(line)
+
+
 def keras_major(requirements: tuple[str, ...] | list[str], saved_format: str) -> int | None:
     """Which Keras the model was saved with. MLflow's `keras_version` field holds tf.__version__,
     so it cannot tell; the pinned keras / tf-keras requirement and the saved format can."""
-    from packaging.requirements import InvalidRequirement, Requirement
     from packaging.utils import canonicalize_name
 
     for line in requirements:
         try:
-            req = Requirement(line)
+            req = requirement(line)
         except InvalidRequirement:
             continue
         name = canonicalize_name(req.name)
@@ -329,10 +338,9 @@ def parse_lines(lines: list[str], rel: str, *, base: Path, root: Path, _seen: fr
             if wrel not in out.bundled_wheels:
                 out.bundled_wheels.append(wrel)
             continue
-        from packaging.requirements import InvalidRequirement, Requirement
 
         try:
-            req = Requirement(line)
+            req = requirement(line)
         except InvalidRequirement as e:
             raise _bad(where, f"`{line}` is not a valid requirement: {str(e).splitlines()[0]}",
                        "fix the line, or drop it and list the package in [python] requirements") from None
@@ -436,14 +444,13 @@ def _env_file(root: Path, value: Any, key: str, mlmodel: Path) -> str:
 
 def _mlflow_version(mlmodel: dict[str, Any], reqs: list[str], mlmodel_path: Path) -> str:
     """MLmodel's `mlflow_version` (the serving runtime is pinned at it), else the logged `mlflow==X` pin."""
-    from packaging.requirements import InvalidRequirement, Requirement
     from packaging.version import InvalidVersion, Version
 
     value = mlmodel.get("mlflow_version")
     if value in (None, ""):
         for line in reqs:
             try:
-                req = Requirement(line)
+                req = requirement(line)
             except InvalidRequirement:
                 continue
             pins = [sp.version for sp in req.specifier if sp.operator == "=="]

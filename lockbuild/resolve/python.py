@@ -12,13 +12,14 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from packaging.requirements import InvalidRequirement, Requirement
+from packaging.requirements import InvalidRequirement
 from packaging.tags import Tag
 from packaging.utils import canonicalize_name, parse_wheel_filename
 from packaging.version import Version
 
 from lockbuild.errors import ResolveError
 from lockbuild.lock.model import Wheel
+from lockbuild.model.metadata import requirement
 from lockbuild.progress import Notify
 from lockbuild.resolve.uv import (
     SIZE_UNKNOWN,
@@ -75,7 +76,7 @@ def model_requirements(logged: list[str] | tuple[str, ...], *, serving: str, exc
     out = []
     for line in logged:
         try:
-            req = Requirement(line)
+            req = requirement(line)
         except InvalidRequirement as e:
             raise ResolveError(f"the model's requirement {line!r} is not valid: {e}",
                                hint="fix requirements.txt or exclude it with [python] exclude") from None

@@ -11,13 +11,13 @@ from __future__ import annotations
 import zipfile
 from collections.abc import Callable
 
-from packaging.requirements import InvalidRequirement, Requirement
+from packaging.requirements import InvalidRequirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 from lockbuild.fetch.cache import Cache
 from lockbuild.lock.model import Lock
-from lockbuild.model.metadata import keras_major
+from lockbuild.model.metadata import keras_major, requirement
 from lockbuild.verify.finding import Finding  # rule, severity, what (message), why, fix
 
 # Distributions that install the same top-level package: at most one may be present.
@@ -36,7 +36,7 @@ def _pins(requirements: tuple[str, ...]) -> dict[str, str]:
     out: dict[str, str] = {}
     for line in requirements:
         try:
-            req = Requirement(line)
+            req = requirement(line)
         except InvalidRequirement:
             continue
         exact = [s.version for s in req.specifier if s.operator in ("==", "===")]
