@@ -433,3 +433,24 @@ def test_doctor_refuses_a_lock_whose_loader_is_os(tmp_path: Path) -> None:
     r = run_cli("doctor", "--lock", str(tmp_path / "lockbuild.lock"), "--json")
     assert r.code != 0 and "Traceback" not in r.stderr, r.stderr
     assert "loader_module os is a standard-library module" in r.stdout + r.stderr
+
+
+def test_a_rewritten_model_file_refills_an_empty_cache_without_the_secret(model: Path, tmp_path: Path) -> None:
+    """A build on a machine whose cache lacks the model files fetches them from the model again: the
+    rewritten file is scrubbed the same way and checked against the lock's sha256; the secret never
+    enters the cache."""
+    from lockbuild.fetch.cache import Cache
+    from lockbuild.fetch.model import fetch_model_files
+    from lockbuild.lock.model import ModelFile, ModelLock
+
+    req = model / "requirements.txt"
+    req.write_text(CRED_LINE + "\n" + req.read_text())
+    info = read_model(model)
+    locked = ModelLock(uri="./model", resolved_uri="./model", files=tuple(ModelFile(*f) for f in info.files),
+                       rewritten=info.rewrites)
+    cache = Cache(tmp_path / "fresh-cache")
+    paths = fetch_model_files(locked, cache, lock_dir=model.parent)
+    (row,) = [f for f in locked.files if f.path == "requirements.txt"]
+    assert paths[row.sha256].read_bytes() == dict(info.rewritten)["requirements.txt"]
+    for p in (tmp_path / "fresh-cache").rglob("*"):
+        assert not p.is_file() or TOKEN.encode() not in p.read_bytes()
