@@ -87,8 +87,13 @@ def resolve_debian(
         if locked is not None:
             loaded = [_load_locked_suite(http, cache, src, arch, keyring, say, locked) for src in sources]
             return _close(loaded, sources, arch, roots, exclude, say)
-        verified = [verify_suite(cache, src, arch, keyring, download.fetch_bytes(f"{src.dists}/InRelease", http=http))
-                    for src in sources]
+        from concurrent.futures import ThreadPoolExecutor
+
+        def verified_suite(src: SuiteSource) -> VerifiedSuite:  # network + gpgv: the suites side by side
+            return verify_suite(cache, src, arch, keyring, download.fetch_bytes(f"{src.dists}/InRelease", http=http))
+
+        with ThreadPoolExecutor(max_workers=len(sources)) as pool:
+            verified = list(pool.map(verified_suite, sources))
         key = _closure_key(verified, arch, roots, exclude)
         packages = _closure_get(cache, key)
         if packages is not None:
