@@ -89,6 +89,27 @@ def bench_lock(res: Results, cache: Path, repeats: int) -> None:
         uv_s.append(u.seconds)
     res.add("lock_upgrade_s", lock_s, "lockbuild lock --upgrade (warm caches)")
     res.add("uv_compile_s", uv_s, "bare uv pip compile, same inputs and flags")
+    bench_lock_50k(res, cache, env, uv_env)
+
+
+BIG_LINES = 50_000
+
+
+def bench_lock_50k(res: Results, cache: Path, env: dict[str, str], uv_env: dict[str, str]) -> None:
+    """A requirements.txt of 50,000 lines (the logged ones, then `numpy==<pin>` repeated): every line is a
+    requirement recorded twice in the lock. Once each, after the warm-up above (the writer was quadratic)."""
+    log(f"1b. lock --upgrade of a {BIG_LINES:,}-line requirements.txt vs uv pip compile of it")
+    work = copy_example(res.scratch / "lock-50k")
+    req = work / "model" / "requirements.txt"
+    lines = req.read_text().splitlines()
+    pin = next(ln for ln in lines if ln.startswith("numpy=="))
+    req.write_text("\n".join(lines + [pin] * (BIG_LINES - len(lines))) + "\n")
+    uv_dir = res.scratch / "uv-50k"
+    uv_dir.mkdir()
+    r = run([*lockbuild_cmd(), "lock", "--upgrade", "--json"], env=env, cwd=work).check()
+    u = run(uv_compile_cmd(work, uv_dir), env=uv_env, cwd=uv_dir).check()
+    res.add("lock_50k_lines_s", [r.seconds], f"lockbuild lock --upgrade, {BIG_LINES:,}-line requirements.txt")
+    res.add("uv_50k_lines_s", [u.seconds], f"bare uv pip compile of the same {BIG_LINES:,} lines")
 
 
 def download_floor(work: Path, cache: Path) -> float:

@@ -16,6 +16,7 @@ from typing import Any
 import jsonschema
 import tomlkit
 import tomlkit.exceptions
+from packaging.utils import canonicalize_name
 
 from lockbuild.errors import SpecError
 
@@ -43,6 +44,7 @@ class Spec:
     variants: tuple[tuple[str, str], ...] = ()  # (dropped, kept): requirements on dropped resolve to kept
     index_url: str = DEFAULT_INDEX
     exclude_newer: str | None = None
+    allow_yanked: tuple[str, ...] = ()  # normalized names that may resolve to a yanked release
     serving: str = "mlflow-skinny"
     image_name: str = ""
     port: int = DEFAULT_PORT
@@ -124,6 +126,32 @@ def _schema_error(path: Path, text: str, err: jsonschema.ValidationError) -> Spe
                      where=where)
 
 
+def _strings(value: Any, parts: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], str]]:
+    """Every string in the spec with its key path."""
+    if isinstance(value, str):
+        return [(parts, value)]
+    if isinstance(value, dict):
+        return [x for k, v in value.items() for x in _strings(v, (*parts, str(k)))]
+    if isinstance(value, list):
+        return [x for v in value for x in _strings(v, parts)]
+    return []
+
+
+def _refuse_credentials(doc: dict[str, Any], text: str, path: Path) -> None:
+    """No secret in the spec: its values reach the lock (and the lock reaches the image)."""
+    from lockbuild.model.metadata import has_credentials, redact
+
+    for parts, value in _strings(doc):
+        if has_credentials(value):
+            line = _key_line(text, ".".join(parts[:-1]) or None, parts[-1]) if len(parts) > 1 else None
+            table, key = ".".join(parts[:-1]), parts[-1]
+            raise SpecError(
+                f"[{table}] {key}: `{redact(value)}` has credentials in its URL; a secret in the spec would "
+                "reach the lock and the image", where=f"{path}:{line}" if line else str(path),
+                hint="remove user:password@ from the URL and put the credentials in ~/.netrc (or $NETRC): "
+                "`machine HOST login USER password TOKEN`; lockbuild and uv read it when they fetch")
+
+
 def parse_spec(text: str, path: Path) -> Spec:
     try:
         doc = tomlkit.parse(text).unwrap()
@@ -132,10 +160,22 @@ def parse_spec(text: str, path: Path) -> Spec:
             f"malformed TOML: {e}", hint="fix the syntax at that line and column",
             where=f"{path}:{e.line}:{e.col}",
         ) from None
+    except tomlkit.exceptions.TOMLKitError as e:  # e.g. KeyAlreadyPresent: a key given twice
+        import tomllib
+
+        where = str(path)
+        try:
+            tomllib.loads(text)
+        except tomllib.TOMLDecodeError as te:  # tomllib names the line and column
+            if m := re.search(r"\(at line (\d+), column (\d+)\)", str(te)):
+                where = f"{path}:{m.group(1)}:{m.group(2)}"
+        raise SpecError(f"malformed TOML: {e}", hint="each key once per table: remove the repeated one",
+                        where=where) from None
     validator = jsonschema.Draft202012Validator(schema())
     errors = sorted(validator.iter_errors(doc), key=lambda e: (list(map(str, e.absolute_path)), e.message))
     if errors:
         raise _schema_error(path, text, errors[0])
+    _refuse_credentials(doc, text, path)
     cutoff = doc.get("python", {}).get("exclude-newer")
     if cutoff is not None:
         try:
@@ -174,6 +214,7 @@ def _from_dict(doc: dict[str, Any], path: Path) -> Spec:
         variants=tuple(sorted(py.get("variants", {}).items())),
         index_url=py.get("index-url", DEFAULT_INDEX),
         exclude_newer=_normalize_time(py["exclude-newer"]) if "exclude-newer" in py else None,
+        allow_yanked=tuple(sorted({canonicalize_name(n) for n in py.get("allow-yanked", ())})),
         serving=py.get("serving", "mlflow-skinny"),
         image_name=name,
         port=image.get("port", DEFAULT_PORT),

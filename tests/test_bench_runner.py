@@ -80,7 +80,8 @@ def test_summary_ratios_and_verdicts(common, report) -> None:  # type: ignore[no
     assert met == {"cold_vs_docker": False, "cold_vs_floor": False, "noop_seconds": True,
                    "model_change_vs_cold": False, "size_vs_mlflow": False, "peak_rss_mb": True,
                    "ready_vs_nopyc": None,
-                   "verify_seconds": None, "verify_rss_mb": None, "sign_overhead_s": None}
+                   "verify_seconds": None, "verify_rss_mb": None, "sign_overhead_s": None,
+                   "lock_vs_uv": False, "lock_50k_vs_uv": None}  # issue 21: lock <= 1.3x bare uv
 
 
 def test_startup_ratios(common, report) -> None:  # type: ignore[no-untyped-def]

@@ -374,6 +374,27 @@ def test_second_lock_refetches_only_inrelease(archive: Archive, tmp_path: Path,
     assert fetched and all(u.endswith("/InRelease") for u in fetched)
 
 
+def test_unchanged_signed_indexes_reuse_the_closure_and_a_damaged_record_is_ignored(
+        archive: Archive, tmp_path: Path) -> None:
+    """The closure is memoised by the verified InRelease + Packages pins, roots, arch and solver source
+    (a warm `lock --upgrade` on an unchanged archive): the same DebianLock, and a damaged record is
+    resolved again, never trusted."""
+    cache = Cache(tmp_path / "cache")
+    first = archive.resolve(cache)
+    lines: list[str] = []
+    assert archive.resolve(cache, progress=lines.append) == first
+    assert lines == ["debian closure: 2 packages (the same signed indexes and roots as before)"]
+    for rec in (cache.root / "meta" / "debian-closure").iterdir():
+        blob = cache.path("sha256:" + __import__("json").loads(rec.read_text())["blob"])
+        blob.chmod(0o644)
+        blob.write_bytes(blob.read_bytes().replace(b"hello", b"hellp"))
+    lines.clear()
+    assert archive.resolve(cache, progress=lines.append) == first
+    assert any("InRelease verified" in ln for ln in lines)  # resolved again
+    other = archive.resolve(cache, roots=["libfoo"])
+    assert [d.name for d in other.packages] == ["libfoo"]
+
+
 def test_tampered_inrelease_is_rejected(archive: Archive, tmp_path: Path) -> None:
     path = archive.root / "debian/dists/bookworm/InRelease"
     data = path.read_bytes()

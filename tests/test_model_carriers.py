@@ -235,12 +235,20 @@ def test_hash_options_and_continuations_as_pip_writes_them(tmp_path: Path) -> No
 
     (tmp_path / "requirements.txt").write_text(
         "docopt==0.6.2 \\\n    --hash=sha256:49b3a825280bd66b3aa83585ef59c4a8c82f2c8a522dbe754a8bc8d08c85c491\n"
-        "pandas==3.1.1 --hash=sha256:00  # via mlflow\n-e ./pkg\n")
+        f"pandas==3.1.1 --hash=sha256:{'0' * 64}  # via mlflow\n-e ./pkg\n")
     with pytest.raises(RequirementsError) as e:
         parse_requirements(tmp_path / "requirements.txt")
     assert e.value.where == "requirements.txt:4"  # the line number of the file, continuations counted
+    (tmp_path / "requirements.txt").write_text(
+        "docopt==0.6.2 \\\n    --hash=sha256:49b3a825280bd66b3aa83585ef59c4a8c82f2c8a522dbe754a8bc8d08c85c491\n"
+        "pandas==3.1.1\n")
+    r = parse_requirements(tmp_path / "requirements.txt")
+    assert r.requirements == ["docopt==0.6.2", "pandas==3.1.1"]
+    # the pins are kept and enforced at lock time (tests/test_lock_inputs.py); a malformed one is refused
+    assert r.hash_pins == {"docopt": ["sha256:49b3a825280bd66b3aa83585ef59c4a8c82f2c8a522dbe754a8bc8d08c85c491"]}
     (tmp_path / "requirements.txt").write_text("docopt==0.6.2 \\\n    --hash=sha256:49b3\npandas==3.1.1\n")
-    assert parse_requirements(tmp_path / "requirements.txt").requirements == ["docopt==0.6.2", "pandas==3.1.1"]
+    with pytest.raises(RequirementsError, match="not a sha256 pin"):
+        parse_requirements(tmp_path / "requirements.txt")
 
 
 def test_pylock_export_pins_a_built_package_by_its_sdist(carriers: dict[str, tuple[Path, object]],

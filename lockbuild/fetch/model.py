@@ -16,17 +16,28 @@ from lockbuild.lock.model import ModelLock
 
 def cache_model_tree(model_dir: Path, model: ModelLock, cache: Cache) -> None:
     """Put every locked model file into the cache (done at lock time, so builds need no source)."""
-    cache_model_files(model_dir, [(f.path, f.sha256) for f in model.files], cache)
+    cache_model_files(model_dir, [(f.path, f.sha256) for f in model.files], cache,
+                      rewritten={p for p, _ in model.rewritten})
 
 
-def cache_model_files(model_dir: Path, files: Iterable[tuple[str, str]], cache: Cache) -> None:
+def _put(model_dir: Path, path: str, sha256: str, cache: Cache, rewritten: set[str] | frozenset[str]) -> None:
+    from lockbuild.model.metadata import inside_model, read_text, scrub_credentials
+
+    src = inside_model(model_dir, path)
+    if path in rewritten:  # the lock pins the file without its URL credentials: only those bytes are cached
+        cache.put_bytes(scrub_credentials(read_text(src, path)).encode("utf-8"), expected_sha256=sha256)
+    else:
+        cache.put_file(src, expected_sha256=sha256)
+
+
+def cache_model_files(model_dir: Path, files: Iterable[tuple[str, str]], cache: Cache, *,
+                      rewritten: set[str] | frozenset[str] = frozenset()) -> None:
     """Put these (path in the model, sha256) files into the cache, checked against their hashes on
-    the way in; an entry already there is kept (every reader verifies it with ``cache.get``)."""
-    from lockbuild.model.metadata import inside_model
-
+    the way in; an entry already there is kept (every reader verifies it with ``cache.get``).
+    ``rewritten`` paths go in as the lock records them (model/metadata.py scrub_credentials)."""
     for path, sha256 in files:
         if not cache.has(sha256):
-            cache.put_file(inside_model(model_dir, path), expected_sha256=sha256)
+            _put(model_dir, path, sha256, cache, rewritten)
 
 
 def fetch_model_files(model: ModelLock, cache: Cache, *, lock_dir: Path) -> dict[str, Path]:
@@ -68,8 +79,8 @@ def _refill(model: ModelLock, cache: Cache, lock_dir: Path) -> None:
                 continue  # a symlink out of the model directory is never read (reported below as missing)
             if p.is_file() and not cache.has(f.sha256):
                 try:
-                    cache.put_file(p, expected_sha256=f.sha256)
-                except IntegrityError:
+                    _put(source.path, f.path, f.sha256, cache, {q for q, _ in model.rewritten})
+                except (IntegrityError, ModelError):
                     pass  # reported below as unavailable with the locked content
     finally:
         source.cleanup()

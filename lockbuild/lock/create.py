@@ -24,7 +24,7 @@ from packaging.version import Version
 from lockbuild import __version__
 from lockbuild.assemble.prune import DEFAULT_OMIT, DEFAULT_PRUNE
 from lockbuild.digest import short
-from lockbuild.errors import AuditUnavailable, PythonVersionError, ResolveError, SpecError
+from lockbuild.errors import AuditUnavailable, PythonVersionError, RequirementsError, ResolveError, SpecError
 from lockbuild.fetch.cache import Cache
 from lockbuild.fetch.model import cache_model_files, cache_model_tree
 from lockbuild.fsutil import sha256_bytes
@@ -53,7 +53,7 @@ from lockbuild.resolve.python import (
     runtime_requirements,
     serving_server,
 )
-from lockbuild.resolve.uv import PythonTarget, target_tags
+from lockbuild.resolve.uv import PythonTarget, UvReport, target_tags
 from lockbuild.spec import Spec
 
 NONROOT_UID = 65532
@@ -188,7 +188,10 @@ def _make_lock(spec: Spec, source: ModelSource, info: ModelInfo, *, previous: Lo
     upgrade_names -= {canonicalize_name(n) for n in upgrade_packages if n in debian_names}
     if previous is not None and not upgrade and not upgrade_packages and previous.inputs_digest == digest:
         return LockResult(previous, reused=True)
-    notes: list[str] = []
+    notes: list[str] = list(info.notes)
+    for path, why in info.rewrites:
+        notes.append(f"model file {path}: {why}; the lock, the cache and the image's model layer carry it without "
+                     "them (index credentials come from ~/.netrc or $NETRC)")
 
     minor = python_minor(spec, info)
     choice = runtime.choose_suite(minor, spec_file=spec.path.name if spec.python else None,
@@ -264,9 +267,10 @@ def _make_lock(spec: Spec, source: ModelSource, info: ModelInfo, *, previous: Lo
     cache_model_files(source.path, [(b.path, b.sha256) for b in bundled], cache)
     created = created_time(exclude_newer, deb_lock)
     epoch = int(datetime.fromisoformat(created.replace("Z", "+00:00")).timestamp())
+    uv_report = UvReport()
     resolve_kw = dict(target=py_target, index_url=index_url, exclude_newer=exclude_newer,
                       extra_index_urls=info.extra_index_urls, bundled=bundled, cache=cache, epoch=epoch, notify=notify,
-                      preferences=preferences)
+                      preferences=preferences, report=uv_report)
     wheels = resolve_python(reqs, list(info.constraints), **resolve_kw)  # type: ignore[arg-type]
     server = serving_server(wheels)
     if server is None:  # an older MLflow 2 whose scoring server is a Flask app
@@ -287,6 +291,11 @@ def _make_lock(spec: Spec, source: ModelSource, info: ModelInfo, *, previous: Lo
     wheels, reqs = settled.wheels, reqs + settled.extra_requirements
     for c in settled.choices:
         notes.append(f"variant: {c.kept} kept, {c.dropped} dropped ({c.reason})")
+    check_hash_pins(wheels, info, notes)
+    wheels = check_yanked(wheels, uv_report, spec)
+    if uv_report.exempt:
+        notes.append(f"the index gives no upload times for {', '.join(sorted(set(uv_report.exempt)))}: the "
+                     f"exclude-newer cutoff ({exclude_newer}) does not apply to them; their files are pinned by sha256")
     omit: set[str] = {canonicalize_name(n) for n in spec.omit}
     unknown = sorted(omit - {w.name for w in wheels})
     if unknown:
@@ -319,6 +328,7 @@ def _make_lock(spec: Spec, source: ModelSource, info: ModelInfo, *, previous: Lo
             keras_version=info.keras_version, saved_format=info.saved_format,
             requirements=info.requirements, tree_digest=info.tree_digest,
             files=tuple(ModelFile(p, s, h) for p, s, h in info.files),
+            rewritten=info.rewrites,
         ),
         runtime=Runtime(
             serving=spec.serving, mlflow_version=mlflow_version, server=server,
@@ -328,7 +338,7 @@ def _make_lock(spec: Spec, source: ModelSource, info: ModelInfo, *, previous: Lo
         python=PythonLock(exclude_newer=exclude_newer, index_url=index_url, requirements=tuple(reqs),
                           packages=tuple(wheels), omitted=tuple(sorted(omit)),
                           extra_index_urls=info.extra_index_urls, constraints=info.constraints,
-                          variants=settled.choices),
+                          variants=settled.choices, cutoff_exempt=tuple(sorted(set(uv_report.exempt)))),
         debian=deb_lock,
         build=build,
     )
@@ -394,6 +404,46 @@ def _requirement(line: str) -> Requirement | None:
         return Requirement(line)
     except InvalidRequirement:
         return None
+
+
+def check_hash_pins(wheels: list[Wheel], info: ModelInfo, notes: list[str]) -> None:
+    """The model's ``--hash=`` pins hold: each pinned distribution's locked file (the wheel, or the sdist a
+    wheel is built from) is one of the hashes the requirement allows; otherwise the lock is refused."""
+    by_name = {w.name: w for w in wheels}
+    for name, allowed in info.hash_pins:
+        w = by_name.get(name)
+        if w is None:
+            notes.append(f"the model's --hash pins for {name} do not apply: {name} is not installed from the "
+                         "index (the serving runtime, or dropped)")
+            continue
+        got = {w.sha256} | ({w.sdist.sha256} if w.sdist is not None else set())
+        if not got & set(allowed):
+            raise RequirementsError(
+                f"the model's requirement on {name} pins --hash={', --hash='.join(allowed)}, but the resolved "
+                f"{w.filename} has {w.sha256}", where=f"{info.env_source} ({name})",
+                hint=f"the index serves other bytes for {name} {w.version} than the model was logged with: pin the "
+                "version whose file has that hash, or re-log the model with the right hashes")
+
+
+def check_yanked(wheels: list[Wheel], report: UvReport, spec: Spec) -> list[Wheel]:
+    """A release the index marks yanked is refused unless [python] allow-yanked names it; then it is
+    recorded with the reason (doctor repeats it)."""
+    from dataclasses import replace
+
+    yanked = report.yanked()
+    out = []
+    for w in wheels:
+        hit = yanked.get(w.name)
+        if hit is None or hit[0] != w.version:
+            out.append(w)
+            continue
+        if w.name not in spec.allow_yanked:
+            raise ResolveError(
+                f"{w.name} {w.version} is yanked on the index (reason: {hit[1]})", where=str(spec.path),
+                hint=f"pin another {w.name} version in [python] requirements, or accept it with [python] "
+                f'allow-yanked = ["{w.name}"] (recorded in the lock; doctor names the reason)')
+        out.append(replace(w, yanked=hit[1]))
+    return out
 
 
 def explain_stale(spec: Spec, lock: Lock) -> list[str]:

@@ -44,6 +44,7 @@ class Wheel:
     # files; "d/" stands for every file of the wheel below d (assemble/prune.py pruned_paths,
     # PrunedSet). Meaningful only when the lock's BuildRules.pruned_listed is set.
     pruned: tuple[str, ...] = ()
+    yanked: str = ""  # the index marks this release yanked (the reason, or "yanked"); allowed by the spec
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,9 @@ class ModelLock:
     requirements: tuple[str, ...] = ()  # as logged, after -r/-c expansion
     tree_digest: str = ""
     files: tuple[ModelFile, ...] = ()
+    # model files lockbuild rewrote before locking them: (path, what was removed). ``files`` holds the
+    # rewritten bytes' size and sha256; the cache and the image's model layer hold those bytes.
+    rewritten: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -146,6 +150,8 @@ class PythonLock:
     extra_index_urls: tuple[str, ...] = ()  # the model's --extra-index-url lines, credentials stripped
     constraints: tuple[str, ...] = ()  # the model's -c constraints given to the resolver
     variants: tuple[VariantChoice, ...] = ()  # overlapping distributions settled at lock time
+    # names whose index gives no upload times (PEP 503 HTML): exclude_newer did not apply to them
+    cutoff_exempt: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

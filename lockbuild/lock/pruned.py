@@ -48,11 +48,59 @@ def with_pruned(wheels: Sequence[Wheel], build: BuildRules, cache: Cache,
     prune nothing)."""
     if not build.prune:
         return list(wheels), build, {}
-    notify(f"listing what [build] prune removes from {len(wheels)} wheels")
-    listings = site_listings(wheels, cache)
-    lists = derive(wheels, build, listings)
-    out = [replace(w, pruned=lists[w.name]) for w in wheels]
-    return out, replace(build, pruned_listed=True), counts(out, listings)
+    memo = {w.name: m for w in wheels if (m := _memo_get(cache, w, build)) is not None}
+    todo = [w for w in wheels if w.name not in memo]
+    if todo:
+        notify(f"listing what [build] prune removes from {len(todo)} wheels")
+        listings = site_listings(todo, cache)
+        lists = derive(todo, build, listings)
+        done = [replace(w, pruned=lists[w.name]) for w in todo]
+        n = counts(done, listings)
+        for w in done:
+            memo[w.name] = (w.pruned, n.get(w.name, 0))
+            _memo_put(cache, w, build, memo[w.name])
+    out = [replace(w, pruned=memo[w.name][0]) for w in wheels]
+    return out, replace(build, pruned_listed=True), {name: c for name, (_, c) in memo.items() if c}
+
+
+# The pruned list of a wheel is a function of its bytes (sha256) and the rules: memoised, as the parsed
+# Debian indexes are, by a meta record naming a content-addressed blob that is re-hashed when read.
+_MEMO_NS, _MEMO_FORMAT = "pruned", 1
+
+
+def _memo_key(w: Wheel, build: BuildRules) -> str:
+    import json
+
+    from lockbuild.fsutil import sha256_bytes
+
+    return sha256_bytes(json.dumps({"wheel": w.sha256, "prune": list(build.prune), "keep": list(build.keep),
+                                    "format": _MEMO_FORMAT}, sort_keys=True).encode())
+
+
+def _memo_get(cache: Cache, w: Wheel, build: BuildRules) -> tuple[tuple[str, ...], int] | None:
+    import json
+
+    from lockbuild.digest import from_hex
+    from lockbuild.errors import IntegrityError
+
+    meta = cache.meta_get(_MEMO_NS, _memo_key(w, build))
+    try:
+        blob = cache.get(from_hex(meta["blob"])) if meta and isinstance(meta.get("blob"), str) else None
+        if blob is None:
+            return None
+        value = json.loads(blob.read_bytes())
+        return tuple(str(p) for p in value["pruned"]), int(value["count"])
+    except (IntegrityError, ValueError, KeyError, TypeError):
+        return None  # a damaged record: derived again
+
+
+def _memo_put(cache: Cache, w: Wheel, build: BuildRules, value: tuple[tuple[str, ...], int]) -> None:
+    import json
+
+    from lockbuild.digest import to_hex
+
+    blob = cache.put_bytes(json.dumps({"pruned": list(value[0]), "count": value[1]}).encode())
+    cache.meta_put(_MEMO_NS, _memo_key(w, build), {"blob": to_hex(blob)})
 
 
 def counts(wheels: Sequence[Wheel], listings: dict[str, list[str]]) -> dict[str, int]:

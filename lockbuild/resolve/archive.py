@@ -296,18 +296,38 @@ def load_suite(http: httpx.Client, cache: Cache, src: SuiteSource, arch: str,
     return load_verified_suite(http, cache, src, arch, keyring, say, inrelease)
 
 
-def load_verified_suite(http: httpx.Client, cache: Cache, src: SuiteSource, arch: str,
-                         keyring: Path | Sequence[Path], say: Notify, inrelease: bytes,
-                         now: datetime | None = None, kept: KeptInputs | None = None,
-                         snapshot: str = "") -> LoadedSuite:
+@dataclass(frozen=True)
+class VerifiedSuite:
+    """A suite's InRelease, signature and Release checked: the Suite row and its Packages index's pin."""
+
+    suite: Suite
+    index: IndexFile
+    by_hash: bool
+
+
+def verify_suite(cache: Cache, src: SuiteSource, arch: str, keyring: Path | Sequence[Path], inrelease: bytes,
+                 now: datetime | None = None) -> VerifiedSuite:
     sig = check_inrelease(inrelease, keyring, src.name)
     release = parse_release(sig.text, src, now)
     inrelease_sha = cache.put_bytes(inrelease)  # only verified bytes enter the cache (kept for audits)
     f = index_file(release, arch, src.name)
     by_hash = release.get("Acquire-By-Hash", "").strip().lower() == "yes"
+    suite = Suite(
+        name=src.name, archive=src.archive, date=release["Date"], inrelease_sha256=inrelease_sha,
+        snapshot=snapshot_timestamp(release["Date"]), snapshot_archive=src.snapshot_archive,
+        signed_by=sig.signers,
+    )
+    return VerifiedSuite(suite, f, by_hash)
+
+
+def load_entries(http: httpx.Client, cache: Cache, src: SuiteSource, v: VerifiedSuite, say: Notify,
+                 kept: KeptInputs | None = None, snapshot: str = "") -> LoadedSuite:
+    """The verified suite's Packages index, fetched (or re-checked in the cache, the kept audit inputs or
+    the snapshot archive) and parsed; kept stanzas only where the signed index itself is unreachable."""
+    f = v.index
     unverified = ""
     try:
-        path = fetch_index(http, cache, src, f, by_hash, kept, snapshot)
+        path = fetch_index(http, cache, src, f, v.by_hash, kept, snapshot)
         entries = load_index(cache, path, f.sha256, f"{src.name} {f.path}")
     except FetchError as e:
         stanzas = kept.read_stanzas(f) if kept is not None else None
@@ -317,14 +337,17 @@ def load_verified_suite(http: httpx.Client, cache: Cache, src: SuiteSource, arch
         unverified = (f"{src.name}: {len(entries)} kept stanzas of {f.path} ({kept.stanzas(f).name}) were used; "
                       f"the signed index ({f.sha256}) itself is not reachable ({e.message}), so they are "
                       f"trusted as the commit that carries them")
-    say(f"{src.name}: InRelease verified (Date {release['Date']}), {f.path} {f.size / 1e6:.1f} MB, "
+    say(f"{src.name}: InRelease verified (Date {v.suite.date}), {f.path} {f.size / 1e6:.1f} MB, "
         f"{len(entries)} packages")
-    suite = Suite(
-        name=src.name, archive=src.archive, date=release["Date"], inrelease_sha256=inrelease_sha,
-        snapshot=snapshot_timestamp(release["Date"]), snapshot_archive=src.snapshot_archive,
-        signed_by=sig.signers,
-    )
-    return LoadedSuite(suite, entries, f, unverified)
+    return LoadedSuite(v.suite, entries, f, unverified)
+
+
+def load_verified_suite(http: httpx.Client, cache: Cache, src: SuiteSource, arch: str,
+                         keyring: Path | Sequence[Path], say: Notify, inrelease: bytes,
+                         now: datetime | None = None, kept: KeptInputs | None = None,
+                         snapshot: str = "") -> LoadedSuite:
+    return load_entries(http, cache, src, verify_suite(cache, src, arch, keyring, inrelease, now), say,
+                        kept, snapshot)
 
 
 # -- re-derivation (lock --check --rederive) ------------------------------------------------------

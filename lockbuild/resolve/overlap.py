@@ -32,13 +32,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import httpx
-from packaging.requirements import InvalidRequirement, Requirement
+from packaging.requirements import InvalidRequirement
 from packaging.tags import Tag
 from packaging.utils import canonicalize_name, parse_wheel_filename
 
 from lockbuild.errors import OverlapError, ResolveError, SpecError
 from lockbuild.fetch.cache import Cache
 from lockbuild.lock.model import VariantChoice, Wheel
+from lockbuild.model.metadata import requirement
 from lockbuild.progress import Notify
 
 # Distributions built from one source under several names; the first is the default name (what
@@ -225,7 +226,7 @@ def named(requirements: list[str] | tuple[str, ...]) -> set[str]:
     out: set[str] = set()
     for line in requirements:
         try:
-            out.add(canonicalize_name(Requirement(line).name))
+            out.add(canonicalize_name(requirement(line).name))
         except InvalidRequirement:
             continue
     return out

@@ -12,16 +12,19 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from packaging.requirements import InvalidRequirement, Requirement
+from packaging.requirements import InvalidRequirement
 from packaging.tags import Tag
 from packaging.utils import canonicalize_name, parse_wheel_filename
 from packaging.version import Version
 
 from lockbuild.errors import ResolveError
 from lockbuild.lock.model import Wheel
+from lockbuild.model.metadata import requirement
 from lockbuild.progress import Notify
 from lockbuild.resolve.uv import (
+    SIZE_UNKNOWN,
     PythonTarget,
+    UvReport,
     parse_pylock,
     source_only,
     target_tags,
@@ -73,7 +76,7 @@ def model_requirements(logged: list[str] | tuple[str, ...], *, serving: str, exc
     out = []
     for line in logged:
         try:
-            req = Requirement(line)
+            req = requirement(line)
         except InvalidRequirement as e:
             raise ResolveError(f"the model's requirement {line!r} is not valid: {e}",
                                hint="fix requirements.txt or exclude it with [python] exclude") from None
@@ -122,7 +125,7 @@ def resolve_python(requirements: list[str], constraints: list[str], *, target: P
                    exclude_newer: str, extra_index_urls: tuple[str, ...] = (),
                    bundled: tuple[BundledWheel, ...] = (), cache: object = None, epoch: int = 0,
                    notify: Notify = lambda _m: None, overrides: list[str] | None = None,
-                   preferences: dict[str, str] | None = None) -> list[Wheel]:
+                   preferences: dict[str, str] | None = None, report: UvReport | None = None) -> list[Wheel]:
     """Resolve to one pinned wheel per distribution: from the index, from the model (bundled wheels,
     pinned at their version so the rest resolves around them), or built from an sdist when the
     target has no wheel at all (only then: everything else stays wheels-only)."""
@@ -136,7 +139,7 @@ def resolve_python(requirements: list[str], constraints: list[str], *, target: P
             return uv_compile(reqs, constraints, target=target, index_url=index_url, exclude_newer=exclude_newer,
                               workdir=Path(d), extra_index_urls=extra_index_urls, find_links=links,
                               only_binary=only_binary, no_binary=no_binary, overrides=overrides,
-                              preferences=preferences)
+                              preferences=preferences, report=report)
 
         sdist_ok: frozenset[str] = frozenset()
         try:
@@ -153,6 +156,7 @@ def resolve_python(requirements: list[str], constraints: list[str], *, target: P
             text = compile_(no_binary=tuple(sorted(sdist_ok)))
     wheels, sdists = parse_pylock(text, tags, target.wheel_platform, sdist_ok=sdist_ok,
                                   bundled=frozenset(w.name for w in pins))
+    wheels = _with_sizes(wheels, cache, notify)
     by_name = {w.name: w for w in wheels}
     for w in pins:
         by_name[w.name] = w  # the model's own bytes, whatever the index has under that version
@@ -167,6 +171,24 @@ def resolve_python(requirements: list[str], constraints: list[str], *, target: P
     result = sorted(by_name.values(), key=lambda w: w.name)
     check_single_mlflow(result)
     return result
+
+
+def _with_sizes(wheels: list[Wheel], cache: object, notify: Notify) -> list[Wheel]:
+    """Wheels whose index gave no size (a PEP 503 HTML index) downloaded, checked against their sha256,
+    and given the verified file's size: the lock pins size and sha256 of every file."""
+    unknown = [w for w in wheels if w.size == SIZE_UNKNOWN]
+    if not unknown:
+        return wheels
+    from dataclasses import replace
+
+    from lockbuild.fetch.cache import Cache
+    from lockbuild.fetch.download import Item, fetch_all
+
+    c = cache if isinstance(cache, Cache) else Cache()
+    notify(f"the index gives no size for {', '.join(w.filename for w in unknown)}: downloading to pin it")
+    paths = fetch_all(c, [Item((w.url,), w.sha256, None, w.filename) for w in unknown])
+    sizes = {w.sha256: paths[w.sha256].stat().st_size for w in unknown}
+    return [replace(w, size=sizes[w.sha256]) if w.size == SIZE_UNKNOWN else w for w in wheels]
 
 
 def check_single_mlflow(wheels: list[Wheel]) -> None:

@@ -8,7 +8,8 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-from dataclasses import dataclass
+import tomllib
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -21,6 +22,8 @@ from lockbuild.digest import from_hex
 from lockbuild.errors import ResolveError
 from lockbuild.lock.model import Sdist, Wheel
 from lockbuild.model.metadata import strip_userinfo
+
+SIZE_UNKNOWN = -1  # a wheel's size the index did not give (PEP 503 HTML)
 
 
 @dataclass(frozen=True)
@@ -71,11 +74,108 @@ def pick_wheel(wheels: list[dict], tags: list[Tag]) -> dict | None:
     return best[1] if best else None
 
 
+@dataclass
+class UvReport:
+    """What a uv_compile run says besides the pylock: its warnings (yanked releases, ...) and the
+    packages whose index serves no upload times (the cutoff cannot apply to them)."""
+
+    warnings: list[str] = field(default_factory=list)
+    exempt: list[str] = field(default_factory=list)
+
+    def yanked(self) -> dict[str, tuple[str, str]]:
+        """{normalized name: (version, reason)} of the yanked releases uv chose."""
+        out: dict[str, tuple[str, str]] = {}
+        for line in self.warnings:
+            if m := _YANKED.search(line):
+                out[canonicalize_name(m.group(1))] = (m.group(2), m.group(3) or "yanked")
+        return out
+
+
+_YANKED = re.compile(r"`([A-Za-z0-9._-]+)==([^`]+)` is yanked(?: \(reason: \"(.*)\"\))?")
+_NO_PUBLISH_TIME = re.compile(r"\b([A-Za-z0-9._-]+)(?:==\S+)? has no publish time")
+_FILTERED = re.compile(r"`([A-Za-z0-9._-]+)` was filtered by `exclude-newer`")
+MAX_EXEMPT_ROUNDS = 20
+
+
+def no_upload_times(name: str, indexes: tuple[str, ...]) -> bool:
+    """True when an index serving ``name`` gives no upload time for its files: a PEP 503 HTML page
+    (which has none) or a JSON page (PEP 691/700) without `upload-time`. Credentials from netrc."""
+    import json
+
+    import httpx
+
+    from lockbuild.fetch.download import client
+
+    with client() as http:
+        for index in indexes:
+            if not index.startswith(("http://", "https://")):
+                continue
+            url = f"{index.rstrip('/')}/{canonicalize_name(name)}/"
+            try:
+                r = http.get(url, headers={"Accept": "application/vnd.pypi.simple.v1+json, text/html;q=0.1"})
+            except httpx.HTTPError:
+                continue
+            if r.status_code != 200:
+                continue
+            if "json" not in r.headers.get("content-type", ""):
+                return True
+            try:
+                files = json.loads(r.content).get("files", [])
+            except (ValueError, AttributeError):
+                return True
+            if any(isinstance(f, dict) and not f.get("upload-time") for f in files):
+                return True
+    return False
+
+
+def classify_uv_failure(stderr: str, target: PythonTarget) -> Exception:
+    """uv's failure as a lockbuild error whose message says what kind of failure it is and whose hint fits:
+    network, authentication, disk, platform, cutoff, no wheel, or an unsatisfiable set."""
+    from lockbuild.errors import FetchError
+
+    text = stderr
+    low = text.lower()
+    where = f"{target.wheel_platform}, Python {target.python}"
+    if any(k in low for k in ("401 unauthorized", "403 forbidden", "missing credentials", "authentication")):
+        return FetchError(f"uv was refused by the package index (authentication) resolving for {where}:\n{text}",
+                          hint="put the index credentials in ~/.netrc (or $NETRC): `machine HOST login USER "
+                          "password TOKEN` (never in a URL: lockbuild refuses credentials in the spec and strips "
+                          "them from the model)")
+    if any(k in low for k in ("no space left on device", "disk quota exceeded", "read-only file system")):
+        return ResolveError(f"uv could not write its cache or output (disk) resolving for {where}:\n{text}",
+                            hint="free disk space in $LOCKBUILD_CACHE (uv's cache is its uv/ directory) or point "
+                            "LOCKBUILD_CACHE at a writable disk with room")
+    if any(k in low for k in ("error sending request", "connection refused", "dns error", "failed to lookup address",
+                              "tcp connect error", "operation timed out", "timed out", "network is unreachable",
+                              "could not connect", "failed to fetch")):
+        return FetchError(f"uv could not reach the package index (network) resolving for {where}:\n{text}",
+                          hint="check the network, a proxy (HTTPS_PROXY) and [python] index-url / the model's "
+                          "index lines; then re-run `lockbuild lock`")
+    if "python-platform" in low and ("invalid value" in low or "unknown" in low):
+        said = "\n".join(ln for ln in text.splitlines() if "[possible values" not in ln).strip()
+        return ResolveError(f"uv does not accept the target platform {target.wheel_platform}:\n{said}",
+                            hint="set [target] platform/base to a supported target (docs/spec.md) or upgrade "
+                            "lockbuild (its pinned uv knows the platform tags it accepts)")
+    if "exclude-newer" in low or "no publish time" in low:
+        return ResolveError(f"nothing uploaded before the lock's cutoff satisfies the requirements ({where}):\n{text}",
+                            hint="the cutoff is [python] exclude-newer (or the previous lock's): move it later, "
+                            "or run `lockbuild lock --upgrade` to resolve at the current time")
+    if any(k in low for k in ("no wheels with a matching", "only has source distributions", "has no wheels",
+                              "wheels are available for", "no source distribution", "wheels are required for")):
+        return ResolveError(f"no wheel for {where}:\n{text}",
+                            hint="pin a version that has a wheel for this platform in [python] requirements, drop "
+                            "the requirement with [python] exclude, or change [target] platform")
+    return ResolveError(f"uv could not resolve the Python environment for {where}:\n{text}",
+                        hint="the requirements conflict: relax or change the pins uv names ([python] requirements "
+                        "overrides a logged pin; [python] exclude drops one)")
+
+
 def uv_compile(requirements: list[str], constraints: list[str], *, target: PythonTarget, index_url: str,
                exclude_newer: str, workdir: Path, extra_index_urls: tuple[str, ...] = (),
                find_links: tuple[str, ...] = (), only_binary: bool = True, no_binary: tuple[str, ...] = (),
-               overrides: list[str] | None = None, preferences: dict[str, str] | None = None) -> str:
-    """Run uv; return the pylock.toml text. uv's own explanation becomes the error message.
+               overrides: list[str] | None = None, report: UvReport | None = None,
+               preferences: dict[str, str] | None = None) -> str:
+    """Run uv; return the pylock.toml text. uv's failure becomes a classified error (classify_uv_failure).
 
     ``preferences`` ({name: version}, a previous lock's pins) are written as the output file before
     uv runs: `uv pip compile` prefers the versions an existing output file names and moves one
@@ -83,7 +183,34 @@ def uv_compile(requirements: list[str], constraints: list[str], *, target: Pytho
 
     Wheels only (``only_binary``), except the packages in ``no_binary``: those have no wheel for the
     target and are built from their sdist (lockbuild.fetch.sdist). Index credentials are never on
-    the command line: uv reads them from netrc."""
+    the command line: uv reads them from netrc. The ``exclude_newer`` cutoff applies where the index
+    gives upload times: a package whose index gives none (a PEP 503 HTML index) is exempt from it
+    (``--exclude-newer-package NAME=false``, listed in ``report.exempt``); its files are pinned by
+    sha256 like every other."""
+    report = report if report is not None else UvReport()
+    for _round in range(MAX_EXEMPT_ROUNDS):
+        proc = _uv_compile_once(requirements, constraints, target=target, index_url=index_url,
+                                exclude_newer=exclude_newer, workdir=workdir, extra_index_urls=extra_index_urls,
+                                find_links=find_links, only_binary=only_binary, no_binary=no_binary,
+                                overrides=overrides, exempt=tuple(report.exempt), preferences=preferences)
+        if proc.returncode == 0:
+            report.warnings += [ln.strip() for ln in proc.stderr.splitlines() if ln.strip().startswith("warning:")]
+            return (workdir / "pylock.toml").read_text()
+        names = sorted({canonicalize_name(n) for n in _NO_PUBLISH_TIME.findall(proc.stderr)}
+                       | {canonicalize_name(n) for n in _FILTERED.findall(proc.stderr)})
+        new = [n for n in names if n not in report.exempt
+               and no_upload_times(n, (index_url, *extra_index_urls))]
+        if not new:
+            break
+        report.exempt += new
+    raise classify_uv_failure(proc.stderr.strip() or proc.stdout.strip(), target)
+
+
+def _uv_compile_once(requirements: list[str], constraints: list[str], *, target: PythonTarget, index_url: str,
+                     exclude_newer: str, workdir: Path, extra_index_urls: tuple[str, ...],
+                     find_links: tuple[str, ...], only_binary: bool, no_binary: tuple[str, ...],
+                     overrides: list[str] | None, exempt: tuple[str, ...],
+                     preferences: dict[str, str] | None) -> subprocess.CompletedProcess[str]:
     req_in = workdir / "requirements.in"
     req_in.write_text("\n".join(requirements) + "\n")
     out = workdir / "pylock.toml"
@@ -98,11 +225,12 @@ def uv_compile(requirements: list[str], constraints: list[str], *, target: Pytho
         *[a for name in no_binary for a in ("--no-binary", name)],
         "--generate-hashes",
         "--exclude-newer", exclude_newer,
+        *[a for name in exempt for a in ("--exclude-newer-package", f"{name}=false")],
         "--index-url", index_url,
         *[a for url in extra_index_urls for a in ("--extra-index-url", url)],
         *[a for d in find_links for a in ("--find-links", d)],
         "--format", "pylock.toml",
-        "--no-header", "--quiet",
+        "--no-header",  # not --quiet: its warnings name yanked releases (UvReport.yanked)
         "--output-file", str(out),
     ]
     if constraints:
@@ -117,16 +245,7 @@ def uv_compile(requirements: list[str], constraints: list[str], *, target: Pytho
     env["UV_NO_CONFIG"] = "1"
     env.setdefault("UV_CACHE_DIR", str(Path(os.environ.get("LOCKBUILD_CACHE", Path.home() / ".cache/lockbuild"))
                                        / "uv"))
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=workdir)
-    if proc.returncode != 0:
-        explanation = proc.stderr.strip() or proc.stdout.strip()
-        raise ResolveError(
-            f"uv could not resolve the Python environment for {target.wheel_platform}, Python {target.python}:\n"
-            f"{explanation}",
-            hint="pin a version that has a wheel for this platform in [python] requirements, drop the "
-            "requirement with [python] exclude, or change [target] platform",
-        )
-    return out.read_text()
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=workdir)
 
 
 def preferences_pylock(pins: dict[str, str]) -> str:
@@ -155,7 +274,7 @@ class SdistPin:
 
 def source_only(text: str, tags: list[Tag]) -> list[str]:
     """Names in a pylock (resolved with sdists allowed) that have an sdist but no wheel for the target."""
-    doc = tomlkit.parse(text).unwrap()
+    doc = tomllib.loads(text)  # uv wrote it: plain TOML, read in linear time
     return sorted(canonicalize_name(p["name"]) for p in doc.get("packages", [])
                   if p.get("sdist") and pick_wheel(p.get("wheels") or [], tags) is None)
 
@@ -165,7 +284,7 @@ def parse_pylock(text: str, tags: list[Tag], platform: str, *,
                  bundled: frozenset[str] = frozenset()) -> tuple[list[Wheel], list[SdistPin]]:
     """Wheels (and sdists of ``sdist_ok`` packages) from uv's pylock; ``bundled`` names come from the
     model's own files instead (uv saw them through --find-links)."""
-    doc = tomlkit.parse(text).unwrap()
+    doc = tomllib.loads(text)  # uv wrote it: plain TOML, read in linear time
     wheels: list[Wheel] = []
     sdists: list[SdistPin] = []
     for pkg in doc.get("packages", []):
@@ -180,7 +299,8 @@ def parse_pylock(text: str, tags: list[Tag], platform: str, *,
         if name in sdist_ok and sd and pick_wheel(candidates, tags) is None:
             sha = (sd.get("hashes") or {}).get("sha256")
             if not sha or "size" not in sd or not sd.get("url"):
-                raise ResolveError(f"uv returned no url/sha256/size for the sdist of {name}")
+                raise ResolveError(f"uv returned no url/sha256/size for the sdist of {name}",
+                                   hint="the index gives no size for it: pin a version with a wheel for the target")
             url = strip_userinfo(str(sd["url"]))
             sdists.append(SdistPin(name, str(pkg["version"]), Sdist(
                 filename=unquote(urlsplit(url).path.rsplit("/", 1)[-1]), url=url, size=int(sd["size"]),
@@ -199,10 +319,11 @@ def parse_pylock(text: str, tags: list[Tag], platform: str, *,
                 hint=f"pin another {name} version or change [target] platform",
             )
         sha = (w.get("hashes") or {}).get("sha256")
-        if not sha or "size" not in w:
-            raise ResolveError(f"uv returned no sha256/size for {wheel_filename(w)}")
+        if not sha:
+            raise ResolveError(f"uv returned no sha256 for {wheel_filename(w)}")
+        # a PEP 503 HTML index gives no size: SIZE_UNKNOWN, filled in from the verified download
         wheels.append(Wheel(name=name, version=str(pkg["version"]), filename=wheel_filename(w),
-                            url=strip_userinfo(str(w.get("url") or "")), size=int(w["size"]),
+                            url=strip_userinfo(str(w.get("url") or "")), size=int(w.get("size", SIZE_UNKNOWN)),
                             sha256=from_hex(sha, wheel_filename(w))))
     return sorted(wheels, key=lambda w: w.name), sorted(sdists, key=lambda s: s.name)
 

@@ -11,13 +11,13 @@ from __future__ import annotations
 import zipfile
 from collections.abc import Callable
 
-from packaging.requirements import InvalidRequirement, Requirement
+from packaging.requirements import InvalidRequirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 from lockbuild.fetch.cache import Cache
 from lockbuild.lock.model import Lock
-from lockbuild.model.metadata import keras_major
+from lockbuild.model.metadata import keras_major, requirement
 from lockbuild.verify.finding import Finding  # rule, severity, what (message), why, fix
 
 # Distributions that install the same top-level package: at most one may be present.
@@ -36,7 +36,7 @@ def _pins(requirements: tuple[str, ...]) -> dict[str, str]:
     out: dict[str, str] = {}
     for line in requirements:
         try:
-            req = Requirement(line)
+            req = requirement(line)
         except InvalidRequirement:
             continue
         exact = [s.version for s in req.specifier if s.operator in ("==", "===")]
@@ -73,26 +73,82 @@ def rule_mlflow_version(lock: Lock, cache: Cache | None) -> list[Finding]:
     return []
 
 
+def _wheel_names(path: object) -> set[str]:
+    with zipfile.ZipFile(str(path)) as zf:
+        return set(zf.namelist())
+
+
 def rule_loader_module(lock: Lock, cache: Cache | None) -> list[Finding]:
+    """MLflow's pyfunc loader imports `loader_module` and calls its `_load_pyfunc`: it must be MLflow's
+    module for one of the model's flavors (in the locked MLflow), or a module the model's code/ or a
+    locked wheel provides; never a standard-library module (`os` builds, verifies, and dies at start)."""
+    import re
+    import sys
+
     mod = lock.model.loader_module
-    if not mod.startswith("mlflow.") or cache is None:
+    why = "pyfunc.load_model imports the loader module and calls its _load_pyfunc; the server fails at start"
+    relog = "re-log the model with its flavor's log_model (which writes the right loader_module), then re-lock"
+    if not mod:
         return []
-    wheel = next((w for w in lock.python.packages if w.name in ("mlflow-skinny", "mlflow")), None)
-    if wheel is None:
-        return [Finding("loader-module", "error", "no MLflow distribution is locked",
-                        "the scoring server is MLflow's", 'set [python] serving = "mlflow-skinny" and re-lock')]
-    path = cache.get(wheel.sha256, wheel.size)
-    if path is None:
-        return []  # not downloaded yet: checked again by `doctor` after `image`
-    rel = mod.replace(".", "/")
-    with zipfile.ZipFile(path) as zf:
-        names = set(zf.namelist())
-    if f"{rel}.py" not in names and f"{rel}/__init__.py" not in names:
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", mod):
+        return [Finding("loader-module", "error", f"the model's loader_module {mod!r} is not a module name", why,
+                        relog)]
+    top = mod.split(".")[0]
+    if top in sys.stdlib_module_names:
         return [Finding("loader-module", "error",
-                        f"the model's loader {mod} does not exist in {wheel.name} {wheel.version}",
-                        "pyfunc.load_model imports the loader module; the server fails at start",
-                        f'pin "{wheel.name}=={lock.model.mlflow_version}" in [python] requirements and re-lock')]
-    return []
+                        f"the model's loader_module {mod} is a standard-library module, not a pyfunc loader",
+                        why + " (it has no _load_pyfunc)", relog)]
+    if mod.startswith("mlflow."):
+        flavor = mod.split(".")[1]
+        if flavor != "pyfunc" and flavor not in lock.model.flavors:
+            return [Finding("loader-module", "error",
+                            f"the model's loader_module {mod} belongs to no flavor of the model "
+                            f"({', '.join(lock.model.flavors)})", why, relog)]
+        if cache is None:
+            return []
+        wheel = next((w for w in lock.python.packages if w.name in ("mlflow-skinny", "mlflow")), None)
+        if wheel is None:
+            return [Finding("loader-module", "error", "no MLflow distribution is locked",
+                            "the scoring server is MLflow's", 'set [python] serving = "mlflow-skinny" and re-lock')]
+        path = cache.get(wheel.sha256, wheel.size)
+        if path is None:
+            return []  # not downloaded yet: checked again by `doctor` after `image`
+        rel = mod.replace(".", "/")
+        names = _wheel_names(path)
+        if f"{rel}.py" not in names and f"{rel}/__init__.py" not in names:
+            return [Finding("loader-module", "error",
+                            f"the model's loader {mod} does not exist in {wheel.name} {wheel.version}",
+                            why, f'pin "{wheel.name}=={lock.model.mlflow_version}" in [python] requirements and '
+                            "re-lock")]
+        return []
+    # a custom loader: MLflow puts the model's code/ directory on sys.path
+    rel = mod.replace(".", "/")
+    files = {f.path for f in lock.model.files}
+    if any(f"{d}/{rel}{suffix}" in files for d in ("code", "code/code") for suffix in (".py", "/__init__.py")):
+        return []
+    if any(f.path.startswith("code/") and (f.path.endswith(f"/{rel}.py") or f.path.endswith(f"/{rel}/__init__.py"))
+           for f in lock.model.files):
+        return []
+    if cache is None:
+        return []
+    for w in lock.python.packages:
+        p = cache.get(w.sha256, w.size)
+        if p is None:
+            return []  # cannot tell before the wheels are downloaded
+        names = _wheel_names(p)
+        if f"{rel}.py" in names or f"{rel}/__init__.py" in names:
+            return []
+    return [Finding("loader-module", "error",
+                    f"the model's loader_module {mod} is neither MLflow's nor in the model's code/ nor in a locked "
+                    "wheel", why, "log the model with code_paths=[...] holding the loader, or add the package that "
+                    "provides it to the requirements, then re-lock")]
+
+
+def rule_yanked(lock: Lock, cache: Cache | None) -> list[Finding]:
+    return [Finding("yanked", "warning", f"{w.name} {w.version} is yanked on its index (reason: {w.yanked})",
+                    "a release is yanked when it is broken or insecure; [python] allow-yanked accepted it",
+                    f"pin another {w.name} version in [python] requirements and remove it from allow-yanked")
+            for w in lock.python.packages if w.yanked]
 
 
 def rule_keras_major(lock: Lock, cache: Cache | None) -> list[Finding]:
@@ -179,6 +235,7 @@ RULES: list[tuple[str, Callable[[Lock, Cache | None], list[Finding]]]] = [
     ("same-files", rule_same_files),
     ("changed-pin", rule_changed_pins),
     ("omitted", rule_omitted),
+    ("yanked", rule_yanked),
 ]
 
 
