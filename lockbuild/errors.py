@@ -161,3 +161,11 @@ class OverlapError(ResolveError):
 
     exit_code = 19
     kind = "overlap"
+
+
+class InvalidImage(LockbuildError):
+    """`verify`/`smoke`: the image cannot even be read as an image (malformed document, tar or blob,
+    absurd sizes). Distinct from VerifyFailed (a well-formed image that differs from the lock's)."""
+
+    exit_code = 23
+    kind = "invalid-image"
