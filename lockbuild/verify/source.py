@@ -260,11 +260,12 @@ def from_docker_archive(path: Path, *, engine: bool = False) -> ImageSource:
         prescan_archive(path)
         with tarfile.open(path, "r:") as tar:
             members: dict[str, tarfile.TarInfo] = {}
+            links: list[tarfile.TarInfo] = []
             for m in tar.getmembers():
                 if m.isreg():
                     members[_clean(m.name)] = m
-                else:
-                    members.pop(_clean(m.name), None)
+                elif not m.isdir():
+                    links.append(m)
 
             def read(name: str, what: str) -> bytes:
                 m = members.get(_clean(name))
@@ -277,6 +278,10 @@ def from_docker_archive(path: Path, *, engine: bool = False) -> ImageSource:
 
             src = ImageSource(f"docker-archive {path}", b"", None, [], [], kind="engine" if engine else "archive",
                               archive=path)
+            for m in links if not engine else []:
+                src.problems.append((m.name[:200], "regular files only", f"a link to {m.linkname[:200]}",
+                                     "a link member in the archive: Docker's loader extracts it over the member of "
+                                     "that name and follows it"))
             src.docker_manifest = read("manifest.json", "the archive")
             manifest = src.doc(src.docker_manifest, "manifest.json")
             if not isinstance(manifest, list) or len(manifest) != 1 or not isinstance(manifest[0], dict):
@@ -354,11 +359,32 @@ def from_daemon(ref: str) -> ImageSource:
 
 
 def from_registry(ref: str) -> ImageSource:
+    """The manifest (strictly parsed, digest-checked) and config from a registry; each layer blob
+    fetched into a temp dir, capped at its descriptor's size and digest-checked. A reference that
+    resolves to an image index is refused (lockbuild pushes one image manifest; a Go client picks
+    from an index with its own reading of it), and its manifest is still judged."""
+    from lockbuild.errors import PublishError
     from lockbuild.oci import registry
 
-    manifest, config = registry.pull_manifest(ref)
-    src = ImageSource(f"registry {ref}", config, manifest, [], [], kind="registry")
-    _config_digest, src.layer_descs = parse_manifest(src, manifest)
+    r = registry.parse_reference(ref)
+    s = registry.open_session(r, push=False)
+    src = ImageSource(f"registry {ref}", b"", None, [], [], kind="registry")
+    with s.client:
+        manifest, media_type = registry._get_manifest(s, r.reference)
+        if media_type in registry.INDEX_MEDIA_TYPES:
+            src.problems.append(("manifest", "an image manifest (what lockbuild pushes)", "an image index",
+                                 "the reference names an image index: verify the image manifest's digest"))
+            src.doc(manifest, "image index")
+            manifest, _ = registry._get_manifest(s, registry._pick_platform(manifest, "amd64", "linux"))
+        src.manifest = manifest
+        config_digest, src.layer_descs = parse_manifest(src, manifest)
+        resp = s.send("GET", s.url(f"blobs/{config_digest}"), ok=(200, 404), follow_redirects=True)
+        if resp.status_code == 404:
+            said = "; ".join(f"{w}: {p}" for w, p in src.ambiguities)
+            raise InvalidImage(f"the registry has no config {config_digest}, the one the manifest names"
+                               + (f" ({said})" if said else ""),
+                               hint="the manifest is not lockbuild's; do not run this image")
+        src.config = registry._check(resp.content, config_digest, "config")
     digests = [d["digest"] for d in src.layer_descs]
     tmp = Path(tempfile.mkdtemp(prefix="lockbuild-verify-"))
     src._cleanup.append(lambda: shutil.rmtree(tmp, ignore_errors=True))
@@ -368,7 +394,13 @@ def from_registry(ref: str) -> ImageSource:
             p = tmp / d.replace(":", "_")
             size = desc.get("size")
             with open(p, "wb") as f:
-                registry.fetch_blob(ref, d, _Capped(f, size if isinstance(size, int) else 0, d))
+                try:
+                    registry.fetch_blob(ref, d, _Capped(f, size if isinstance(size, int) else 0, d))
+                except PublishError as e:
+                    if "HTTP 404" not in e.message:
+                        raise
+                    raise InvalidImage(f"the registry has no layer {d}, one the manifest names",
+                                       hint="the manifest is not lockbuild's; do not run this image") from None
             paths.append(p)
     except BaseException:
         src.close()
