@@ -323,3 +323,17 @@ def test_layer_keys_bind_the_model_file_list_and_the_runtime_user(base: dict) ->
     assert keys(dropped)["model"] != a["model"]  # same tree-digest, another file list: another record
     other_user = dataclasses.replace(lock, runtime=dataclasses.replace(lock.runtime, user=1000))
     assert keys(other_user)["debian"] != a["debian"]
+
+
+def test_a_layout_with_an_sbom_attached_by_lockbuild_still_verifies(base: dict, tmp_path: Path) -> None:
+    """The one kind of extra index.json descriptor lockbuild writes itself (`audit attach`)."""
+    from lockbuild.audit import attach
+
+    layout = h.copy_layout(base["oci"], tmp_path / "oci")
+    subject = h.parts(layout)[0]["manifests"][0]["digest"]
+    attach.attach_to_layout(layout, subject, b'{"bomFormat":"CycloneDX"}', attach.SBOM_TYPE,
+                            {attach.TITLE: "sbom.cdx.json", attach.CREATED: "2026-11-25T00:00:00Z"})
+    report = _verify(base["project"], layout)
+    assert report.ok, _findings(report)
+    h.index_artifact_latest(layout)  # and one more, not lockbuild's: refused
+    _assert_refused(_verify(base["project"], layout), "document", "index.json", "lockbuild did not write")

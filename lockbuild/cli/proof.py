@@ -40,7 +40,8 @@ def verify(
         _print_findings(report)
     if report.invalid:
         raise InvalidImage(f"{report.image} cannot be read as an image: {report.findings[0].message}",
-                           hint="this is not an image lockbuild wrote for this lock; rebuild it (`lockbuild image`)")
+                           hint=report.hint or "this is not an image lockbuild wrote for this lock; rebuild it "
+                           "(`lockbuild image`)")
     if not report.ok:
         raise VerifyFailed(f"{len(report.findings)} mismatch(es) between {report.image} and the image {path} "
                            "determines", hint="rebuild the image from this lock (`lockbuild image`); the "
@@ -62,12 +63,13 @@ def _run_verify(image_ref: str, lk: Any, path: Path, *, rederive: bool = False) 
     from lockbuild.verify.verify import Report
     from lockbuild.verify.verify import verify as run_verify
 
+    hint = None
     try:
         with opened(image_ref) as src:
             return run_verify(src, lk, path.read_bytes(), lock_digest(path), Cache(),
                               lock_dir=path.resolve().parent, rederive=rederive)
     except InvalidImage as e:
-        why = e.message
+        why, hint = e.message, e.hint
     except (ValueError, TypeError, KeyError, IndexError, AttributeError, RecursionError, EOFError,
             tarfile.TarError, zlib.error, UnicodeError, OverflowError) as e:  # untrusted input, read defensively
         why = f"{type(e).__name__}: {e}"
@@ -77,7 +79,7 @@ def _run_verify(image_ref: str, lk: Any, path: Path, *, rederive: bool = False) 
         if e.errno == errno.ENOSPC:
             raise
         why = f"{type(e).__name__}: {e}"
-    report = Report(image=image_ref)
+    report = Report(image=image_ref, hint=hint)
     report.add("invalid-image", image_ref, "an image lockbuild writes", "unreadable", str(why)[:500])
     return report
 

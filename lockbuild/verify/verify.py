@@ -69,6 +69,7 @@ class Report:
     layers: list[dict[str, Any]] = field(default_factory=list)
     config_digest: str | None = None  # the config (= Docker image ID) the lock determines
     not_listed: int = 0
+    hint: str | None = None  # what to do, for an invalid image
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -263,7 +264,11 @@ def verify(src: ImageSource, lock: Lock, lock_bytes: bytes, lock_digest: str, ca
             got = None
             if i < n_found:
                 desc = src.layer_descs[i] if i < len(src.layer_descs) else {}
-                blob_limit = desc.get("size") if isinstance(desc.get("size"), int) else None
+                size = desc.get("size")
+                # a descriptor without an integer size names no readable blob (read nothing of it);
+                # an archive from an engine has no descriptors: its members bound the reading
+                blob_limit = size if isinstance(size, int) and not isinstance(size, bool) else (
+                    0 if src.layer_descs else None)
                 try:
                     got = hash_found_layer(src, i, known=rec, tar_limit=tar_size, blob_limit=blob_limit)
                     if got.diff_id is None:  # not the record's blob: decompress, bounded by the lock's layer
