@@ -157,7 +157,8 @@ def test_archive_attacks_are_refused(base: dict, tmp_path: Path, variant: str) -
 def test_docker_load_reads_the_attackers_config_from_those_archives(base: dict, tmp_path: Path,
                                                                     docker_engine: Any) -> None:
     """The archive attacks are real: Docker's loader (cleaned names, last wins, links followed, Go's JSON)
-    loads the attacker's config from the archives verify refuses."""
+    loads the attacker's config from the archives verify refuses; verify of what the engine then holds
+    (docker-daemon:) refuses it as well."""
     evil = hashlib.sha256(h.canonical_json(h.evil_config(json.loads(base["config"])))).hexdigest()
     for variant in ("dot-manifest", "symlink-config", "lowercase-config-key"):
         archive = ARCHIVE_REFUSED[variant](base["archive"], tmp_path / f"{variant}.tar")
@@ -165,6 +166,8 @@ def test_docker_load_reads_the_attackers_config_from_those_archives(base: dict, 
             loaded = docker_engine.images.load(f)
         try:
             assert loaded[0].id == f"sha256:{evil}", (variant, loaded[0].id)
+            report = _verify(base["project"], f"docker-daemon:{loaded[0].id}")  # the engine source refuses it too
+            _assert_refused(report, "document", "image ID")
         finally:
             docker_engine.images.remove(loaded[0].id, force=True)
 
@@ -259,6 +262,7 @@ def test_what_verify_accepts_real_loaders_load_byte_for_byte(base: dict, tmp_pat
     report = _verify(base["project"], layout)
     assert report.ok, _findings(report)
     assert report.config_digest == base["config_digest"]
+    assert bool(report.notes) == (variant != "other-ref-name"), report.notes  # a recompression is said
     skopeo("copy", f"oci:{layout}", f"dir:{tmp_path / 'dir'}")
     _assert_loaded_exactly(base, tmp_path / "dir")
     umoci = umoci_with_zstd()

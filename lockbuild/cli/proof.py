@@ -95,6 +95,8 @@ def _print_findings(report: Any) -> None:
             t.add_row(escape(f.rule), escape(f.path), escape(f.expected[:40]), escape(f.actual[:40]),
                       escape(f.message), escape(f.origin))
         err.print(t)
+    for note in report.notes:
+        err.print(f"[cyan]note[/] {escape(note)}")
     err.print(f"checked: {checked}")
 
 

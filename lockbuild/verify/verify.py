@@ -70,6 +70,7 @@ class Report:
     config_digest: str | None = None  # the config (= Docker image ID) the lock determines
     not_listed: int = 0
     hint: str | None = None  # what to do, for an invalid image
+    notes: list[str] = field(default_factory=list)  # accepted, but said: e.g. layers a transport recompressed
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -95,7 +96,7 @@ class Report:
 
     def to_dict(self) -> dict:
         return {"image": self.image, "ok": self.ok, "checked": self.checked, "layers": self.layers,
-                "config_digest": self.config_digest, "findings_not_listed": self.not_listed,
+                "config_digest": self.config_digest, "findings_not_listed": self.not_listed, "notes": self.notes,
                 "findings": [f.to_dict(VERIFY_KEYS) for f in self.findings]}
 
 
