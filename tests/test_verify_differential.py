@@ -229,11 +229,29 @@ def _small(_i: int, d: dict) -> bool:
     return d["annotations"]["lockbuild.layer.name"] in ("model", "config")
 
 
+def _skopeo_zstd(layout: Path) -> None:
+    """skopeo's own recompression: its manifest and index.json (annotations and platform dropped)."""
+    import shutil
+
+    dest = layout.with_name("skopeo")
+    skopeo("copy", "-q", "--dest-compress-format", "zstd", f"oci:{layout}", f"oci:{dest}:t")
+    shutil.rmtree(layout)
+    dest.rename(layout)
+
+
 ACCEPTED: dict[str, Callable[[Path], None]] = {
     "gzip-9": lambda p: h.recompressed(p, compression="gzip", which=_small),
     "zstd": lambda p: h.recompressed(p, compression="zstd", which=_small),
     "other-ref-name": h.other_ref_name,
+    "skopeo-zstd": _skopeo_zstd,
 }
+
+
+def test_a_recompressing_transport_may_not_add_a_field(base: dict, tmp_path: Path) -> None:
+    layout = h.copy_layout(base["oci"], tmp_path / "oci")
+    h.recompressed(layout, compression="zstd", which=_small)
+    h.manifest_unknown_field(layout)
+    _assert_refused(_verify(base["project"], layout), "document", "manifest", "unknown field subject")
 
 
 def _diff_id(path: Path) -> str:

@@ -43,8 +43,37 @@ def _ambiguity_findings(src: ImageSource, report: Any) -> None:
                    f"{what}: {problem}: runtimes and verify could read different values")
 
 
-def _compare(report: Any, what: str, found: bytes | None, expected: bytes, src: ImageSource) -> bool:
-    """Byte identity of one document; on a difference, findings that say where."""
+def _droppable(path: tuple[str, ...]) -> bool:
+    """Fields a transport may drop (never add or change): annotations, a descriptor's platform, an
+    index's top-level mediaType. No runtime decides what to run from them."""
+    return "annotations" in path or path[-1] == "platform" or path == ("mediaType",)
+
+
+def _equivalent(found: Any, expected: Any, path: tuple[str, ...], dropped: list[str]) -> bool:
+    """found has exactly expected's fields and values, except droppable fields it lacks."""
+    if isinstance(expected, dict):
+        if not isinstance(found, dict) or any(k not in expected for k in found):
+            return False
+        for k, v in expected.items():
+            if k not in found:
+                if not _droppable((*path, k)):
+                    return False
+                dropped.append(".".join((*path, k)))
+            elif not _equivalent(found[k], v, (*path, k), dropped):
+                return False
+        return True
+    if isinstance(expected, list):
+        return isinstance(found, list) and len(found) == len(expected) and all(
+            _equivalent(f, e, (*path, str(i)), dropped) for i, (f, e) in enumerate(zip(found, expected, strict=True)))
+    return type(found) is type(expected) and bool(found == expected)
+
+
+def _compare(report: Any, what: str, found: bytes | None, expected: bytes, src: ImageSource,
+             transport: bool = False) -> bool:
+    """Byte identity of one document; on a difference, findings that say where. ``transport``: a
+    re-serialisation (what skopeo writes when it recompresses layers) is accepted, and said, when
+    it has no duplicate or case-variant key and exactly lockbuild's fields and values (annotations,
+    platform and an index's mediaType may be dropped, nothing added or changed)."""
     if found == expected:
         return True
     if found is None:
@@ -57,6 +86,12 @@ def _compare(report: Any, what: str, found: bytes | None, expected: bytes, src: 
         return False
     import json
 
+    dropped: list[str] = []
+    if transport and not any(w == what for w, _p in src.ambiguities) \
+            and _equivalent(doc, json.loads(expected), (), dropped):
+        report.notes.append(f"{what}: a transport's re-serialisation of lockbuild's {what} (same fields and values"
+                            + (f"; dropped {', '.join(dropped[:8])}" if dropped else "") + "): accepted")
+        return True
     diffs = strictjson.diff(doc, json.loads(expected), limit=MAX_DOC_FINDINGS)
     for d in diffs:
         report.add("document", what, "", d, f"{what} is not what lockbuild writes for this lock: {d}")
@@ -97,6 +132,21 @@ def expected_manifest(lock: Lock, lock_digest: str, plans: Sequence[LayerPlan], 
     return build_manifest(layers, config, manifest_annotations(lock, lock_digest))
 
 
+def _recompressed(lock: Lock, found: Sequence[Any], descs: Sequence[dict]) -> list[int]:
+    """Layers not compressed the way lockbuild compresses them (another compressor or none named)."""
+    from lockbuild.assemble.build import LEVEL
+    from lockbuild.oci.compress import compressor_name
+
+    ours = {c: compressor_name(LEVEL, c) for c in ("gzip", "zstd")}
+    return [i for i, (f, d) in enumerate(zip(found, descs, strict=False))
+            if _notes(d).get(COMPRESSOR_ANNOTATION) != ours.get(f.compression)]
+
+
+def _notes(desc: dict) -> dict:
+    notes = desc.get("annotations")
+    return notes if isinstance(notes, dict) else {}
+
+
 def _note_transport(lock: Lock, plans: Sequence[LayerPlan], found: Sequence[Any], descs: Sequence[dict],
                     report: Any) -> None:
     """Say so when a layer is not compressed the way lockbuild compresses it for this lock: a
@@ -106,11 +156,11 @@ def _note_transport(lock: Lock, plans: Sequence[LayerPlan], found: Sequence[Any]
 
     ours = {c: compressor_name(LEVEL, c) for c in ("gzip", "zstd")}  # zstd locks' archives are gzip
     for plan, f, d in zip(plans, found, descs, strict=False):
-        note = (d.get("annotations") or {}).get(COMPRESSOR_ANNOTATION)
+        note = _notes(d).get(COMPRESSOR_ANNOTATION)
         if note != ours.get(f.compression):
             report.notes.append(f"layer {plan.name}: {f.compression} blob (compressor {note!r}; lockbuild writes "
                                 f"{ours[lock.compression]!r}): recompressed by a transport; accepted because its "
-                                "tar is the lock's and the manifest is lockbuild's canonical bytes for it")
+                                "tar is the lock's and the manifest has exactly lockbuild's fields and values")
 
 
 def _descriptor(manifest: bytes, platform: dict, annotations: dict | None) -> dict:
@@ -217,8 +267,10 @@ def check_documents(src: ImageSource, lock: Lock, lock_digest: str, plans: Seque
             report.add("digests", f"layer {i}", str(f.blob_size), str(d.get("size"))[:40],
                        "the manifest's layer size is not the blob's")
     manifest = expected_manifest(lock, lock_digest, plans, found, src.layer_descs, config)
-    if _compare(report, "manifest", src.manifest, manifest, src):
+    recompressed = _recompressed(lock, found, src.layer_descs)
+    if _compare(report, "manifest", src.manifest, manifest, src, transport=bool(recompressed)):
         _note_transport(lock, plans, found, src.layer_descs, report)
+        manifest = src.manifest  # the index names the manifest found (lockbuild's, or a transport's)
     if src.kind == "registry":
         return
     platform = image_spec(lock, labels_for(lock, lock_digest)).platform()
@@ -238,8 +290,10 @@ def check_documents(src: ImageSource, lock: Lock, lock_digest: str, plans: Seque
     artifacts = _artifact_entries(src, sha256_bytes(manifest), report)
     index = canonical_json({"schemaVersion": 2, "mediaType": INDEX_MEDIA_TYPE,
                             "manifests": [_descriptor(manifest, platform, want_notes), *artifacts]})
-    _compare(report, "index.json", src.index, index, src)
-    _compare(report, "oci-layout", src.oci_layout, OCI_LAYOUT, src)
+    if _compare(report, "index.json", src.index, index, src, transport=bool(recompressed) and src.kind == "layout"):
+        index = src.index or index
+    _compare(report, "oci-layout", src.oci_layout, OCI_LAYOUT, src,
+             transport=bool(recompressed) and src.kind == "layout")
     if src.kind == "archive" and tag is not None:
         check_archive_bytes(src, lock, manifest, index, config, found, tag, report)
 
