@@ -324,8 +324,11 @@ def test_smoke_refuses_to_run_when_the_engine_lacks_the_verified_image_id(base: 
     with pytest.raises(SmokeFailed, match="does not hold the verified image"):
         ensure_loaded(docker_engine, str(base["archive"]), "lockbuild-test/tiny:smoke", "sha256:" + "0" * 64)
     tag = h.archive_docs(base["archive"])[0][0]["RepoTags"][0]  # loaded just now: no second load
-    assert ensure_loaded(docker_engine, tag, "unused", base["config_digest"]) == base["config_digest"]
-    assert {c.id for c in docker_engine.containers.list(all=True)} == before
+    try:
+        assert ensure_loaded(docker_engine, tag, "unused", base["config_digest"]) == base["config_digest"]
+        assert {c.id for c in docker_engine.containers.list(all=True)} == before
+    finally:
+        docker_engine.images.remove(tag)  # the tag this test loaded (the image stays while others use it)
 
 
 # -- cached records are keyed by everything they stand for ----------------------------------------------
