@@ -436,6 +436,9 @@ def open_image(image: str) -> ImageSource:
         return from_layout(p)
     if p.is_file():
         return from_docker_archive(p)
+    if p.exists():
+        raise InvalidImage(f"{image} is neither a directory nor a regular file",
+                           hint="pass an OCI layout dir or a docker-archive file")
     if looks_like_path(image):
         raise InvalidImage(f"{image} does not exist", hint="pass an OCI layout dir, a docker-archive file, "
                            "docker-daemon:REF or docker://host/repo@sha256:…")
