@@ -275,6 +275,9 @@ def bench_warm(res: Results, cache: Path, host: str | None, repeats: int, compre
     v = run([*lockbuild_cmd(), "verify", "out/oci", "--rederive"], env=lb_env(cache, None), cwd=work).check()
     res.add("verify_rederive_s", [v.seconds], "lockbuild verify --rederive out/oci (every layer re-derived)")
     res.facts["peak_rss_verify_kb"] = max([*ver_rss, v.max_rss_kb])
+    from measure_hostile import bench_verify_hostile
+
+    bench_verify_hostile(res, cache, work, max(1, repeats // 2))  # issue 19: hostile inputs, same run
 
     log(f"   model-only change x{repeats}: add a file to the model, lock, image")
     lock_s, img_s, rebuilt = [], [], set()

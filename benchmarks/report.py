@@ -198,6 +198,9 @@ def render_table(metrics: dict[str, dict[str, Any]], facts: dict[str, Any], summ
          "n/a" if not facts.get("peak_rss_verify_kb") else f"{facts['peak_rss_verify_kb'] / 1024:.0f} MB", "", ""),
     ]
     rows += startup_rows(metrics, facts, r)
+    from measure_hostile import hostile_rows
+
+    rows += hostile_rows(metrics, facts, _s)
     lines = ["| | measurement | median | runs | ratio / note |", "|---|---|---:|---:|---|"]
     lines += [f"| {a} | {b} | {c} | {d} | {e} |" for a, b, c, d, e in rows]
     lines += ["", "| target (issues 6, 11) | measured | met |", "|---|---:|---|"]

@@ -163,6 +163,14 @@ class OverlapError(ResolveError):
     kind = "overlap"
 
 
+class InvalidImage(LockbuildError):
+    """`verify`/`smoke`: the image cannot even be read as an image (malformed document, tar or blob,
+    absurd sizes). Distinct from VerifyFailed (a well-formed image that differs from the lock's)."""
+
+    exit_code = 23
+    kind = "invalid-image"
+
+
 class SigningKeyError(LockbuildError):
     """A signing or verification key is missing, unreadable, of the wrong kind, or its passphrase is wrong."""
 

@@ -210,7 +210,8 @@ SOURCES = ["oci", "archive"]
 def test_tampered_images_are_refused_from_files(tiny_project: dict, variants: dict[str, Path], tmp_path: Path,
                                                kind: str, variant: str) -> None:
     layout = variants[variant]
-    image = str(layout) if kind == "oci" else str(to_archive(layout, tmp_path / "image.tar", f"tamper:{variant}"))
+    tag = "lockbuild-test/tiny:t"  # an archive's RepoTags must be the lock's image name (lockbuild.toml [image] name)
+    image = str(layout) if kind == "oci" else str(to_archive(layout, tmp_path / "image.tar", tag))
     report = _verify(tiny_project, image, ok=variant == "untouched")
     if variant == "untouched":
         assert report["ok"] and report["checked"]["layers"] == len(tiny_project["image"]["layers"])

@@ -72,6 +72,16 @@ def labels_for(lock: Lock, lock_digest: str) -> dict[str, str]:
     return labels
 
 
+def manifest_annotations(lock: Lock, lock_digest: str) -> dict[str, str]:
+    """The image manifest's annotations (verify requires exactly these)."""
+    return {
+        "org.opencontainers.image.created": lock.created,
+        "org.opencontainers.image.title": lock.image_name,
+        "io.lockbuild.lock.digest": lock_digest,
+        "io.lockbuild.model.uri": lock.model.resolved_uri,
+    }
+
+
 def image_spec(lock: Lock, labels: dict[str, str]) -> ImageSpec:
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", **dict(lock.runtime.env)}
     arch = debian_arch(lock.target.platform)
@@ -152,12 +162,7 @@ def build(lock: Lock, lock_bytes: bytes, cache: Cache, *, lock_dir: Path, jobs: 
         _check_conflicts(lock, cache, blobs, lock_dir=lock_dir)  # within a layer, wheel_tree refuses it already
 
     labels = labels_for(lock, lock_digest)
-    annotations = {
-        "org.opencontainers.image.created": lock.created,
-        "org.opencontainers.image.title": lock.image_name,
-        "io.lockbuild.lock.digest": lock_digest,
-        "io.lockbuild.model.uri": lock.model.resolved_uri,
-    }
+    annotations = manifest_annotations(lock, lock_digest)
     ordered = [(p.name, done[p.name]) for p in plans]
     image = build_image(ordered, config=image_spec(lock, labels), annotations=annotations, created=lock.created)
     stats = {p.name: cache.meta_get("layer-stats", p.key.replace(":", "-")) or {} for p in plans}

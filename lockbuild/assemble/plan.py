@@ -76,8 +76,16 @@ def plan_layers(lock: Lock, *, mtime: int, lock_digest: str, level: int) -> list
     shared = {"recipe": RECIPE, "lockbuild": __version__, "level": level, "python": lock.target.python,
               "platform": lock.target.platform, "bytecode": lock.build.bytecode}
     base = {**shared, "mtime": mtime}
+    # Each key names everything its layer is made of (a cached record verify trusts stands for
+    # exactly that): the Debian layer also writes /etc/passwd and /home/<user> for the runtime user,
+    # and installs each package under its name; the model layer is its file list, not only the
+    # lock's tree-digest (which nothing re-derives from the list).
     plans = [LayerPlan("debian", "debian", key=_key({**base, "debs": _hexes(lock.debian.packages),
-                                                      "interpreter": lock.target.interpreter_package}))]
+                                                      "interpreter": lock.target.interpreter_package,
+                                                      "user": lock.runtime.user,
+                                                      "packages": sorted([d.name, d.version, d.architecture,
+                                                                          d.filename, to_hex(d.sha256)]
+                                                                         for d in lock.debian.packages)}))]
     wheel_base = {**shared, "mtime": WHEEL_MTIME, "prune": list(lock.build.prune), "keep": list(lock.build.keep),
                   "interpreter": _hexes(interpreter_debs(lock))
                   if lock.build.bytecode != "none" else []}
@@ -86,7 +94,9 @@ def plan_layers(lock: Lock, *, mtime: int, lock_digest: str, level: int) -> list
                                key=_key({**wheel_base, "wheels": _hexes(group),
                                          **({"pruned": sorted([to_hex(w.sha256), list(w.pruned)] for w in group)}
                                             if lock.build.pruned_listed else {})})))
-    plans.append(LayerPlan("model", "model", key=_key({**base, "model": lock.model.tree_digest})))
+    plans.append(LayerPlan("model", "model", key=_key({**base, "model": lock.model.tree_digest,
+                                                       "files": sorted([f.path, f.size, to_hex(f.sha256)]
+                                                                       for f in lock.model.files)})))
     plans.append(LayerPlan("config", "config", key=_key({**base, "lock": lock_digest,
                                                          "launcher": launcher_digest()})))
     return plans

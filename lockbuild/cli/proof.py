@@ -33,7 +33,7 @@ def verify(
 
     Example: [bold]lockbuild verify out/oci[/]   [bold]lockbuild verify docker://HOST/REPO:TAG --key release.pub[/]
     """
-    from lockbuild.errors import VerifyFailed
+    from lockbuild.errors import InvalidImage, VerifyFailed
     from lockbuild.lock.io import read_lock
 
     path = lock_path(spec, lock_file)
@@ -54,6 +54,10 @@ def verify(
         emit_json({**report.to_dict(), **({"signature": signed} if signed is not None else {})})
     else:
         _print_findings(report)
+    if report.invalid:
+        raise InvalidImage(f"{report.image} cannot be read as an image: {report.findings[0].message}",
+                           hint=report.hint or "this is not an image lockbuild wrote for this lock; rebuild it "
+                           "(`lockbuild image`)")
     if not report.ok:
         raise VerifyFailed(f"{len(report.findings)} mismatch(es) between {report.image} and the image {path} "
                            "determines", hint="rebuild the image from this lock (`lockbuild image`); the "
@@ -63,14 +67,37 @@ def verify(
 
 
 def _run_verify(image_ref: str, lk: Any, path: Path, *, rederive: bool = False) -> Any:
+    """The verify report; an image that cannot be read at all is a report with one invalid-image
+    finding (never a traceback): malformed documents, tars, blobs, absurd sizes."""
+    import tarfile
+    import zlib
+
+    from lockbuild.errors import InvalidImage
     from lockbuild.fetch.cache import Cache
     from lockbuild.lock.io import lock_digest
     from lockbuild.verify.source import opened
+    from lockbuild.verify.verify import Report
     from lockbuild.verify.verify import verify as run_verify
 
-    with opened(image_ref) as src:
-        return run_verify(src, lk, path.read_bytes(), lock_digest(path), Cache(),
-                          lock_dir=path.resolve().parent, rederive=rederive)
+    hint = None
+    try:
+        with opened(image_ref) as src:
+            return run_verify(src, lk, path.read_bytes(), lock_digest(path), Cache(),
+                              lock_dir=path.resolve().parent, rederive=rederive)
+    except InvalidImage as e:
+        why, hint = e.message, e.hint
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, RecursionError, EOFError,
+            tarfile.TarError, zlib.error, UnicodeError, OverflowError) as e:  # untrusted input, read defensively
+        why = f"{type(e).__name__}: {e}"
+    except OSError as e:
+        import errno
+
+        if e.errno == errno.ENOSPC:
+            raise
+        why = f"{type(e).__name__}: {e}"
+    report = Report(image=image_ref, hint=hint)
+    report.add("invalid-image", image_ref, "an image lockbuild writes", "unreadable", str(why)[:500])
+    return report
 
 
 def _print_findings(report: Any) -> None:
@@ -84,6 +111,8 @@ def _print_findings(report: Any) -> None:
             t.add_row(escape(f.rule), escape(f.path), escape(f.expected[:40]), escape(f.actual[:40]),
                       escape(f.message), escape(f.origin))
         err.print(t)
+    for note in report.notes:
+        err.print(f"[cyan]note[/] {escape(note)}")
     err.print(f"checked: {checked}")
 
 
@@ -104,7 +133,7 @@ def smoke(
 
     Example: [bold]lockbuild smoke out/oci[/]   (engine: scripts/dockerd.sh start)
     """
-    from lockbuild.errors import LockFileError, SmokeFailed, VerifyFailed
+    from lockbuild.errors import InvalidImage, LockFileError, SmokeFailed, VerifyFailed
     from lockbuild.fetch.cache import Cache
     from lockbuild.lock.io import read_lock
     from lockbuild.oci.daemon import engine
@@ -114,6 +143,7 @@ def smoke(
     s = load_spec(spec)
     lpath = lock_path(s.path, lock_file)
     lk = read_lock(lpath)
+    image_id = None
     if no_verify:
         err.print("[bold red]WARNING: --no-verify: the image is NOT checked against the lock before it runs; "
                   "whatever code it holds will execute[/]")
@@ -125,9 +155,13 @@ def smoke(
                 emit_json({"image": image_ref, "ok": False, "verified": False, "verify": vreport.to_dict()})
             else:
                 _print_findings(vreport)
+            if vreport.invalid:
+                raise InvalidImage(f"smoke refused to run {vreport.image}: it cannot be read as an image: "
+                                   f"{vreport.findings[0].message}", hint="rebuild the image from this lock")
             raise VerifyFailed(f"smoke refused to run {vreport.image}: {len(vreport.findings)} mismatch(es) with "
                                f"the image {lpath} determines",
                                hint="rebuild the image from this lock; `--no-verify` runs it anyway (unsafe)")
+        image_id = vreport.config_digest  # the container runs this image ID and nothing else
     cache = Cache()
     mlmodel = next((f for f in lk.model.files if f.path == "MLmodel"), None)
     mlmodel_path = cache.get(mlmodel.sha256) if mlmodel else None
@@ -153,7 +187,7 @@ def smoke(
         body = json.loads(p.read_text())
     with err.status("smoke: starting container…"):
         report = run_smoke(engine(), image_ref, lk, body=body, expected=expected, tolerance=s.smoke_tolerance,
-                           timeout=timeout or s.smoke_timeout, mlmodel_text=mlmodel_text)
+                           timeout=timeout or s.smoke_timeout, mlmodel_text=mlmodel_text, image_id=image_id)
     if as_json:
         emit_json({**report.to_dict(), "verified": not no_verify})
     if not report.ok:

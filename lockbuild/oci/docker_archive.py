@@ -18,7 +18,8 @@ from __future__ import annotations
 import io
 import json
 import tarfile
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -30,6 +31,15 @@ from lockbuild.oci.layout import REF_NAME, blob_name, layout_files, read_oci_lay
 from lockbuild.oci.tar import new_tarinfo, open_tar
 
 CONTAINERD_NAME = "io.containerd.image.name"
+
+
+@dataclass(frozen=True)
+class Opaque:
+    """A member whose bytes are judged elsewhere: its size and a reader. verify writes the archive
+    lockbuild would write for an image with this (found) layer in place, to compare it byte for byte."""
+
+    size: int
+    open: Callable[[], io.RawIOBase]
 
 
 def split_tag(repo_tag: str) -> tuple[str, str]:
@@ -63,7 +73,7 @@ def _parents(rel: str) -> list[str]:
     return ["/".join(parts[: i + 1]) for i in range(len(parts))]
 
 
-def _created_epoch(config: bytes) -> int:
+def created_epoch(config: bytes) -> int:
     created = json.loads(config).get("created", "")
     try:
         return int(datetime.fromisoformat(created).timestamp())
@@ -71,7 +81,8 @@ def _created_epoch(config: bytes) -> int:
         return 0
 
 
-def _write_archive(tar: tarfile.TarFile, files: dict[str, BlobSource], mtime: int) -> None:
+def _write_archive(tar: tarfile.TarFile, files: Mapping[str, BlobSource | Opaque], mtime: int,
+                   on_member: Callable[[str], None] = lambda _rel: None) -> None:
     dirs_done: set[str] = set()
     for rel in sorted(files, key=str.encode):
         content = files[rel]
@@ -79,7 +90,11 @@ def _write_archive(tar: tarfile.TarFile, files: dict[str, BlobSource], mtime: in
             if d not in dirs_done:
                 tar.addfile(new_tarinfo(d, tarfile.DIRTYPE, mode=0o755, mtime=mtime))
                 dirs_done.add(d)
-        if isinstance(content, Path):
+        on_member(rel)
+        if isinstance(content, Opaque):
+            with content.open() as f:
+                tar.addfile(new_tarinfo(rel, tarfile.REGTYPE, mode=0o644, mtime=mtime, size=content.size), f)
+        elif isinstance(content, Path):
             size = content.stat().st_size
             with open(content, "rb") as f:
                 tar.addfile(new_tarinfo(rel, tarfile.REGTYPE, mode=0o644, mtime=mtime, size=size), f)
@@ -101,7 +116,7 @@ def write_archive(files: dict[str, BlobSource], dest_tar: Path, *, mtime: int) -
 
 def write_docker_archive(image: Image, dest_tar: Path, cache: Cache, *, repo_tag: str) -> Path:
     """Write a `docker load`-able tar of a built image."""
-    return write_archive(archive_files(image, cache, repo_tag), dest_tar, mtime=_created_epoch(image.config))
+    return write_archive(archive_files(image, cache, repo_tag), dest_tar, mtime=created_epoch(image.config))
 
 
 def layout_archive(layout: Path, repo_tag: str, dest_tar: Path) -> Path:
@@ -111,4 +126,11 @@ def layout_archive(layout: Path, repo_tag: str, dest_tar: Path) -> Path:
     m = img.manifest_json()
     files: dict[str, BlobSource] = {p.relative_to(layout).as_posix(): p for p in layout.rglob("*") if p.is_file()}
     files["manifest.json"] = docker_manifest(m["config"]["digest"], [d["digest"] for d in m["layers"]], repo_tag)
-    return write_archive(files, dest_tar, mtime=_created_epoch(img.config))
+    return write_archive(files, dest_tar, mtime=created_epoch(img.config))
+
+
+def write_archive_to(out: io.RawIOBase, files: Mapping[str, BlobSource | Opaque], *, mtime: int,
+                     on_member: Callable[[str], None] = lambda _rel: None) -> None:
+    """The archive ``write_archive`` makes, into any sink (verify compares it with a found archive)."""
+    with open_tar(out) as tar:  # type: ignore[arg-type]
+        _write_archive(tar, files, mtime, on_member)

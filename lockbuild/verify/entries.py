@@ -20,6 +20,27 @@ from lockbuild.oci.layercache import Layer
 from lockbuild.verify.source import ImageSource
 
 CHUNK = 1 << 20
+MAX_EXTENDED_HEADER = 64 << 10  # a PAX/GNU long-name header; lockbuild's longest path is far under 4 KiB
+MAX_NAME = 4096  # PATH_MAX
+
+
+class TooLarge(OSError):
+    """A layer (or an entry's header) is larger than anything the expected image holds: reading stops."""
+
+
+class BoundedTarInfo(tarfile.TarInfo):
+    """A tar header reader that refuses extended headers (PAX, GNU long names) over a small size
+    before reading them, and names over PATH_MAX: a hostile layer of huge PAX names costs nothing."""
+
+    def _proc_member(self, tf: tarfile.TarFile) -> tarfile.TarInfo:
+        if self.type in (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, tarfile.GNUTYPE_LONGNAME,
+                         tarfile.GNUTYPE_LONGLINK) and self.size > MAX_EXTENDED_HEADER:
+            raise TooLarge(f"a tar extended header of {self.size} bytes (the limit is {MAX_EXTENDED_HEADER})")
+        info = super()._proc_member(tf)  # type: ignore[misc]
+        if len(info.name) > MAX_NAME or len(info.linkname) > MAX_NAME:
+            raise TooLarge(f"a tar entry name of {max(len(info.name), len(info.linkname))} characters")
+        return info  # type: ignore[no-any-return]
+
 
 
 @dataclass(frozen=True)
@@ -58,10 +79,13 @@ def _kind(m: tarfile.TarInfo) -> str:
     return "other"
 
 
-def iter_entries(stream: BinaryIO) -> Iterator[tuple[str, Entry]]:
-    """Every entry of an uncompressed tar stream, content hashed in 1 MiB chunks."""
-    with tarfile.open(fileobj=stream, mode="r|") as tar:  # type: ignore[call-overload]
-        for m in tar:
+def iter_entries(stream: BinaryIO, max_entries: int | None = None) -> Iterator[tuple[str, Entry]]:
+    """Every entry of an uncompressed tar stream, content hashed in 1 MiB chunks. Headers are read
+    with ``BoundedTarInfo``; more than ``max_entries`` entries stop the reading (``TooLarge``)."""
+    with tarfile.open(fileobj=stream, mode="r|", tarinfo=BoundedTarInfo) as tar:  # type: ignore[call-overload]
+        for n, m in enumerate(tar):
+            if max_entries is not None and n >= max_entries:
+                raise TooLarge(f"more than {max_entries} entries (the expected layer has fewer)")
             kind = _kind(m)
             sha, size = "", 0
             if kind == "file":
@@ -76,15 +100,26 @@ def iter_entries(stream: BinaryIO) -> Iterator[tuple[str, Entry]]:
 
 
 class _HashReader:
-    """Read-through stream that hashes (and counts) what passes."""
+    """Read-through stream that hashes (and counts) what passes; past ``limit`` bytes it stops
+    with ``TooLarge`` (a blob larger than its descriptor, a tar larger than the expected one)."""
 
-    def __init__(self, raw: Any) -> None:
+    def __init__(self, raw: Any, limit: int | None = None, what: str = "layer") -> None:
         self.raw = raw
         self.h = hashlib.sha256()
+        self.size = 0
+        self.limit, self.what = limit, what
 
     def read(self, n: int = -1) -> bytes:
+        if self.limit is not None:
+            room = self.limit + 1 - self.size
+            n = room if n is None or n < 0 else min(n, room)
+            if n <= 0:
+                raise TooLarge(f"the {self.what} is larger than the {self.limit} bytes expected")
         data = self.raw.read(n)
         self.h.update(data)
+        self.size += len(data)
+        if self.limit is not None and self.size > self.limit:
+            raise TooLarge(f"the {self.what} is larger than the {self.limit} bytes expected")
         return data
 
     def readable(self) -> bool:
@@ -116,50 +151,95 @@ class _Peeked:
         return bytes(data)
 
 
+def compression_of(head: bytes) -> str:
+    if head[:2] == b"\x1f\x8b":
+        return "gzip"
+    if head == b"\x28\xb5\x2f\xfd":
+        return "zstd"
+    return "tar"
+
+
+class _Zstd:
+    """zstd frames, decompressed with a bounded window; trailing bytes after the frame are an error
+    (an engine might read them as another frame): the stream must end where the frame ends."""
+
+    def __init__(self, raw: Any) -> None:
+        import zstandard
+
+        self.raw = raw
+        self.r = zstandard.ZstdDecompressor(max_window_size=1 << 27).stream_reader(raw, read_across_frames=True)
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        import zstandard
+
+        try:
+            return bytes(self.r.read(n))
+        except zstandard.ZstdError as e:
+            raise OSError(f"zstd: {e}") from None
+
+
 def _decompressed(raw: Any) -> Any:
     """The uncompressed tar stream of a layer blob (gzip, zstd or plain tar, by magic bytes)."""
     head = raw.read(4)
     peeked = _Peeked(head, raw)
-    if head[:2] == b"\x1f\x8b":
+    kind = compression_of(head)
+    if kind == "gzip":
         import gzip
 
         return gzip.GzipFile(fileobj=peeked, mode="rb")  # type: ignore[call-overload]
-    if head == b"\x28\xb5\x2f\xfd":
+    if kind == "zstd":
         try:
-            import zstandard  # type: ignore[import-not-found]
+            import zstandard  # noqa: F401
         except ImportError:  # pragma: no cover - only with zstd layers and no zstandard module
             raise OSError("zstd-compressed layer and the zstandard module is not installed") from None
-        return zstandard.ZstdDecompressor().stream_reader(peeked)  # type: ignore[arg-type]  # any .read()
+        return _Zstd(peeked)
     return peeked
 
 
 @dataclass
 class FoundLayer:
     blob_digest: str  # sha256 of the bytes as stored (compressed)
-    diff_id: str  # sha256 of the uncompressed tar
+    diff_id: str | None  # sha256 of the uncompressed tar; None: not decompressed (see hash_found_layer)
+    blob_size: int = 0
+    compression: str = "gzip"  # by magic bytes: gzip | zstd | tar
+    tar_size: int | None = None
 
 
-def hash_found_layer(src: ImageSource, i: int, known: Layer | None = None) -> FoundLayer:
+def hash_found_layer(src: ImageSource, i: int, known: Layer | None = None, *, tar_limit: int | None = None,
+                     blob_limit: int | None = None) -> FoundLayer:
     """The layer's real digests. With ``known`` (a MAC-checked record: blob digest -> diff_id, made
-    when lockbuild itself compressed that tar) a blob hashing to known.digest is not decompressed."""
+    when lockbuild itself compressed that tar) the blob is only hashed: a blob hashing to
+    known.digest gets the record's diff_id, any other ``diff_id=None`` (the caller derives the
+    expected layer, then calls again with its size as ``tar_limit``). Reading stops (``TooLarge``)
+    past ``blob_limit`` compressed or ``tar_limit`` uncompressed bytes."""
     if known is not None:
         with src.open_layer(i) as raw:
-            outer = _HashReader(raw)
-            head = outer.read(4)
-            plain = head[:2] != b"\x1f\x8b" and head != b"\x28\xb5\x2f\xfd"
+            outer = _HashReader(raw, blob_limit, "layer blob")
+            kind = compression_of(outer.read(4))
             outer.drain()
         blob = PREFIX + outer.h.hexdigest()
-        if blob == known.digest or plain:
-            return FoundLayer(blob, known.diff_id if blob == known.digest else blob)
+        if blob == known.digest:
+            return FoundLayer(blob, known.diff_id, outer.size, kind)
+        if kind == "tar" and (tar_limit is None or outer.size <= tar_limit):
+            return FoundLayer(blob, blob, outer.size, kind, outer.size)
+        if tar_limit is None:
+            return FoundLayer(blob, None, outer.size, kind)
     with src.open_layer(i) as raw:
-        outer = _HashReader(raw)
-        inner = _HashReader(_decompressed(outer))
+        outer = _HashReader(raw, blob_limit, "layer blob")
+        head = outer.read(4)
+        inner = _HashReader(_decompressed(_Peeked(head, outer)), tar_limit, "uncompressed layer")
         inner.drain()
         outer.drain()
-    return FoundLayer(PREFIX + outer.h.hexdigest(), PREFIX + inner.h.hexdigest())
+    return FoundLayer(PREFIX + outer.h.hexdigest(), PREFIX + inner.h.hexdigest(), outer.size, compression_of(head),
+                      inner.size)
 
 
-def found_entries(src: ImageSource, i: int) -> Iterator[tuple[str, Entry]]:
+def found_entries(src: ImageSource, i: int, *, tar_limit: int | None = None,
+                  max_entries: int | None = None) -> Iterator[tuple[str, Entry]]:
     with src.open_layer(i) as raw:
-        yield from iter_entries(_decompressed(raw))
+        yield from iter_entries(_HashReader(_decompressed(raw), tar_limit, "uncompressed layer"),  # type: ignore[arg-type]
+                                max_entries)
 

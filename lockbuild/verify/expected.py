@@ -39,11 +39,11 @@ def _tar_expected(staged: Any, out: Any) -> None:
               owners=staged.owners)
 
 
-def expected_diff_id(staged: Any) -> str:
-    """The expected layer's diff_id: its tar hashed as written, never stored."""
+def expected_diff_id(staged: Any) -> tuple[str, int]:
+    """The expected layer's diff_id and tar size: its tar hashed as written, never stored."""
     sink = HashingWriter(_Null())
     _tar_expected(staged, sink)
-    return sink.digest()
+    return sink.digest(), sink.size
 
 
 def expected_entries(staged: Any) -> Iterator[tuple[str, Entry]]:
@@ -131,11 +131,15 @@ class Origins:
         return f"{plan.name} layer, {GENERATED}"
 
 
-def expected_config(lock: Lock, lock_digest: str, plans: list[LayerPlan], diff_ids: list[str]) -> dict:
-    """The image config the builder writes for these layers (diff_ids as expected)."""
+def expected_config_bytes(lock: Lock, lock_digest: str, plans: list[LayerPlan], diff_ids: list[str]) -> bytes:
+    """The image config the builder writes for these layers (diff_ids as expected), byte for byte."""
     from lockbuild.assemble.build import image_spec, labels_for
     from lockbuild.oci.image import build_config
 
     layers = [(p.name, Layer(digest="", diff_id=d, size=0)) for p, d in zip(plans, diff_ids, strict=True)]
-    return json.loads(build_config(layers, spec=image_spec(lock, labels_for(lock, lock_digest)),
-                                   created=lock.created))
+    return build_config(layers, spec=image_spec(lock, labels_for(lock, lock_digest)), created=lock.created)
+
+
+def expected_config(lock: Lock, lock_digest: str, plans: list[LayerPlan], diff_ids: list[str]) -> dict:
+    """The image config the builder writes for these layers, parsed."""
+    return json.loads(expected_config_bytes(lock, lock_digest, plans, diff_ids))  # type: ignore[no-any-return]

@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from lockbuild.errors import SmokeFailed
+from lockbuild.errors import InvalidImage, PublishError, SmokeFailed
 from lockbuild.lock.model import Lock
 from lockbuild.oci.docker_archive import layout_archive
 from lockbuild.verify.diagnose import diagnose
@@ -52,21 +52,42 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def ensure_loaded(client: Any, image: str, tag: str) -> str:
-    """Make `image` (layout dir, archive file or engine ref) available in the engine; return a ref."""
-    p = Path(image)
-    if not p.exists():
-        return image
-    with tempfile.TemporaryDirectory(prefix="lockbuild-smoke-") as d:
-        archive = p
-        if p.is_dir():
-            archive = Path(d) / "image.tar"
-            layout_archive(p, tag, archive)
-        with open(archive, "rb") as f:
-            loaded = client.images.load(f)
-    if loaded and loaded[0].tags:
-        return str(loaded[0].tags[0])
-    return str(loaded[0].id) if loaded else tag
+def ensure_loaded(client: Any, image: str, tag: str, image_id: str | None = None) -> str:
+    """Make `image` (layout dir, archive file or engine ref) available in the engine; return what to
+    run. With ``image_id`` (the config digest verify proved) that is the image ID itself, and only
+    when the engine holds exactly that image after loading: a container never runs another image
+    than the verified one, whatever the archive, the engine's tags or a race in between did."""
+    from lockbuild.verify.source import looks_like_path
+
+    p = Path(image).expanduser()
+    if p.exists():
+        with tempfile.TemporaryDirectory(prefix="lockbuild-smoke-") as d:
+            archive = p
+            if p.is_dir():
+                archive = Path(d) / "image.tar"
+                layout_archive(p, tag, archive)
+            with open(archive, "rb") as f:
+                try:
+                    loaded = client.images.load(f)
+                except Exception as e:  # noqa: BLE001 - the engine's error, said plainly
+                    raise PublishError(f"docker load of {image} failed: {e}") from None
+        ref = str(loaded[0].tags[0]) if loaded and loaded[0].tags else (str(loaded[0].id) if loaded else tag)
+    elif looks_like_path(image):
+        raise InvalidImage(f"{image} does not exist", hint="pass an OCI layout dir, a docker-archive file or an "
+                           "engine reference (docker-daemon:REF)")
+    else:
+        ref = image.removeprefix("docker-daemon:")
+    if image_id is None:
+        return ref
+    try:
+        found = client.images.get(image_id)
+    except Exception:  # noqa: BLE001 - docker.errors.ImageNotFound and friends
+        found = None
+    if found is None or found.id != image_id:
+        raise SmokeFailed(f"the engine does not hold the verified image {image_id} after loading {image}",
+                          hint="the archive or the engine's tag names another image than the one verified; "
+                               "rebuild the image from the lock")
+    return image_id
 
 
 def _shape(value: Any) -> list[int]:
@@ -114,17 +135,23 @@ def _wait_ready(http: httpx.Client, base: str, container: Any, timeout: float) -
 
 
 def smoke(client: Any, image: str, lock: Lock, *, body: dict, expected: Any | None, tolerance: float,
-          timeout: float, mlmodel_text: str | None = None) -> SmokeReport:
-    ref = ensure_loaded(client, image, f"{lock.image_name}:smoke")
+          timeout: float, mlmodel_text: str | None = None, image_id: str | None = None) -> SmokeReport:
+    """Run ``image`` and check it serves. ``image_id``: the verified config digest; the container is
+    created from that image ID (see ensure_loaded), never from a tag."""
+    ref = ensure_loaded(client, image, f"{lock.image_name}:smoke", image_id)
     report = SmokeReport(image=ref, port=free_port())
     base = f"http://127.0.0.1:{report.port}"
     env = {"PORT": str(report.port), "HOST": "127.0.0.1"}
-    container = client.containers.run(ref, detach=True, network_mode="host", environment=env)
+    container = client.containers.create(ref, detach=True, network_mode="host", environment=env)
     started = time.monotonic()
     exited = False
     ready = False
     invocations_failed = False
     try:
+        if image_id is not None and container.attrs.get("Image") != image_id:
+            raise SmokeFailed(f"the container was created from {container.attrs.get('Image')}, not the verified "
+                              f"image {image_id}")
+        container.start()
         with httpx.Client() as http:
             ready, exited = _wait_ready(http, base, container, timeout)
             if not ready:
@@ -144,9 +171,13 @@ def smoke(client: Any, image: str, lock: Lock, *, body: dict, expected: Any | No
                 if report.version != lock.runtime.mlflow_version:
                     report.problems.append(f"/version is {report.version!r}, the lock pins MLflow "
                                            f"{lock.runtime.mlflow_version}")
+    except httpx.HTTPError as e:
+        report.problems.append(f"the server's answer could not be read: {e}")
     finally:
         try:
             report.log_tail = container.logs(tail=60).decode("utf-8", "replace")
+        except Exception:  # noqa: BLE001 - the log is a courtesy; the container is removed regardless
+            pass
         finally:
             container.remove(force=True)
     env_map = dict(lock.runtime.env)

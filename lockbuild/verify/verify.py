@@ -45,14 +45,19 @@ from typing import Any
 
 from lockbuild.assemble.plan import LayerPlan, plan_layers
 from lockbuild.fetch.cache import Cache
+from lockbuild.fsutil import sha256_bytes
 from lockbuild.lock.model import Lock
 from lockbuild.oci.layercache import Layer
-from lockbuild.verify.entries import Entry, found_entries, hash_found_layer
-from lockbuild.verify.expected import GENERATED, Origins, expected_config, expected_diff_id, expected_entries
+from lockbuild.verify.documents import check_documents
+from lockbuild.verify.entries import Entry, FoundLayer, TooLarge, found_entries, hash_found_layer
+from lockbuild.verify.expected import GENERATED, Origins, expected_config_bytes, expected_diff_id, expected_entries
 from lockbuild.verify.finding import VERIFY_KEYS, Finding
 from lockbuild.verify.source import ImageSource
 
 MAX_ENTRY_FINDINGS = 50  # per layer; the rest are counted in one summary finding
+MAX_FINDINGS = 500  # per report; the rest are counted (findings_not_listed)
+MAX_CONFIG_FINDINGS = 50
+EXTRA_LAYER_LIMIT = 16 << 20  # uncompressed bytes read of a layer the lock's image does not have
 CONFIG_KEYS = ("Entrypoint", "Cmd", "Env", "User", "WorkingDir", "ExposedPorts", "Labels")
 
 
@@ -62,14 +67,26 @@ class Report:
     findings: list[Finding] = field(default_factory=list)  # each a way the image differs from the lock's
     checked: dict[str, int] = field(default_factory=dict)
     layers: list[dict[str, Any]] = field(default_factory=list)
+    config_digest: str | None = None  # the config (= Docker image ID) the lock determines
+    not_listed: int = 0
+    hint: str | None = None  # what to do, for an invalid image
+    notes: list[str] = field(default_factory=list)  # accepted, but said: e.g. layers a transport recompressed
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def ok(self) -> bool:
         return not self.findings
 
+    @property
+    def invalid(self) -> bool:
+        """The image could not be read as an image at all (exit code of InvalidImage)."""
+        return any(f.rule == "invalid-image" for f in self.findings)
+
     def add(self, check: str, path: str, expected: str, actual: str, message: str, source: str = "") -> None:
         with self._lock:
+            if len(self.findings) >= MAX_FINDINGS:
+                self.not_listed += 1
+                return
             self.findings.append(Finding(check, "error", message, path=path, expected=expected, actual=actual,
                                          origin=source))
 
@@ -79,6 +96,7 @@ class Report:
 
     def to_dict(self) -> dict:
         return {"image": self.image, "ok": self.ok, "checked": self.checked, "layers": self.layers,
+                "config_digest": self.config_digest, "findings_not_listed": self.not_listed, "notes": self.notes,
                 "findings": [f.to_dict(VERIFY_KEYS) for f in self.findings]}
 
 
@@ -92,6 +110,7 @@ def compare_entries(expected: Iterator[tuple[str, Entry]], found: Iterator[tuple
     exp: dict[str, Entry] = dict(expected)
     seen: set[str] = set()
     n = 0
+    most = len(exp) + MAX_ENTRY_FINDINGS  # found entries read at most: the expected count plus what is listed
 
     def add(path: str, e: str, a: str, msg: str) -> None:
         nonlocal n
@@ -99,7 +118,11 @@ def compare_entries(expected: Iterator[tuple[str, Entry]], found: Iterator[tuple
         if n <= MAX_ENTRY_FINDINGS:
             report.add("layer", "/" + path if path != "." else "/", e, a, f"layer {layer}: {msg}", origin(path))
 
-    for path, got in found:
+    for k, (path, got) in enumerate(found):
+        if k >= most:
+            add(path, f"{len(exp) + len(seen)} entries", f"more than {most}", "the layer has far more entries than "
+                "the lock's; reading stopped")
+            break
         if path in seen:
             add(path, "one entry", f"another: {got.describe()}", "the path occurs twice in the layer tar (the "
                 "later entry wins on extraction)")
@@ -134,26 +157,41 @@ def _show(v: object) -> str:
     return "absent" if v is None else json.dumps(v, sort_keys=True)
 
 
+def _dict(v: object) -> dict:
+    return v if isinstance(v, dict) else {}
+
+
 def check_config(found: dict, expected: dict, report: Report) -> None:
-    fc, ec = found.get("config") or {}, expected.get("config") or {}
+    """What differs in meaning (the byte comparison is in documents.py), at most MAX_CONFIG_FINDINGS."""
+    n = 0
+
+    def add(path: str, e: object, a: object, msg: str, origin: str = GENERATED + " from the lock") -> None:
+        nonlocal n
+        n += 1
+        if n <= MAX_CONFIG_FINDINGS:
+            report.add("config", path, e if isinstance(e, str) else _show(e), a if isinstance(a, str) else _show(a),
+                       msg, origin)
+
+    fc, ec = _dict(found.get("config")), _dict(expected.get("config"))
     for key in sorted(set(fc) | set(ec) | set(CONFIG_KEYS)):
         if key == "Labels":
-            fl, el = fc.get("Labels") or {}, ec.get("Labels") or {}
+            fl, el = _dict(fc.get("Labels")), _dict(ec.get("Labels"))
             for label in sorted(set(fl) | set(el)):
                 if fl.get(label) != el.get(label):
-                    report.add("config", f"config.Labels.{label}", _show(el.get(label)), _show(fl.get(label)),
-                               "label differs from the lock's", GENERATED + " from the lock")
+                    add(f"config.Labels.{label}", el.get(label), fl.get(label), "label differs from the lock's")
             continue
         if fc.get(key) != ec.get(key):
-            report.add("config", f"config.{key}", _show(ec.get(key)), _show(fc.get(key)),
-                       f"{key} differs from the lock's", GENERATED + " from the lock")
+            add(f"config.{key}", ec.get(key), fc.get(key), f"{key} differs from the lock's")
     for key in sorted((set(found) | set(expected)) - {"config", "rootfs", "history"}):
         if found.get(key) != expected.get(key):
-            report.add("config", key, _show(expected.get(key)), _show(found.get(key)),
-                       f"image config {key} differs from the lock's", GENERATED + " from the lock")
-    if (found.get("history") or []) != (expected.get("history") or []):
-        report.add("config", "history", f"{len(expected.get('history') or [])} entries",
-                   f"{len(found.get('history') or [])} entries", "config history differs", GENERATED)
+            add(key, expected.get(key), found.get(key), f"image config {key} differs from the lock's")
+    fh, eh = found.get("history"), expected.get("history") or []
+    if fh != eh:
+        add("history", f"{len(eh)} entries", f"{len(fh) if isinstance(fh, list) else 'no list of'} entries",
+            "config history differs", GENERATED)
+    if n > MAX_CONFIG_FINDINGS:
+        report.add("config", "config", "", f"{n - MAX_CONFIG_FINDINGS} more",
+                   f"{n - MAX_CONFIG_FINDINGS} further config differences not listed")
     report.count("config")
 
 
@@ -186,8 +224,10 @@ def verify(src: ImageSource, lock: Lock, lock_bytes: bytes, lock_digest: str, ca
 
     origins = Origins(lock, blobs)
     found_cfg = src.config_json
-    claimed = list((found_cfg.get("rootfs") or {}).get("diff_ids") or [])
-    n_found = len(src.layer_digests)
+    claimed_raw = _dict(found_cfg.get("rootfs")).get("diff_ids")
+    claimed = [str(d) for d in claimed_raw] if isinstance(claimed_raw, list) else []
+    n_found = len(src._open)
+    found: dict[int, FoundLayer] = {}
     if len(claimed) != n_found:
         report.add("digests", "config.rootfs.diff_ids", f"{n_found} (layers in the image)", str(len(claimed)),
                    "the config lists a different number of layers than the image has")
@@ -207,13 +247,15 @@ def verify(src: ImageSource, lock: Lock, lock_bytes: bytes, lock_digest: str, ca
         name = plan.name if plan else f"#{i} (extra)"
         stage: Path | None = None
         staged = None
+        tar_size: int | None = None if plan is not None else EXTRA_LAYER_LIMIT
 
         def derive() -> str:
-            nonlocal stage, staged
+            nonlocal stage, staged, tar_size
             assert plan is not None
             stage = Path(tempfile.mkdtemp(prefix="verify-", dir=tmp_root))
             staged = stage_layer(plan, lock, lock_bytes, inputs(plan), stage, mtime=mtime)
-            return expected_diff_id(staged)
+            digest, tar_size = expected_diff_id(staged)
+            return digest
 
         try:
             t0 = time.monotonic()
@@ -222,17 +264,38 @@ def verify(src: ImageSource, lock: Lock, lock_bytes: bytes, lock_digest: str, ca
             t1 = time.monotonic()
             got = None
             if i < n_found:
+                desc = src.layer_descs[i] if i < len(src.layer_descs) else {}
+                size = desc.get("size")
+                # a descriptor without an integer size names no readable blob (read nothing of it);
+                # an archive from an engine has no descriptors: its members bound the reading
+                blob_limit = size if isinstance(size, int) and not isinstance(size, bool) else (
+                    0 if src.layer_descs else None)
                 try:
-                    got = hash_found_layer(src, i, known=rec)
-                except (OSError, EOFError, tarfile.TarError, zlib.error) as e:
-                    report.add("digests", f"layer {i}", exp_diff or "?", "unreadable", f"layer cannot be read: {e}")
+                    got = hash_found_layer(src, i, known=rec, tar_limit=tar_size, blob_limit=blob_limit)
+                    if got.diff_id is None:  # not the record's blob: decompress, bounded by the lock's layer
+                        assert plan is not None
+                        derived = derive()
+                        if derived != exp_diff:
+                            report.add("digests", f"layer {name}", derived, str(exp_diff),
+                                       "the signed layer record disagrees with the lock's layer", "layer cache record")
+                            exp_diff = derived
+                        got = hash_found_layer(src, i, tar_limit=tar_size, blob_limit=blob_limit)
+                except TooLarge as e:
+                    report.add("digests", f"layer {name}", f"at most {tar_size} bytes uncompressed"
+                               if "uncompressed" in str(e) else f"{blob_limit} bytes", "larger",
+                               f"layer {name}: {e}; reading stopped")
                     return i, exp_diff
-                want_blob = src.layer_digests[i]
+                except (OSError, EOFError, tarfile.TarError, zlib.error) as e:
+                    report.add("invalid-image", f"layer {i}", exp_diff or "?", "unreadable",
+                               f"layer cannot be read: {e}")
+                    return i, exp_diff
+                found[i] = got
+                want_blob = src.layer_digests[i] if i < len(src.layer_digests) else None
                 if want_blob and got.blob_digest != want_blob:
                     report.add("digests", f"layer {i}", want_blob, got.blob_digest,
                                "layer blob does not match the manifest's digest")
                 if i < len(claimed) and claimed[i] != got.diff_id:
-                    report.add("digests", f"config.rootfs.diff_ids[{i}]", got.diff_id, claimed[i],
+                    report.add("digests", f"config.rootfs.diff_ids[{i}]", str(got.diff_id), claimed[i],
                                "the config's diff_id is not the layer's content")
             with report._lock:
                 report.layers.append({"index": i, "name": name, "expected": exp_diff,
@@ -253,14 +316,14 @@ def verify(src: ImageSource, lock: Lock, lock_bytes: bytes, lock_digest: str, ca
             if got is not None and exp_diff == got.diff_id:
                 return i, exp_diff
             exp_iter = expected_entries(staged) if staged is not None else iter(())
-            found_iter = found_entries(src, i) if got is not None else iter(())
+            found_iter = found_entries(src, i, tar_limit=tar_size) if got is not None else iter(())
             try:
                 compare_entries(exp_iter, found_iter, layer=name, report=report,
                                 origin=lambda p: origins.of(plan, p))
             except (OSError, EOFError, tarfile.TarError, zlib.error) as e:
                 report.add("layer", f"layer {name}", exp_diff or "", "unreadable", f"cannot compare entries: {e}")
             if got is not None and exp_diff is not None:
-                report.add("digests", f"layer {name}", exp_diff, got.diff_id,
+                report.add("digests", f"layer {name}", exp_diff, str(got.diff_id),
                            "layer content differs from the one the lock determines",
                            f"{name} layer derived from the lock")
             return i, exp_diff
@@ -277,12 +340,16 @@ def verify(src: ImageSource, lock: Lock, lock_bytes: bytes, lock_digest: str, ca
         diffs = dict(pool.map(one, order))
     report.layers.sort(key=lambda d: d["index"])
     exp_ids = [diffs.get(i) or "" for i in range(len(plans))]
-    expected = expected_config(lock, lock_digest, plans, exp_ids)
+    config = expected_config_bytes(lock, lock_digest, plans, exp_ids)
+    expected = json.loads(config)
+    report.config_digest = sha256_bytes(config)
     if claimed != exp_ids and len(claimed) != len(exp_ids):
         report.add("digests", "config.rootfs.diff_ids", f"{len(exp_ids)} layers", f"{len(claimed)} layers",
                    "the image has a different number of layers than the lock determines", GENERATED)
     check_config({k: v for k, v in found_cfg.items() if k != "rootfs"},
                  {k: v for k, v in expected.items() if k != "rootfs"}, report)
+    if len(plans) == n_found and all(e for e in exp_ids):
+        check_documents(src, lock, lock_digest, plans, [found.get(i) for i in range(n_found)], config, report)
     return report
 
 
