@@ -1,0 +1,302 @@
+"""The registry as a shared build cache: look a layer up by its layer key, use it only when a trusted
+key signed it and its bytes match what was signed, and push what this runner built.
+
+Reading an entry (``SharedCache.fetch``), for each trusted key's tag in turn:
+  1. GET the manifest (at most 64 KB) and the entry blob it names (digest re-checked);
+  2. ``entry.check_entry``: a trusted signature over the statement for exactly this key, and the
+     manifest's layer descriptor equal to the signed one;
+  3. stream the layer blob into the local cache's temp file, hashing it (sha256, size) and its
+     decompressed tar (diff_id) as it arrives; only when all three equal the signed values is it
+     renamed into the local cache and recorded in the local layer cache (HMAC record).
+Anything else is a note, and the layer is built as if the registry had nothing.
+
+Writing (``SharedCache.publish``, only with a signing key): for each layer whose entry under this
+runner's key is missing or not valid, push the blob (HEAD first, cross-repository mount when asked),
+then the entry blob, then the manifest under the entry's tag, in that order: a manifest is never
+visible before what it points at.
+
+Auth, retries and the http client are oci/registry.py's (anonymous, Basic, Bearer tokens).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import httpx
+
+from lockbuild.errors import IntegrityError, PublishError
+from lockbuild.fetch.cache import Cache
+from lockbuild.fsutil import CHUNK
+from lockbuild.oci import registry as reg
+from lockbuild.oci.compress import ZSTD_LAYER_MEDIA_TYPE
+from lockbuild.oci.layercache import Layer
+from lockbuild.share import entry as E
+
+Report = Callable[[str, dict], None]
+MAX_OUT = 4 << 20  # decompressed bytes per step: a gzip bomb never sits in memory
+
+
+class _TarHasher:
+    """sha256 of a layer's tar, fed the compressed bytes as they arrive. Only a single gzip member or
+    zstd frames: bytes after the gzip member are refused (another reader might unpack them)."""
+
+    def __init__(self, media_type: str) -> None:
+        self.h = hashlib.sha256()
+        self.zstd = media_type == ZSTD_LAYER_MEDIA_TYPE
+        if self.zstd:
+            import zstandard
+
+            self._w = zstandard.ZstdDecompressor().stream_writer(self, write_size=MAX_OUT,  # type: ignore[arg-type]
+                                                                   closefd=False)
+        else:
+            from isal import isal_zlib
+
+            self._d = isal_zlib.decompressobj(31)  # gzip wrapper, checks CRC and length
+        self.trailing = False
+
+    def write(self, data: bytes) -> int:  # the zstd writer's sink
+        self.h.update(data)
+        return len(data)
+
+    def update(self, data: bytes) -> None:
+        if self.zstd:
+            self._w.write(data)
+            return
+        while data:
+            if self._d.eof:
+                self.trailing = True
+                return
+            self.h.update(self._d.decompress(data, MAX_OUT))
+            data = self._d.unconsumed_tail
+        if self._d.eof and self._d.unused_data:
+            self.trailing = True
+
+    def diff_id(self) -> str:
+        if self.zstd:
+            self._w.flush()
+        elif not self._d.eof:
+            raise E.Untrusted("its layer blob ends inside the gzip stream")
+        if self.trailing:
+            raise E.Untrusted("its layer blob has bytes after the gzip member")
+        return "sha256:" + self.h.hexdigest()
+
+
+@dataclass
+class ShareStats:
+    fetched: list[str] = field(default_factory=list)  # layer names used from the registry
+    fetched_bytes: int = 0
+    pushed: list[str] = field(default_factory=list)  # entries written
+    uploaded_bytes: int = 0  # layer blob bytes sent (HEAD-skipped and mounted blobs are not)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, object]:
+        return {"fetched": sorted(self.fetched), "fetched_bytes": self.fetched_bytes, "pushed": sorted(self.pushed),
+                "uploaded_bytes": self.uploaded_bytes, "notes": list(self.notes)}
+
+
+class SharedCache:
+    """One registry repository (``HOST/REPO``) used as the shared layer cache."""
+
+    def __init__(self, repo: str, *, signer=None, trusted: Sequence = (),  # type: ignore[no-untyped-def]
+                 mount_from: str | None = None, report: Report = lambda _e, _d: None) -> None:
+        ref = reg.parse_reference(repo)
+        if ref.tag or ref.digest:
+            raise PublishError(f"--cache-registry {repo!r} names a tag or digest",
+                               hint="give only HOST/REPO, e.g. 127.0.0.1:5000/lockbuild-cache")
+        self.ref = ref
+        self.signer = signer
+        self._own = _own_verifier(signer) if signer is not None else None
+        self.key_id = self._own.key_id if self._own is not None else None
+        self.trusted = {v.key_id: v for v in trusted}
+        self.mount_from = mount_from
+        self.report = report
+        self.stats = ShareStats()
+        self._lock = threading.Lock()
+        self._session: reg.Session | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.ref.registry}/{self.ref.repository}"
+
+    def _s(self) -> reg.Session:
+        with self._lock:
+            if self._session is None:
+                self._session = reg.open_session(self.ref, push=self.signer is not None, mount_from=self.mount_from)
+            return self._session
+
+    def mount_source(self, image_ref: str) -> str | None:
+        """The cache repository, when an image pushed to ``image_ref`` can mount blobs from it."""
+        r = reg.parse_reference(image_ref)
+        return self.ref.repository if r.registry == self.ref.registry and r.repository != self.ref.repository else None
+
+    def close(self) -> None:
+        if self._session is not None:
+            self._session.client.close()
+
+    def note(self, message: str) -> None:
+        with self._lock:
+            self.stats.notes.append(message)
+        self.report("warning", {"message": message})
+
+    # -- reading -------------------------------------------------------------------------------------
+
+    def fetch_layers(self, cache: Cache, wanted: dict[str, str], *, jobs: int = 4) -> dict[str, Layer]:
+        """name -> Layer for each wanted layer (name -> layer key) found, trusted and verified."""
+        if not wanted:
+            return {}
+        if not self.trusted:
+            self.note(f"shared cache {self.name}: no trusted key (--cache-trust / LOCKBUILD_CACHE_TRUST): "
+                      "its entries are not used, every missing layer is built here")
+            return {}
+        with ThreadPoolExecutor(max_workers=max(1, min(jobs, len(wanted)))) as pool:
+            found = dict(zip(wanted, pool.map(lambda n: self.fetch(cache, n, wanted[n]), wanted), strict=True))
+        return {n: layer for n, layer in found.items() if layer is not None}
+
+    def fetch(self, cache: Cache, name: str, key: str) -> Layer | None:
+        for key_id in sorted(self.trusted):
+            tag = E.tag_for(key, key_id)
+            try:
+                manifest = reg.with_retries(functools.partial(self._get_manifest, tag))
+                if manifest is None:
+                    continue
+                layer = self._use(cache, key, manifest)
+            except (E.Untrusted, IntegrityError) as e:
+                self.note(f"shared cache entry {tag} for layer {name} ignored: {e.message}; building it here")
+                continue
+            except PublishError as e:
+                self.note(f"shared cache {self.name} unreachable for layer {name} ({e.message}); building it here")
+                return None
+            with self._lock:
+                self.stats.fetched.append(name)
+                self.stats.fetched_bytes += layer.size
+            return layer
+        return None
+
+    def _get_manifest(self, reference: str) -> bytes | None:
+        s = self._s()
+        r = s.send("GET", s.url(f"manifests/{reference}"), ok=(200, 404),
+                   headers={"Accept": reg.MANIFEST_MEDIA_TYPE})
+        if r.status_code == 404:
+            return None
+        if len(r.content) > E.MAX_ENTRY_BYTES:
+            raise E.Untrusted(f"its manifest is {len(r.content)} bytes")
+        return r.content
+
+    def _get_small_blob(self, digest: str, size: int) -> bytes:
+        s = self._s()
+        r = s.send("GET", s.url(f"blobs/{digest}"), ok=(200,), follow_redirects=True)
+        data = r.content
+        if len(data) != size or "sha256:" + hashlib.sha256(data).hexdigest() != digest:
+            raise E.Untrusted(f"the registry served other bytes for its entry blob {digest[:19]}")
+        return data
+
+    def _use(self, cache: Cache, key: str, manifest: bytes) -> Layer:
+        digest, size = E.config_digest_of(manifest)
+        config = reg.with_retries(functools.partial(self._get_small_blob, digest, size))
+        layer, _signer = E.check_entry(key, manifest, config, self.trusted)
+        local = cache.get(layer.digest, layer.size)
+        if local is not None:  # same bytes already here: still check the signed diff_id against them
+            hasher = _TarHasher(layer.media_type)
+            with open(local, "rb") as f:
+                while chunk := f.read(CHUNK):
+                    hasher.update(chunk)
+            if hasher.diff_id() != layer.diff_id:
+                raise E.Untrusted(f"its signed diff_id {layer.diff_id[:19]} is not the tar of {layer.digest[:19]}")
+            return layer
+        reg.with_retries(functools.partial(self._download, cache, layer))
+        return layer
+
+    def _download(self, cache: Cache, layer: Layer) -> None:
+        """Stream the blob into the local cache, hashing blob and tar on the way; installed only when
+        sha256, size and diff_id are the signed ones (else nothing is left behind)."""
+        s = self._s()
+        with cache.writer(layer.digest) as w:
+            hasher = _TarHasher(layer.media_type)
+            try:
+                with s.client.stream("GET", s.url(f"blobs/{layer.digest}"), follow_redirects=True) as resp:
+                    if resp.status_code != 200:
+                        error = reg.Transient if resp.status_code == 429 or resp.status_code >= 500 else PublishError
+                        raise error(f"GET blob {layer.digest} -> HTTP {resp.status_code}")
+                    for chunk in resp.iter_bytes(CHUNK):
+                        if w.size + len(chunk) > layer.size:
+                            raise E.Untrusted(f"its layer blob is longer than the signed {layer.size} bytes")
+                        w.write(chunk)
+                        hasher.update(chunk)
+            except httpx.HTTPError as e:
+                raise reg.Transient(f"GET blob {layer.digest} failed: {e}") from e
+            if w.size != layer.size or w.digest() != layer.digest:
+                raise E.Untrusted(f"the registry served other bytes for {layer.digest[:19]} "
+                                  f"({w.size} bytes, sha256 {w.hexdigest()[:12]})")
+            got = hasher.diff_id()
+            if got != layer.diff_id:
+                raise E.Untrusted(f"its blob's tar is {got[:19]}, not the signed diff_id {layer.diff_id[:19]}")
+
+    # -- writing -------------------------------------------------------------------------------------
+
+    def publish_layers(self, cache: Cache, entries: dict[str, tuple[str, Layer]], *, jobs: int = 4) -> None:
+        """Push an entry for each name -> (layer key, Layer) the registry lacks under this runner's key."""
+        if not entries:
+            return
+        if self.signer is None:
+            self.note(f"shared cache {self.name}: no --cache-key (LOCKBUILD_CACHE_KEY): nothing pushed")
+            return
+        with ThreadPoolExecutor(max_workers=max(1, min(jobs, len(entries)))) as pool:
+            list(pool.map(lambda n: self._publish_one(cache, n, *entries[n]), entries))
+
+    def _current(self, tag: str, key: str, layer: Layer) -> bool:
+        """Whether this runner's entry for ``key`` is already there, valid and for the same blob."""
+        manifest = reg.with_retries(functools.partial(self._get_manifest, tag))
+        if manifest is None or self.key_id is None:
+            return False
+        try:
+            digest, size = E.config_digest_of(manifest)
+            config = reg.with_retries(functools.partial(self._get_small_blob, digest, size))
+            got, _ = E.check_entry(key, manifest, config, {self.key_id: self._own})
+        except (E.Untrusted, IntegrityError):
+            return False
+        return got == layer
+
+    def _publish_one(self, cache: Cache, name: str, key: str, layer: Layer) -> None:
+        assert self.key_id is not None
+        tag = E.tag_for(key, self.key_id)
+        try:
+            if self._current(tag, key, layer):
+                return
+            entry = E.make_entry(key, layer, self.signer.sign(E.statement(key, layer)), self.key_id)
+            s = self._s()
+            result = reg.PushResult(digest="", reference="")
+            reg.with_retries(functools.partial(reg._push_blob, s, layer.digest, layer.path(cache), result,
+                                               self.mount_from, None))
+            reg.with_retries(functools.partial(reg._push_blob, s, entry.config_digest, entry.config, result,
+                                               None, None))
+            reg.with_retries(functools.partial(self._put_manifest, tag, entry.manifest))
+        except PublishError as e:
+            self.note(f"shared cache {self.name}: could not push layer {name} ({e.message})")
+            return
+        with self._lock:
+            self.stats.pushed.append(name)
+            self.stats.uploaded_bytes += layer.size if layer.digest in result.uploaded else 0
+
+    def _put_manifest(self, tag: str, manifest: bytes) -> None:
+        s = self._s()
+        s.send("PUT", s.url(f"manifests/{tag}"), ok=(200, 201), content=manifest,
+               headers={"Content-Type": reg.MANIFEST_MEDIA_TYPE})
+
+
+
+def _own_verifier(signer):  # type: ignore[no-untyped-def]
+    """This runner's own public key as a Verifier: to recognise its own entries when publishing."""
+    import tempfile
+    from pathlib import Path
+
+    from lockbuild.sign.keys import load_public_key
+
+    with tempfile.TemporaryDirectory(prefix="lockbuild-key-") as d:
+        pub = Path(d) / "own.pub.pem"
+        pub.write_bytes(signer.public_pem())
+        return load_public_key(pub)

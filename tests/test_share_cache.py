@@ -1,0 +1,197 @@
+"""The registry as a shared, trusted build cache (lockbuild/share/), against the real docker-registry:
+a runner with an empty local cache takes signed layers from it and gets the same image; poisoned
+entries (other content, untrusted key, unsigned) are ignored and rebuilt; four runners at once."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+
+from lockbuild.oci.layercache import Layer
+from lockbuild.share import entry as E
+from lockbuild.sign.keys import load_private_key, load_public_key
+from tests.tiny_project import run_lockbuild
+
+
+def make_key(path: Path) -> tuple[Path, Path]:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()))
+    pub = path.with_suffix(".pub.pem")
+    pub.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                  serialization.PublicFormat.SubjectPublicKeyInfo))
+    return path, pub
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path]]:
+    d = tmp_path_factory.mktemp("keys")
+    return {"ci": make_key(d / "ci.pem"), "other": make_key(d / "other.pem")}
+
+
+def runner(tmp: Path, name: str) -> dict[str, str]:
+    """Env of a runner with its own, empty local cache (and its own layer-record key)."""
+    return {"LOCKBUILD_CACHE": str(tmp / name / "cache"), "LOCKBUILD_KEY_FILE": str(tmp / name / "record.key")}
+
+
+def image_json(project: Path, env: dict[str, str], *args: str, out: str) -> dict:
+    return json.loads(run_lockbuild("image", "--oci", out, "--json", *args, cwd=project, env=env).stdout)
+
+
+# -- the entry's trust checks, on their own --------------------------------------------------------------
+
+LAYER = Layer(digest="sha256:" + "a" * 64, diff_id="sha256:" + "b" * 64, size=10, compressor="gzip level 1")
+KEY = "sha256:" + "c" * 64
+
+
+def test_entry_trust_checks(keys: dict[str, tuple[Path, Path]]) -> None:
+    ci, other = load_private_key(keys["ci"][0]), load_private_key(keys["other"][0])
+    ci_pub = load_public_key(keys["ci"][1])
+    trusted = {ci_pub.key_id: ci_pub}
+    good = E.make_entry(KEY, LAYER, ci.sign(E.statement(KEY, LAYER)), ci_pub.key_id)
+    assert E.check_entry(KEY, good.manifest, good.config, trusted) == (LAYER, ci_pub.key_id)
+
+    def refused(entry: E.Entry, why: str, key: str = KEY) -> None:
+        with pytest.raises(E.Untrusted, match=why):
+            E.check_entry(key, entry.manifest, entry.config, trusted)
+
+    refused(good, "another layer key", key="sha256:" + "d" * 64)  # an entry moved to another key's tag
+    other_id = load_public_key(keys["other"][1]).key_id
+    refused(E.make_entry(KEY, LAYER, other.sign(E.statement(KEY, LAYER)), other_id), "not trusted")
+    # a trusted signature copied onto other content
+    evil = Layer(digest="sha256:" + "e" * 64, diff_id=LAYER.diff_id, size=10, compressor=LAYER.compressor)
+    refused(E.make_entry(KEY, evil, ci.sign(E.statement(KEY, LAYER)), ci_pub.key_id), "does not match")
+    # the signed statement, but the manifest points at another blob
+    swapped = json.loads(good.manifest)
+    swapped["layers"][0]["digest"] = evil.digest
+    refused(E.Entry(good.config, json.dumps(swapped).encode()), "another blob")
+    unsigned = json.loads(good.config)
+    unsigned["signatures"] = []
+    refused(E.Entry(json.dumps(unsigned).encode(), good.manifest), "unsigned")
+    # a key id claiming to be the trusted one, with garbage
+    unsigned["signatures"] = [{"keyid": ci_pub.key_id, "sig": base64.b64encode(b"x" * 70).decode()}]
+    refused(E.Entry(json.dumps(unsigned).encode(), good.manifest), "does not match")
+    refused(E.Entry(b"[1, 2]", good.manifest), "not a lockbuild cache statement")
+
+
+# -- registry helpers for poisoning ------------------------------------------------------------------------
+
+
+def put_blob(registry: str, repo: str, data: bytes) -> str:
+    import hashlib
+
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    r = httpx.post(f"http://{registry}/v2/{repo}/blobs/uploads/")
+    loc = httpx.URL(f"http://{registry}").join(r.headers["location"])
+    httpx.put(loc.copy_merge_params({"digest": digest}), content=data).raise_for_status()
+    return digest
+
+
+def put_manifest(registry: str, repo: str, tag: str, manifest: bytes) -> None:
+    httpx.put(f"http://{registry}/v2/{repo}/manifests/{tag}", content=manifest,
+              headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"}).raise_for_status()
+
+
+def get_entry(registry: str, repo: str, tag: str) -> tuple[bytes, bytes]:
+    m = httpx.get(f"http://{registry}/v2/{repo}/manifests/{tag}",
+                  headers={"Accept": "application/vnd.oci.image.manifest.v1+json"})
+    m.raise_for_status()
+    cfg = json.loads(m.content)["config"]["digest"]
+    return m.content, httpx.get(f"http://{registry}/v2/{repo}/blobs/{cfg}", follow_redirects=True).content
+
+
+def repush(registry: str, repo: str, tag: str, config: bytes, layers: list[dict]) -> None:
+    """Overwrite a cache tag with an entry of our making (what anyone with push rights can do)."""
+    import hashlib
+
+    digest = put_blob(registry, repo, config)
+    assert digest == "sha256:" + hashlib.sha256(config).hexdigest()
+    manifest = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                           "config": {"mediaType": E.ENTRY_MEDIA_TYPE, "digest": digest, "size": len(config)},
+                           "layers": layers}).encode()
+    put_manifest(registry, repo, tag, manifest)
+
+
+@pytest.mark.slow
+def test_shared_cache_reuse_and_poisoning(tiny_project: dict, registry: str, keys: dict, tmp_path: Path) -> None:
+    project, want = tiny_project["dir"], tiny_project["image"]["digest"]
+    repo = "lockbuild-test/cache-poison"
+    shared = ["--cache-registry", f"{registry}/{repo}", "--cache-trust", str(keys["ci"][1])]
+    # runner A (the session's warm local cache) fills the registry
+    filled = image_json(project, {}, *shared, "--cache-key", str(keys["ci"][0]), out=str(tmp_path / "out" / "a"))
+    assert filled["digest"] == want
+    names = [layer["name"] for layer in filled["layers"]]
+    assert sorted(filled["shared_cache"]["pushed"]) == sorted(names)
+    # runner B: empty cache, no network needed: every layer comes from the registry, verified
+    b = image_json(project, runner(tmp_path, "b"), *shared, out=str(tmp_path / "out" / "b"))
+    assert b["digest"] == want
+    assert sorted(b["shared_cache"]["fetched"]) == sorted(names) and not b["shared_cache"]["notes"]
+    # runner B again: nothing to fetch, nothing to push (no key), everything from its local cache
+    again = image_json(project, runner(tmp_path, "b"), *shared, out=str(tmp_path / "out" / "b2"))
+    assert again["shared_cache"]["fetched"] == [] and all(x["reused"] for x in again["layers"])
+
+    ci_id = load_public_key(keys["ci"][1]).key_id
+    layer_key = {n: json.loads(get_entry(registry, repo, t)[1])["key"]
+                 for n, t in _tags(registry, repo, filled["layers"], ci_id).items()}
+    tag = {n: E.tag_for(k, ci_id) for n, k in layer_key.items()}
+    # without a trusted key nothing is used, and the build says so
+    from lockbuild.fetch.cache import Cache
+    from lockbuild.share.remote import SharedCache
+
+    untrusting = SharedCache(f"{registry}/{repo}")
+    assert untrusting.fetch_layers(Cache(tmp_path / "c0"), {"model": layer_key["model"]}) == {}
+    assert "no trusted key" in untrusting.stats.notes[0]
+    other = load_private_key(keys["other"][0])
+    other_id = load_public_key(keys["other"][1]).key_id
+    # 1. the model layer's entry re-pushed with other content: the trusted statement, another blob
+    _, model_cfg = get_entry(registry, repo, tag["model"])
+    fake = put_blob(registry, repo, b"not the model layer")
+    repush(registry, repo, tag["model"], model_cfg,
+           [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": fake, "size": 19}])
+    # 2. the config layer's entry signed by an untrusted key, for other content
+    _, cfg_cfg = get_entry(registry, repo, tag["config"])
+    doc = json.loads(cfg_cfg)
+    evil = Layer(digest=fake, diff_id="sha256:" + "0" * 64, size=19, compressor=doc["layer"]["compressor"])
+    evil_entry = E.make_entry(layer_key["config"], evil, other.sign(E.statement(layer_key["config"], evil)), other_id)
+    repush(registry, repo, tag["config"], evil_entry.config, [E.layer_descriptor(evil)])
+    c = image_json(project, runner(tmp_path, "c"), *shared, out=str(tmp_path / "out" / "c"))
+    assert c["digest"] == want
+    notes = " | ".join(c["shared_cache"]["notes"])
+    assert "another blob" in notes and "not trusted" in notes, notes
+    assert sorted(c["shared_cache"]["fetched"]) == sorted(set(names) - {"model", "config"})
+    # 3. unsigned, and a trusted signature over a statement edited afterwards
+    unsigned = json.loads(model_cfg)
+    unsigned["signatures"] = []
+    repush(registry, repo, tag["model"], json.dumps(unsigned).encode(),
+           [E.layer_descriptor(Layer.from_dict(unsigned["layer"]))])
+    edited = json.loads(model_cfg)
+    edited["layer"] = {**json.loads(cfg_cfg)["layer"]}  # points at the config layer's real blob
+    edited["signatures"] = json.loads(model_cfg)["signatures"]
+    repush(registry, repo, tag["config"], json.dumps({**edited, "key": layer_key["config"]}).encode(),
+           [E.layer_descriptor(Layer.from_dict(edited["layer"]))])
+    d = image_json(project, runner(tmp_path, "d"), *shared, out=str(tmp_path / "out" / "d"))
+    assert d["digest"] == want
+    notes = " | ".join(d["shared_cache"]["notes"])
+    assert "unsigned" in notes and "does not match" in notes, notes
+    # every layer of the image derived again from the lock's inputs (the session cache has them)
+    verified = json.loads(run_lockbuild("verify", str(tmp_path / "out" / "d"), "--rederive", "--json",
+                                        cwd=project).stdout)
+    assert verified["ok"] is True, verified
+
+
+def _tags(registry: str, repo: str, layers: list[dict], key_id: str) -> dict[str, str]:
+    """layer name -> its cache tag under ``key_id`` (found through the entries' statements)."""
+    tags = httpx.get(f"http://{registry}/v2/{repo}/tags/list").json()["tags"]
+    by_digest = {}
+    for t in tags:
+        parsed = E.parse_tag(t)
+        if parsed and key_id.startswith(parsed[1]):
+            by_digest[json.loads(get_entry(registry, repo, t)[1])["layer"]["digest"]] = t
+    return {layer["name"]: by_digest[layer["digest"]] for layer in layers}
