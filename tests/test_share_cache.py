@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 from pathlib import Path
 
 import httpx
@@ -195,3 +196,76 @@ def _tags(registry: str, repo: str, layers: list[dict], key_id: str) -> dict[str
         if parsed and key_id.startswith(parsed[1]):
             by_digest[json.loads(get_entry(registry, repo, t)[1])["layer"]["digest"]] = t
     return {layer["name"]: by_digest[layer["digest"]] for layer in layers}
+
+
+def _delete_tag(registry: str, repo: str, tag: str) -> None:
+    r = httpx.head(f"http://{registry}/v2/{repo}/manifests/{tag}",
+                   headers={"Accept": "application/vnd.oci.image.manifest.v1+json"})
+    r.raise_for_status()
+    httpx.delete(f"http://{registry}/v2/{repo}/manifests/{r.headers['docker-content-digest']}").raise_for_status()
+
+
+@pytest.mark.slow
+def test_four_runners_at_once(tiny_project: dict, registry: str, keys: dict, tmp_path: Path) -> None:
+    """Four processes, four empty local caches, two locks (B differs from A in its config layer only),
+    one registry; A's model and config entries are missing, so runners race to build and push them
+    while others read: every runner gets its lock's reference digest, and nothing is ever rejected."""
+    import shutil
+    import subprocess
+    import sys
+
+    project_a = tiny_project["dir"]
+    project_b = tmp_path / "b"
+    project_b.mkdir()
+    for name in ("model", "lockbuild.toml", "lockbuild.lock"):
+        src = project_a / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, project_b / name)
+    toml = project_b / "lockbuild.toml"
+    toml.write_text(toml.read_text().replace('"lockbuild-test/tiny"', '"lockbuild-test/tiny-b"'))
+    run_lockbuild("lock", cwd=project_b)  # keeps the lock's created time: only the config layer differs
+    want = {"a": tiny_project["image"]["digest"],
+            "b": image_json(project_b, {}, out=str(tmp_path / "out" / "ref-b"))["digest"]}
+
+    repo = "lockbuild-test/cache-race"
+    shared = ["--cache-registry", f"{registry}/{repo}", "--cache-trust", str(keys["ci"][1]),
+              "--cache-key", str(keys["ci"][0])]
+    seeded = image_json(project_a, {}, *shared, out=str(tmp_path / "out" / "seed"))
+    ci_id = load_public_key(keys["ci"][1]).key_id
+    tags = _tags(registry, repo, seeded["layers"], ci_id)
+    for name in ("model", "config"):
+        _delete_tag(registry, repo, tags[name])
+
+    procs = {}
+    for i, lock in enumerate("aabb"):
+        env = {**os.environ, **runner(tmp_path, f"r{i}")}
+        procs[i, lock] = subprocess.Popen(
+            [sys.executable, "-m", "lockbuild", "image", "--oci", str(tmp_path / "out" / f"r{i}"), "--json", *shared],
+            cwd=project_a if lock == "a" else project_b, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True)
+    results = {}
+    for (i, lock), p in procs.items():
+        stdout, stderr = p.communicate(timeout=600)
+        assert p.returncode == 0, stderr[-3000:]
+        results[i, lock] = json.loads(stdout)
+    for (i, lock), res in results.items():
+        assert res["digest"] == want[lock], (i, lock)
+        assert res["shared_cache"]["notes"] == [], res["shared_cache"]["notes"]  # nothing rejected, nothing failed
+        assert {"debian", "python"} <= set(res["shared_cache"]["fetched"])  # the shared layers came from the registry
+
+    # the registry: every cache tag is a valid entry signed by the runners' key, each names one blob
+    # that the registry holds once; no upload left half-done
+    state = Path(os.environ.get("LOCKBUILD_REGISTRY_STATE", "/var/tmp/lockbuild-registry")) / registry.split(":")[1]
+    store = state / "data" / "docker" / "registry" / "v2"
+    ci_pub = load_public_key(keys["ci"][1])
+    listed = httpx.get(f"http://{registry}/v2/{repo}/tags/list").json()["tags"]
+    seen_keys = set()
+    for t in listed:
+        parsed = E.parse_tag(t)
+        assert parsed is not None and ci_id.startswith(parsed[1]), t
+        manifest, config = get_entry(registry, repo, t)
+        layer, _ = E.check_entry(parsed[0], manifest, config, {ci_id: ci_pub})
+        assert (store / "blobs" / "sha256" / layer.digest[7:9] / layer.digest[7:] / "data").stat().st_size == layer.size
+        seen_keys.add(parsed[0])
+    assert len(seen_keys) == len(listed) == len(seeded["layers"]) + 1  # A's layers + B's config
+    uploads = store / "repositories" / repo / "_uploads"
+    assert not uploads.exists() or not any(uploads.iterdir())
