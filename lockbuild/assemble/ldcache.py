@@ -432,7 +432,10 @@ def ld_so_cache(root: Path, arch: str = "amd64", *, links: bool = True) -> bytes
         for d, lib in to_link:
             _make_link(root, d, lib)
     # newest soname first (libcmp descending); equal sonames keep the order they were found in
-    entries.sort(key=functools.cmp_to_key(lambda x, y: libcmp(y[0], x[0])))
+    def newest_first(x: tuple[bytes, bytes], y: tuple[bytes, bytes]) -> int:
+        return libcmp(y[0], x[0])
+
+    entries.sort(key=functools.cmp_to_key(newest_first))
     table, offsets = _string_table({s for e in entries for s in e})
     head = 48 + 24 * len(entries)
     ext_offset = (head + len(table) + 3) & ~3
