@@ -181,6 +181,18 @@ def test_shared_cache_reuse_and_poisoning(tiny_project: dict, registry: str, key
     assert d["digest"] == want
     notes = " | ".join(d["shared_cache"]["notes"])
     assert "unsigned" in notes and "does not match" in notes, notes
+    # housekeeping: gc keeps what the lock needs (its layers) and frees the rest
+    import time
+
+    d_cache = Path(runner(tmp_path, "d")["LOCKBUILD_CACHE"])
+    Cache(d_cache).put_bytes(b"junk nobody needs")
+    (d_cache / "tmp" / "stale.part").write_bytes(b"x" * 1000)
+    os.utime(d_cache / "tmp" / "stale.part", (time.time() - 7200, time.time() - 7200))
+    gc = json.loads(run_lockbuild("cache", "gc", "--lock", str(project / "lockbuild.lock"), "--json", cwd=project,
+                                  env=runner(tmp_path, "d")).stdout)["local"]
+    assert gc["freed"]["blobs"] == 1 and gc["freed"]["tmp"] == 1 and gc["kept"]["layer_records"] == len(names)
+    after = image_json(project, runner(tmp_path, "d"), out=str(tmp_path / "out" / "d2"))
+    assert after["digest"] == want and all(x["reused"] for x in after["layers"])
     # every layer of the image derived again from the lock's inputs (the session cache has them)
     verified = json.loads(run_lockbuild("verify", str(tmp_path / "out" / "d"), "--rederive", "--json",
                                         cwd=project).stdout)
@@ -269,3 +281,9 @@ def test_four_runners_at_once(tiny_project: dict, registry: str, keys: dict, tmp
     assert len(seen_keys) == len(listed) == len(seeded["layers"]) + 1  # A's layers + B's config
     uploads = store / "repositories" / repo / "_uploads"
     assert not uploads.exists() or not any(uploads.iterdir())
+
+    # retention: keeping only lock A drops B's config entry from the registry, and nothing else
+    gc = json.loads(run_lockbuild("cache", "gc", "--lock", str(project_a / "lockbuild.lock"), "--registry",
+                                  f"{registry}/{repo}", "--json", cwd=project_a, env=runner(tmp_path, "r0")).stdout)
+    assert len(gc["registry"]["deleted_tags"]) == 1 and gc["registry"]["kept_tags"] == len(seeded["layers"])
+    assert len(httpx.get(f"http://{registry}/v2/{repo}/tags/list").json()["tags"]) == len(seeded["layers"])

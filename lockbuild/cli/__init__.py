@@ -7,6 +7,7 @@ there is no import circle.
   image.py   image (publishers in lockbuild/publish/)
   proof.py   verify, smoke, doctor
   audit.py   sbom, provenance, diff, k8s
+  cache.py   cache gc
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import typer
 from rich.markup import escape
 
 from lockbuild import __version__
-from lockbuild.cli import audit, image, lock, proof
+from lockbuild.cli import audit, cache, image, lock, proof
 from lockbuild.cli.common import emit_json, err, out, state
 from lockbuild.errors import LockbuildError
 
@@ -38,6 +39,7 @@ lock.register(app, export_app)
 image.register(app)
 proof.register(app)
 audit.register(app)
+cache.register(app)
 
 
 @app.command()
