@@ -142,6 +142,17 @@ def test_shared_cache_reuse_and_poisoning(tiny_project: dict, registry: str, key
     layer_key = {n: json.loads(get_entry(registry, repo, t)[1])["key"]
                  for n, t in _tags(registry, repo, filled["layers"], ci_id).items()}
     tag = {n: E.tag_for(k, ci_id) for n, k in layer_key.items()}
+    # push-only to the cache's registry: shared layers are referenced by their signed descriptors, never
+    # downloaded, and the image push mounts them from the cache repository (only own layers move)
+    lazy = json.loads(run_lockbuild("image", "--push", f"{registry}/lockbuild-test/lazy:v1", "--json", *shared,
+                                    cwd=project, env=runner(tmp_path, "lazy")).stdout)
+    assert lazy["digest"] == want and lazy["shared_cache"]["fetched_bytes"] == 0
+    assert sorted(lazy["shared_cache"]["referenced"]) == sorted(names)
+    assert lazy["push"]["uploaded"] == 1 and lazy["push"]["mounted"] == len(names)  # the config blob only
+    pulled = json.loads(run_lockbuild("verify", f"docker://{registry}/lockbuild-test/lazy:v1", "--json",
+                                      cwd=project).stdout)
+    assert pulled["ok"] is True, pulled
+
     # without a trusted key nothing is used, and the build says so
     from lockbuild.fetch.cache import Cache
     from lockbuild.share.remote import SharedCache

@@ -141,7 +141,8 @@ def build(lock: Lock, lock_bytes: bytes, cache: Cache, *, lock_dir: Path, jobs: 
     if shared is not None:
         keys = {p.name: compressed_key(p.key, compression) for p in plans if p.name not in done}
         for name, layer in shared.fetch_layers(cache, keys, jobs=jobs).items():
-            remember_layer(cache, keys[name], layer)
+            if cache.has(layer.digest):  # downloaded and verified (not only referenced: SharedCache.lazy)
+                remember_layer(cache, keys[name], layer)
             done[name] = layer
     todo = [p for p in plans if p.name not in done]
     report("plan", {"layers": len(plans), "cached": len(done), "todo": [p.name for p in todo]})

@@ -102,6 +102,11 @@ def image(
 
     shared = _shared_cache(cache_registry, cache_key, cache_trust,
                            report=report if not as_json else json_report)
+    if shared is not None and push is not None and oci is None and archive is None and not load:
+        from lockbuild.oci.registry import parse_reference
+
+        # the image goes only to the shared cache's registry: its shared layers need not come here
+        shared.lazy = parse_reference(push).registry == shared.ref.registry
     with progress:
         result = build(lk, lock_bytes, cache, lock_dir=path.resolve().parent, jobs=jobs,
                        report=report if not as_json else json_report, shared=shared)

@@ -89,13 +89,15 @@ class _TarHasher:
 @dataclass
 class ShareStats:
     fetched: list[str] = field(default_factory=list)  # layer names used from the registry
-    fetched_bytes: int = 0
+    fetched_bytes: int = 0  # layer blob bytes downloaded (not those only referenced, see ``lazy``)
+    referenced: list[str] = field(default_factory=list)  # used by their signed descriptor, never downloaded
     pushed: list[str] = field(default_factory=list)  # entries written
     uploaded_bytes: int = 0  # layer blob bytes sent (HEAD-skipped and mounted blobs are not)
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, object]:
-        return {"fetched": sorted(self.fetched), "fetched_bytes": self.fetched_bytes, "pushed": sorted(self.pushed),
+        return {"fetched": sorted(self.fetched), "fetched_bytes": self.fetched_bytes,
+                "referenced": sorted(self.referenced), "pushed": sorted(self.pushed),
                 "uploaded_bytes": self.uploaded_bytes, "notes": list(self.notes)}
 
 
@@ -103,7 +105,7 @@ class SharedCache:
     """One registry repository (``HOST/REPO``) used as the shared layer cache."""
 
     def __init__(self, repo: str, *, signer=None, trusted: Sequence = (),  # type: ignore[no-untyped-def]
-                 mount_from: str | None = None, report: Report = lambda _e, _d: None) -> None:
+                 mount_from: str | None = None, lazy: bool = False, report: Report = lambda _e, _d: None) -> None:
         ref = reg.parse_reference(repo)
         if ref.tag or ref.digest:
             raise PublishError(f"--cache-registry {repo!r} names a tag or digest",
@@ -114,6 +116,9 @@ class SharedCache:
         self.key_id = self._own.key_id if self._own is not None else None
         self.trusted = {v.key_id: v for v in trusted}
         self.mount_from = mount_from
+        # lazy: the only output is a push to this registry, so a trusted entry's blob is not downloaded;
+        # the push mounts it from here (the node's runtime checks the diff_id when it unpacks the layer)
+        self.lazy = lazy
         self.report = report
         self.stats = ShareStats()
         self._lock = threading.Lock()
@@ -173,7 +178,10 @@ class SharedCache:
                 return None
             with self._lock:
                 self.stats.fetched.append(name)
-                self.stats.fetched_bytes += layer.size
+                if cache.has(layer.digest):
+                    self.stats.fetched_bytes += layer.size
+                else:
+                    self.stats.referenced.append(name)
             return layer
         return None
 
@@ -199,6 +207,8 @@ class SharedCache:
         digest, size = E.config_digest_of(manifest)
         config = reg.with_retries(functools.partial(self._get_small_blob, digest, size))
         layer, _signer = E.check_entry(key, manifest, config, self.trusted)
+        if self.lazy and not cache.has(layer.digest):
+            return layer
         local = cache.get(layer.digest, layer.size)
         if local is not None:  # same bytes already here: still check the signed diff_id against them
             hasher = _TarHasher(layer.media_type)
