@@ -298,3 +298,35 @@ def test_four_runners_at_once(tiny_project: dict, registry: str, keys: dict, tmp
                                   f"{registry}/{repo}", "--json", cwd=project_a, env=runner(tmp_path, "r0")).stdout)
     assert len(gc["registry"]["deleted_tags"]) == 1 and gc["registry"]["kept_tags"] == len(seeded["layers"])
     assert len(httpx.get(f"http://{registry}/v2/{repo}/tags/list").json()["tags"]) == len(seeded["layers"])
+
+
+def test_tar_hasher_refuses_what_another_reader_would_unpack_differently() -> None:
+    """The diff_id check while reading: the tar's sha256; a truncated stream, bytes after the gzip member
+    (a second member Go's reader would unpack) are refused; zstd frames are read across."""
+    import gzip
+    import hashlib
+
+    import zstandard
+
+    from lockbuild.share.remote import _TarHasher
+
+    tar = os.urandom(1 << 20) + b"a" * (8 << 20)
+    want = "sha256:" + hashlib.sha256(tar).hexdigest()
+    gz = gzip.compress(tar, 1)
+
+    def diff_id(blob: bytes, media: str = "application/vnd.oci.image.layer.v1.tar+gzip") -> str:
+        h = _TarHasher(media)
+        try:
+            for i in range(0, len(blob), 65536):
+                h.update(blob[i:i + 65536])
+            return h.diff_id()
+        finally:
+            h.close()
+
+    assert diff_id(gz) == want
+    for bad, why in ((gz + gzip.compress(b"more"), "after the gzip member"), (gz + b"\0", "after the gzip member"),
+                     (gz[:-9], "ends inside")):
+        with pytest.raises(E.Untrusted, match=why):
+            diff_id(bad)
+    z = zstandard.ZstdCompressor().compress(tar[:4096]) + zstandard.ZstdCompressor().compress(tar[4096:])
+    assert diff_id(z, "application/vnd.oci.image.layer.v1.tar+zstd") == want
