@@ -6,8 +6,9 @@ A local docker-registry (scripts/registry.sh) is filled once by a runner with th
   - `lockbuild image --oci DIR --cache-registry R/cache --cache-trust PUB` with an empty
     LOCKBUILD_CACHE (every layer fetched, verified against its signed sha256 and diff_id);
   - `skopeo copy docker://R/image:bench oci:DIR:bench` (blobs copied, digest-checked).
-A second model sharing every Python layer (the example with another model file) is then built
-by a runner with an empty cache: the bytes it downloads and uploads are recorded."""
+A second model on the same pins (the example with another model file) is then built by a runner
+with an empty cache and pushed (push only): the layer bytes it downloads (none: shared layers are
+referenced by their signed entries and mounted) and uploads (its own layers) are recorded."""
 
 from __future__ import annotations
 
@@ -89,12 +90,13 @@ def bench_shared(res: Results, warm_cache: Path, host: str | None, rounds: int) 
         second = copy_example(res.scratch / "shared-second")
         _second_model(second)
         run([*lockbuild_cmd(), "lock", "--json"], env=lb_env(warm_cache, host), cwd=second).check()
-        d = run([*lockbuild_cmd(), "image", "--json", "--oci", str(second / "out" / "oci"), *shared,
-                 "--cache-key", str(priv), "--push", f"{registry}/bench/second:bench"],
+        # push-only: the shared layers are referenced by their signed entries and mounted, never downloaded
+        d = run([*lockbuild_cmd(), "image", "--json", *shared, "--cache-key", str(priv),
+                 "--push", f"{registry}/bench/second:bench"],
                 env=lb_env(res.scratch / "second-cache", host), cwd=second).check().json()
         own = [x for x in d["layers"] if x["name"] not in d["shared_cache"]["fetched"]]
         res.facts["second_model"] = {
-            "built_here": [x["name"] for x in own], "fetched": d["shared_cache"]["fetched"],
+            "built_here": [x["name"] for x in own], "referenced": d["shared_cache"]["referenced"],
             "fetched_bytes": d["shared_cache"]["fetched_bytes"], "uploaded_bytes": d["shared_cache"]["uploaded_bytes"],
             "own_bytes": sum(x["size"] for x in own), "image_push": d.get("push")}
         shutil.rmtree(res.scratch / "second-cache", ignore_errors=True)
