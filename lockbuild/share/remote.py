@@ -39,6 +39,7 @@ from lockbuild.share import entry as E
 
 Report = Callable[[str, dict], None]
 MAX_OUT = 4 << 20  # decompressed bytes per step: a gzip bomb never sits in memory
+LOOKUP_ATTEMPTS = 2  # a cache is optional: a registry that does not answer a lookup twice is skipped
 
 
 class _PlainHash:
@@ -142,6 +143,7 @@ class SharedCache:
         self.stats = ShareStats()
         self._lock = threading.Lock()
         self._session: reg.Session | None = None
+        self._down: str | None = None  # set when the registry stayed unreachable: stop asking it
 
     @property
     def name(self) -> str:
@@ -181,11 +183,23 @@ class SharedCache:
             found = dict(zip(wanted, pool.map(lambda n: self.fetch(cache, n, wanted[n]), wanted), strict=True))
         return {n: layer for n, layer in found.items() if layer is not None}
 
+    def _unreachable(self, e: PublishError, what: str) -> None:
+        """Note the failure; after a transient one that outlived its retries, stop using the registry."""
+        with self._lock:
+            first = self._down is None
+            if isinstance(e, reg.Transient):
+                self._down = e.message
+        if first or not isinstance(e, reg.Transient):
+            self.note(f"shared cache {self.name}: {what} ({e.message})"
+                      + ("; not asking it again in this build" if isinstance(e, reg.Transient) else ""))
+
     def fetch(self, cache: Cache, name: str, key: str) -> Layer | None:
+        if self._down:
+            return None
         for key_id in sorted(self.trusted):
             tag = E.tag_for(key, key_id)
             try:
-                manifest = reg.with_retries(functools.partial(self._get_manifest, tag))
+                manifest = reg.with_retries(functools.partial(self._get_manifest, tag), LOOKUP_ATTEMPTS)
                 if manifest is None:
                     continue
                 layer = self._use(cache, key, manifest)
@@ -193,7 +207,7 @@ class SharedCache:
                 self.note(f"shared cache entry {tag} for layer {name} ignored: {e.message}; building it here")
                 continue
             except PublishError as e:
-                self.note(f"shared cache {self.name} unreachable for layer {name} ({e.message}); building it here")
+                self._unreachable(e, f"cannot look up layer {name}, building it here")
                 return None
             with self._lock:
                 self.stats.fetched.append(name)
@@ -224,7 +238,7 @@ class SharedCache:
 
     def _use(self, cache: Cache, key: str, manifest: bytes) -> Layer:
         digest, size = E.config_digest_of(manifest)
-        config = reg.with_retries(functools.partial(self._get_small_blob, digest, size))
+        config = reg.with_retries(functools.partial(self._get_small_blob, digest, size), LOOKUP_ATTEMPTS)
         layer, _signer = E.check_entry(key, manifest, config, self.trusted)
         if self.lazy and not cache.has(layer.digest):
             return layer
@@ -319,12 +333,12 @@ class SharedCache:
 
     def _current(self, tag: str, key: str, layer: Layer) -> bool:
         """Whether this runner's entry for ``key`` is already there, valid and for the same blob."""
-        manifest = reg.with_retries(functools.partial(self._get_manifest, tag))
+        manifest = reg.with_retries(functools.partial(self._get_manifest, tag), LOOKUP_ATTEMPTS)
         if manifest is None or self.key_id is None:
             return False
         try:
             digest, size = E.config_digest_of(manifest)
-            config = reg.with_retries(functools.partial(self._get_small_blob, digest, size))
+            config = reg.with_retries(functools.partial(self._get_small_blob, digest, size), LOOKUP_ATTEMPTS)
             got, _ = E.check_entry(key, manifest, config, {self.key_id: self._own})
         except (E.Untrusted, IntegrityError):
             return False
@@ -332,6 +346,8 @@ class SharedCache:
 
     def _publish_one(self, cache: Cache, name: str, key: str, layer: Layer) -> None:
         assert self.key_id is not None
+        if self._down:
+            return
         tag = E.tag_for(key, self.key_id)
         try:
             if self._current(tag, key, layer):
@@ -345,7 +361,7 @@ class SharedCache:
                                                None, None))
             reg.with_retries(functools.partial(self._put_manifest, tag, entry.manifest))
         except PublishError as e:
-            self.note(f"shared cache {self.name}: could not push layer {name} ({e.message})")
+            self._unreachable(e, f"could not push layer {name}")
             return
         with self._lock:
             self.stats.pushed.append(name)
