@@ -56,4 +56,8 @@ tar -C "$ROOT" --exclude=./proc --exclude=./sys --exclude=./dev --exclude=./root
         -c 'ENV HOME=/scratch LOCKBUILD_CACHE=/scratch/cache LOCKBUILD_KEY_FILE=/scratch/record.key PATH=/opt/lockbuild/bin:/usr/sbin:/usr/bin:/sbin:/bin PYTHONDONTWRITEBYTECODE=1' \
         -c 'ENTRYPOINT ["/opt/lockbuild/bin/python", "-m", "lockbuild"]' \
         - "$TAG" >/dev/null
+if [ -z "${1:-}" ]; then  # older builder images of this script (other source hashes): ~0.5 GB each
+    docker images --format '{{.Repository}}:{{.Tag}}' lockbuild-builder | grep -vxF "$TAG" \
+        | xargs -r docker rmi >/dev/null 2>&1 || true
+fi
 echo "$TAG"
