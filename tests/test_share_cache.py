@@ -15,6 +15,7 @@ import pytest
 from lockbuild.oci.layercache import Layer
 from lockbuild.share import entry as E
 from lockbuild.sign.keys import load_private_key, load_public_key
+from tests.test_oci_registry import auth_proxy  # noqa: F401 (a fixture: Basic/Bearer proxy)
 from tests.tiny_project import run_lockbuild
 
 
@@ -330,3 +331,65 @@ def test_tar_hasher_refuses_what_another_reader_would_unpack_differently() -> No
             diff_id(bad)
     z = zstandard.ZstdCompressor().compress(tar[:4096]) + zstandard.ZstdCompressor().compress(tar[4096:])
     assert diff_id(z, "application/vnd.oci.image.layer.v1.tar+zstd") == want
+
+
+# -- in process, through proxies in front of the real registry: auth, and a registry that lies ----------
+
+
+def _tiny_layer(cache, tmp_path: Path, tiny_image) -> Layer:  # type: ignore[no-untyped-def]
+    (layer,) = tiny_image(cache, tmp_path / "staging", text="shared cache\n").layers
+    return layer
+
+
+def test_push_and_use_through_basic_and_bearer_auth(auth_proxy, cache, tmp_path: Path,  # type: ignore[no-untyped-def]  # noqa: F811
+                                                    tiny_image, keys: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lockbuild.fetch.cache import Cache
+    from lockbuild.share.remote import SharedCache
+    from tests.test_oci_registry import PASSWORD, docker_config
+
+    docker_config(tmp_path, auth_proxy.address, PASSWORD, monkeypatch)
+    layer = _tiny_layer(cache, tmp_path, tiny_image)
+    repo = f"{auth_proxy.address}/auth/cache-{auth_proxy.scheme}"
+    writer = SharedCache(repo, signer=load_private_key(keys["ci"][0]))
+    writer.publish_layers(cache, {"tiny": (KEY, layer)})
+    assert writer.stats.pushed == ["tiny"] and not writer.stats.notes
+    reader = SharedCache(repo, trusted=[load_public_key(keys["ci"][1])])
+    fresh = Cache(tmp_path / "fresh")
+    assert reader.fetch_layers(fresh, {"tiny": KEY}) == {"tiny": layer}
+    assert fresh.get(layer.digest, layer.size) is not None and not reader.stats.notes
+
+
+def test_a_registry_serving_other_bytes_is_caught_while_reading(registry: str, cache, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                                                tiny_image, keys: dict) -> None:
+    import threading
+
+    from lockbuild.fetch.cache import Cache
+    from lockbuild.share.remote import SharedCache
+    from tests.test_oci_registry import AuthProxy, ProxyHandler
+
+    layer = _tiny_layer(cache, tmp_path, tiny_image)
+    repo = "lockbuild-test/cache-liar"
+    SharedCache(f"{registry}/{repo}", signer=load_private_key(keys["ci"][0])).publish_layers(
+        cache, {"tiny": (KEY, layer)})
+
+    class Liar(ProxyHandler):  # serves the layer blob with one byte flipped: a compromised registry or proxy
+        def _reply(self, status: int, headers: dict[str, str], body: bytes = b"") -> None:
+            if self.command == "GET" and layer.digest in self.path and body:
+                body = body[:-20] + bytes([body[-20] ^ 1]) + body[-19:]
+            super()._reply(status, headers, body)
+
+        def _authorized(self) -> bool:
+            return True
+
+    proxy = AuthProxy(registry, "none")
+    proxy.RequestHandlerClass = Liar
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    try:
+        reader = SharedCache(f"{proxy.address}/{repo}", trusted=[load_public_key(keys["ci"][1])])
+        fresh = Cache(tmp_path / "fresh")
+        assert reader.fetch_layers(fresh, {"tiny": KEY}) == {}
+        assert "served other bytes" in reader.stats.notes[0], reader.stats.notes
+        assert not fresh.has(layer.digest) and not any((fresh.root / "tmp").iterdir())  # nothing half-written
+    finally:
+        proxy.shutdown()
+        proxy.server_close()

@@ -303,13 +303,13 @@ class SharedCache:
                 finally:
                     pieces.put(None)
                     worker.join()
+                if w.size != layer.size or w.digest() != layer.digest:
+                    raise E.Untrusted(f"the registry served other bytes for {layer.digest[:19]} "
+                                      f"({w.size} bytes, sha256 {w.hexdigest()[:12]})")
                 if failed:
                     if isinstance(failed[0], E.Untrusted):
                         raise failed[0]
                     raise E.Untrusted(f"its layer blob does not decompress ({failed[0]})")
-                if w.size != layer.size or w.digest() != layer.digest:
-                    raise E.Untrusted(f"the registry served other bytes for {layer.digest[:19]} "
-                                      f"({w.size} bytes, sha256 {w.hexdigest()[:12]})")
                 got = hasher.diff_id()
                 if got != layer.diff_id:
                     raise E.Untrusted(f"its blob's tar is {got[:19]}, not the signed diff_id {layer.diff_id[:19]}")
