@@ -291,13 +291,21 @@ class SharedCache:
                             transient = resp.status_code == 429 or resp.status_code >= 500
                             raise (reg.Transient if transient else PublishError)(
                                 f"GET blob {layer.digest} -> HTTP {resp.status_code}")
+                        batch: list[bytes] = []
+                        batched = 0
                         for chunk in resp.iter_raw():
                             if w.size + len(chunk) > layer.size:
                                 raise E.Untrusted(f"its layer blob is longer than the signed {layer.size} bytes")
                             w.write(chunk)
-                            pieces.put(chunk)
+                            batch.append(chunk)
+                            batched += len(chunk)
+                            if batched >= CHUNK:  # the inflater gets ~1 MiB pieces: fewer, bigger calls
+                                pieces.put(b"".join(batch))
+                                batch, batched = [], 0
                             if failed:
                                 break
+                        if batch:
+                            pieces.put(b"".join(batch))
                 except httpx.HTTPError as e:
                     raise reg.Transient(f"GET blob {layer.digest} failed: {e}") from e
                 finally:
