@@ -87,6 +87,7 @@ def test_unsupported_trees_fall_back(tmp_path: Path) -> None:
         ldcache.ld_so_cache(root, "arm64")
 
 
+@pytest.mark.network
 def test_assemble_as_root_with_the_pure_writer_matches_the_real_one(bookworm: Built, tmp_path: Path,  # noqa: F811
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """The whole rootfs assembled with the real ldconfig (LOCKBUILD_LDCONFIG=real) is the same tree."""
