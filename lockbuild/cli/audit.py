@@ -183,8 +183,9 @@ def k8s(
                                                            "key (repeatable), put in the Job's ConfigMap")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Write a Kubernetes Deployment + Service (AKS-ready, non-root, read-only root) pinned by digest, or
-    with --build-job the ConfigMap + Job that builds and pushes the image in the cluster.
+    """Write a Kubernetes Deployment + Service (AKS-ready, non-root, read-only root) pinned by digest.
+
+    With --build-job: the ConfigMap + Job that builds and pushes the image in the cluster instead.
 
     Resources come from [deploy] in lockbuild.toml; MLFLOW_MODELS_WORKERS follows the CPU limit.
 

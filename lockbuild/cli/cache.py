@@ -9,7 +9,8 @@ import typer
 
 from lockbuild.cli.common import JsonOpt, emit_json, err, out
 
-cache_app = typer.Typer(help="The local layer/download cache and the shared registry cache.", no_args_is_help=True)
+cache_app = typer.Typer(help="The local layer/download cache and the shared registry cache.\n\n"
+                        "Example: [bold]lockbuild cache gc --lock lockbuild.lock --dry-run[/]", no_args_is_help=True)
 
 
 @cache_app.command()
@@ -22,8 +23,7 @@ def gc(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="report what would be freed; change nothing")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Free the local cache of everything the given locks do not need (and, with --registry, the shared
-    cache's tags they do not use).
+    """Free what the given locks do not need from the local cache (and the shared cache's tags).
 
     Kept: the locks' wheels, .debs, model files and layers.
     Freed: other blobs (indexes too: `lockbuild lock` fetches them again), other layer records,
