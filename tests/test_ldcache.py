@@ -85,6 +85,11 @@ def test_unsupported_trees_fall_back(tmp_path: Path) -> None:
         ldcache.ld_so_cache(root)
     with pytest.raises(ldcache.LdCacheUnsupported, match="arm64"):
         ldcache.ld_so_cache(root, "arm64")
+    # another glibc's ldconfig may write another layout (bullseye's 2.31 writes the compat format)
+    (root / "usr/lib/x86_64-linux-gnu/glibc-hwcaps/x86-64-v3").rmdir()
+    (root / "usr/sbin/ldconfig").write_bytes(b"\0ldconfig (Debian GLIBC 2.31-13) stable release version 2.31\0")
+    with pytest.raises(ldcache.LdCacheUnsupported, match="2.31"):
+        ldcache.ld_so_cache(root)
 
 
 @pytest.mark.network

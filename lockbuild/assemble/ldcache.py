@@ -131,6 +131,7 @@ def write_ld_so_cache(dest: Path, arch: str) -> None:
 # ELF classes or machines, a.out) raises LdCacheUnsupported, and the caller uses the real ldconfig.
 
 SYSTEM_DIRS = {"amd64": ("/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu")}
+GLIBC_VERSIONS = ("2.36",)  # the ldconfig versions this writer is checked against (Debian bookworm)
 FLAG_X8664_LIBC6 = 0x0303
 EXTENSION_MAGIC = 0xEAA42174
 HWCAP_NAMES = frozenset({"tls", "sse2", "x86_64", "avx512_1", "i586", "i686", "haswell", "xeon_phi"})
@@ -307,9 +308,11 @@ def _generator(root: Path) -> bytes:
     import re
 
     data = (root / "usr/sbin/ldconfig").read_bytes()
-    m = re.search(rb"ldconfig \([^\0]{1,200}\) [^\0]{0,40}release version [0-9.]+", data)
+    m = re.search(rb"ldconfig \([^\0]{1,200}\) [^\0]{0,40}release version ([0-9.]+)", data)
     if m is None:
         raise LdCacheUnsupported("no generator string in the rootfs's ldconfig")
+    if m.group(1).decode() not in GLIBC_VERSIONS:  # another ldconfig may write another format (2.31: compat)
+        raise LdCacheUnsupported(f"glibc {m.group(1).decode()} (modelled: {', '.join(GLIBC_VERSIONS)})")
     return m.group(0)
 
 
