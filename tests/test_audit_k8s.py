@@ -147,3 +147,77 @@ def test_command_reads_deploy_from_the_spec(tmp_path: Path) -> None:
         kubernetes_validate.validate(d, K8S_VERSIONS[-1], strict=True)
     tag_only = CliRunner().invoke(app, ["k8s", "--spec", str(tmp_path), "--image", "acr.io/keras3:v1"])
     assert isinstance(tag_only.exception, LockbuildError) and "digest" in tag_only.exception.message
+
+
+# -- the build Job (lockbuild k8s --build-job) -----------------------------------------------------------
+
+BUILDER = f"myacr.azurecr.io/lockbuild-builder@{DIGEST}"
+
+
+def _walk(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield k, v
+            yield from _walk(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _walk(v)
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_build_job_is_unprivileged_and_valid(tmp_path: Path, version: str) -> None:
+    from tests.test_share_cache import make_key
+
+    (tmp_path / "lockbuild.toml").write_text('[model]\nuri = "./model"\n')
+    (tmp_path / "lockbuild.lock").write_text(LOCK.read_text())
+    _, pub = make_key(tmp_path / "ci.pem")
+    out = tmp_path / "job.yaml"
+    result = CliRunner().invoke(app, [
+        "k8s", "--spec", str(tmp_path), "--build-job", "--builder-image", BUILDER,
+        "--push", "myacr.azurecr.io/models/keras3:v1", "--registry-secret", "acr-push",
+        "--cache-registry", "myacr.azurecr.io/lockbuild-cache", "--cache-key-secret", "cache-key",
+        "--cache-trust", str(pub), "-o", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    docs = list(yaml.safe_load_all(out.read_text()))
+    assert [d["kind"] for d in docs] == ["ConfigMap", "Job"]
+    for d in docs:
+        kubernetes_validate.validate(d, version, strict=True)
+    config_map, job = docs
+    assert config_map["data"]["lockbuild.lock"] == LOCK.read_text()
+    assert config_map["data"]["trust-0.pub.pem"] == pub.read_text()
+    spec = job["spec"]["template"]["spec"]
+    (c,) = spec["containers"]
+    assert c["image"] == BUILDER and spec["restartPolicy"] == "Never"
+    assert spec["securityContext"]["runAsNonRoot"] is True and spec["securityContext"]["runAsUser"] == 65532
+    sec = c["securityContext"]
+    assert sec["readOnlyRootFilesystem"] and not sec["allowPrivilegeEscalation"] and not sec["privileged"]
+    assert sec["capabilities"] == {"drop": ["ALL"]}
+    assert spec["automountServiceAccountToken"] is False
+    keys = {k for k, _ in _walk(job)}
+    assert "hostPath" not in keys and "hostNetwork" not in keys and "hostPID" not in keys
+    assert not any("docker.sock" in str(v) for _, v in _walk(job))
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes["registry-auth"]["secret"]["secretName"] == "acr-push"  # credentials only from a Secret
+    assert volumes["cache-key"]["secret"]["secretName"] == "cache-key"
+    assert "emptyDir" in volumes["scratch"]
+    assert c["args"][:2] == ["image", "--lock"] and "--cache-trust" in c["args"] and "--cache-key" in c["args"]
+    assert {e["name"]: e["value"] for e in c["env"]}["DOCKER_CONFIG"] == "/work/docker"
+    assert "BEGIN PRIVATE KEY" not in out.read_text()  # the signing key stays in its Secret
+
+
+def test_build_job_bad_inputs(tmp_path: Path) -> None:
+    (tmp_path / "lockbuild.toml").write_text('[model]\nuri = "./model"\n')
+    (tmp_path / "lockbuild.lock").write_text(LOCK.read_text())
+    base = ["k8s", "--spec", str(tmp_path), "--build-job", "-o", str(tmp_path / "j.yaml")]
+    for extra, words in ((["--push", "r.io/a:v1"], "builder-image"),
+                         (["--builder-image", "r.io/b:latest", "--push", "r.io/a:v1"], "digest"),
+                         (["--builder-image", BUILDER, "--push", "r.io/a:v1", "--registry-secret", "Bad_Name"],
+                          "Kubernetes object name"),
+                         (["--builder-image", BUILDER, "--push", "r.io/a:v1", "--cache-trust", str(LOCK),
+                           "--cache-registry", "r.io/cache"], "public key"),
+                         (["--builder-image", BUILDER, "--push", "r.io/a:v1", "--cache-key-secret", "k"],
+                          "--cache-registry")):
+        r = CliRunner().invoke(app, base + extra)
+        assert isinstance(r.exception, LockbuildError), (extra, r.output)
+        assert words in r.exception.message, (extra, r.exception.message)
+        assert not (tmp_path / "j.yaml").exists()

@@ -81,7 +81,15 @@ def test_summary_ratios_and_verdicts(common, report) -> None:  # type: ignore[no
                    "model_change_vs_cold": False, "size_vs_mlflow": False, "peak_rss_mb": True,
                    "ready_vs_nopyc": None,
                    "verify_seconds": None, "verify_rss_mb": None, "sign_overhead_s": None,
-                   "lock_vs_uv": False, "lock_50k_vs_uv": None}  # issue 21: lock <= 1.3x bare uv
+                   "lock_vs_uv": False, "lock_50k_vs_uv": None,  # issue 21: lock <= 1.3x bare uv
+                   "shared_vs_pull": None}
+
+
+def test_shared_cache_ratio(report) -> None:  # type: ignore[no-untyped-def]
+    metrics = {"shared_cache_image_s": {"median": 6.0}, "skopeo_pull_s": {"median": 3.0}}
+    summary = report.summarize(metrics, {})
+    assert summary["ratios"]["shared_vs_pull"] == pytest.approx(2.0)
+    assert {t["key"]: t["met"] for t in summary["targets"]}["shared_vs_pull"] is False  # target: <= 1.5x
 
 
 def test_startup_ratios(common, report) -> None:  # type: ignore[no-untyped-def]

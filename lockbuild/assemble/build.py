@@ -18,6 +18,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lockbuild import __version__
 from lockbuild.assemble import bytecode, inputs
@@ -34,6 +35,9 @@ from lockbuild.oci.image import Image, ImageSpec, build_image
 from lockbuild.oci.layercache import Layer, layer_record, remember_layer
 from lockbuild.oci.tar import Node, Tree, tree_nodes, write_layer
 from lockbuild.platforms import debian_arch
+
+if TYPE_CHECKING:
+    from lockbuild.share.remote import SharedCache
 
 LEVEL = 1  # gzip level: compression dominates a cold build (field notes: -6 is 2.7x slower)
 Report = Callable[[str, dict], None]
@@ -126,9 +130,12 @@ def compressed_key(key: str, compression: str) -> str:
 
 
 def build(lock: Lock, lock_bytes: bytes, cache: Cache, *, lock_dir: Path, jobs: int = 4,
-          report: Report = lambda _e, _d: None, compression: str | None = None) -> BuildResult:
+          report: Report = lambda _e, _d: None, compression: str | None = None,
+          shared: SharedCache | None = None) -> BuildResult:
     """Build the image. ``compression`` overrides the lock's ``[image] compression`` (docker-archive
-    and ``--load`` need gzip); the diff_ids and the config are the same either way."""
+    and ``--load`` need gzip); the diff_ids and the config are the same either way. ``shared`` is a
+    registry used as a shared layer cache (share/remote.py): layers missing here are taken from it
+    when trusted, and what it lacks is pushed to it after the build."""
     from lockbuild.fsutil import sha256_bytes
 
     compression = compression or lock.compression
@@ -141,6 +148,12 @@ def build(lock: Lock, lock_bytes: bytes, cache: Cache, *, lock_dir: Path, jobs: 
         layer = _verified_layer(cache, compressed_key(p.key, compression), p.name, report)
         if layer is not None:
             done[p.name] = layer
+    if shared is not None:
+        keys = {p.name: compressed_key(p.key, compression) for p in plans if p.name not in done}
+        for name, layer in shared.fetch_layers(cache, keys, jobs=jobs).items():
+            if cache.has(layer.digest):  # downloaded and verified (not only referenced: SharedCache.lazy)
+                remember_layer(cache, keys[name], layer)
+            done[name] = layer
     todo = [p for p in plans if p.name not in done]
     report("plan", {"layers": len(plans), "cached": len(done), "todo": [p.name for p in todo]})
 
@@ -166,6 +179,9 @@ def build(lock: Lock, lock_bytes: bytes, cache: Cache, *, lock_dir: Path, jobs: 
     ordered = [(p.name, done[p.name]) for p in plans]
     image = build_image(ordered, config=image_spec(lock, labels), annotations=annotations, created=lock.created)
     stats = {p.name: cache.meta_get("layer-stats", p.key.replace(":", "-")) or {} for p in plans}
+    if shared is not None:
+        shared.publish_layers(cache, {p.name: (compressed_key(p.key, compression), done[p.name]) for p in plans
+                                      if p.name not in shared.stats.fetched}, jobs=jobs)
     return BuildResult(image=image, layers=[(p, done[p.name], p not in todo) for p in plans], labels=labels,
                        stats=stats)
 

@@ -8,6 +8,7 @@ there is no import circle.
   proof.py   verify, smoke, doctor
   audit.py   sbom, provenance, diff, k8s
   sign.py    keygen, sign (and verify --key's signature step)
+  cache.py   cache gc
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import typer
 from rich.markup import escape
 
 from lockbuild import __version__
-from lockbuild.cli import audit, image, lock, proof, sign
+from lockbuild.cli import audit, cache, image, lock, proof, sign
 from lockbuild.cli.common import emit_json, err, out, state
 from lockbuild.errors import LockbuildError
 
@@ -44,6 +45,7 @@ image.register(app)
 proof.register(app)
 audit.register(app)
 sign.register(app)
+cache.register(app)
 
 
 @app.command()

@@ -174,6 +174,19 @@ def k8s(
                                                     "registries.d/ and ratify.yaml (default: beside -o)")] = None,
     unsigned_elsewhere: Annotated[str, typer.Option("--others", help="policy.json for every other image: "
                                                     "reject or accept")] = "reject",
+    build_job: Annotated[bool, typer.Option("--build-job", help="write the Job that BUILDS the image instead "
+                                            "(unprivileged: uid 65532, read-only root, no capabilities)")] = False,
+    builder_image: Annotated[str | None, typer.Option("--builder-image", help="--build-job: the builder image "
+                                                      "REPO@sha256:… (scripts/builder-image.sh)")] = None,
+    push: Annotated[str | None, typer.Option("--push", help="--build-job: REGISTRY/REPO:TAG to push to")] = None,
+    registry_secret: Annotated[str, typer.Option("--registry-secret", help="--build-job: dockerconfigjson "
+                                                 "Secret with the registry credentials")] = "registry-push",
+    cache_registry: Annotated[str | None, typer.Option("--cache-registry", help="--build-job: shared layer "
+                                                       "cache HOST/REPO")] = None,
+    cache_key_secret: Annotated[str | None, typer.Option("--cache-key-secret", help="--build-job: Secret whose "
+                                                         "cache.pem signs pushed cache entries")] = None,
+    cache_trust: Annotated[list[Path] | None, typer.Option("--cache-trust", help="--build-job: trusted public "
+                                                           "key (repeatable), put in the Job's ConfigMap")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Write a Kubernetes Deployment + Service (AKS-ready, non-root, read-only root) pinned by digest.
@@ -181,14 +194,23 @@ def k8s(
     Resources come from \\[deploy] in lockbuild.toml; MLFLOW_MODELS_WORKERS follows the CPU limit.
     With --signed-by PUB, also the admission policy that enforces `lockbuild sign`'s signature:
     containers policy.json + registries.d (CRI-O/podman nodes) and Ratify/Gatekeeper manifests (AKS).
+    With --build-job: the ConfigMap + Job that builds and pushes the image in the cluster instead.
 
     Example: [bold]lockbuild k8s --image myacr.azurecr.io/churn@sha256:… -o deploy.yaml --signed-by release.pub[/]
+
+    Build Job: [bold]lockbuild k8s --build-job --builder-image myacr.azurecr.io/lockbuild-builder@sha256:…
+    --push myacr.azurecr.io/churn:v1 --cache-registry myacr.azurecr.io/lockbuild-cache
+    --cache-key-secret cache-key --cache-trust ci.pub.pem -o build-job.yaml[/]
     """
     from lockbuild.audit import k8s as k8s_mod
     from lockbuild.audit import normalize_digest, read_locked
     from lockbuild.spec import load_spec
 
     _check_output(output, as_json)
+    if build_job:
+        _build_job(spec, lock_file, output, builder_image, push, registry_secret, cache_registry, cache_key_secret,
+                   cache_trust or [], as_json)
+        return
     if (image is None) == (image_digest is None):
         raise LockbuildError("pass exactly one of --image REPO@sha256:… or --image-digest sha256:…",
                              hint="Kubernetes must pull the exact image that was verified: pin it by digest")
@@ -241,6 +263,39 @@ def _write_policy(base: Path, verifier: Any, image: str, deploy: Any, others: st
     for rel, text in files.items():
         atomic_write_text(base / rel, text)
     return {"dir": str(base), "files": sorted(files), "repository": repo, "key_id": verifier.key_id}
+
+
+def _build_job(spec: Path, lock_file: Path | None, output: Path, builder_image: str | None, push: str | None,
+               registry_secret: str, cache_registry: str | None, cache_key_secret: str | None,
+               cache_trust: list[Path], as_json: bool) -> None:
+    from lockbuild.audit import k8s as k8s_mod
+    from lockbuild.audit import read_locked
+    from lockbuild.oci.registry import parse_reference
+    from lockbuild.sign.keys import load_public_key
+
+    if not builder_image or not push:
+        raise LockbuildError("--build-job needs --builder-image REPO@sha256:… and --push REGISTRY/REPO:TAG",
+                             hint="build the builder image with scripts/builder-image.sh and push it by digest")
+    parse_reference(push)
+    if cache_registry:
+        parse_reference(cache_registry)
+    elif cache_key_secret or cache_trust:
+        raise LockbuildError("--cache-key-secret/--cache-trust need --cache-registry HOST/REPO",
+                             hint="name the shared cache repository")
+    path = lock_path(spec, lock_file)
+    locked = read_locked(path)
+    trust = {}
+    for p in cache_trust:
+        load_public_key(p)  # a readable P-256 public key, or a clear error
+        trust[str(p)] = p.read_text()
+    docs = k8s_mod.build_job(locked.lock, locked.digest, path.read_text(), builder_image=builder_image, push=push,
+                             registry_secret=registry_secret, cache_registry=cache_registry,
+                             cache_key_secret=cache_key_secret, trust_keys=trust)
+    where = _write(output, k8s_mod.render(docs))
+    objects = [f"{d['kind']}/{d['metadata']['name']}" for d in docs]
+    _report(as_json, {"output": where, "objects": objects, "builder_image": builder_image, "push": push,
+                      "lock_digest": locked.digest},
+            f"[green]wrote[/] {where}: {', '.join(objects)}, builds {push} with {builder_image}")
 
 
 def register(app: typer.Typer) -> None:

@@ -53,11 +53,24 @@ def image(
                                        "attestations (`lockbuild sign`); needs --key")] = False,
     key: Annotated[Path | None, typer.Option("--key", "-k", help="private key for --sign (passphrase in "
                                              "$LOCKBUILD_KEY_PASSWORD)")] = None,
+    cache_registry: Annotated[str | None, typer.Option(
+        "--cache-registry", envvar="LOCKBUILD_CACHE_REGISTRY", show_envvar=False,
+        help="HOST/REPO used as a shared layer cache (env LOCKBUILD_CACHE_REGISTRY)")] = None,
+    cache_key: Annotated[Path | None, typer.Option(
+        "--cache-key", envvar="LOCKBUILD_CACHE_KEY", show_envvar=False,
+        help="PEM P-256 private key signing what this build pushes to the shared cache (env LOCKBUILD_CACHE_KEY)")
+    ] = None,
+    cache_trust: Annotated[list[Path] | None, typer.Option(
+        "--cache-trust", help="PEM public key whose shared-cache entries are used (repeatable; env "
+        "LOCKBUILD_CACHE_TRUST, comma-separated)")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Build the image from the lock alone (no daemon, no resolution); print its digest.
 
     Example: [bold]lockbuild image --oci out/oci --docker-archive out/image.tar --load[/]
+
+    Shared cache: [bold]lockbuild image --push reg/app:v1 --cache-registry reg/lockbuild-cache
+    --cache-key ci.pem --cache-trust ci.pub.pem[/]
     """
     from lockbuild.assemble.build import build
     from lockbuild.fetch.cache import Cache
@@ -101,9 +114,16 @@ def image(
         if event == "warning":
             warnings.append(str(data.get("message", "")))
 
+    shared = _shared_cache(cache_registry, cache_key, cache_trust,
+                           report=report if not as_json else json_report)
+    if shared is not None and push is not None and oci is None and archive is None and not load:
+        from lockbuild.oci.registry import parse_reference
+
+        # the image goes only to the shared cache's registry: its shared layers need not come here
+        shared.lazy = parse_reference(push).registry == shared.ref.registry
     with progress:
         result = build(lk, lock_bytes, cache, lock_dir=path.resolve().parent, jobs=jobs,
-                       report=report if not as_json else json_report)
+                       report=report if not as_json else json_report, shared=shared)
     img = result.image
     repo_tag = tag or f"{lk.image_name}:{lk.inputs_digest.split(':')[1][:12]}"
     if oci is None and archive is None and not load and push is None:
@@ -116,14 +136,16 @@ def image(
     if oci is not None or push is not None:
         outputs.update(publish_all(
             [*([LayoutPublisher(oci, ref_name=repo_tag.rsplit(":", 1)[1])] if oci is not None else []),
-             *([RegistryPublisher(push)] if push is not None else [])],
+             *([RegistryPublisher(push, mount_from=shared.mount_source(push) if shared else None)]
+               if push is not None else [])],
             img, cache, attachments))
     if archive is not None or load:
         gz_img = img
         if lk.compression != "gzip":
             with progress:
                 gz_img = build(lk, lock_bytes, cache, lock_dir=path.resolve().parent, jobs=jobs,
-                               report=report if not as_json else json_report, compression="gzip").image
+                               report=report if not as_json else json_report, compression="gzip",
+                               shared=shared).image
             outputs["gzip_digest"] = gz_img.manifest_digest
         outputs.update(publish_all(
             [*([ArchivePublisher(archive, repo_tag)] if archive is not None else []),
@@ -143,6 +165,9 @@ def image(
                     "reused": reused, **(result.stats or {}).get(p.name, {})} for p, layer, reused in result.layers],
         **outputs,
     }
+    if shared is not None:
+        shared.close()
+        summary["shared_cache"] = {"registry": shared.name, **shared.stats.to_dict()}
     if warnings:
         summary["warnings"] = sorted(set(warnings))
     if as_json:
@@ -157,6 +182,22 @@ def image(
         _print_layer_sizes(err, result)
         err.print(f"[green]image[/] {lk.image_name} {size / 1e6:.1f} MB compressed, {len(result.layers)} layers")
         out.print(img.manifest_digest)
+
+
+def _shared_cache(registry: str | None, key: Path | None, trust: list[Path] | None, *,
+                  report: Any) -> Any:
+    """The shared layer cache asked for by --cache-registry/--cache-key/--cache-trust (or their env)."""
+    import os
+
+    if not registry:
+        return None
+    from lockbuild.share.remote import SharedCache
+    from lockbuild.sign.keys import load_private_key, load_public_key
+
+    trust_paths = list(trust or []) or [Path(p.strip()) for p in os.environ.get("LOCKBUILD_CACHE_TRUST", "").split(",")
+                                       if p.strip()]
+    signer = load_private_key(key) if key is not None else None
+    return SharedCache(registry, signer=signer, trusted=[load_public_key(p) for p in trust_paths], report=report)
 
 
 def _print_layer_sizes(err: Console, result: Any) -> None:

@@ -24,7 +24,7 @@ import json
 import os
 import re
 from collections.abc import Callable, Generator, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -355,6 +355,21 @@ def _push_blob(s: Session, digest: str, content: BlobSource, result: PushResult,
         progress(size)
 
 
+def _place_remote_blob(s: Session, digest: str, size: int, result: PushResult, mount_from: str | None,
+                       progress: Progress | None) -> None:
+    """A blob this host never had: present in the target repository already, or mounted from ``mount_from``."""
+    if _has_blob(s, digest):
+        result.skipped.append(digest)
+    elif mount_from and _start_upload(s, digest, mount_from) is None:
+        result.mounted.append(digest)
+    else:
+        raise PublishError(f"layer blob {digest} is missing from the local cache and from the registry",
+                           hint="build with an output that downloads the shared layers (e.g. --oci), or push to "
+                           "the registry the shared cache is on")
+    if progress:
+        progress(size)
+
+
 def _put_manifest(s: Session, manifest: bytes) -> str:
     digest = sha256_bytes(manifest)
     r = s.send("PUT", s.url(f"manifests/{s.ref.reference}"), ok=(200, 201), content=manifest,
@@ -381,7 +396,11 @@ def push(image: Image, ref: str, cache: Cache, *, progress: Progress | None = No
     s = open_session(r, push=True, mount_from=mount_from)
     with s.client:
         result = PushResult(digest="", reference="")
-        for digest, content in blob_sources(image, cache).items():
+        remote = {layer.digest: layer.size for layer in image.layers if not cache.has(layer.digest)}
+        local = image if not remote else replace(image, layers=tuple(x for x in image.layers if x.digest not in remote))
+        for digest, size in remote.items():  # a shared-cache layer never downloaded: the registry has it
+            with_retries(functools.partial(_place_remote_blob, s, digest, size, result, mount_from, progress))
+        for digest, content in blob_sources(local, cache).items():
             with_retries(functools.partial(_push_blob, s, digest, content, result, mount_from, progress))
         result.digest = with_retries(functools.partial(_put_manifest, s, image.manifest))
     result.reference = r.with_digest(result.digest)

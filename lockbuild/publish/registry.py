@@ -16,11 +16,12 @@ from lockbuild.publish import Attachment
 class RegistryPublisher:
     ref: str  # REGISTRY/REPO[:TAG]
     progress: Progress | None = None
+    mount_from: str | None = None  # a repository on the same registry to mount blobs from (the shared cache)
 
     def publish(self, image: Image, cache: Cache, attachments: Sequence[Attachment]) -> dict[str, Any]:
         from lockbuild.oci.registry import push
 
-        pushed = push(image, self.ref, cache, progress=self.progress)
+        pushed = push(image, self.ref, cache, progress=self.progress, mount_from=self.mount_from)
         result: dict[str, Any] = {"pushed": self.ref, "push": pushed.to_dict()}
         if attachments:
             from lockbuild.audit.attach import push_referrer, subject_descriptor
