@@ -70,6 +70,20 @@ def _load_yaml(path: Path) -> Any:
         raise ModelError(f"cannot parse {path.name}: {e}", where=str(path)) from None
 
 
+def python_scalar(value: Any, path: Path, *keys: str) -> str:
+    """A Python version as written in the YAML file. Unquoted `python: 3.10` is the float 3.1 to a
+    YAML loader: the scalar's own text is read back from the file's node tree (nothing constructed)."""
+    if not isinstance(value, float):
+        return str(value or "")
+    try:
+        node: Any = yaml.compose(path.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
+        for key in keys:
+            node = next(v for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value == key)
+        return str(node.value) if isinstance(node, yaml.ScalarNode) else str(value)
+    except (StopIteration, AttributeError, TypeError, ValueError, OSError, yaml.YAMLError):
+        return str(value)
+
+
 def strip_userinfo(url: str) -> str:
     """The URL without ``user:password@``: credentials never reach the lock, the image or provenance."""
     from urllib.parse import urlsplit, urlunsplit
@@ -303,7 +317,7 @@ def read_model(path: Path) -> ModelInfo:
     virtualenv = env_files.get("virtualenv")
     if virtualenv and (path / virtualenv).is_file():
         pe = _load_yaml(path / virtualenv) or {}
-        python_version = str(pe.get("python", "") or "")
+        python_version = python_scalar(pe.get("python", ""), path / virtualenv, "python")
     conda_file = env_files.get("conda") or "conda.yaml"
     if (path / conda_file).is_file():
         conda_py, conda_pip = _python_from_conda(_load_yaml(path / conda_file))
@@ -314,7 +328,8 @@ def read_model(path: Path) -> ModelInfo:
                                  root=path.resolve())
             reqs, cons = parsed.requirements, parsed.constraints
             env_source = conda_file
-    python_version = python_version or str(pyfunc.get("python_version", "") or "")
+    python_version = python_version or python_scalar(pyfunc.get("python_version", ""), mlmodel_path, "flavors",
+                                                     "python_function", "python_version")
     if not env_source:
         raise ModelError(
             "the model logged no environment (no requirements.txt, no pip section in conda.yaml)",
