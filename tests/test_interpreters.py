@@ -23,7 +23,15 @@ from lockbuild.resolve import overlap, platform_map, runtime
 from lockbuild.resolve.interpreter import bound_artifacts
 from lockbuild.resolve.uv import uv_platform
 from lockbuild.verify.doctor import doctor
-from tests.lockbuild_testing import EXAMPLES, KERAS3_MODEL, make_project, run_cli, set_model_python
+from tests.lockbuild_testing import (
+    EXAMPLES,
+    KERAS3_MODEL,
+    make_project,
+    run_cli,
+    set_model_python,
+    set_model_requirements,
+    shared_cache,
+)
 
 MODELS = Path(__file__).resolve().parent / "data" / "models"
 
@@ -72,8 +80,8 @@ def test_weights_and_library_pickles_are_not_bound(tmp_path: Path) -> None:
 def test_code_custom_pyfunc_and_pickled_functions_are_bound(tmp_path: Path) -> None:
     model = shutil.copytree(KERAS3_MODEL, tmp_path / "model")
     (model / "data" / "fn.cloudpickle").write_bytes(cloudpickle.dumps(lambda x: x + 1))
-    (found,) = _bound(model)
-    assert "data/fn.cloudpickle" in found and "by value" in found
+    (one,) = _bound(model)
+    assert "data/fn.cloudpickle" in one and "by value" in one
     mlmodel = model / "MLmodel"
     mlmodel.write_text(mlmodel.read_text().replace("    loader_module: mlflow.tensorflow\n",
                                                    "    loader_module: mlflow.pyfunc.model\n"
@@ -165,7 +173,8 @@ def test_cuda_only_when_the_spec_asks() -> None:
     assert platform_map.spec_asks_for_cuda(["nvidia-cudnn-cu12==9.3.0.75"])
     out, rec = _mapped(CUDA, cuda=True)
     assert out == CUDA and rec == []
-    w = Wheel(name="nvidia-cublas-cu12", version="12.5.3.2", filename="x.whl", url="", size=1, sha256="sha256:" + "0" * 64)
+    w = Wheel(name="nvidia-cublas-cu12", version="12.5.3.2", filename="x.whl", url="", size=1,
+              sha256="sha256:" + "0" * 64)
     with pytest.raises(ResolveError, match="CUDA wheels the spec did not ask for: nvidia-cublas-cu12==12.5.3.2"):
         platform_map.cuda_guard([w], cuda=False, platform="linux/amd64")
     platform_map.cuda_guard([w], cuda=True, platform="linux/amd64")
@@ -219,3 +228,41 @@ def test_doctor_python_minor_chosen_by_lock_is_a_warning_with_a_followable_fix()
     assert "re-log the model under Python 3.11 or 3.13" in f.fix and "remove [target] python" not in f.fix
     (f,) = doctor(dataclasses.replace(lock, model=model))  # no recorded choice: a silent mismatch
     assert f.severity == "error" and "remove [target] python and re-lock" in f.fix
+
+
+# -- real locks (uv, PyPI, Debian's archive; no engine) ---------------------------------------------
+WINDOWS_GPU = ["mlflow==3.17.2", "cloudpickle==3.1.3", "tensorflow-intel==2.21.0", "tensorflow[and-cuda]==2.21.0",
+               "nvidia-cudnn-cu12==9.3.0.75", "pywin32==308"]
+
+
+@pytest.mark.network
+@pytest.mark.parametrize(("platform", "logged", "mapped", "variant"), [
+    # a Windows GPU workstation's requirements on the default target: CPU TensorFlow, no CUDA, no pywin32
+    ("linux/amd64", WINDOWS_GPU,
+     [("tensorflow-intel==2.21.0", "tensorflow-cpu==2.21.0"), ("tensorflow[and-cuda]==2.21.0", "tensorflow==2.21.0"),
+      ("nvidia-cudnn-cu12==9.3.0.75", ""), ("pywin32==308", "")], ("tensorflow", "tensorflow-cpu")),
+    # what MLflow logs from an x86-64 CPU env (tensorflow-cpu has no arm64 wheels) on linux/arm64
+    ("linux/arm64", None, [("tensorflow-cpu==2.21.0", "tensorflow==2.21.0")], None),
+])
+def test_other_platforms_requirements_lock_for_the_target(
+        tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch, platform: str,
+        logged: list[str] | None, mapped: list[tuple[str, str]], variant: tuple[str, str] | None) -> None:
+    monkeypatch.setenv("LOCKBUILD_CACHE", str(shared_cache(tmp_path_factory)))
+    project = make_project(tmp_path, f'[model]\nuri = "model"\n[target]\nplatform = "{platform}"\n')
+    if logged:
+        set_model_requirements(project / "model", logged)
+    r = run_cli("lock", "--spec", str(project), "--json")
+    assert r.code == 0, r.stderr
+    assert [(m["logged"], m["locked"]) for m in r.json["mapped"]] == mapped
+    lock = tomllib.loads((project / "lockbuild.lock").read_text())
+    assert [(m["logged"], m["locked"]) for m in lock["python"]["mapped"]] == mapped
+    names = {p["name"] for p in lock["python"]["packages"]}
+    assert not [n for n in names if platform_map.is_cuda(n)] and "pywin32" not in names
+    tf = "tensorflow-cpu" if platform == "linux/amd64" else "tensorflow"
+    assert tf in names and not names & {"tensorflow-intel", "tensorflow-cpu", "tensorflow"} - {tf}
+    variants = [(v["dropped"], v["kept"], v["reason"]) for v in lock["python"].get("variants", [])]
+    if variant is None:
+        assert variants == []
+    else:
+        ((dropped, kept, reason),) = variants
+        assert (dropped, kept) == variant and "logged both" not in reason and "mapped for the target" in reason

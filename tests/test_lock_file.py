@@ -296,12 +296,27 @@ def test_failed_resolution_leaves_the_previous_lock_unchanged(project: Path) -> 
     assert lock.read_bytes() == before and leftovers(project) == []
 
 
-def test_model_logged_with_python_310_is_a_python_version_error(tmp_path: Path, lb_cache: Path) -> None:
+@pytest.mark.network
+def test_python_310_model_with_pickled_code_is_refused_naming_the_interpreter_that_resolves(
+        tmp_path: Path, lb_cache: Path) -> None:
+    """Debian ships no 3.10: lock would choose the nearest interpreter that resolves (3.9 has no
+    TensorFlow 2.21 wheel, 3.11 does), but a by-value pickle binds the model to 3.10: refused, and
+    the fix names 3.11 (tests/test_e2e_interpreters.py: the same model without it locks and serves)."""
+    import cloudpickle
+
     make_project(tmp_path, SPEC)
     set_model_python(tmp_path / "model", "3.10.12")
+    (tmp_path / "model" / "data" / "preprocess.cloudpickle").write_bytes(cloudpickle.dumps(lambda x: x * 2))
     r = run_cli("lock", "--spec", str(tmp_path))
     assert r.code == 7, r.stderr
-    assert "python-version: the model was logged with Python 3.10" in r.text
-    assert "3.9 (bullseye), 3.11 (bookworm), 3.13 (trixie)" in r.text
-    assert '[target] python = "3.11"' in r.text  # the way out
+    assert "python-version: the model was logged with Python 3.10.12, which Debian does not ship" in r.text
+    assert "3.9 (bullseye), 3.11 (bookworm), 3.13 (trixie)" in r.text and "data/preprocess.cloudpickle" in r.text
+    assert '[target] python = "3.11"' in r.text  # the way out: the nearest that resolves
     assert not (tmp_path / "lockbuild.lock").exists() and leftovers(tmp_path) == []
+    # following the fix: the spec's deliberate choice, noted and recorded
+    (tmp_path / "lockbuild.toml").write_text(SPEC + '[target]\npython = "3.11"\n')
+    r = run_cli("lock", "--spec", str(tmp_path), "--json")
+    assert r.code == 0, r.stderr
+    lock = tomllib.loads((tmp_path / "lockbuild.lock").read_text())
+    assert lock["target"]["python-requested"] == "3.11" and "python-choice" not in lock["target"]
+    assert [f["severity"] for f in r.json["doctor"] if f["rule"] == "python-minor"] == ["warning"]
