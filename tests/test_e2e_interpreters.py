@@ -81,6 +81,9 @@ def _lock_build_verify_smoke(kind: str, case: dict[str, Any], work: Path, step: 
         assert [t.split(" ", 1)[0] for t in choice.get("tried", [])] == case["tried"], choice
         assert "no Python code bound" in choice["reason"] and lock["python_choice"]["chosen"] == case["image"]
         assert any(n.startswith("interpreter:") for n in lock["notes"])
+        if case["tried"]:  # the audit re-derives the choice: same candidates, same order, same cutoff
+            audit = json.loads(step("rederive", "lock", "--check", "--rederive", "--json"))
+            assert audit["genuine"], audit["differences"][:5]
     if "wheel_platform" in case:
         assert written["target"]["wheel-platform"] == case["wheel_platform"]
         assert written["target"]["glibc"] == case["glibc"]

@@ -67,11 +67,12 @@ def rule_python_minor(lock: Lock, cache: Cache | None) -> list[Finding]:
     severity = "warning" if by_lock or lock.target.python_requested == chosen else "error"
     if minor in runtime.SUITES:
         fix = f'remove [target] python (or set it to "{minor}") and re-lock'
+    elif by_lock or lock.target.python_requested == chosen:
+        fix = (f"re-log the model under Python {chosen} (Debian ships {', '.join(runtime.SUITES)}, not {minor}) to "
+               "serve it on the interpreter it was logged with")
     else:
-        near = " or ".join(c.python_minor for c in runtime.candidates(minor)[:2]) if logged.major == 3 else "3.11"
-        fix = (f"re-log the model under Python {near} (Debian ships {', '.join(runtime.SUITES)}; not {minor}) to "
-               f"serve it on the interpreter it was logged with" + ("" if by_lock or lock.target.python_requested
-                                                                    else "; or remove [target] python and re-lock"))
+        fix = (f"re-lock with `lockbuild lock`: it chooses the nearest Debian interpreter and records why (or "
+               f"re-log the model under Python {chosen})")
     how = (" (chosen by lock: the nearest Debian interpreter for which the environment resolves)" if by_lock
            else " (set by [target] python)" if lock.target.python_requested == chosen else "")
     return [Finding("python-minor", severity, f"the model was logged with Python {logged}, the image runs {image}{how}",
