@@ -112,6 +112,8 @@ def python_minor(spec: Spec, info: ModelInfo) -> str:
         return spec.python
     try:
         v = Version(info.python_version)
+        if len(v.release) < 2:  # "3" (YAML's integer 3) says no minor
+            raise ValueError(info.python_version)
     except Exception:
         raise PythonVersionError(
             f"the model logged an unreadable Python version {info.python_version!r}",
