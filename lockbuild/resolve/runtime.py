@@ -75,9 +75,11 @@ def _minor_key(minor: str) -> tuple[int, int]:
 def candidates(python_minor: str) -> list[SuiteChoice]:
     """Debian's interpreters to try for a logged minor Debian does not ship, nearest first.
 
-    Distance is in minors (3.10 is 1 from 3.9 and from 3.11); on a tie the older interpreter comes
-    first: packages pinned while a minor was current publish wheels for the minor before it far more
-    often than for the one after it. A different major (Python 2) has no candidate."""
+    Distance is in minors (3.10 is 1 from 3.9 and from 3.11); on a tie the newer interpreter comes
+    first: Python keeps backward compatibility (a newer interpreter runs what an older one wrote),
+    not forward, and the older neighbour's Debian release is the one nearer its end of life. When the
+    newer one has no wheels for the model's pins (TensorFlow 2.16 has no cp313), `lock` falls back
+    to the next. A different major (Python 2) has no candidate."""
     major, minor = _minor_key(minor_of(python_minor))
     same_major = [m for m in SUITES if _minor_key(m)[0] == major]
     if not same_major:
@@ -85,7 +87,7 @@ def candidates(python_minor: str) -> list[SuiteChoice]:
             f"the model was logged with Python {python_minor}; lockbuild builds only on Debian's Python 3 "
             f"interpreters: {_available()}",
             hint="re-log the model under Python 3 (3.9, 3.11 or 3.13 need no interpreter change)")
-    order = sorted(same_major, key=lambda m: (abs(_minor_key(m)[1] - minor), _minor_key(m)[1]))
+    order = sorted(same_major, key=lambda m: (abs(_minor_key(m)[1] - minor), -_minor_key(m)[1]))
     return [SuiteChoice(codename=SUITES[m], interpreter_package=f"python{m}", python_minor=m) for m in order]
 
 
