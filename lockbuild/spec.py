@@ -283,7 +283,7 @@ def load_spec(path: Path) -> Spec:
 
 
 def render_spec(model_uri: str, *, tracking_uri: str | None, python: str | None, name: str | None,
-                port: int = DEFAULT_PORT, workers: int = DEFAULT_WORKERS) -> str:
+                port: int = DEFAULT_PORT, workers: int = DEFAULT_WORKERS, python_note: str | None = None) -> str:
     """The text `lockbuild init` writes: commented, with defaults spelled out."""
     doc = tomlkit.document()
     doc.add(tomlkit.comment("lockbuild.toml — what to lock and build. Docs: docs/spec.md"))
@@ -298,6 +298,9 @@ def render_spec(model_uri: str, *, tracking_uri: str | None, python: str | None,
     if python:
         target.add("python", python)
         target["python"].comment("what the model logged")
+    elif python_note:
+        for line in python_note.splitlines():
+            target.add(tomlkit.comment(line))
     doc.add("target", target)
     pyt = tomlkit.table()
     pyt.add("serving", "mlflow-skinny")

@@ -296,12 +296,38 @@ def test_failed_resolution_leaves_the_previous_lock_unchanged(project: Path) -> 
     assert lock.read_bytes() == before and leftovers(project) == []
 
 
-def test_model_logged_with_python_310_is_a_python_version_error(tmp_path: Path, lb_cache: Path) -> None:
-    make_project(tmp_path, SPEC)
-    set_model_python(tmp_path / "model", "3.10.12")
+@pytest.mark.network
+def test_python_312_model_gets_the_nearest_interpreter_that_resolves_unless_code_binds_it(
+        tmp_path: Path, lb_cache: Path) -> None:
+    """Debian ships no 3.12. The nearest are 3.13 and 3.11 (a tie: the newer first), but this model
+    pins TensorFlow 2.16.2, which has no cp313 wheel: lock records 3.13's failure and chooses 3.11.
+    With a by-value pickle in the model, the same resolution ends in a refusal whose fix names 3.11;
+    following it works (tests/test_e2e_interpreters.py builds and serves such models)."""
+    import cloudpickle
+
+    make_project(tmp_path, SPEC, model=Path(__file__).parent / "data" / "models" / "keras3-macos" / "model")
+    set_model_python(tmp_path / "model", "3.12.1")
+    r = run_cli("lock", "--spec", str(tmp_path), "--json")
+    assert r.code == 0, r.stderr
+    choice = tomllib.loads((tmp_path / "lockbuild.lock").read_text())["target"]["python-choice"]
+    assert (choice["requested"], choice["chosen"]) == ("3.12", "3.11")
+    assert "(3.13 did not: see tried)" in choice["reason"]
+    (tried,) = choice["tried"]
+    assert tried.startswith("3.13 (trixie): ") and "cp313" in tried and "tensorflow-cpu" in tried
+    assert r.json["python_choice"] == {**choice, "tried": [tried]}
+    locked = (tmp_path / "lockbuild.lock").read_bytes()
+
+    (tmp_path / "model" / "data" / "preprocess.cloudpickle").write_bytes(cloudpickle.dumps(lambda x: x * 2))
     r = run_cli("lock", "--spec", str(tmp_path))
     assert r.code == 7, r.stderr
-    assert "python-version: the model was logged with Python 3.10" in r.text
-    assert "3.9 (bullseye), 3.11 (bookworm), 3.13 (trixie)" in r.text
-    assert '[target] python = "3.11"' in r.text  # the way out
-    assert not (tmp_path / "lockbuild.lock").exists() and leftovers(tmp_path) == []
+    assert "python-version: the model was logged with Python 3.12.1, which Debian does not ship" in r.text
+    assert "3.9 (bullseye), 3.11 (bookworm), 3.13 (trixie)" in r.text and "data/preprocess.cloudpickle" in r.text
+    assert '[target] python = "3.11"' in r.text  # the way out: the nearest that resolves
+    assert (tmp_path / "lockbuild.lock").read_bytes() == locked and leftovers(tmp_path) == []
+    # following the fix: the spec's deliberate choice, noted and recorded
+    (tmp_path / "lockbuild.toml").write_text(SPEC + '[target]\npython = "3.11"\n')
+    r = run_cli("lock", "--spec", str(tmp_path), "--json")
+    assert r.code == 0, r.stderr
+    lock = tomllib.loads((tmp_path / "lockbuild.lock").read_text())
+    assert lock["target"]["python-requested"] == "3.11" and "python-choice" not in lock["target"]
+    assert [f["severity"] for f in r.json["doctor"] if f["rule"] == "python-minor"] == ["warning"]

@@ -36,20 +36,56 @@ def init(
     source = fetch_model(model, tracking_uri=tracking_uri, base_dir=path.resolve().parent)
     try:
         info = read_model(source.path)
+        python, note, warning = _init_python(info, source.path)
     finally:
         source.cleanup()
-    from packaging.version import Version
-
-    v = Version(info.python_version) if info.python_version else None
-    text = render_spec(model, tracking_uri=tracking_uri, python=f"{v.major}.{v.minor}" if v else None, name=name)
+    text = render_spec(model, tracking_uri=tracking_uri, python=python, name=name, python_note=note)
     parse_spec(text, path.resolve())  # what we write must load
     atomic_write_text(path, text)
     if as_json:
         emit_json({"spec": str(path), "model": model, "python": info.python_version,
-                   "mlflow_version": info.mlflow_version, "flavors": list(info.flavors)})
+                   "mlflow_version": info.mlflow_version, "flavors": list(info.flavors),
+                   "target_python": python, "warnings": [warning] if warning else []})
     else:
         err.print(f"[green]wrote[/] {path}: model {model} (MLflow {info.mlflow_version}, "
                   f"Python {info.python_version}, flavors {', '.join(info.flavors)})")
+        if note and not warning:
+            err.print(f"[yellow]note[/] {escape(' '.join(note.splitlines()))}")
+    if warning:
+        err.print(f"[yellow]warning[/] {escape(warning)}")
+
+
+def _init_python(info: Any, model_dir: Path) -> tuple[str | None, str | None, str | None]:
+    """What `init` writes for [target] python: (value, comment instead of a value, warning).
+
+    Never a value `lock` refuses: the logged minor only when Debian ships it; otherwise no value
+    (lock chooses the nearest Debian interpreter) and a comment saying so, or, when the model
+    carries Python code bound to its interpreter, a warning naming lock's refusal and its fix."""
+    from lockbuild.errors import PythonVersionError
+    from lockbuild.resolve import runtime
+    from lockbuild.resolve.interpreter import bound_artifacts
+
+    try:
+        minor = runtime.minor_of(info.python_version)
+    except PythonVersionError:
+        return None, f"the model's Python version {info.python_version!r} is unreadable: set python = \"3.X\"", None
+    if minor in runtime.SUITES:
+        return minor, None, None
+    try:
+        near = [c.python_minor for c in runtime.candidates(minor)]
+    except PythonVersionError as e:
+        return None, None, e.message
+    shipped = ", ".join(runtime.SUITES)
+    note = (f"python: the model logged {info.python_version}; Debian ships {shipped}. Unset, `lockbuild lock`\n"
+            f"uses the nearest ({' or '.join(near[:2])}) for which the whole environment resolves and records why.")
+    bound = bound_artifacts(model_dir, info.files)
+    if bound:
+        return None, note, (f"the model was logged with Python {info.python_version}, which Debian does not ship "
+                            f"({shipped}), and carries Python code bound to it ({'; '.join(bound)}): `lockbuild lock` "
+                            f'will refuse to move it on its own. Re-log it under Python {" or ".join(near[:2])}, or '
+                            f'set [target] python = "{near[0]}" in the spec to accept the risk (then prove it with '
+                            "`lockbuild smoke`)")
+    return None, note, None
 
 
 def lock(
@@ -197,6 +233,10 @@ def lock(
         "moves": [m.to_dict() for m in result.moves], "audit_inputs": kept_written,
         "variants": [{"dropped": c.dropped, "kept": c.kept, "reason": c.reason, "paths": c.paths,
                       "example": c.example} for c in lk.python.variants],
+        "python_choice": None if lk.target.python_choice is None else {
+            "requested": lk.target.python_choice.requested, "chosen": lk.target.python_choice.chosen,
+            "reason": lk.target.python_choice.reason, "tried": list(lk.target.python_choice.tried)},
+        "mapped": [{"logged": m.logged, "locked": m.locked, "reason": m.reason} for m in lk.python.mapped],
         "doctor": [f.to_dict(DOCTOR_KEYS) for f in findings],
         "pruned": None if pruned_files is None else {
             "files": sum(pruned_files.values()),
@@ -204,6 +244,13 @@ def lock(
                        for w in sorted(lk.python.packages, key=lambda w: w.name) if w.pruned}},
     }
     if result.reused:
+        pc = lk.target.python_choice
+        if pc is not None:
+            err.print(f"[yellow]note[/] interpreter: Python {pc.chosen} for the model's {pc.requested} "
+                      f"({escape(pc.reason)})")
+        for mp in lk.python.mapped:
+            err.print(f"[yellow]note[/] mapped: {escape(mp.logged)} -> {escape(mp.locked or '(dropped)')} "
+                      f"({escape(mp.reason)})")
         for c in lk.python.variants:
             err.print(f"[yellow]note[/] variant: {c.kept} kept, {c.dropped} dropped ({escape(c.reason)})")
     if as_json:

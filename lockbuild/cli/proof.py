@@ -200,6 +200,7 @@ def smoke(
                           hint=report.diagnoses[0].fix if report.diagnoses else "see the log tail above")
     if not as_json:
         err.print(f"[green]smoke ok[/] ready in {report.seconds_to_ready}s, MLflow {report.version}, "
+                  f"Python {report.python}, "
                   f"predictions {json.dumps(report.predictions)[:200]}")
 
 

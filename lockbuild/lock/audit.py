@@ -99,8 +99,10 @@ def derive_lock(spec: Spec, lock: Lock, cache: Cache, notify: Notify = lambda _m
     source = fetch_model(spec.model_uri, tracking_uri=spec.tracking_uri, base_dir=spec.root)
     try:
         info = read_model(source.path)
-        minor = python_minor(spec, info)
-        choice = runtime.choose_suite(minor)
+        # the interpreter the lock chose (a logged minor Debian does not ship) is re-derived by
+        # `_make_lock` below; the Debian side it names is the one re-derived here
+        chosen = lock.target.python_choice.chosen if lock.target.python_choice else python_minor(spec, info)
+        choice = runtime.choose_suite(chosen)
         codename = spec.base.split(":", 1)[1] if spec.base else choice.codename
         arch = debian_arch(spec.platform)
         roots = tuple(sorted(set(debian.default_roots(choice.interpreter_package)) | set(spec.debian_packages)))

@@ -32,10 +32,13 @@ from lockbuild.lock import pruned
 from lockbuild.lock.model import (
     LOCK_VERSION,
     BuildRules,
+    Deb,
     DebianLock,
     Lock,
+    Mapped,
     ModelFile,
     ModelLock,
+    PythonChoice,
     PythonLock,
     Runtime,
     Target,
@@ -45,7 +48,8 @@ from lockbuild.model.intake import ModelSource, fetch_model
 from lockbuild.model.metadata import ModelInfo, keras_major, read_model
 from lockbuild.oci.compress import compressor_version
 from lockbuild.progress import Notify
-from lockbuild.resolve import debian, overlap, runtime
+from lockbuild.resolve import debian, overlap, platform_map, runtime
+from lockbuild.resolve.interpreter import bound_artifacts
 from lockbuild.resolve.python import (
     BundledWheel,
     model_requirements,
@@ -53,7 +57,7 @@ from lockbuild.resolve.python import (
     runtime_requirements,
     serving_server,
 )
-from lockbuild.resolve.uv import PythonTarget, UvReport, target_tags
+from lockbuild.resolve.uv import PythonTarget, UvReport, target_tags, uv_platform
 from lockbuild.spec import Spec
 
 NONROOT_UID = 65532
@@ -135,6 +139,8 @@ def python_minor(spec: Spec, info: ModelInfo) -> str:
         return spec.python
     try:
         v = Version(info.python_version)
+        if len(v.release) < 2:  # "3" (YAML's integer 3) says no minor
+            raise ValueError(info.python_version)
     except Exception:
         raise PythonVersionError(
             f"the model logged an unreadable Python version {info.python_version!r}",
@@ -176,26 +182,65 @@ def make_lock(spec: Spec, *, previous: Lock | None, upgrade: bool, cache: Cache,
         source.cleanup()
 
 
-def _make_lock(spec: Spec, source: ModelSource, info: ModelInfo, *, previous: Lock | None, upgrade: bool,
-               cache: Cache, notify: Notify, upgrade_packages: tuple[str, ...] = (),
-               kept: Path | None = None) -> LockResult:
-    inputs = input_digests(spec, source, info)
-    digest = combined_digest(inputs)
-    upgrade_names = {canonicalize_name(n) for n in upgrade_packages}
-    # a Debian package name moves the Debian archive state (all suites) to today's; Python names move pins
-    debian_names = {d.name for d in previous.debian.packages} if previous is not None else set()
-    upgrade_debian = bool({n for n in upgrade_packages if n in debian_names})
-    upgrade_names -= {canonicalize_name(n) for n in upgrade_packages if n in debian_names}
-    if previous is not None and not upgrade and not upgrade_packages and previous.inputs_digest == digest:
-        return LockResult(previous, reused=True)
-    notes: list[str] = list(info.notes)
-    for path, why in info.rewrites:
-        notes.append(f"model file {path}: {why}; the lock, the cache and the image's model layer carry it without "
-                     "them (index credentials come from ~/.netrc or $NETRC)")
+def interpreter_candidates(spec: Spec, source: ModelSource,
+                           info: ModelInfo) -> tuple[list[runtime.SuiteChoice], bool, list[str]]:
+    """The interpreters `lock` may use, in order; whether it chooses among them itself; and what in
+    the model is bound to its logged interpreter (resolve/interpreter.py; only asked when choosing).
 
+    The spec's [target] python or a logged minor Debian ships: exactly that one. A logged minor
+    Debian does not ship (3.10, 3.12): Debian's interpreters, nearest first."""
     minor = python_minor(spec, info)
-    choice = runtime.choose_suite(minor, spec_file=spec.path.name if spec.python else None,
-                                  logged=info.python_version)
+    if spec.python:
+        return [runtime.choose_suite(minor, spec_file=spec.path.name, logged=info.python_version)], False, []
+    if runtime.minor_of(minor) in runtime.SUITES:
+        return [runtime.choose_suite(minor)], False, []
+    return runtime.candidates(minor), True, bound_artifacts(source.path, info.files)
+
+
+def refuse_bound(spec: Spec, info: ModelInfo, bound: list[str], resolves: str) -> PythonVersionError:
+    """A model with Python code bound to a minor Debian does not ship: the fix names the nearest
+    Debian interpreter for which its environment resolves (``resolves``)."""
+    return PythonVersionError(
+        f"the model was logged with Python {info.python_version}, which Debian does not ship "
+        f"({', '.join(f'{m} ({c})' for m, c in runtime.SUITES.items())}), and it carries Python code bound to that "
+        "interpreter: " + "; ".join(bound) + ". lockbuild does not move such a model to another interpreter on "
+        "its own",
+        where=str(spec.path),
+        hint=f'set [target] python = "{resolves}" in {spec.path.name} to accept the risk ({resolves} is the nearest '
+        "Debian interpreter for which its environment resolves) and prove the image with `lockbuild smoke`; or "
+        f"re-log the model under Python {resolves}")
+
+
+@dataclass
+class _Resolved:
+    """Everything one interpreter candidate resolved to (`_resolve_for`)."""
+
+    codename: str
+    deb_lock: DebianLock
+    interp: Deb
+    python_exact: str
+    glibc: str
+    wheel_platform: str
+    created: str
+    index_url: str
+    server: str
+    reqs: list[str]
+    wheels: list[Wheel]
+    settled: overlap.Settled
+    omit: set[str]
+    build: BuildRules
+    pruned_files: dict[str, int]
+    mapped: tuple[Mapped, ...]
+    exempt: tuple[str, ...]  # names whose index gives no upload times (the cutoff did not apply)
+    notes: list[str]
+
+
+def _resolve_for(choice: runtime.SuiteChoice, spec: Spec, source: ModelSource, info: ModelInfo, *,
+                 previous: Lock | None, upgrade: bool, cache: Cache, notify: Notify,
+                 exclude_newer: str, upgrade_debian: bool = False, preferences: dict[str, str] | None = None,
+                 kept: Path | None = None) -> _Resolved:
+    """Debian, then Python, for one interpreter: the whole environment or a ResolveError."""
+    notes: list[str] = []
     codename = spec.base.split(":", 1)[1] if spec.base else choice.codename
     arch = runtime.debian_arch(spec.platform)
     roots = tuple(sorted(set(debian.default_roots(choice.interpreter_package)) | set(spec.debian_packages)))
@@ -229,31 +274,18 @@ def _make_lock(spec: Spec, source: ModelSource, info: ModelInfo, *, previous: Lo
         deb_lock = debian.resolve_debian(codename, arch, roots, cache, mirror=spec.mirror,
                                          security_mirror=spec.security_mirror, keyring=spec.keyrings or None)
     by_name = {d.name: d for d in deb_lock.packages}
+    if choice.interpreter_package not in by_name:
+        raise ResolveError(f"debian:{codename} has no {choice.interpreter_package}")
     interp = by_name[choice.interpreter_package]
     python_exact = runtime.python_version_from_deb(interp.version)
     glibc = runtime.glibc_from_deb(by_name["libc6"].version)
-    wheel_platform = runtime.wheel_platform(glibc, arch)
-    logged_minor = ".".join(info.python_version.split(".")[:2])
-    if spec.python and logged_minor and spec.python != logged_minor:
-        notes.append(f"the spec's [target] python = \"{spec.python}\" ({spec.path.name}) overrides the Python "
-                     f"the model logged ({info.python_version}): the image runs {python_exact}")
-    elif info.python_version and info.python_version != python_exact:
-        notes.append(f"the model logged Python {info.python_version}; the image runs {python_exact} "
-                     f"({choice.interpreter_package} {interp.version}): same minor, different patch")
-
-    if spec.exclude_newer:
-        exclude_newer = spec.exclude_newer
-    elif previous is not None and not upgrade and not upgrade_names:
-        exclude_newer = previous.python.exclude_newer
-    else:
-        exclude_newer = now_utc()
-    # the previous pins as uv preferences: kept unless the inputs exclude them (or --upgrade[-package])
-    preferences = ({w.name: w.version for w in previous.python.packages if w.name not in upgrade_names}
-                   if previous is not None and not upgrade else None)
+    wheel_platform = uv_platform(runtime.wheel_platform(glibc, arch))
 
     mlflow_version = info.mlflow_version
-    reqs = (model_requirements(info.requirements, serving=spec.serving, exclude=spec.exclude)
-            + runtime_requirements(spec.serving, mlflow_version) + list(spec.requirements))
+    cuda = platform_map.spec_asks_for_cuda(spec.requirements)
+    logged = model_requirements(info.requirements, serving=spec.serving, exclude=spec.exclude)
+    logged, mapped = platform_map.map_requirements(logged, platform=spec.platform, python=python_exact, cuda=cuda)
+    reqs = logged + runtime_requirements(spec.serving, mlflow_version) + list(spec.requirements)
     notify(f"resolving Python {python_exact} for {wheel_platform} with uv")
     py_target = PythonTarget(python=python_exact, wheel_platform=wheel_platform)
     index_url = spec.index_url
@@ -274,8 +306,7 @@ def _make_lock(spec: Spec, source: ModelSource, info: ModelInfo, *, previous: Lo
     wheels = resolve_python(reqs, list(info.constraints), **resolve_kw)  # type: ignore[arg-type]
     server = serving_server(wheels)
     if server is None:  # an older MLflow 2 whose scoring server is a Flask app
-        reqs = (model_requirements(info.requirements, serving=spec.serving, exclude=spec.exclude)
-                + runtime_requirements(spec.serving, mlflow_version, flask=True) + list(spec.requirements))
+        reqs = (logged + runtime_requirements(spec.serving, mlflow_version, flask=True) + list(spec.requirements))
         wheels = resolve_python(reqs, list(info.constraints), **resolve_kw)  # type: ignore[arg-type]
         server = serving_server(wheels) or "gunicorn"
     final_reqs = reqs
@@ -285,12 +316,11 @@ def _make_lock(spec: Spec, source: ModelSource, info: ModelInfo, *, previous: Lo
                               overrides=overrides)
 
     settled = overlap.settle(wheels, re_resolve, cache=cache,
-                             model_requirements=list(info.requirements) + list(spec.requirements),
+                             origins=overlap.origins(logged, list(spec.requirements), mapped),
                              spec_variants=spec.variants, spec_where=str(spec.path), notify=notify,
                              tags=target_tags(py_target), platform=wheel_platform)
     wheels, reqs = settled.wheels, reqs + settled.extra_requirements
-    for c in settled.choices:
-        notes.append(f"variant: {c.kept} kept, {c.dropped} dropped ({c.reason})")
+    platform_map.cuda_guard(wheels, cuda=cuda, platform=spec.platform)
     check_hash_pins(wheels, info, notes)
     wheels = check_yanked(wheels, uv_report, spec)
     if uv_report.exempt:
@@ -304,6 +334,96 @@ def _make_lock(spec: Spec, source: ModelSource, info: ModelInfo, *, previous: Lo
     omit |= default_omit(spec, {w.name for w in wheels})
     wheels = [w for w in wheels if w.name not in omit]
     wheels, build, pruned_files = pruned.with_pruned(wheels, build_rules(spec), cache, notify)
+    return _Resolved(codename=codename, deb_lock=deb_lock, interp=interp, python_exact=python_exact, glibc=glibc,
+                     wheel_platform=wheel_platform, created=created, index_url=index_url, server=server, reqs=reqs,
+                     wheels=wheels, settled=settled, omit=omit, build=build, pruned_files=pruned_files,
+                     mapped=mapped, exempt=tuple(sorted(set(uv_report.exempt))), notes=notes)
+
+
+def _make_lock(spec: Spec, source: ModelSource, info: ModelInfo, *, previous: Lock | None, upgrade: bool,
+               cache: Cache, notify: Notify, upgrade_packages: tuple[str, ...] = (),
+               kept: Path | None = None) -> LockResult:
+    inputs = input_digests(spec, source, info)
+    digest = combined_digest(inputs)
+    upgrade_names = {canonicalize_name(n) for n in upgrade_packages}
+    # a Debian package name moves the Debian archive state (all suites) to today's; Python names move pins
+    debian_names = {d.name for d in previous.debian.packages} if previous is not None else set()
+    upgrade_debian = bool({n for n in upgrade_packages if n in debian_names})
+    upgrade_names -= {canonicalize_name(n) for n in upgrade_packages if n in debian_names}
+    if previous is not None and not upgrade and not upgrade_packages and previous.inputs_digest == digest:
+        return LockResult(previous, reused=True)
+    notes: list[str] = list(info.notes)
+    for path, reason in info.rewrites:
+        notes.append(f"model file {path}: {reason}; the lock, the cache and the image's model layer carry it without "
+                     "them (index credentials come from ~/.netrc or $NETRC)")
+    choices, automatic, bound = interpreter_candidates(spec, source, info)
+
+    if spec.exclude_newer:
+        exclude_newer = spec.exclude_newer
+    elif previous is not None and not upgrade and not upgrade_names:
+        exclude_newer = previous.python.exclude_newer
+    else:
+        exclude_newer = now_utc()
+    # the previous pins as uv preferences: kept unless the inputs exclude them (or --upgrade[-package])
+    preferences = ({w.name: w.version for w in previous.python.packages if w.name not in upgrade_names}
+                   if previous is not None and not upgrade else None)
+
+    tried: list[str] = []
+    for choice in choices:
+        try:
+            r = _resolve_for(choice, spec, source, info, previous=previous, upgrade=upgrade, cache=cache,
+                             notify=notify, exclude_newer=exclude_newer, upgrade_debian=upgrade_debian,
+                             preferences=preferences, kept=kept)
+            break
+        except ResolveError as e:
+            if not automatic:
+                raise
+            why = e.message.strip().splitlines()
+            tried.append(f"{choice.python_minor} ({choice.codename}): {why[-1] if len(why) > 1 else why[0]}"[:500])
+            notify(f"Python {choice.python_minor} does not resolve the environment; trying the next interpreter")
+    else:
+        raise PythonVersionError(
+            f"the model was logged with Python {info.python_version}, which Debian does not ship, and none of "
+            "Debian's interpreters resolves its whole environment:\n  - " + "\n  - ".join(tried),
+            hint=f"pin versions that publish wheels for {' or '.join(c.python_minor for c in choices)} in "
+            "[python] requirements, or re-log the model under one of them")
+    if bound:
+        raise refuse_bound(spec, info, bound, choice.python_minor)
+    deb_lock, python_exact, glibc, interp = r.deb_lock, r.python_exact, r.glibc, r.interp
+    wheel_platform = r.wheel_platform
+    codename, created, server, wheels, reqs = r.codename, r.created, r.server, r.wheels, r.reqs
+    settled, omit, build, pruned_files, index_url = r.settled, r.omit, r.build, r.pruned_files, r.index_url
+    mapped, mlflow_version = r.mapped, info.mlflow_version
+    python_choice = None
+    logged_minor = ".".join(info.python_version.split(".")[:2])
+    if automatic:
+        python_choice = PythonChoice(
+            requested=logged_minor, chosen=choice.python_minor, tried=tuple(tried),
+            reason=(f"the model logged Python {info.python_version}; Debian ships "
+                    + ", ".join(f"{m} ({c})" for m, c in runtime.SUITES.items())
+                    + f"; {choice.python_minor} is the nearest for which the whole environment resolves"
+                    + (f" ({', '.join(t.split(' ', 1)[0] for t in tried)} did not: see tried)" if tried else "")
+                    + "; the model carries no Python code bound to its interpreter (no code_paths, no custom "
+                    "pyfunc, no pickled functions), so its files load on " + choice.python_minor))
+        notes.append(f"interpreter: the model logged Python {info.python_version}, which Debian does not ship; "
+                     f"the image runs {python_exact} ({choice.interpreter_package}, debian:{codename}), the nearest "
+                     "Debian interpreter for which the whole environment resolves"
+                     + "".join(f"; {t}" for t in tried))
+    elif spec.python and logged_minor and spec.python != logged_minor:
+        notes.append(f"the spec's [target] python = \"{spec.python}\" ({spec.path.name}) overrides the Python "
+                     f"the model logged ({info.python_version}): the image runs {python_exact}")
+    elif info.python_version and info.python_version != python_exact:
+        notes.append(f"the model logged Python {info.python_version}; the image runs {python_exact} "
+                     f"({choice.interpreter_package} {interp.version}): same minor, different patch")
+    if wheel_platform != runtime.wheel_platform(glibc, runtime.debian_arch(spec.platform)):
+        notes.append(f"wheel platform: glibc {glibc} would be {runtime.wheel_platform(glibc, spec.platform)}, which "
+                     f"this uv does not accept; resolving for {wheel_platform}, the highest level it knows below "
+                     f"it (such wheels run on glibc {glibc})")
+    for m in mapped:
+        notes.append(f"mapped: {m.logged} -> {m.locked or '(dropped)'} ({m.reason})")
+    for c in settled.choices:
+        notes.append(f"variant: {c.kept} kept, {c.dropped} dropped ({c.reason})")
+    notes += r.notes
     versions = {w.name: w.version for w in wheels}
     v = Version(python_exact)
     lock = Lock(
@@ -319,7 +439,7 @@ def _make_lock(spec: Spec, source: ModelSource, info: ModelInfo, *, previous: Lo
             platform=spec.platform, python=python_exact, python_abi=f"cp{v.major}{v.minor}",
             wheel_platform=wheel_platform, glibc=glibc, base=f"debian:{codename}",
             interpreter_package=choice.interpreter_package, interpreter_deb_version=interp.version,
-            python_requested=spec.python or "",
+            python_requested=spec.python or "", python_choice=python_choice,
         ),
         model=ModelLock(
             uri=source.uri, resolved_uri=source.resolved_uri, name=source.name, version=source.version,
@@ -338,7 +458,7 @@ def _make_lock(spec: Spec, source: ModelSource, info: ModelInfo, *, previous: Lo
         python=PythonLock(exclude_newer=exclude_newer, index_url=index_url, requirements=tuple(reqs),
                           packages=tuple(wheels), omitted=tuple(sorted(omit)),
                           extra_index_urls=info.extra_index_urls, constraints=info.constraints,
-                          variants=settled.choices, cutoff_exempt=tuple(sorted(set(uv_report.exempt)))),
+                          variants=settled.choices, mapped=mapped, cutoff_exempt=r.exempt),
         debian=deb_lock,
         build=build,
     )

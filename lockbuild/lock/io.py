@@ -25,8 +25,10 @@ from lockbuild.lock.model import (
     Deb,
     DebianLock,
     Lock,
+    Mapped,
     ModelFile,
     ModelLock,
+    PythonChoice,
     PythonLock,
     Runtime,
     Sdist,
@@ -62,6 +64,7 @@ def to_dict(lock: Lock) -> dict[str, Any]:
             "wheel-platform": t.wheel_platform, "glibc": t.glibc, "base": t.base,
             "interpreter-package": t.interpreter_package, "interpreter-deb-version": t.interpreter_deb_version,
             **({"python-requested": t.python_requested} if t.python_requested else {}),
+            **({"python-choice": _choice_dict(t.python_choice)} if t.python_choice else {}),
         },
         "runtime": {
             "serving": r.serving, "mlflow-version": r.mlflow_version, "server": r.server,
@@ -82,6 +85,8 @@ def to_dict(lock: Lock) -> dict[str, Any]:
             "omitted": list(p.omitted),
             **({"extra-index-urls": list(p.extra_index_urls)} if p.extra_index_urls else {}),
             **({"constraints": list(p.constraints)} if p.constraints else {}),
+            **({"mapped": [{"logged": x.logged, "locked": x.locked, "reason": x.reason} for x in p.mapped]}
+               if p.mapped else {}),
             **({"variants": [{"dropped": c.dropped, "kept": c.kept, "reason": c.reason, "paths": c.paths,
                               "example": c.example} for c in p.variants]} if p.variants else {}),
             **({"cutoff-exempt": list(p.cutoff_exempt)} if p.cutoff_exempt else {}),
@@ -99,6 +104,11 @@ def to_dict(lock: Lock) -> dict[str, Any]:
             ],
         },
     }
+
+
+def _choice_dict(c: PythonChoice) -> dict[str, Any]:
+    return {"requested": c.requested, "chosen": c.chosen, "reason": c.reason,
+            **({"tried": list(c.tried)} if c.tried else {})}
 
 
 def wheel_to_dict(w: Wheel) -> dict[str, Any]:
@@ -344,6 +354,7 @@ def from_dict(data: dict[str, Any]) -> Lock:
             wheel_platform=t["wheel-platform"], glibc=t["glibc"], base=t["base"],
             interpreter_package=t["interpreter-package"], interpreter_deb_version=t["interpreter-deb-version"],
             python_requested=t.get("python-requested", ""),
+            python_choice=_choice(t.get("python-choice")),
         ),
         runtime=Runtime(
             serving=r["serving"], mlflow_version=r["mlflow-version"], server=r["server"], port=r["port"],
@@ -365,6 +376,7 @@ def from_dict(data: dict[str, Any]) -> Lock:
             constraints=tuple(p.get("constraints", ())),
             variants=tuple(VariantChoice(**c) for c in p.get("variants", ())),
             cutoff_exempt=tuple(p.get("cutoff-exempt", ())),
+            mapped=tuple(Mapped(**x) for x in p.get("mapped", ())),
             packages=tuple(wheel_from_dict(w) for w in p["packages"]),
         ),
         build=_build_rules(data.get("build", {})),
@@ -374,6 +386,13 @@ def from_dict(data: dict[str, Any]) -> Lock:
             packages=tuple(_deb(b) for b in d["packages"]),
         ),
     )
+
+
+def _choice(row: dict[str, Any] | None) -> PythonChoice | None:
+    if not row:
+        return None
+    return PythonChoice(requested=row["requested"], chosen=row["chosen"], reason=row["reason"],
+                        tried=tuple(row.get("tried", ())))
 
 
 def _suite(row: dict[str, Any]) -> Suite:

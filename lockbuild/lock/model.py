@@ -103,6 +103,17 @@ class ModelLock:
 
 
 @dataclass(frozen=True)
+class PythonChoice:
+    """The interpreter `lock` chose for a logged Python minor Debian does not ship (3.10, 3.12, ...):
+    the nearest Debian interpreter for which the whole lock resolves (resolve/runtime.py candidates)."""
+
+    requested: str  # the minor the model logged, e.g. 3.12
+    chosen: str  # the minor of the image's interpreter, e.g. 3.11
+    reason: str  # why, in words: what Debian ships, what was tried and failed, why no artifact binds
+    tried: tuple[str, ...] = ()  # "3.9: <why it did not resolve>", nearer candidates that failed
+
+
+@dataclass(frozen=True)
 class Target:
     platform: str  # linux/amd64
     python: str  # exact interpreter version, e.g. 3.11.2
@@ -113,6 +124,7 @@ class Target:
     interpreter_package: str  # python3.11
     interpreter_deb_version: str  # 3.11.2-6+deb12u6
     python_requested: str = ""  # the spec's [target] python when it chose one (a deliberate override)
+    python_choice: PythonChoice | None = None  # lock chose the interpreter (the logged minor is not Debian's)
 
 
 @dataclass(frozen=True)
@@ -141,6 +153,16 @@ class VariantChoice:
 
 
 @dataclass(frozen=True)
+class Mapped:
+    """A logged requirement line rewritten for the target before resolution (resolve/platform_map.py):
+    a macOS/Windows/GPU distribution replaced by its linux CPU equivalent, or dropped."""
+
+    logged: str  # the line as the model logged it
+    locked: str  # the line given to the resolver instead ("" = dropped)
+    reason: str
+
+
+@dataclass(frozen=True)
 class PythonLock:
     exclude_newer: str  # RFC 3339, recorded so re-resolution is reproducible
     index_url: str  # credentials never recorded (they come from netrc at fetch time)
@@ -152,6 +174,7 @@ class PythonLock:
     variants: tuple[VariantChoice, ...] = ()  # overlapping distributions settled at lock time
     # names whose index gives no upload times (PEP 503 HTML): exclude_newer did not apply to them
     cutoff_exempt: tuple[str, ...] = ()
+    mapped: tuple[Mapped, ...] = ()  # logged lines of another platform, mapped before resolution
 
 
 @dataclass(frozen=True)

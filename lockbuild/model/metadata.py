@@ -166,6 +166,20 @@ def redact(text: str) -> str:
     return _USERINFO.sub(lambda m: m.group("scheme") + "***@", text)
 
 
+def python_scalar(value: Any, path: Path, *keys: str) -> str:
+    """A Python version as written in the YAML file. Unquoted `python: 3.10` is the float 3.1 to a
+    YAML loader: the scalar's own text is read back from the file's node tree (nothing constructed)."""
+    if not isinstance(value, float):
+        return str(value or "")
+    try:
+        node: Any = yaml.compose(path.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
+        for key in keys:
+            node = next(v for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value == key)
+        return str(node.value) if isinstance(node, yaml.ScalarNode) else str(value)
+    except (StopIteration, AttributeError, TypeError, ValueError, OSError, yaml.YAMLError):
+        return str(value)
+
+
 def strip_userinfo(url: str) -> str:
     """The URL without ``user:password@``: credentials never reach the lock, the image or provenance."""
     from urllib.parse import urlsplit, urlunsplit
@@ -529,8 +543,9 @@ def read_model(path: Path) -> ModelInfo:
         if pe is not None:
             _shape(pe, dict, venv_rel, "(top level)", path / venv_rel, "a mapping")
             py = pe.get("python", "")
-            python_version = str(_shape(py, (str, int, float), venv_rel, "python", path / venv_rel,
-                                        "a version such as \"3.11.7\"") if py not in (None, "") else "")
+            if py not in (None, ""):
+                _shape(py, (str, int, float), venv_rel, "python", path / venv_rel, "a version such as \"3.11.7\"")
+                python_version = python_scalar(py, path / venv_rel, "python")  # unquoted 3.10 is not 3.1
     if env_files.get("conda") is not None:
         conda_rel = _env_file(path, env_files["conda"], f"{env_key}.conda", mlmodel_path)
     else:
@@ -544,7 +559,8 @@ def read_model(path: Path) -> ModelInfo:
                                  root=root, _out=parsed)
             reqs, cons = parsed.requirements, parsed.constraints
             env_source = conda_rel
-    python_version = python_version or str(pyfunc.get("python_version", "") or "")
+    python_version = python_version or python_scalar(pyfunc.get("python_version", "") or "", mlmodel_path,
+                                                     "flavors", "python_function", "python_version")
     if not env_source:
         raise ModelError(
             "the model logged no environment (no requirements.txt, no pip section in conda.yaml)",

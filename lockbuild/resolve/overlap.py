@@ -38,7 +38,7 @@ from packaging.utils import canonicalize_name, parse_wheel_filename
 
 from lockbuild.errors import OverlapError, ResolveError, SpecError
 from lockbuild.fetch.cache import Cache
-from lockbuild.lock.model import VariantChoice, Wheel
+from lockbuild.lock.model import Mapped, VariantChoice, Wheel
 from lockbuild.model.metadata import requirement
 from lockbuild.progress import Notify
 
@@ -232,30 +232,53 @@ def named(requirements: list[str] | tuple[str, ...]) -> set[str]:
     return out
 
 
+MODEL = "the model's requirements name"
+
+
+def origins(model_requirements: list[str], spec_requirements: list[str],
+            mapped: tuple[Mapped, ...] = ()) -> dict[str, str]:
+    """{name: who names it}, for the reasons the policy records: the model's own lines, lines
+    resolve/platform_map.py rewrote (naming the logged line), or the spec's [python] requirements."""
+    out = {n: MODEL for n in named(model_requirements)}
+    for m in mapped:
+        if m.locked:
+            for n in named([m.locked]):
+                out[n] = f"the model logged {m.logged}, mapped for the target to"
+    for n in named(spec_requirements):
+        out.setdefault(n, "lockbuild.toml's [python] requirements name")
+    return out
+
+
 def _example(paths: list[str]) -> str:
     py = [p for p in paths if p.endswith("__init__.py")]
     return min(py or paths, key=len)
 
 
 def decide(pair: tuple[str, str], shared: list[str], versions: dict[str, str],
-           model_names: set[str]) -> VariantChoice | None:
-    """The default policy for one overlapping pair, or None when it cannot settle it."""
+           model_names: set[str] | dict[str, str]) -> VariantChoice | None:
+    """The default policy for one overlapping pair, or None when it cannot settle it. ``model_names``:
+    the names the requirements name ({name: who names it}, see ``origins``; a set: the model's)."""
     a, b = pair
     fam = family(a)
     if fam is None or b not in fam or versions[a] != versions[b]:
         return None
     v = versions[a]
-    logged = {a, b} & model_names
+    who = model_names if isinstance(model_names, dict) else dict.fromkeys(model_names, MODEL)
+    logged = {a, b} & set(who)
     if len(logged) == 1:
         kept = logged.pop()
         dropped = b if kept == a else a
-        reason = (f"the model's requirements name {kept}=={v}; {dropped}=={v} came in only through another "
+        reason = (f"{who[kept]} {kept}=={v}; {dropped}=={v} came in only through another "
                   f"package's requirement and writes the same files")
     elif len(logged) == 2 and fam[0] in (a, b):
         dropped = fam[0]
         kept = b if dropped == a else a
-        reason = (f"the model logged both; {dropped}=={v} is the MLflow flavor's default pin, {kept}=={v} the "
-                  f"distribution installed in the training environment")
+        if who[kept] == who[dropped] == MODEL:
+            reason = (f"the model logged both; {dropped}=={v} is the MLflow flavor's default pin, {kept}=={v} the "
+                      f"distribution installed in the training environment")
+        else:
+            reason = (f"{who[kept]} {kept}=={v} and {who[dropped]} {dropped}=={v}, the "
+                      f"family's default name; they write the same files: {kept} stands in for both")
     else:
         return None
     return VariantChoice(dropped=dropped, kept=kept, reason=reason, paths=len(shared), example=_example(shared))
@@ -290,11 +313,10 @@ class Settled:
     extra_requirements: list[str]  # kept names added as requirements (a spec choice for an unnamed name)
 
 
-def settle(wheels: list[Wheel], resolve: Resolver, *, cache: Cache, model_requirements: list[str],
+def settle(wheels: list[Wheel], resolve: Resolver, *, cache: Cache, origins: dict[str, str],
            spec_variants: tuple[tuple[str, str], ...], spec_where: str, notify: Notify,
            tags: list[Tag], platform: str) -> Settled:
     """Apply the spec's variant choices and the default policy until no two wheels share a path."""
-    model_names = named(model_requirements)
     chosen: dict[str, VariantChoice] = {}
     for dropped, kept in spec_variants:
         d, k = str(canonicalize_name(dropped)), str(canonicalize_name(kept))
@@ -323,7 +345,7 @@ def settle(wheels: list[Wheel], resolve: Resolver, *, cache: Cache, model_requir
             return Settled(wheels, tuple(sorted(chosen.values(), key=lambda c: c.dropped)), extra)
         new = False
         for pair, shared in found.items():
-            choice = decide(pair, shared, versions, model_names)
+            choice = decide(pair, shared, versions, origins)
             if choice is None or choice.dropped in chosen or choice.kept in chosen:
                 raise unsettled_error(pair, shared, versions)
             chosen[choice.dropped] = choice

@@ -39,29 +39,56 @@ def minor_of(version: str) -> str:
     return f"{int(m.group(1))}.{int(m.group(2))}"
 
 
+def _available() -> str:
+    return ", ".join(f"{v} ({c})" for v, c in SUITES.items())
+
+
 def choose_suite(python_minor: str, *, spec_file: str | None = None, logged: str = "") -> SuiteChoice:
     """The Debian suite whose python3.X package provides this Python minor. ``spec_file`` is set when the
-    minor is the spec's ``[target] python`` (not what the model logged): the message must say so."""
+    minor is the spec's ``[target] python`` (not what the model logged): the message must say so.
+    A logged minor Debian does not ship goes through ``candidates`` instead (lock/create.py)."""
     minor = minor_of(python_minor)
     codename = SUITES.get(minor)
     if codename is None:
-        available = ", ".join(f"{v} ({c})" for v, c in SUITES.items())
         if spec_file is not None:
             raise PythonVersionError(
                 f'the spec\'s [target] python = "{python_minor}" ({spec_file}) is not one of Debian\'s own '
-                f"interpreters lockbuild builds on: {available}"
+                f"interpreters lockbuild builds on: {_available()}"
                 + (f"; the model itself logged Python {logged}" if logged else ""),
                 where=f"{spec_file} [target] python",
                 hint="set [target] python to one of " + ", ".join(SUITES)
-                + (" or remove it to use the model's logged Python" if logged else ""),
+                + (", or remove the line: `lock` then uses the Debian interpreter nearest the model's "
+                   f"Python {logged} for which the whole environment resolves" if logged else ""),
             )
         raise PythonVersionError(
-            f"the model was logged with Python {python_minor}, but lockbuild builds images only "
-            f"on Debian's own interpreters: {available}",
-            hint=f"{OVERRIDE_HINT} (choose a version the model's libraries support; pickled models "
-            "are safest on the logged minor)",
+            f"Python {python_minor} is not one of Debian's own interpreters lockbuild builds on: {_available()}",
+            hint=f"{OVERRIDE_HINT} (choose a version the model's libraries support)",
         )
     return SuiteChoice(codename=codename, interpreter_package=f"python{minor}", python_minor=minor)
+
+
+def _minor_key(minor: str) -> tuple[int, int]:
+    major, _, rest = minor.partition(".")
+    return int(major), int(rest)
+
+
+def candidates(python_minor: str) -> list[SuiteChoice]:
+    """Debian's interpreters to try for a logged minor Debian does not ship, nearest first.
+
+    Distance is in minors (3.10 is 1 from 3.9 and from 3.11); on a tie the newer interpreter comes
+    first: Python keeps backward compatibility (a newer interpreter runs what an older one wrote),
+    not forward, and the older neighbour's Debian release is the one nearer its end of life. When the
+    newer one has no wheels for the model's pins (TensorFlow 2.16 has no cp313), `lock` falls back
+    to the next. A different major (Python 2) has no candidate."""
+    major, minor = _minor_key(minor_of(python_minor))
+    same_major = [m for m in SUITES if _minor_key(m)[0] == major]
+    if not same_major:
+        raise PythonVersionError(
+            f"the model was logged with Python {python_minor}; lockbuild builds only on Debian's Python 3 "
+            f"interpreters: {_available()}",
+            hint="re-log the model under Python 3 (3.9, 3.11 or 3.13 need no interpreter change)")
+    order = sorted(same_major, key=lambda m: (abs(_minor_key(m)[1] - minor), -_minor_key(m)[1]))
+    return [SuiteChoice(codename=SUITES[m], interpreter_package=f"python{m}", python_minor=m) for m in order]
 
 
 def wheel_platform(glibc: str, arch: str) -> str:

@@ -5,6 +5,7 @@ their build requirements) both resolve through it."""
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import subprocess
@@ -332,3 +333,38 @@ def _platforms(filename: str) -> set[str]:
     return {t.platform for t in parse_wheel_filename(filename)[3]}
 
 
+
+
+# --- the platform tags uv accepts -------------------------------------------------------------------
+
+# What uv 0.13 lists for `--python-platform` (used only when its --help cannot be read).
+_KNOWN_MANYLINUX = (17, 28, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40)
+
+
+@functools.cache
+def _uv_manylinux_levels(machine: str) -> tuple[int, ...]:
+    """The manylinux_2_N levels this uv accepts as `--python-platform <machine>-manylinux_2_N`, read
+    from its own `pip compile --help` (the values clap lists)."""
+    try:
+        proc = subprocess.run([uv_bin(), "pip", "compile", "--help"], capture_output=True, text=True, timeout=60)
+        text = proc.stdout
+    except (OSError, subprocess.SubprocessError):
+        text = ""
+    levels = {int(n) for n in re.findall(rf"\b{re.escape(machine)}-manylinux_2_(\d+)\b", text)}
+    return tuple(sorted(levels)) or _KNOWN_MANYLINUX
+
+
+def uv_platform(wheel_platform: str) -> str:
+    """The `--python-platform` to give uv for a target whose glibc gives ``wheel_platform``
+    (``x86_64-manylinux_2_41`` on trixie): the same when uv accepts it, else the highest manylinux
+    level uv knows that is not above the target's glibc (``x86_64-manylinux_2_40``), which is still
+    true for the target: a manylinux_2_N wheel runs on every glibc >= 2.N."""
+    m = re.fullmatch(r"([a-z0-9_]+)-manylinux_2_(\d+)", wheel_platform)
+    if not m:
+        return wheel_platform
+    machine, level = m.group(1), int(m.group(2))
+    known = [n for n in _uv_manylinux_levels(machine) if n <= level]
+    if not known:
+        raise ResolveError(f"uv accepts no manylinux platform for {machine} at or below glibc 2.{level}",
+                           hint="upgrade uv (pip install -U uv) or choose another [target] platform")
+    return f"{machine}-manylinux_2_{max(known)}"

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from packaging.requirements import InvalidRequirement
 from packaging.utils import canonicalize_name
-from packaging.version import Version
+from packaging.version import InvalidVersion, Version
 
 from lockbuild.fetch.cache import Cache
 from lockbuild.lock.model import Lock
@@ -46,20 +46,38 @@ def _pins(requirements: tuple[str, ...]) -> dict[str, str]:
 
 
 def rule_python_minor(lock: Lock, cache: Cache | None) -> list[Finding]:
+    from lockbuild.resolve import runtime
+
     if not lock.model.python_version:
         return []
-    logged = Version(lock.model.python_version)
+    try:
+        logged = Version(lock.model.python_version)
+    except InvalidVersion:
+        return [Finding("python-minor", "error", f"the model logged an unreadable Python {lock.model.python_version!r}",
+                        "the image's interpreter cannot be checked against the model's",
+                        'set [target] python = "3.X" in lockbuild.toml and re-lock')]
     image = Version(lock.target.python)
-    if (logged.major, logged.minor) != (image.major, image.minor):
-        # The spec's own [target] python is a deliberate choice (e.g. a 3.10 model, which no Debian suite
-        # carries): said loudly, but it does not block the lock. A silent mismatch does.
-        severity = "warning" if lock.target.python_requested == f"{image.major}.{image.minor}" else "error"
-        return [Finding("python-minor", severity,
-                        f"the model was logged with Python {logged}, the image runs {image}",
-                        "pickled models and compiled wheels are tied to the Python minor; loading can fail "
-                        "with pickle-protocol or ABI errors",
-                        f'remove [target] python (or set it to "{logged.major}.{logged.minor}") and re-lock')]
-    return []
+    if (logged.major, logged.minor) == (image.major, image.minor):
+        return []
+    minor = f"{logged.major}.{logged.minor}"
+    chosen = f"{image.major}.{image.minor}"
+    # The spec's own [target] python, or lock's recorded choice for a minor Debian does not ship: said
+    # loudly, but it does not block the lock. A silent mismatch does.
+    by_lock = lock.target.python_choice is not None and lock.target.python_choice.chosen == chosen
+    severity = "warning" if by_lock or lock.target.python_requested == chosen else "error"
+    if minor in runtime.SUITES:
+        fix = f'remove [target] python (or set it to "{minor}") and re-lock'
+    elif by_lock or lock.target.python_requested == chosen:
+        fix = (f"re-log the model under Python {chosen} (Debian ships {', '.join(runtime.SUITES)}, not {minor}) to "
+               "serve it on the interpreter it was logged with")
+    else:
+        fix = (f"re-lock with `lockbuild lock`: it chooses the nearest Debian interpreter and records why (or "
+               f"re-log the model under Python {chosen})")
+    how = (" (chosen by lock: the nearest Debian interpreter for which the environment resolves)" if by_lock
+           else " (set by [target] python)" if lock.target.python_requested == chosen else "")
+    return [Finding("python-minor", severity, f"the model was logged with Python {logged}, the image runs {image}{how}",
+                    "pickled models and compiled wheels are tied to the Python minor; loading can fail "
+                    "with pickle-protocol or ABI errors", fix)]
 
 
 def rule_mlflow_version(lock: Lock, cache: Cache | None) -> list[Finding]:

@@ -2,8 +2,9 @@
 
 Host networking, 127.0.0.1 only, a free port. Waits for /ping, POSTs the model's input to
 /invocations, checks HTTP 200, the output shape the signature promises and (when expected
-predictions are given) the values within a tolerance, and that /version is the locked
-MLflow. The container is always removed; on failure the log tail and a diagnosis are kept.
+predictions are given) the values within a tolerance, that /version is the locked
+MLflow, and that the serving process (pid 1) runs the locked interpreter (the lock's exact Python,
+asked inside the running container). The container is always removed; on failure the log tail and a diagnosis are kept.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class SmokeReport:
     status: int | None = None
     predictions: Any = None
     version: str | None = None
+    python: str | None = None  # the interpreter the serving process runs, e.g. "3.11.2 /usr/bin/python3.11"
     problems: list[str] = field(default_factory=list)
     diagnoses: list[Finding] = field(default_factory=list)
     log_tail: str = ""
@@ -42,6 +44,7 @@ class SmokeReport:
     def to_dict(self) -> dict[str, Any]:
         return {"image": self.image, "ok": self.ok, "port": self.port, "seconds_to_ready": self.seconds_to_ready,
                 "status": self.status, "predictions": self.predictions, "version": self.version,
+                "python": self.python,
                 "problems": self.problems, "log_tail": self.log_tail,
                 "diagnoses": [d.to_dict(DIAGNOSIS_KEYS) for d in self.diagnoses]}
 
@@ -171,6 +174,7 @@ def smoke(client: Any, image: str, lock: Lock, *, body: dict, expected: Any | No
                 if report.version != lock.runtime.mlflow_version:
                     report.problems.append(f"/version is {report.version!r}, the lock pins MLflow "
                                            f"{lock.runtime.mlflow_version}")
+                _check_interpreter(report, container, lock)
     except httpx.HTTPError as e:
         report.problems.append(f"the server's answer could not be read: {e}")
     finally:
@@ -189,6 +193,26 @@ def smoke(client: Any, image: str, lock: Lock, *, body: dict, expected: Any | No
                                     port_opened=ready, exited=exited)
     report.ok = not report.problems
     return report
+
+
+PROBE = "import os, platform; print(platform.python_version(), os.readlink('/proc/1/exe'))"
+
+
+def _check_interpreter(report: SmokeReport, container: Any, lock: Lock) -> None:
+    """The serving process's interpreter, asked inside the running container: its version must be the
+    lock's exact Python (target.python; for a logged minor Debian does not ship, the one lock chose)."""
+    from lockbuild.assemble.config import entrypoint
+
+    python = entrypoint(lock)[0]
+    code, out = container.exec_run([python, "-c", PROBE])
+    text = (out or b"").decode("utf-8", "replace").strip()
+    version, _, exe = text.partition(" ")
+    report.python = text
+    if code != 0 or version != lock.target.python:
+        report.problems.append(f"the container's {python} reports {text[:200]!r}, the lock pins Python "
+                               f"{lock.target.python}")
+    elif exe != python:
+        report.problems.append(f"the serving process runs {exe}, not the locked {python}")
 
 
 def _check_predictions(report: SmokeReport, answer: Any, expected: Any | None, tolerance: float,

@@ -8,6 +8,11 @@ lockbuild must lock and build these models with no spec edits (issue 10).
     python make_model.py keras3-tf221      # Keras 3 on TF 2.21, mlflow-skinny 3.17.2
     python make_model.py savedmodel-tf215  # tf.keras SavedModel on TF 2.15, mlflow-skinny 2.22.5
     python make_model.py tfkeras-tf221     # tf-keras (Keras 2) on TF 2.21, mlflow-skinny 3.17.2
+    python make_model.py keras3-py310      # Keras 3 on TF 2.21 under Python 3.10 (3.12, 3.13 alike):
+    python make_model.py keras3-py312      #   minors Debian does not ship (3.10, 3.12) and trixie's
+    python make_model.py keras3-py313      #   3.13 (issue 21)
+    python make_model.py keras3-macos      # Keras 3 on TF 2.16.2 with a Mac-style requirements file:
+                                           #   tensorflow-macos + tensorflow-metal (pip_requirements)
 
 Each kind has its venv recipe in make_venvs.sh and the resulting freeze in <kind>/venv-freeze.txt.
 Writes <kind>/model/ (replacing it) and <kind>/predictions.json: the /invocations body and the
@@ -23,7 +28,10 @@ import tempfile
 from importlib.metadata import version
 
 KIND = sys.argv[1] if len(sys.argv) > 1 else ""
-if KIND not in ("keras3-tf221", "savedmodel-tf215", "tfkeras-tf221"):
+# What a user on Apple silicon logs with pip_requirements=<their project's requirements file>.
+MAC_REQUIREMENTS = ["tensorflow-macos==2.16.2", "tensorflow-metal==1.1.0"]
+if KIND not in ("keras3-tf221", "savedmodel-tf215", "tfkeras-tf221", "keras3-py310", "keras3-py312", "keras3-py313",
+                "keras3-macos"):
     sys.exit(__doc__)
 
 os.environ.setdefault("PYTHONHASHSEED", "0")
@@ -75,7 +83,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="lockbuild-mlruns-") as tracking:
         mlflow.set_tracking_uri("file://" + tracking)
         # MLflow's defaults: requirements inferred from what loading the model imports.
-        mlflow.tensorflow.save_model(model, path=model_dir, input_example=example, signature=signature)
+        extra = {"pip_requirements": MAC_REQUIREMENTS} if KIND == "keras3-macos" else {}
+        mlflow.tensorflow.save_model(model, path=model_dir, input_example=example, signature=signature, **extra)
         body = {"inputs": EXAMPLE_ROWS}
         loaded = mlflow.pyfunc.load_model(model_dir)
         preds = np.asarray(loaded.predict(np.array(body["inputs"], dtype="float32"))).tolist()
