@@ -8,6 +8,7 @@ import gzip
 import hashlib
 import json
 import os
+import sys
 import threading
 from dataclasses import replace
 from pathlib import Path
@@ -518,3 +519,62 @@ def test_compression_override_on_a_gzip_lock_builds_zstd_with_the_same_config(ti
     manifest_digest = json.loads((tmp_path / "oci/index.json").read_text())["manifests"][0]["digest"]
     manifest = json.loads((tmp_path / "oci/blobs/sha256" / manifest_digest.split(":")[1]).read_text())
     assert {la["mediaType"] for la in manifest["layers"]} == {ZSTD_LAYER_MEDIA_TYPE}
+
+
+def _arm64_lockbuild(dest: Path) -> Path:
+    """A `python3.11` for an emulated arm64 builder: Debian's arm64 interpreter under qemu-aarch64, with
+    this lockbuild and the aarch64 wheels of its dependencies (the installed versions, from PyPI). It is
+    a wrapper script so that the Python children lockbuild starts (sys.executable) are emulated too."""
+    import re
+    import tomllib
+    from importlib.metadata import version
+
+    repo = Path(__file__).resolve().parents[1]
+    deps = tomllib.loads((repo / "pyproject.toml").read_text())["project"]["dependencies"]
+    names = [re.split(r"[<>=!~ \[;]", d, maxsplit=1)[0] for d in deps]
+    site = _arm64_site(dest / "site", *(f"{n}=={version(n)}" for n in names))
+    root = _arm64_sysroot(dest / "arm64")
+    wrapper = dest / "python3.11"
+    wrapper.write_text(f'#!/bin/sh\nexec qemu-aarch64 -0 "$0" -L {root} {root}/usr/bin/python3.11 "$@"\n')
+    wrapper.chmod(0o755)
+    (dest / "env").write_text(f"{site}:{repo}")
+    return wrapper
+
+
+@pytest.mark.slow
+@pytest.mark.network
+def test_an_emulated_arm64_builder_builds_the_same_image(tiny_project: dict, tmp_path: Path) -> None:
+    """`lockbuild image` on an arm64 builder gives the manifest digest this x86-64 host gives, with no
+    refusal: Debian's arm64 Python runs lockbuild under qemu-aarch64 (every Python child too) from a cold
+    layer cache (downloads hard-linked). The image's own amd64 programs (the bytecode compiler, ldconfig)
+    run here natively, as they run through binfmt_misc (Rosetta, qemu-user-binfmt) on an arm64 machine.
+    The tiny lock is gzip, so this builds its layers with zlib-ng; then the zstd variant (--compression)."""
+    import json
+    import os
+    import platform
+    import shutil
+    import subprocess
+
+    from tests.conftest_services import need_tool
+
+    if platform.machine() != "x86_64":
+        pytest.skip("compares with the x86-64 build: this host is " + platform.machine())
+    need_tool("qemu-aarch64", "apt-get", "dpkg-deb")
+    python = _arm64_lockbuild(tmp_path)
+    downloads = Path(os.environ.get("LOCKBUILD_CACHE", Path.home() / ".cache/lockbuild")) / "blobs"
+    work = tiny_project["dir"]
+    for extra in ((), ("--compression", "zstd")):
+        cache = tmp_path / f"cache{len(extra)}"
+        shutil.copytree(downloads, cache / "blobs", copy_function=os.link)
+        out = tmp_path / f"oci{len(extra)}"
+        env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PYTHONPATH": (tmp_path / "env").read_text(),
+               "PYTHONNOUSERSITE": "1", "PYTHONDONTWRITEBYTECODE": "1", "LOCKBUILD_CACHE": str(cache)}
+        proc = subprocess.run([str(python), "-m", "lockbuild", "image", *extra, "--oci", str(out), "--json"],
+                              cwd=work, env=env, capture_output=True, text=True, timeout=3600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        arm = json.loads(proc.stdout)
+        assert not any(la["reused"] for la in arm["layers"]), "the emulated build must compress every layer itself"
+        native = tiny_project["image"] if not extra else json.loads(subprocess.run(
+            [sys.executable, "-m", "lockbuild", "image", *extra, "--oci", str(out) + "-native", "--json"],
+            cwd=work, capture_output=True, text=True, check=True, timeout=1200).stdout)
+        assert (arm["digest"], arm["config_digest"]) == (native["digest"], native["config_digest"]), extra
