@@ -312,6 +312,24 @@ def test_zstd_layout_passes_skopeo_and_umoci_and_survives_a_registry_round_trip(
     finally:
         subprocess.run(["docker", "rmi", "-f", tag], env=env, capture_output=True)
 
+    # `lockbuild smoke DIR` on a zstd layout (the default now) with Docker 20.10: the archive it loads
+    # carries the zstd layers as plain tars (layout_archive(unpack_zstd=...)); the engine checks diff_ids.
+    from lockbuild.oci.docker_archive import layout_archive
+
+    (tmp_path / "plain").mkdir()
+    layout_archive(tmp_path / "zstd", "lockbuild-test/h25-zstd:tiny", tmp_path / "zstd.tar",
+                   unpack_zstd=tmp_path / "plain")
+    try:
+        subprocess.run(["docker", "load", "-i", str(tmp_path / "zstd.tar")], env=env, check=True, capture_output=True)
+        image_id = subprocess.run(["docker", "image", "inspect", "-f", "{{.Id}}", "lockbuild-test/h25-zstd:tiny"],
+                                  env=env, check=True, capture_output=True, text=True).stdout.strip()
+        assert image_id == image.config_digest
+        out = subprocess.run(["docker", "run", "--rm", "--network", "host", "lockbuild-test/h25-zstd:tiny"], env=env,
+                             check=True, capture_output=True, text=True, timeout=120).stdout
+        assert out.strip() == "zstd-ok"
+    finally:
+        subprocess.run(["docker", "rmi", "-f", "lockbuild-test/h25-zstd:tiny"], env=env, capture_output=True)
+
 
 def test_spec_compression_key_is_validated(tmp_path: Path) -> None:
     from lockbuild.errors import SpecError

@@ -61,7 +61,7 @@ def ensure_loaded(client: Any, image: str, tag: str) -> str:
         archive = p
         if p.is_dir():
             archive = Path(d) / "image.tar"
-            layout_archive(p, tag, archive)
+            layout_archive(p, tag, archive, unpack_zstd=Path(d))  # zstd layers as plain tars: Docker 20.10
         with open(archive, "rb") as f:
             loaded = client.images.load(f)
     if loaded and loaded[0].tags:
