@@ -29,7 +29,7 @@ from lockbuild.assemble.prune import Rules, listed_pruning
 from lockbuild.errors import BuildError, IntegrityError
 from lockbuild.fetch.cache import Cache
 from lockbuild.lock.model import Lock
-from lockbuild.oci.compress import codec_for, compressor_name, compressor_version
+from lockbuild.oci.compress import ENCODERS, codec_for, compressor_name, compressor_version
 from lockbuild.oci.image import Image, ImageSpec, build_image
 from lockbuild.oci.layercache import Layer, layer_record, remember_layer
 from lockbuild.oci.tar import Node, Tree, tree_nodes, write_layer
@@ -105,6 +105,10 @@ def layer_codec(lock: Lock, compression: str) -> tuple[str, int]:
 def check_compressor(lock: Lock, compression: str) -> None:
     """The lock pins the compressor library; another version would give other layer digests."""
     installed = compressor_version(compression, layer_codec(lock, compression)[0])
+    makes = ENCODERS.get(lock.compressor.split(" ")[0])
+    if compression == lock.compression and makes not in (None, compression):
+        raise BuildError(f"the lock's [image] compressor {lock.compressor!r} writes {makes} layers, but its "
+                         f"compression is {compression!r}", hint="re-run `lockbuild lock`")
     if lock.compressor and compression == lock.compression and lock.compressor != installed:
         raise BuildError(
             f"the lock pins the {compression} compressor {lock.compressor!r}, this lockbuild has {installed!r}: "
