@@ -1,5 +1,5 @@
 """The timed measurements of lockbuild: lock vs uv, cold builds vs the docker build (ABBA rounds), the
-download and compression floors, the zstd variant, warm rebuilds, verify, model-only changes, sizes
+download and compression floors, the ISA-L baseline (issue 25), warm rebuilds, verify, model-only changes, sizes
 and peak RSS. Start-up is in measure_startup.py."""
 
 from __future__ import annotations
@@ -133,13 +133,21 @@ class _Null:
 
 
 def compression_floor(layers: list[dict[str, Any]], cache: Path, scratch: Path, repeats: int) -> dict[str, Any]:
-    """gzip level 1 (lockbuild's level and writer: ISA-L) of the image's own uncompressed layer tars.
+    """One pass of the example lock's own encoder and level (zstd level 1 since issue 25; lockbuild's
+    writer) over the image's own uncompressed layer tars.
 
     Each layer blob is first decompressed to a scratch file (not timed); then the tar is compressed
     into a null sink `repeats` times. Returns the median total seconds and the uncompressed bytes.
     """
+    import zstandard
+
+    from lockbuild.assemble.build import layer_codec
     from lockbuild.fetch.cache import Cache
-    from lockbuild.oci.compress import gzip_writer
+    from lockbuild.lock.io import read_lock
+    from lockbuild.oci.compress import compress_writer
+
+    lock = read_lock(EXAMPLE / "lockbuild.lock")
+    encoder, level = layer_codec(lock, lock.compression)
 
     c = Cache(cache)
     per_round = [0.0] * repeats
@@ -148,15 +156,19 @@ def compression_floor(layers: list[dict[str, Any]], cache: Path, scratch: Path, 
     for layer in layers:
         blob = c.path(layer["digest"])
         tar = scratch / "layer.tar"
-        with gzip.open(blob, "rb") as src, open(tar, "wb") as dst:
-            shutil.copyfileobj(src, dst, 1 << 20)
+        with open(blob, "rb") as raw:
+            src = gzip.open(raw) if raw.read(2) == b"\x1f\x8b" else None
+            raw.seek(0)
+            with (src or zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)) as s, \
+                    open(tar, "wb") as dst:
+                shutil.copyfileobj(s, dst, 1 << 20)
         tar_bytes += tar.stat().st_size
         per_layer[layer["name"]] = tar.stat().st_size
         for i in range(repeats):
             def compress(tar: Path = tar) -> None:
-                with open(tar, "rb") as f, gzip_writer(_Null(), 1) as gz:  # type: ignore[arg-type]
+                with open(tar, "rb") as f, compress_writer(_Null(), lock.compression, level, encoder) as z:
                     while chunk := f.read(1 << 20):
-                        gz.write(chunk)
+                        z.write(chunk)
             per_round[i] += timed(compress)[0]
         tar.unlink()
     return {"seconds": per_round, "uncompressed_bytes": tar_bytes, "per_layer": per_layer}
@@ -218,25 +230,43 @@ def bench_cold(res: Results, host: str | None, rounds: int, with_docker: bool, m
     res.facts["peak_rss_cold_kb"] = max(rss)
 
 
-def bench_zstd(res: Results, host: str | None, rounds: int) -> None:
-    """The `--compression zstd` variant of the same lock: time with downloads cached (no layer cache;
-    add the download floor for a cold build) and compressed size. Same diff_ids as gzip."""
-    log(f"2b. zstd variant: {rounds} round(s) of lockbuild image --compression zstd, downloads cached")
-    secs = []
+def isal_lock(work: Path) -> None:
+    """The example's lock as written before issue 25: gzip from ISA-L (compressor isal 1.9.1, no
+    compression-level), so it builds the layers and digest every earlier benchmark measured."""
+    from dataclasses import replace
+
+    from lockbuild.lock.io import dumps, read_lock
+
+    lk = read_lock(work / "lockbuild.lock")
+    (work / "lockbuild.lock").write_text(dumps(replace(lk, compression="gzip", compressor="isal 1.9.1",
+                                                       compression_level=0)))
+
+
+def bench_isal(res: Results, host: str | None, rounds: int) -> None:
+    """The same lock as it was before CPU-independent encoders (ISA-L gzip; issue 25's baseline), built
+    with downloads cached and no layer cache, round by round beside the default lock (zstd level 1)
+    under the same condition: time and compressed size, compared in the report (same diff_ids)."""
+    log(f"2b. ISA-L baseline: {rounds} round(s) of the ISA-L lock and the default lock, downloads cached")
+    secs: list[float] = []
+    dflt: list[float] = []
     for r in range(rounds):
-        work = copy_example(res.scratch / f"zstd-{r}")
-        cache = res.scratch / f"zstd-cache-{r}"
-        download_floor(work, cache)
-        run_ = lb_image(work, cache, host, "--compression", "zstd")
-        secs.append(run_.seconds)
-        d = run_.json()
-        if any(layer["reused"] for layer in d["layers"]):
-            raise RuntimeError("a zstd build reused a cached layer: the cache was not empty")
-        res.facts["zstd_compressed_bytes"] = d["compressed_bytes"]
-        res.facts["zstd_image_digest"] = d["digest"]
-        shutil.rmtree(cache)
-        shutil.rmtree(work)
-    res.add("zstd_warm_downloads_image_s", secs, "lockbuild image --compression zstd, downloads cached")
+        for kind in ("isal", "default") if r % 2 == 0 else ("default", "isal"):
+            work = copy_example(res.scratch / f"{kind}-{r}")
+            if kind == "isal":
+                isal_lock(work)
+            cache = res.scratch / f"{kind}-cache-{r}"
+            download_floor(work, cache)
+            run_ = lb_image(work, cache, host)
+            (secs if kind == "isal" else dflt).append(run_.seconds)
+            d = run_.json()
+            if any(layer["reused"] for layer in d["layers"]):
+                raise RuntimeError(f"an {kind} build reused a cached layer: the cache was not empty")
+            res.facts[f"{kind}_compressed_bytes"] = d["compressed_bytes"]
+            res.facts[f"{kind}_image_digest"] = d["digest"]
+            shutil.rmtree(cache)
+            shutil.rmtree(work)
+    res.add("isal_warm_downloads_image_s", secs, "lockbuild image, ISA-L lock (before issue 25), downloads cached")
+    res.add("default_warm_downloads_image_s", dflt, "lockbuild image, default lock, downloads cached (paired)")
 
 
 def bench_warm(res: Results, cache: Path, host: str | None, repeats: int, compress_repeats: int) -> None:

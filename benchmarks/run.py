@@ -39,7 +39,7 @@ from pathlib import Path
 import common
 from baseline import MLFLOW_TAG, docker, ensure_engine, ensure_standin_base, mlflow_dockerfile
 from common import BENCH_ROOT, EXAMPLE, README, REPO, RESULTS, Results, log, machine_facts
-from measure import bench_cold, bench_lock, bench_warm, bench_zstd
+from measure import bench_cold, bench_isal, bench_lock, bench_warm
 from measure_shared import bench_shared
 from measure_sign import bench_sign
 from measure_startup import bench_startup
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         bench_lock(res, warm_cache, args.repeats)
         if not args.quick:
             bench_cold(res, host, args.rounds, with_docker, mlflow_ctx)
-            bench_zstd(res, host, args.rounds)
+            bench_isal(res, host, args.rounds)
             bench_shared(res, warm_cache, host, args.rounds)
         bench_warm(res, warm_cache, host, args.repeats, compress_repeats=0 if args.quick else args.rounds)
         bench_startup(res, warm_cache, host, args.repeats)

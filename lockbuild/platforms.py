@@ -4,6 +4,8 @@ names in wheel tags. Pure data and pure functions; every stage (resolve, lock, b
 from __future__ import annotations
 
 import platform
+import subprocess
+from pathlib import Path
 
 from lockbuild.errors import ResolveError
 
@@ -21,6 +23,16 @@ def runs_on_host(arch: str) -> bool:
     """Whether this host executes `arch` binaries natively (platform.machine() says x86_64 or amd64,
     aarch64 or arm64)."""
     return platform.machine().lower() in (WHEEL_MACHINES.get(arch), arch)
+
+
+def executes(binary: Path, *args: str) -> bool:
+    """Whether this host runs ``binary`` (one of the target's own programs, run with ``args``, e.g.
+    ``--version``): natively or through a registered binfmt_misc emulator (qemu-user, Rosetta), as on
+    an arm64 laptop or runner building an amd64 image. Tried, not guessed from the machine name."""
+    try:
+        return subprocess.run([str(binary), *args], capture_output=True, timeout=60).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
 
 
 def debian_arch(platform_or_arch: str) -> str:

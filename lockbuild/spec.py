@@ -19,6 +19,7 @@ import tomlkit.exceptions
 from packaging.utils import canonicalize_name
 
 from lockbuild.errors import SpecError
+from lockbuild.oci.compress import DEFAULT_COMPRESSION
 
 SPEC_FILE = "lockbuild.toml"
 DEFAULT_PORT = 8080
@@ -51,7 +52,7 @@ class Spec:
     workers: int = DEFAULT_WORKERS
     env: tuple[tuple[str, str], ...] = ()
     labels: tuple[tuple[str, str], ...] = ()
-    compression: str = "gzip"  # layer compression of the OCI layout / registry pushes
+    compression: str = DEFAULT_COMPRESSION  # layers of the OCI layout / registry pushes (zstd; or gzip)
     smoke_input: str | None = None
     smoke_expected: str | None = None
     smoke_tolerance: float = 1e-5
@@ -221,7 +222,7 @@ def _from_dict(doc: dict[str, Any], path: Path) -> Spec:
         workers=image.get("workers", DEFAULT_WORKERS),
         env=tuple(sorted(image.get("env", {}).items())),
         labels=tuple(sorted(image.get("labels", {}).items())),
-        compression=image.get("compression", "gzip"),
+        compression=image.get("compression", DEFAULT_COMPRESSION),
         smoke_input=smoke.get("input"),
         smoke_expected=smoke.get("expected"),
         smoke_tolerance=float(smoke.get("tolerance", 1e-5)),

@@ -57,6 +57,9 @@ def fake(common):  # type: ignore[no-untyped-def]
     res.add("model_lock_s", [6.0, 6.0, 6.0], "lock")
     res.add("model_image_s", [2.0, 2.0, 2.0], "image")
     res.add("model_total_s", [8.0, 8.0, 8.0], "total")
+    res.add("isal_warm_downloads_image_s", [30.0, 32.0, 31.0], "isal lock")
+    res.add("default_warm_downloads_image_s", [33.0, 35.0, 34.0], "default lock, paired")
+    res.facts.update(isal_compressed_bytes=416_000_000, default_compressed_bytes=460_000_000)
     res.facts.update(compressed_bytes=433_000_000, uncompressed_bytes=1_600_000_000,
                      lockbuild_engine_bytes=1_614_000_000, mlflow_image_bytes=2_523_000_000,
                      peak_rss_cold_kb=120 * 1024, peak_rss_warm_kb=60 * 1024, download_bytes=600_000_000,
@@ -82,7 +85,8 @@ def test_summary_ratios_and_verdicts(common, report) -> None:  # type: ignore[no
                    "ready_vs_nopyc": None,
                    "verify_seconds": None, "verify_rss_mb": None, "sign_overhead_s": None,
                    "lock_vs_uv": False, "lock_50k_vs_uv": None,  # issue 21: lock <= 1.3x bare uv
-                   "shared_vs_pull": None}
+                   "shared_vs_pull": None,
+                   "build_vs_isal": True, "compressed_vs_isal": False}  # 34/31 <= 1.1; 460/416 > 1.1
 
 
 def test_shared_cache_ratio(report) -> None:  # type: ignore[no-untyped-def]

@@ -66,6 +66,7 @@ def tiny_project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
         [image]
         name = "lockbuild-test/tiny"
         port = 8080
+        compression = "gzip"  # the verify/tamper tests read and repack gzip layers (zlib-ng); zstd: examples/keras3
 
         [smoke]
         input = "input.json"

@@ -30,7 +30,7 @@ from lockbuild.assemble.prune import Rules, listed_pruning
 from lockbuild.errors import BuildError, IntegrityError
 from lockbuild.fetch.cache import Cache
 from lockbuild.lock.model import Lock
-from lockbuild.oci.compress import compressor_name, compressor_version
+from lockbuild.oci.compress import ENCODERS, codec_for, compressor_name, compressor_version
 from lockbuild.oci.image import Image, ImageSpec, build_image
 from lockbuild.oci.layercache import Layer, layer_record, remember_layer
 from lockbuild.oci.tar import Node, Tree, tree_nodes, write_layer
@@ -111,9 +111,18 @@ def _verified_layer(cache: Cache, key: str, name: str = "", report: Report = lam
     return layer
 
 
+def layer_codec(lock: Lock, compression: str) -> tuple[str, int]:
+    """The encoder and level that write this lock's ``compression`` layers (oci/compress.py: ``codec_for``)."""
+    return codec_for(compression, lock.compression, lock.compressor, lock.compression_level)
+
+
 def check_compressor(lock: Lock, compression: str) -> None:
     """The lock pins the compressor library; another version would give other layer digests."""
-    installed = compressor_version(compression)
+    installed = compressor_version(compression, layer_codec(lock, compression)[0])
+    makes = ENCODERS.get(lock.compressor.split(" ")[0])
+    if compression == lock.compression and makes not in (None, compression):
+        raise BuildError(f"the lock's [image] compressor {lock.compressor!r} writes {makes} layers, but its "
+                         f"compression is {compression!r}", hint="re-run `lockbuild lock`")
     if lock.compressor and compression == lock.compression and lock.compressor != installed:
         raise BuildError(
             f"the lock pins the {compression} compressor {lock.compressor!r}, this lockbuild has {installed!r}: "
@@ -122,11 +131,13 @@ def check_compressor(lock: Lock, compression: str) -> None:
             "or re-run `lockbuild lock`")
 
 
-def compressed_key(key: str, compression: str) -> str:
+def compressed_key(key: str, compression: str, codec: tuple[str, int] | None = None) -> str:
     """The layer-cache key: the plan's input key plus the compressor that made the blob."""
     import hashlib
 
-    return "sha256:" + hashlib.sha256(f"{key}\n{compressor_name(LEVEL, compression)}".encode()).hexdigest()
+    encoder, level = codec or (None, LEVEL)
+    name = compressor_name(level, compression, encoder)
+    return "sha256:" + hashlib.sha256(f"{key}\n{name}".encode()).hexdigest()
 
 
 def build(lock: Lock, lock_bytes: bytes, cache: Cache, *, lock_dir: Path, jobs: int = 4,
@@ -140,12 +151,13 @@ def build(lock: Lock, lock_bytes: bytes, cache: Cache, *, lock_dir: Path, jobs: 
 
     compression = compression or lock.compression
     check_compressor(lock, compression)
+    codec = layer_codec(lock, compression)
     lock_digest = sha256_bytes(lock_bytes)
     mtime = source_date_epoch(lock)
     plans = plan_layers(lock, mtime=mtime, lock_digest=lock_digest, level=LEVEL)
     done: dict[str, Layer] = {}
     for p in plans:
-        layer = _verified_layer(cache, compressed_key(p.key, compression), p.name, report)
+        layer = _verified_layer(cache, compressed_key(p.key, compression, codec), p.name, report)
         if layer is not None:
             done[p.name] = layer
     if shared is not None:
@@ -170,7 +182,7 @@ def build(lock: Lock, lock_bytes: bytes, cache: Cache, *, lock_dir: Path, jobs: 
         return got
 
     done.update(_build_layers(todo, lock, lock_bytes, cache, layer_inputs, mtime=mtime, report=report,
-                              compression=compression))
+                              compression=compression, codec=codec))
     if any(p.kind == "python" for p in todo):
         _check_conflicts(lock, cache, blobs, lock_dir=lock_dir)  # within a layer, wheel_tree refuses it already
 
@@ -193,7 +205,8 @@ def _weight(p: LayerPlan) -> int:
 
 def _build_layers(todo: list[LayerPlan], lock: Lock, lock_bytes: bytes, cache: Cache,
                   get_inputs: Callable[[LayerPlan], dict[str, Path]], *,
-                  mtime: int, report: Report, compression: str = "gzip") -> dict[str, Layer]:
+                  mtime: int, report: Report, compression: str = "gzip",
+                  codec: tuple[str, int] | None = None) -> dict[str, Layer]:
     """Build layers in parallel: deflate and sha256 release the GIL, so threads use every core.
     Each layer's bytes depend only on its own inputs, never on the order they finish in."""
     from concurrent.futures import ThreadPoolExecutor
@@ -202,8 +215,8 @@ def _build_layers(todo: list[LayerPlan], lock: Lock, lock_bytes: bytes, cache: C
         blobs = get_inputs(p)
         report("layer-start", {"name": p.name})
         layer = _build_layer(p, lock, lock_bytes, cache, blobs, mtime=mtime, report=report,
-                             compression=compression)
-        remember_layer(cache, compressed_key(p.key, compression), layer)
+                             compression=compression, codec=codec)
+        remember_layer(cache, compressed_key(p.key, compression, codec), layer)
         report("layer-done", {"name": p.name, "size": layer.size, "diff_id": layer.diff_id})
         return p.name, layer
 
@@ -321,15 +334,17 @@ def tree_stats(staged: StagedLayer, nodes: Sequence[Node] | None = None) -> dict
 
 
 def _build_layer(p: LayerPlan, lock: Lock, lock_bytes: bytes, cache: Cache, blobs: dict[str, Path], *,
-                 mtime: int, report: Report, compression: str = "gzip") -> Layer:
+                 mtime: int, report: Report, compression: str = "gzip",
+                 codec: tuple[str, int] | None = None) -> Layer:
     stage = Path(tempfile.mkdtemp(prefix=f"stage-{p.name}-", dir=cache.tmpdir()))
     staged: StagedLayer | None = None
     try:
         staged = stage_layer(p, lock, lock_bytes, blobs, stage, mtime=mtime, report=report)
         nodes = layer_nodes(staged)  # one walk of a staging directory, for the stats and the tar
         cache.meta_put("layer-stats", p.key.replace(":", "-"), tree_stats(staged, nodes))
-        return write_layer(cache, nodes, mtime=staged.mtime, level=LEVEL, owners=staged.owners,
-                           compression=compression)
+        encoder, level = codec or (None, LEVEL)
+        return write_layer(cache, nodes, mtime=staged.mtime, level=level, owners=staged.owners,
+                           compression=compression, encoder=encoder)
     except OSError as e:
         if e.errno == 28:
             raise BuildError(f"disk full while building layer {p.name} in {cache.root}",

@@ -40,6 +40,7 @@ from typing import BinaryIO
 
 from lockbuild.errors import BuildError
 from lockbuild.lock.model import Deb, Lock
+from lockbuild.platforms import executes
 
 UNCHECKED_HASH = "unchecked-hash"
 
@@ -129,12 +130,13 @@ class TargetPython:
         if arch not in _TRIPLETS:
             raise BuildError(f"no bytecode compiler for platform {lock.target.platform}")
         triplet, loader, machines = _TRIPLETS[arch]
-        if platform.machine().lower() not in machines:
+        ld = root / "usr/lib" / triplet / loader
+        if platform.machine().lower() not in machines and not (ld.is_file() and executes(ld, "--version")):
             raise BuildError(
                 f"byte-compiling for {lock.target.platform} runs the image's own python{minor(lock)}, "
                 f"which this {platform.machine()} host cannot execute",
-                hint="build on a host of the target architecture, or set [build] bytecode = false in "
-                     "lockbuild.toml and re-lock")
+                hint="build on a host of the target architecture, register an emulator for it (binfmt_misc: "
+                     "qemu-user-binfmt, Rosetta), or set [build] bytecode = false in lockbuild.toml and re-lock")
         self.root = root
         self.libdir = root / "usr/lib" / triplet
         self.loader = self.libdir / loader

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lockbuild.errors import BuildError
-from lockbuild.platforms import ELF_MACHINES, runs_on_host
+from lockbuild.platforms import ELF_MACHINES, executes, runs_on_host
 
 
 def elf_info(path: Path) -> tuple[int, bool] | None:
@@ -68,7 +68,7 @@ def run_ldconfig(dest: Path, arch: str) -> str | None:
     info = elf_info(ldconfig)
     if info is None or info[0] != ELF_MACHINES.get(arch) or not info[1]:
         return f"/usr/sbin/ldconfig is not a static {arch} ELF binary: no /etc/ld.so.cache"
-    if not runs_on_host(arch):
+    if not runs_on_host(arch) and not executes(ldconfig, "--version"):  # binfmt_misc emulation counts
         return f"target {arch} differs from this host ({platform.machine()}): /etc/ld.so.cache not built"
     conf = dest / "etc/ld.so.conf"
     if not os.path.lexists(conf):

@@ -95,17 +95,15 @@ def image(
         raise LockFileError(f"no lock at {path}", hint="run `lockbuild lock` first") from None
     lk = loads(lock_bytes.decode("utf-8"), str(path))
     if compression is not None:
-        from dataclasses import replace
-
         from lockbuild.errors import BuildError
         from lockbuild.oci.compress import COMPRESSIONS
 
         if compression not in COMPRESSIONS:
             raise BuildError(f"--compression {compression!r} is not one of {', '.join(COMPRESSIONS)}",
                              hint="use --compression gzip or --compression zstd")
-        # The lock pins the compressor of its own compression only: overriding to the other one has no
-        # pinned version to hold the installed library to (same as a lock written before the field).
-        lk = replace(lk, compression=compression, compressor=lk.compressor if compression == lk.compression else "")
+    # The lock pins the compressor of its own compression only: the other one gets the encoder and level
+    # oci/compress.py's codec_for gives it (an older lock: what it always used; else the CPU-independent one).
+    compression = compression or lk.compression
     cache = Cache()
     progress, report = progress_reporter(not as_json and err.is_terminal)
     warnings: list[str] = []  # in --json mode too: a skipped step must never be silent
@@ -121,13 +119,16 @@ def image(
 
         # the image goes only to the shared cache's registry: its shared layers need not come here
         shared.lazy = parse_reference(push).registry == shared.ref.registry
-    with progress:
-        result = build(lk, lock_bytes, cache, lock_dir=path.resolve().parent, jobs=jobs,
-                       report=report if not as_json else json_report, shared=shared)
-    img = result.image
-    repo_tag = tag or f"{lk.image_name}:{lk.inputs_digest.split(':')[1][:12]}"
     if oci is None and archive is None and not load and push is None:
         oci = path.resolve().parent / "out" / "oci"
+    # docker-archive and --load alone need only the gzip layers: a zstd lock compresses once, not twice.
+    only_gzip = oci is None and push is None
+    with progress:
+        result = build(lk, lock_bytes, cache, lock_dir=path.resolve().parent, jobs=jobs,
+                       report=report if not as_json else json_report, compression="gzip" if only_gzip else compression,
+                       shared=shared)
+    img = result.image
+    repo_tag = tag or f"{lk.image_name}:{lk.inputs_digest.split(':')[1][:12]}"
     attachments = _attachments(lk, lock_bytes, img.manifest_digest, cache, sbom=attach_sbom,
                                provenance=attach_provenance)
     # Each output is a publisher (lockbuild/publish/). docker-archive and --load need gzip layers (Docker
@@ -141,7 +142,9 @@ def image(
             img, cache, attachments))
     if archive is not None or load:
         gz_img = img
-        if lk.compression != "gzip":
+        if compression != "gzip" and only_gzip:
+            outputs["gzip_digest"] = img.manifest_digest  # "digest" is the gzip one too: nothing else was built
+        elif compression != "gzip":
             with progress:
                 gz_img = build(lk, lock_bytes, cache, lock_dir=path.resolve().parent, jobs=jobs,
                                report=report if not as_json else json_report, compression="gzip",

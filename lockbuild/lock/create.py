@@ -46,7 +46,7 @@ from lockbuild.lock.model import (
 )
 from lockbuild.model.intake import ModelSource, fetch_model
 from lockbuild.model.metadata import ModelInfo, keras_major, read_model
-from lockbuild.oci.compress import compressor_version
+from lockbuild.oci.compress import DEFAULT_CODEC, compressor_version
 from lockbuild.progress import Notify
 from lockbuild.resolve import debian, overlap, platform_map, runtime
 from lockbuild.resolve.interpreter import bound_artifacts
@@ -435,6 +435,7 @@ def _make_lock(spec: Spec, source: ModelSource, info: ModelInfo, *, previous: Lo
         labels=spec.labels,
         compression=spec.compression,
         compressor=compressor_version(spec.compression),
+        compression_level=DEFAULT_CODEC[spec.compression][1],
         target=Target(
             platform=spec.platform, python=python_exact, python_abi=f"cp{v.major}{v.minor}",
             wheel_platform=wheel_platform, glibc=glibc, base=f"debian:{codename}",

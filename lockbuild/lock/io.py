@@ -58,7 +58,8 @@ def to_dict(lock: Lock) -> dict[str, Any]:
         "inputs": dict(lock.inputs),
         "image": {"name": lock.image_name, "labels": dict(lock.labels),
                   **({"compression": lock.compression} if lock.compression != "gzip" else {}),
-                  **({"compressor": lock.compressor} if lock.compressor else {})},
+                  **({"compressor": lock.compressor} if lock.compressor else {}),
+                  **({"compression-level": lock.compression_level} if lock.compression_level else {})},
         "target": {
             "platform": t.platform, "python": t.python, "python-abi": t.python_abi,
             "wheel-platform": t.wheel_platform, "glibc": t.glibc, "base": t.base,
@@ -349,6 +350,7 @@ def from_dict(data: dict[str, Any]) -> Lock:
         labels=tuple(sorted(data["image"].get("labels", {}).items())),
         compression=data["image"].get("compression", "gzip"),
         compressor=data["image"].get("compressor", ""),
+        compression_level=int(data["image"].get("compression-level", 0)),
         target=Target(
             platform=t["platform"], python=t["python"], python_abi=t["python-abi"],
             wheel_platform=t["wheel-platform"], glibc=t["glibc"], base=t["base"],

@@ -1,17 +1,25 @@
-"""Layer compressors pinned with lockbuild, never the host's zlib: gzip from ISA-L (PyPI ``isal``,
-whose wheel bundles the library) or zstd from libzstd (PyPI ``zstandard``, bundled likewise).
+"""Layer compressors pinned with lockbuild, never the host's zlib. Three encoders, each a PyPI wheel
+bundling its C library: zstd from libzstd (``zstandard``; the default for new locks), gzip from
+zlib-ng (``zlib-ng``; new gzip locks and the gzip layers of ``--docker-archive``/``--load``), and
+gzip from ISA-L (``isal``; what locks written before zlib-ng name, kept so they build the digest
+they always had). zstd and zlib-ng write the same bytes on every CPU tried (x86-64 without SSE4.2
+up to AVX-512, arm64); ISA-L's bytes depend on its CPU code path (see ``CANARY_SHA256``).
 
-Holds the compression names (``COMPRESSIONS``) and their OCI media types, what made the bytes
-(``compressor_name``/``compressor_version``, recorded per layer and in the lock), and the
-writers: a chunked compressor that feeds the library fixed-size calls (so the bytes depend on
-the tar alone), ``gzip_writer`` (fixed gzip header) and ``zstd_writer`` (fixed frame settings).
+Holds the compression names (``COMPRESSIONS``) and their OCI media types, which encoder a lock's
+``[image]`` selects (``codec_for``), what made the bytes (``compressor_name``/
+``compressor_version``, recorded per layer and in the lock), the canary that refuses a CPU on
+which an encoder would write other bytes than the reference hosts, and the writers: a chunked
+compressor that feeds the library fixed-size calls (so the bytes depend on the tar alone),
+``gzip_writer`` (fixed gzip header) and ``zstd_writer`` (fixed frame settings).
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import platform
 import struct
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import BinaryIO, Protocol
@@ -21,42 +29,81 @@ from lockbuild.errors import BuildError
 LAYER_MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar+gzip"
 ZSTD_LAYER_MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar+zstd"
 COMPRESSIONS = ("gzip", "zstd")
-ZSTD_LEVEL = 3
+DEFAULT_COMPRESSION = "zstd"  # [image] compression of new locks: smaller than gzip, CPU-independent
+ZSTD_LEVEL = 3  # zstd locks without [image] compression-level (written before zstd became the default)
+ENCODERS = {"isal": "gzip", "zlib-ng": "gzip", "zstandard": "zstd"}  # encoder (PyPI name) -> compression
+DEFAULT_ENCODER = {"gzip": "zlib-ng", "zstd": "zstandard"}
+# (encoder, level) per compression: what new locks pin (both CPU-independent), and what a lock written
+# before [image] compression-level builds, everywhere it makes that compression (the digests it always had).
+DEFAULT_CODEC = {"gzip": ("zlib-ng", 1), "zstd": ("zstandard", 1)}
+LEGACY_CODEC = {"gzip": ("isal", 1), "zstd": ("zstandard", ZSTD_LEVEL)}
 
 
-def _module(compression: str):  # type: ignore[no-untyped-def]
-    """The pinned compressor module: isal (gzip) or zstandard (zstd); a clear error if absent."""
+def codec_for(compression: str, lock_compression: str, lock_compressor: str, lock_level: int) -> tuple[str, int]:
+    """The encoder and level that write ``compression`` layers for a lock whose ``[image]`` says
+    ``compression``/``compressor``/``compression-level`` (0: not recorded). A lock without a level
+    was written before zstd became the default: it builds what it always built (gzip from ISA-L,
+    zstd level 3), so its digests stay. A newer lock uses the encoder it names for its own
+    compression, and the CPU-independent default for the other one (the gzip layers that
+    ``--docker-archive``/``--load`` need for a zstd lock, or ``--compression``)."""
+    if compression not in COMPRESSIONS:
+        raise BuildError(f"unknown layer compression {compression!r}", hint=f"use one of {', '.join(COMPRESSIONS)}")
+    if not lock_level:
+        return LEGACY_CODEC[compression]
+    if compression != lock_compression:
+        return DEFAULT_CODEC[compression]
+    named = lock_compressor.split(" ")[0]
+    return (named if ENCODERS.get(named) == compression else DEFAULT_ENCODER[compression]), lock_level
+
+
+def _module(encoder: str):  # type: ignore[no-untyped-def]
+    """The pinned encoder's module (isal_zlib, zlib_ng or zstandard); a clear error if absent."""
     try:
-        if compression == "gzip":
+        if encoder == "isal":
             from isal import isal_zlib
 
             return isal_zlib
-        if compression == "zstd":
+        if encoder == "zlib-ng":
+            from zlib_ng import zlib_ng
+
+            return zlib_ng
+        if encoder == "zstandard":
             import zstandard
 
             return zstandard
     except ImportError as e:
-        raise BuildError(f"the pinned {compression} compressor is not installed ({e.name})",
+        raise BuildError(f"the pinned {ENCODERS[encoder]} compressor is not installed ({e.name})",
                          hint="reinstall lockbuild with its dependencies (pip install lockbuild)") from None
-    raise BuildError(f"unknown layer compression {compression!r}", hint=f"use one of {', '.join(COMPRESSIONS)}")
+    raise BuildError(f"unknown layer compressor {encoder!r}", hint=f"use one of {', '.join(ENCODERS)}")
 
 
-def compressor_version(compression: str = "gzip") -> str:
-    """Name and version of the pinned library that makes the compressed bytes, e.g. ``isal 1.9.1``."""
-    if compression == "zstd":
-        z = _module("zstd")
+def _encoder(compression: str, encoder: str | None) -> str:
+    enc = encoder or DEFAULT_ENCODER.get(compression, "")
+    if ENCODERS.get(enc) != compression:
+        raise BuildError(f"no {compression} layer compressor {enc!r}",
+                         hint=f"use one of {', '.join(e for e, c in ENCODERS.items() if c == compression)}")
+    return enc
+
+
+def compressor_version(compression: str = "gzip", encoder: str | None = None) -> str:
+    """Name and version of the pinned library that makes the compressed bytes, e.g. ``zlib-ng 1.1.0
+    (zlib-ng 2.3.3)``; ``encoder`` defaults to the one new locks pin for ``compression``."""
+    enc = _encoder(compression, encoder)
+    z = _module(enc)
+    if enc == "zstandard":
         return f"zstandard {z.__version__} (libzstd {'.'.join(map(str, z.ZSTD_VERSION))})"
-    _module("gzip")
+    if enc == "zlib-ng":
+        import zlib_ng
+
+        return f"zlib-ng {zlib_ng.__version__} (zlib-ng {z.ZLIBNG_VERSION})"
     import isal
 
     return f"isal {isal.__version__}"
 
 
-def compressor_name(level: int, compression: str = "gzip") -> str:
+def compressor_name(level: int, compression: str = "gzip", encoder: str | None = None) -> str:
     """What made the compressed bytes, recorded per layer: the pinned library, never the host's zlib."""
-    if compression == "zstd":
-        return f"zstd level {ZSTD_LEVEL} ({compressor_version('zstd')})"
-    return f"gzip level {level} ({compressor_version('gzip')})"
+    return f"{compression} level {level} ({compressor_version(compression, encoder)})"
 
 
 def media_type(compression: str) -> str:
@@ -81,8 +128,10 @@ class ChunkedCompressor:
     (oci/tar.py hands it the tar bytes in order), so thread scheduling never matters either.
     """
 
-    def __init__(self, sink: Sink, compressobj, *, header: bytes = b"", gzip_trailer: bool = False) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, sink: Sink, compressobj, *, header: bytes = b"", gzip_trailer: bool = False,  # type: ignore[no-untyped-def]
+                 crc32=None) -> None:
         self._sink, self._z, self._gzip = sink, compressobj, gzip_trailer
+        self._crc32 = crc32 or zlib.crc32
         self._buf = bytearray()
         self._crc, self._size = 0, 0
         self._closed = False
@@ -91,7 +140,7 @@ class ChunkedCompressor:
 
     def _feed(self, data: bytes | bytearray | memoryview) -> None:
         if self._gzip:
-            self._crc = _module("gzip").crc32(data, self._crc)
+            self._crc = self._crc32(data, self._crc)
             self._size += len(data)
         out = self._z.compress(data)
         if out:
@@ -132,15 +181,21 @@ class ChunkedCompressor:
             self.close()
 
 
-# ISA-L picks its deflate code at run time by CPU (igzip_multibinary.asm). Its SSE4.2, AVX, AVX2 and
-# AVX-512 paths give identical bytes (tests/test_compression.py runs them under qemu-x86_64), but the
-# portable C path, taken on x86-64 CPUs without SSE4.2 (Core 2, QEMU's default "qemu64" VM model),
-# hashes 3-byte prefixes by multiplication instead of CRC32C (igzip/huffman.h compute_hash), finds
-# other matches and so writes other, equally valid deflate streams. A known input's output, checked
-# before the first layer is compressed, catches that path (and any other we have not seen, e.g. on
-# another architecture) so such a host refuses instead of building silently different layers.
-CANARY_SHA256 = {  # isal version -> sha256 of the raw level-1 deflate of canary_input()
-    "1.9.1": "be2ec4707eca709dd9b834f639865cea1481e686330b208b276db9d33e3470d3",
+# ISA-L picks its deflate code at run time by CPU (igzip_multibinary.asm, plain CPUID: no knob forces
+# one path). Its SSE4.2, AVX, AVX2 and AVX-512 paths give identical bytes (tests/test_compression.py
+# runs them under qemu-x86_64), but the portable C path, taken on x86-64 CPUs without SSE4.2 (Core 2,
+# QEMU's default "qemu64" VM model), hashes 3-byte prefixes by multiplication instead of CRC32C
+# (igzip/huffman.h compute_hash), finds other matches and so writes other, equally valid deflate
+# streams; its arm64 code (igzip/aarch64) writes yet others. zlib-ng and libzstd gave one output on
+# every CPU tried. A known input's output, checked before the first layer an encoder compresses,
+# catches a CPU on which an encoder writes other bytes than the reference hosts (ISA-L off x86-64-v2,
+# and anything we have not seen, e.g. another architecture), so such a host refuses instead of
+# building silently different layers.
+# (encoder, version) -> sha256 of the raw level-1 deflate (zstd: level-1 and level-3 frames) of canary_input()
+CANARY_SHA256 = {
+    ("isal", "1.9.1"): "be2ec4707eca709dd9b834f639865cea1481e686330b208b276db9d33e3470d3",
+    ("zlib-ng", "1.1.0"): "b2eb15717303eb75b5475f611c4ac8dabceff02455541f298f0a0a397cb46304",
+    ("zstandard", "0.25.0"): "5cb2b9f91bae06aabfb5cbb628dff2216766df89e4d9dbe957ef67d14dd9cb40",
 }
 
 
@@ -150,48 +205,78 @@ def canary_input() -> bytes:
                     for i in range(4000))
 
 
-@functools.lru_cache(maxsize=1)
-def check_gzip_code_path() -> str:
-    """The canary output's sha256 when it is the reference one; a BuildError when this CPU makes ISA-L
-    write other bytes than the reference hosts (failures are not cached: every build refuses)."""
-    z = _module("gzip")
-    import isal
-
+def _canary_output(encoder: str) -> bytes:
+    z = _module(encoder)
+    if encoder == "zstandard":  # the levels lockbuild uses: 1 (new locks) and 3 (older zstd locks)
+        return _zstd_params(z, 1).compress(canary_input()) + _zstd_params(z, 3).compress(canary_input())
     c = z.compressobj(1, z.DEFLATED, -15, z.DEF_MEM_LEVEL, z.Z_DEFAULT_STRATEGY)
-    got = hashlib.sha256(c.compress(canary_input()) + c.flush()).hexdigest()
-    want = CANARY_SHA256.get(isal.__version__)
+    return c.compress(canary_input()) + c.flush()
+
+
+def _version(encoder: str) -> str:
+    return compressor_version(ENCODERS[encoder], encoder).split(" ")[1]
+
+
+@functools.cache
+def check_code_path(encoder: str) -> str:
+    """The canary output's sha256 when it is the reference one; a BuildError when on this CPU the
+    encoder writes other bytes than the reference hosts (failures are not cached: every build refuses)."""
+    version = _version(encoder)
+    got = hashlib.sha256(_canary_output(encoder)).hexdigest()
+    want = CANARY_SHA256.get((encoder, version))
     if want is None:
-        raise BuildError(f"no reference gzip output for isal {isal.__version__} (lockbuild pins isal "
-                         f"{', '.join(CANARY_SHA256)})", hint="reinstall lockbuild with its pinned dependencies")
+        raise BuildError(f"no reference output for {encoder} {version} (lockbuild pins "
+                         f"{', '.join(f'{e} {v}' for e, v in CANARY_SHA256 if e == encoder)})",
+                         hint="reinstall lockbuild with its pinned dependencies")
     if got != want:
-        raise BuildError(f"on this CPU isal {isal.__version__} compresses differently from the reference hosts "
-                         f"(canary sha256 {got[:12]}, expected {want[:12]}): gzip layer digests would not be "
-                         "reproducible", hint="build on an x86-64 CPU with SSE4.2 (x86-64-v2; in a VM, pass the "
-                         'host CPU model through), or set [image] compression = "zstd" for --oci/--push')
+        if encoder == "isal":
+            raise BuildError(
+                f"on this CPU isal {version} compresses differently from the reference hosts (canary sha256 "
+                f"{got[:12]}, expected {want[:12]}): the gzip layer digests this lock pins (compressor "
+                f"isal {version}) can only be reproduced on an x86-64 CPU with SSE4.2",
+                hint="build this lock on an x86-64-v2 CPU (in a VM, pass the host CPU model through), or re-run "
+                     "`lockbuild lock` with this lockbuild: new locks pin zstd (or zlib-ng for gzip), whose bytes "
+                     "are the same on every CPU (a new image digest)")
+        raise BuildError(f"on this CPU {encoder} {version} compresses differently from the reference hosts "
+                         f"(canary sha256 {got[:12]}, expected {want[:12]}): layer digests would not be reproducible",
+                         hint=f"please report this CPU ({platform.machine()}) to lockbuild; meanwhile build on "
+                              "an x86-64 or arm64 host")
     return got
 
 
-def gzip_writer(sink: Sink, level: int) -> ChunkedCompressor:
-    """ISA-L raw deflate in a gzip member with a fixed header (no name, mtime 0, OS 255), after checking
-    that this CPU's ISA-L code path writes the reference bytes (``check_gzip_code_path``)."""
-    check_gzip_code_path()
-    z = _module("gzip")
+def check_gzip_code_path() -> str:
+    """ISA-L's canary (kept for callers of the original name)."""
+    return check_code_path("isal")
+
+
+def gzip_writer(sink: Sink, level: int, encoder: str = "zlib-ng") -> ChunkedCompressor:
+    """Raw deflate from ``encoder`` (zlib-ng or ISA-L) in a gzip member with a fixed header (no name,
+    mtime 0, OS 255), after checking that this CPU makes the encoder write the reference bytes."""
+    _encoder("gzip", encoder)
+    check_code_path(encoder)
+    z = _module(encoder)
     return ChunkedCompressor(sink, z.compressobj(level, z.DEFLATED, -15, z.DEF_MEM_LEVEL, z.Z_DEFAULT_STRATEGY),
-                             header=GZIP_HEADER, gzip_trailer=True)
+                             header=GZIP_HEADER, gzip_trailer=True, crc32=z.crc32)
 
 
-def zstd_writer(sink: Sink) -> ChunkedCompressor:
+def _zstd_params(z, level: int = ZSTD_LEVEL):  # type: ignore[no-untyped-def]
+    return z.ZstdCompressor(level=level, write_checksum=False, write_content_size=False,
+                            write_dict_id=False, threads=0)
+
+
+def zstd_writer(sink: Sink, level: int = ZSTD_LEVEL) -> ChunkedCompressor:
     """libzstd at a fixed level, one thread, no content size or checksum in the frame header, so
     the bytes depend only on the tar and the pinned library version."""
-    z = _module("zstd")
-    params = z.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=False, write_content_size=False,
-                              write_dict_id=False, threads=0)
-    return ChunkedCompressor(sink, params.compressobj())
+    check_code_path("zstandard")
+    return ChunkedCompressor(sink, _zstd_params(_module("zstandard"), level).compressobj())
 
 
 @contextmanager
-def compress_writer(sink: Sink, compression: str = "gzip", level: int = 1) -> Iterator[BinaryIO]:
-    """The compressing writer for ``compression`` into ``sink``; flushed and finished on exit."""
-    w = zstd_writer(sink) if compression == "zstd" else gzip_writer(sink, level)
+def compress_writer(sink: Sink, compression: str = "gzip", level: int = 1,
+                    encoder: str | None = None) -> Iterator[BinaryIO]:
+    """The compressing writer for ``compression`` into ``sink`` (``encoder``: the library, default the
+    one new locks pin); flushed and finished on exit."""
+    enc = _encoder(compression, encoder)
+    w = zstd_writer(sink, level) if compression == "zstd" else gzip_writer(sink, level, enc)
     with w:
         yield w  # type: ignore[misc]

@@ -119,13 +119,34 @@ def write_docker_archive(image: Image, dest_tar: Path, cache: Cache, *, repo_tag
     return write_archive(archive_files(image, cache, repo_tag), dest_tar, mtime=created_epoch(image.config))
 
 
-def layout_archive(layout: Path, repo_tag: str, dest_tar: Path) -> Path:
+def layout_archive(layout: Path, repo_tag: str, dest_tar: Path, *, unpack_zstd: Path | None = None) -> Path:
     """A `docker load`-able tar of an OCI layout directory: its files taken as they are (verify, not
-    this, judges them) and Docker's manifest.json for the layout's manifest, tagged ``repo_tag``."""
+    this, judges them) and Docker's manifest.json for the layout's manifest, tagged ``repo_tag``.
+    With ``unpack_zstd`` (a scratch directory), manifest.json points at zstd layers decompressed there
+    (plain tars, as `docker save` writes them): Docker 20.10 cannot read zstd, and checks every layer
+    against the config's diff_ids itself."""
     img = read_oci_layout(layout)
     m = img.manifest_json()
     files: dict[str, BlobSource] = {p.relative_to(layout).as_posix(): p for p in layout.rglob("*") if p.is_file()}
     files["manifest.json"] = docker_manifest(m["config"]["digest"], [d["digest"] for d in m["layers"]], repo_tag)
+    if unpack_zstd is not None and any(d["mediaType"].endswith("+zstd") for d in m["layers"]):
+        import shutil
+
+        import zstandard
+
+        names = []
+        for d in m["layers"]:
+            name = blob_name(d["digest"])
+            if d["mediaType"].endswith("+zstd"):
+                plain = unpack_zstd / f"{d['digest'].split(':')[1]}.tar"
+                with open(layout / name, "rb") as src, open(plain, "wb") as dst:
+                    shutil.copyfileobj(zstandard.ZstdDecompressor().stream_reader(src, read_across_frames=True),
+                                       dst, 1 << 20)
+                name = f"layers/{plain.name}"
+                files[name] = plain
+            names.append(name)
+        files["manifest.json"] = canonical_json([{"Config": blob_name(m["config"]["digest"]),
+                                                  "RepoTags": [repo_tag], "Layers": names}])
     return write_archive(files, dest_tar, mtime=created_epoch(img.config))
 
 

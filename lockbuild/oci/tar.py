@@ -273,8 +273,9 @@ class _Handoff:
 
 def write_layer(cache: Cache, root: Tree, *, mtime: int, level: int = 1,
                 exclude: Exclude | None = None, owners: Owners | None = None,
-                compression: str = "gzip") -> Layer:
+                compression: str = "gzip", encoder: str | None = None) -> Layer:
     """Tar + compress (gzip or zstd) a tree (staging directory or nodes) into the cache; return its descriptor.
+    ``encoder`` picks the library (oci/compress.py: ``codec_for``; default: the one new locks pin).
 
     ``mtime`` is the one timestamp of every entry (the lock's SOURCE_DATE_EPOCH; not 0, which
     breaks tools that treat epoch 0 as "unset"). ``owners`` overrides uid/gid for a few paths
@@ -283,8 +284,8 @@ def write_layer(cache: Cache, root: Tree, *, mtime: int, level: int = 1,
     if isinstance(root, Path) and not root.is_dir():
         raise BuildError(f"layer staging directory {root} does not exist",
                          hint="this is a lockbuild bug: the builder must stage the tree first")
-    name = compressor_name(level, compression)
-    with cache.writer() as blob, compress_writer(blob, compression, level) as z:
+    name = compressor_name(level, compression, encoder)
+    with cache.writer() as blob, compress_writer(blob, compression, level, encoder) as z:
         tee = HashingWriter(z)
         pipe = _Handoff(tee)
         try:

@@ -68,7 +68,7 @@ def ensure_loaded(client: Any, image: str, tag: str, image_id: str | None = None
             archive = p
             if p.is_dir():
                 archive = Path(d) / "image.tar"
-                layout_archive(p, tag, archive)
+                layout_archive(p, tag, archive, unpack_zstd=Path(d))  # zstd layers as plain tars: Docker 20.10
             with open(archive, "rb") as f:
                 try:
                     loaded = client.images.load(f)

@@ -203,8 +203,9 @@ def verify(src: ImageSource, lock: Lock, lock_bytes: bytes, lock_digest: str, ca
     """The image ``src`` against the image ``lock`` determines. Expected diff_ids come from a layer
     record only when its MAC (key outside the cache dir) checks out and ``rederive`` is off; any
     mismatch is always re-derived from the lock before it is reported."""
-    from lockbuild.assemble.build import LEVEL, compressed_key, source_date_epoch, stage_layer
+    from lockbuild.assemble.build import LEVEL, compressed_key, layer_codec, source_date_epoch, stage_layer
     from lockbuild.assemble.inputs import fetch_inputs
+    from lockbuild.oci.compress import DEFAULT_CODEC, LEGACY_CODEC
     from lockbuild.oci.layercache import layer_record
 
     report = Report(image=src.description)
@@ -236,8 +237,10 @@ def verify(src: ImageSource, lock: Lock, lock_bytes: bytes, lock_digest: str, ca
     def trusted(plan: LayerPlan | None) -> Layer | None:
         if plan is None or rederive:
             return None
-        for compression in dict.fromkeys((lock.compression, "gzip", "zstd")):  # same diff_id either way
-            layer, _why = layer_record(cache, compressed_key(plan.key, compression))
+        codecs = [(lock.compression, layer_codec(lock, lock.compression)),
+                  *((c, codec) for table in (DEFAULT_CODEC, LEGACY_CODEC) for c, codec in table.items())]
+        for compression, codec in dict.fromkeys(codecs):  # same diff_id whatever made the blob
+            layer, _why = layer_record(cache, compressed_key(plan.key, compression, codec))
             if layer is not None:
                 return layer
         return None
