@@ -229,3 +229,32 @@ def test_audit_inputs_kept_beside_the_lock_rederive_offline_with_an_empty_cache(
     assert r.code == 18, r.text
     assert "the InRelease the lock recorded" in r.text and "lockbuild export audit-inputs" in r.text
     assert "https://snapshot.debian.org/archive/debian/" in r.text and "LOCKBUILD_SNAPSHOT_URL" in r.text
+
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+@pytest.mark.parametrize("example", ["keras3"])
+def test_shipped_example_rederives_from_its_kept_inputs_with_an_empty_cache(
+        example: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The audit a platform team runs first, on a fresh clone: the committed example lock re-derives
+    from its committed lockbuild.lock.d/ with an empty cache and Debian's archive unreachable, and an
+    edited copy is caught naming the field."""
+    project = Path(shutil.copytree(EXAMPLES / example, tmp_path / example,
+                                   ignore=shutil.ignore_patterns("out", "*.tar")))
+    monkeypatch.setenv("LOCKBUILD_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")  # deb.debian.org (http) unreachable; PyPI is https
+    monkeypatch.delenv("LOCKBUILD_SNAPSHOT_URL", raising=False)
+    monkeypatch.setattr("lockbuild.fetch.download.backoff", lambda _attempt: None)
+    code, out, report = audit(project)
+    assert code == 0, out
+    assert report["genuine"] is True
+
+    def other_numpy(lk: Lock) -> Lock:
+        pkgs = [dataclasses.replace(w, version="1.26.4") if w.name == "numpy" else w for w in lk.python.packages]
+        return dataclasses.replace(lk, python=dataclasses.replace(lk.python, packages=tuple(pkgs)))
+
+    tamper(project, other_numpy)
+    code, out, report = audit(project)
+    assert code == 17, out
+    assert "python.packages[numpy].version" in [d["field"] for d in report["differences"]]
