@@ -135,7 +135,10 @@ def classify_uv_failure(stderr: str, target: PythonTarget) -> Exception:
     from lockbuild.errors import FetchError
 
     text = stderr
-    low = text.lower()
+    # uv's warnings come first and may name failures that did not decide the outcome (e.g. a managed
+    # Python it could not download): the kind is read from its error and what follows
+    at = text.find("error:")
+    low = (text[at:] if at >= 0 else text).lower()
     where = f"{target.wheel_platform}, Python {target.python}"
     if any(k in low for k in ("401 unauthorized", "403 forbidden", "missing credentials", "authentication")):
         return FetchError(f"uv was refused by the package index (authentication) resolving for {where}:\n{text}",
@@ -244,6 +247,7 @@ def _uv_compile_once(requirements: list[str], constraints: list[str], *, target:
         cmd += ["--override", str(ovr)]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("UV_", "PIP_"))}
     env["UV_NO_CONFIG"] = "1"
+    env["UV_PYTHON_DOWNLOADS"] = "never"  # resolve for the target only; never fetch an interpreter from outside
     env.setdefault("UV_CACHE_DIR", str(Path(os.environ.get("LOCKBUILD_CACHE", Path.home() / ".cache/lockbuild"))
                                        / "uv"))
     return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=workdir)
