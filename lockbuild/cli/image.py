@@ -204,7 +204,7 @@ def _shared_cache(registry: str | None, key: Path | None, trust: list[Path] | No
 
 
 def _print_layer_sizes(err: Console, result: Any) -> None:
-    """Per layer: unpacked MB before -> after the lock's [build] rules (pruned files, .pyc added), gzip MB."""
+    """Per layer: unpacked MB before -> after the lock's [build] rules (pruned files, .pyc added), compressed MB."""
     mb = 1e6
     for p, layer, reused in result.layers:
         st = (result.stats or {}).get(p.name) or {}
@@ -215,7 +215,8 @@ def _print_layer_sizes(err: Console, result: Any) -> None:
                 line += f", pruned {st['pruned_files']} files {st['pruned_bytes'] / mb:.1f} MB"
             if st["pyc_files"]:
                 line += f", +{st['pyc_files']} .pyc {st['pyc_bytes'] / mb:.1f} MB"
-        err.print(f"{line}; {layer.size / mb:.1f} MB gzip{' (cached)' if reused else ''}")
+        codec = "zstd" if layer.media_type.endswith("+zstd") else "gzip"
+        err.print(f"{line}; {layer.size / mb:.1f} MB {codec}{' (cached)' if reused else ''}")
 
 
 def register(app: typer.Typer) -> None:

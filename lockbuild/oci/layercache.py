@@ -22,7 +22,7 @@ META_NAMESPACE = "layers"
 
 @dataclass(frozen=True)
 class Layer:
-    """One layer blob in the cache. ``digest`` names the gzip bytes, ``diff_id`` the tar."""
+    """One layer blob in the cache. ``digest`` names the compressed bytes (gzip or zstd), ``diff_id`` the tar."""
 
     digest: str  # sha256:<hex> of the compressed blob
     diff_id: str  # sha256:<hex> of the uncompressed tar: the reproducibility guarantee
