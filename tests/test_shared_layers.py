@@ -29,7 +29,7 @@ def test_two_models_share_wheel_layers_and_the_second_push_uploads_only_its_own(
     save_tiny_model(work / "model")  # another model (MLflow writes a new uuid and time): another lock
     (work / "lockbuild.toml").write_text(
         f'[model]\nuri = "./model"\n\n[python]\nexclude-newer = "{first.python.exclude_newer}"\n\n'
-        '[image]\nname = "lockbuild-test/tiny-two"\n')
+        f'[image]\nname = "lockbuild-test/tiny-two"\ncompression = "{first.compression}"\n')  # the first's encoder
     run_lockbuild("lock", cwd=work)
     second = read_lock(work / "lockbuild.lock")
     assert second.model.tree_digest != first.model.tree_digest
