@@ -237,6 +237,14 @@ def hash_found_layer(src: ImageSource, i: int, known: Layer | None = None, *, ta
                       inner.size)
 
 
+def blob_digest(src: ImageSource, i: int, *, blob_limit: int | None = None) -> str:
+    """The digest of layer ``i``'s blob as stored (compressed bytes only, read at most ``blob_limit``)."""
+    with src.open_layer(i) as raw:
+        outer = _HashReader(raw, blob_limit, "layer blob")
+        outer.drain()
+    return PREFIX + outer.h.hexdigest()
+
+
 def found_entries(src: ImageSource, i: int, *, tar_limit: int | None = None,
                   max_entries: int | None = None) -> Iterator[tuple[str, Entry]]:
     with src.open_layer(i) as raw:

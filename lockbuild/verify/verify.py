@@ -49,7 +49,7 @@ from lockbuild.fsutil import sha256_bytes
 from lockbuild.lock.model import Lock
 from lockbuild.oci.layercache import Layer
 from lockbuild.verify.documents import check_documents
-from lockbuild.verify.entries import Entry, FoundLayer, TooLarge, found_entries, hash_found_layer
+from lockbuild.verify.entries import Entry, FoundLayer, TooLarge, blob_digest, found_entries, hash_found_layer
 from lockbuild.verify.expected import GENERATED, Origins, expected_config_bytes, expected_diff_id, expected_entries
 from lockbuild.verify.finding import VERIFY_KEYS, Finding
 from lockbuild.verify.source import ImageSource
@@ -289,8 +289,14 @@ def verify(src: ImageSource, lock: Lock, lock_bytes: bytes, lock_digest: str, ca
                                f"layer {name}: {e}; reading stopped")
                     return i, exp_diff
                 except (OSError, EOFError, tarfile.TarError, zlib.error) as e:
-                    report.add("invalid-image", f"layer {i}", exp_diff or "?", "unreadable",
-                               f"layer cannot be read: {e}")
+                    want_blob = src.layer_digests[i] if i < len(src.layer_digests) else None
+                    stored = _stored_digest(src, i, blob_limit)
+                    if want_blob and stored is not None and stored != want_blob:  # a damaged blob, not a format
+                        report.add("digests", f"layer {i}", want_blob, stored,
+                                   f"layer blob does not match the manifest's digest (and cannot be read: {e})")
+                    else:
+                        report.add("invalid-image", f"layer {i}", exp_diff or "?", "unreadable",
+                                   f"layer cannot be read: {e}")
                     return i, exp_diff
                 found[i] = got
                 want_blob = src.layer_digests[i] if i < len(src.layer_digests) else None
@@ -358,3 +364,11 @@ def verify(src: ImageSource, lock: Lock, lock_bytes: bytes, lock_digest: str, ca
 
 def _weight(p: LayerPlan) -> int:
     return sum(w.size for w in p.wheels) if p.wheels else (20 << 20 if p.kind == "debian" else 0)
+
+
+def _stored_digest(src: ImageSource, i: int, blob_limit: int | None) -> str | None:
+    """The stored blob's digest, or None where even that cannot be read (within the descriptor's size)."""
+    try:
+        return blob_digest(src, i, blob_limit=blob_limit)
+    except (OSError, EOFError, TooLarge):
+        return None
