@@ -80,13 +80,15 @@ def test_swapped_wheel_is_caught(project: Path) -> None:
     assert "python.packages[numpy].sha256" in out and "lockbuild lock --upgrade" in out
 
 
-def test_changed_deb_version_is_caught(project: Path) -> None:
-    def older(lk: Lock) -> Lock:
-        debs = [dataclasses.replace(d, version=d.version + "~old") if d.name == "libssl3" else d
-                for d in lk.debian.packages]
-        return dataclasses.replace(lk, debian=dataclasses.replace(lk.debian, packages=tuple(debs)))
+def older_libssl3(lk: Lock) -> Lock:
+    """libssl3 pinned at a version the archive never had."""
+    debs = [dataclasses.replace(d, version=d.version + "~old") if d.name == "libssl3" else d
+            for d in lk.debian.packages]
+    return dataclasses.replace(lk, debian=dataclasses.replace(lk.debian, packages=tuple(debs)))
 
-    tamper(project, older)
+
+def test_changed_deb_version_is_caught(project: Path) -> None:
+    tamper(project, older_libssl3)
     code, out, report = audit(project)
     assert code == 17, out
     assert [d["field"] for d in report["differences"]] == ["debian.packages[libssl3].version"]
@@ -213,12 +215,7 @@ def test_audit_inputs_kept_beside_the_lock_rederive_offline_with_an_empty_cache(
     assert report["genuine"] is True
     assert any("kept stanzas" in n and "bookworm:" in n for n in report["notes"]), report["notes"]
 
-    def older(lk: Lock) -> Lock:
-        debs = [dataclasses.replace(d, version=d.version + "~old") if d.name == "libssl3" else d
-                for d in lk.debian.packages]
-        return dataclasses.replace(lk, debian=dataclasses.replace(lk.debian, packages=tuple(debs)))
-
-    tamper(project, older)
+    tamper(project, older_libssl3)
     code, out, report = audit(project)
     assert code == 17, out
     assert [d["field"] for d in report["differences"]] == ["debian.packages[libssl3].version"]

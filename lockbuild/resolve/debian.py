@@ -93,13 +93,13 @@ def resolve_debian(
     say: Notify = progress or quiet
     sources = suite_sources(codename, mirror, security_mirror)
     keyring = keyring or DEFAULT_KEYRING
-    keep = KeptInputs(kept) if kept is not None else None
+    if locked is not None:
+        loaded = _locked_suites(sources=sources, arch=arch, keyring=keyring, say=say, locked=locked,
+                                cache=cache, kept=kept)
+        if notes is not None:
+            notes += [ls.unverified for ls in loaded if ls.unverified]
+        return _close(loaded, sources, arch, roots, exclude, say)
     with download.client() as http:
-        if locked is not None:
-            loaded = [_load_locked_suite(http, cache, src, arch, keyring, say, locked, keep) for src in sources]
-            if notes is not None:
-                notes += [ls.unverified for ls in loaded if ls.unverified]
-            return _close(loaded, sources, arch, roots, exclude, say)
         from concurrent.futures import ThreadPoolExecutor
 
         def verified_suite(src: SuiteSource) -> VerifiedSuite:  # network + gpgv: the suites side by side
@@ -181,6 +181,14 @@ def _close(loaded: Sequence[LoadedSuite], sources: Sequence[SuiteSource], arch: 
 
 
 # -- re-derivation (lock --check --rederive) -------------------------------------------------
+def _locked_suites(*, sources: Sequence[SuiteSource], arch: str, keyring: Path | Sequence[Path], say: Notify,
+                   locked: DebianLock, cache: Cache, kept: Path | None) -> list[LoadedSuite]:
+    """Every suite from the InRelease files `locked` recorded (re-derivation and the audit-input export)."""
+    keep = KeptInputs(kept) if kept is not None else None
+    with download.client() as http:
+        return [_load_locked_suite(http, cache, src, arch, keyring, say, locked, keep) for src in sources]
+
+
 def _load_locked_suite(http: httpx.Client, cache: Cache, src: SuiteSource, arch: str,
                        keyring: Path | Sequence[Path], say: Notify, locked: DebianLock,
                        kept: KeptInputs | None = None) -> LoadedSuite:
@@ -224,9 +232,8 @@ def export_audit_inputs(locked: DebianLock, codename: str, arch: str, cache: Cac
     say: Notify = progress or quiet
     sources = suite_sources(codename, mirror, security_mirror)
     keyring = keyring or DEFAULT_KEYRING
-    keep = KeptInputs(kept) if kept is not None else None
-    with download.client() as http:
-        loaded = [_load_locked_suite(http, cache, src, arch, keyring, say, locked, keep) for src in sources]
+    loaded = _locked_suites(sources=sources, arch=arch, keyring=keyring, say=say, locked=locked,
+                            cache=cache, kept=kept)
     unverified = [ls.unverified for ls in loaded if ls.unverified]
     if unverified:
         raise AuditUnavailable("cannot export audit inputs from unverified stanzas: " + "; ".join(unverified),
