@@ -37,7 +37,7 @@ def uv_compile_cmd(work: Path, out_dir: Path) -> list[str]:
     """lockbuild's own uv invocation (resolve/python.py), on the inputs the lock in `work` records."""
     from uv import find_uv_bin
 
-    from lockbuild.lock.io import read_lock
+    from lockbuild.lockfile.io import read_lock
     from lockbuild.model.metadata import read_model
 
     lk = read_lock(work / "lockbuild.lock")
@@ -57,7 +57,7 @@ def uv_compile_cmd(work: Path, out_dir: Path) -> list[str]:
 def same_pins(work: Path, pylock: Path) -> bool:
     import tomllib
 
-    from lockbuild.lock.io import read_lock
+    from lockbuild.lockfile.io import read_lock
 
     lk = read_lock(work / "lockbuild.lock")
     doc = tomllib.loads(pylock.read_text())
@@ -117,7 +117,7 @@ def download_floor(work: Path, cache: Path) -> float:
     from lockbuild.fetch.cache import Cache
     from lockbuild.fetch.debs import deb_items
     from lockbuild.fetch.download import Item, fetch_all
-    from lockbuild.lock.io import read_lock
+    from lockbuild.lockfile.io import read_lock
 
     lk = read_lock(work / "lockbuild.lock")
     items = list(deb_items(lk.debian))
@@ -143,7 +143,7 @@ def compression_floor(layers: list[dict[str, Any]], cache: Path, scratch: Path, 
 
     from lockbuild.assemble.build import layer_codec
     from lockbuild.fetch.cache import Cache
-    from lockbuild.lock.io import read_lock
+    from lockbuild.lockfile.io import read_lock
     from lockbuild.oci.compress import compress_writer
 
     lock = read_lock(EXAMPLE / "lockbuild.lock")
@@ -235,7 +235,7 @@ def isal_lock(work: Path) -> None:
     compression-level), so it builds the layers and digest every earlier benchmark measured."""
     from dataclasses import replace
 
-    from lockbuild.lock.io import dumps, read_lock
+    from lockbuild.lockfile.io import dumps, read_lock
 
     lk = read_lock(work / "lockbuild.lock")
     (work / "lockbuild.lock").write_text(dumps(replace(lk, compression="gzip", compressor="isal 1.9.1",

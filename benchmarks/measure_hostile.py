@@ -31,7 +31,7 @@ def make_variants(work: Path) -> dict[str, Path]:
                        ("deep_config", h.config_deep), ("index_case", h.index_manifests_case)):
         out[name] = h.copy_layout(base, root / name)
         make(out[name])
-    from lockbuild.lock.io import read_lock
+    from lockbuild.lockfile.io import read_lock
     from lockbuild.oci.docker_archive import layout_archive
 
     name = read_lock(work / "lockbuild.lock").image_name

@@ -4,7 +4,7 @@ Every field, key and return value that holds a digest (``Wheel.sha256``, ``Deb.s
 ``ModelFile.sha256``, ``Suite.inrelease_sha256``, cache keys, layer digests and diff_ids,
 manifest and config digests) carries this prefixed form, as OCI does. Bare hex exists only at
 the edges, converted here and nowhere else: the lock file's ``sha256 = "<hex>"`` rows
-(lock/io.py), Debian's ``SHA256:`` fields and pylock ``hashes`` tables (``from_hex``), cache file
+(lockfile/io.py), Debian's ``SHA256:`` fields and pylock ``hashes`` tables (``from_hex``), cache file
 names (fetch/cache.py), and the ``{"sha256": "<hex>"}`` tables of SBOM, provenance and pylock
 exports (``to_hex``). Hashing itself is ``fsutil.sha256_file`` / ``fsutil.sha256_bytes``, which
 return this form.

@@ -12,8 +12,8 @@ import pytest
 
 from lockbuild.audit import diff
 from lockbuild.errors import LockFileError
-from lockbuild.lock.io import dumps, read_lock
-from lockbuild.lock.model import Deb, Lock, ModelFile
+from lockbuild.lockfile.io import dumps, read_lock
+from lockbuild.lockfile.model import Deb, Lock, ModelFile
 
 DATA = Path(__file__).parent / "data"
 LOCK = DATA / "keras3.lock"

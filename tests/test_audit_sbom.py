@@ -17,7 +17,7 @@ from lockbuild.audit import read_locked, sbom
 from lockbuild.cli import app
 from lockbuild.fetch.cache import Cache
 from lockbuild.fsutil import sha256_bytes
-from lockbuild.lock.model import Lock, Wheel
+from lockbuild.lockfile.model import Lock, Wheel
 
 DATA = Path(__file__).parent / "data"
 LOCK = DATA / "keras3.lock"

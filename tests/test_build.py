@@ -15,7 +15,7 @@ import pytest
 from lockbuild.assemble import wheels as W
 from lockbuild.errors import BuildError
 from lockbuild.fetch.cache import Cache
-from lockbuild.lock.model import Target, Wheel
+from lockbuild.lockfile.model import Target, Wheel
 from tests.tiny_project import run_lockbuild
 
 TARGET = Target(platform="linux/amd64", python="3.11.2", python_abi="cp311", wheel_platform="x86_64-manylinux_2_36",
@@ -51,7 +51,7 @@ def install_into(root: Path, pairs: list[tuple[Wheel, Path]], rules: object = No
     import io
     import tarfile
 
-    from lockbuild.assemble.prune import Rules
+    from lockbuild.lockfile.prune import Rules
     from lockbuild.oci.tar import write_tar
 
     root.mkdir(parents=True, exist_ok=True)
@@ -138,7 +138,7 @@ def test_a_hand_edited_wheel_hash_is_refused_before_anything_is_fetched(tiny_pro
 @pytest.mark.network
 def test_a_wrong_wheel_hash_in_a_well_formed_lock_fails_the_download_and_writes_nothing(
         tiny_project: dict, tmp_path: Path) -> None:
-    from lockbuild.lock.io import dumps, loads
+    from lockbuild.lockfile.io import dumps, loads
 
     work, bad = _wrong_hash_project(tiny_project, tmp_path)
     (work / "lockbuild.lock").write_text(dumps(loads(bad, verify_content=False)))  # as a lying resolver would
@@ -257,8 +257,8 @@ def test_the_builder_prunes_exactly_the_locks_list_and_refuses_a_list_for_anothe
     wheel does not have (a list edited by hand, or made for another wheel) stops the build."""
     import dataclasses
 
-    from lockbuild.assemble.prune import listed_pruning
-    from lockbuild.lock.io import read_lock
+    from lockbuild.lockfile.io import read_lock
+    from lockbuild.lockfile.prune import listed_pruning
 
     lock = read_lock(Path(__file__).parent.parent / "examples" / "keras3" / "lockbuild.lock")
     assert lock.build.pruned_listed

@@ -16,12 +16,12 @@ import pytest
 
 from lockbuild.assemble import bytecode as B
 from lockbuild.assemble.plan import WHEEL_MTIME, plan_layers
-from lockbuild.assemble.prune import DEFAULT_PRUNE, Rules
 from lockbuild.fetch.cache import Cache
 from lockbuild.fetch.debs import deb_items
 from lockbuild.fetch.download import fetch_all
-from lockbuild.lock.io import dumps, loads, read_lock
-from lockbuild.lock.model import BuildRules
+from lockbuild.lockfile.io import dumps, loads, read_lock
+from lockbuild.lockfile.model import BuildRules
+from lockbuild.lockfile.prune import DEFAULT_PRUNE, Rules
 from tests.test_build import install_into, make_wheel
 
 EXAMPLE_LOCK = Path(__file__).parent.parent / "examples" / "keras3" / "lockbuild.lock"

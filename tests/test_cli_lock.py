@@ -19,7 +19,7 @@ import typer.main
 
 from lockbuild.cli import app
 from lockbuild.errors import LockFileError, ModelError, PythonVersionError, SpecError, TrackingServerError
-from lockbuild.lock.io import read_lock
+from lockbuild.lockfile.io import read_lock
 from lockbuild.spec import load_spec
 from tests.lockbuild_testing import (
     KERAS3_MODEL,

@@ -19,7 +19,7 @@ import zstandard
 from lockbuild.assemble.build import check_compressor, layer_codec
 from lockbuild.errors import BuildError
 from lockbuild.fetch.cache import Cache
-from lockbuild.lock.io import dumps, loads, read_lock
+from lockbuild.lockfile.io import dumps, loads, read_lock
 from lockbuild.oci.compress import LAYER_MEDIA_TYPE, ZSTD_LAYER_MEDIA_TYPE, codec_for, compressor_version
 from lockbuild.oci.tar import write_layer
 

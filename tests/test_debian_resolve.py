@@ -25,7 +25,7 @@ from lockbuild.errors import IntegrityError, PythonVersionError, ResolveError
 from lockbuild.fetch import download
 from lockbuild.fetch.cache import Cache
 from lockbuild.fetch.debs import deb_items
-from lockbuild.lock.model import DebianLock
+from lockbuild.lockfile.model import DebianLock
 from lockbuild.resolve import debian as D
 from lockbuild.resolve.archive import DEFAULT_KEYRING, parse_packages
 from lockbuild.resolve.closure import DEFAULT_EXCLUDE, Candidate, Closure, merge_suites

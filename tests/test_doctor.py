@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from lockbuild.lock.io import read_lock
-from lockbuild.lock.model import Lock, Wheel
+from lockbuild.lockfile.io import read_lock
+from lockbuild.lockfile.model import Lock, Wheel
 from lockbuild.verify.doctor import RULES, doctor
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"

@@ -20,7 +20,7 @@ import pytest
 from lockbuild.errors import AuditUnavailable, IntegrityError, SpecError
 from lockbuild.fetch import download
 from lockbuild.fetch.cache import Cache
-from lockbuild.lock.model import DebianLock
+from lockbuild.lockfile.model import DebianLock
 from lockbuild.resolve import debian as D
 from lockbuild.resolve.archive import DEFAULT_KEYRING, DEFAULT_MIRROR
 from lockbuild.resolve.inrelease import check_inrelease, judge_signatures

@@ -16,8 +16,8 @@ import cloudpickle
 import pytest
 
 from lockbuild.errors import PythonVersionError, ResolveError
-from lockbuild.lock.io import dumps, loads, read_lock
-from lockbuild.lock.model import Mapped, PythonChoice, Wheel
+from lockbuild.lockfile.io import dumps, loads, read_lock
+from lockbuild.lockfile.model import Mapped, PythonChoice, Wheel
 from lockbuild.model.metadata import read_model
 from lockbuild.resolve import overlap, platform_map, runtime
 from lockbuild.resolve.interpreter import bound_artifacts

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from lockbuild.lock.io import dumps, read_lock
-from lockbuild.lock.model import Lock
+from lockbuild.lockfile.io import dumps, read_lock
+from lockbuild.lockfile.model import Lock
 from tests.lockbuild_testing import make_project, run_cli, set_model_requirements, shared_cache
 
 SPEC = '[model]\nuri = "model"\n'

@@ -19,7 +19,7 @@ import pytest
 
 from lockbuild.errors import LockFileError
 from lockbuild.fsutil import sha256_file
-from lockbuild.lock.io import dumps, loads, read_lock
+from lockbuild.lockfile.io import dumps, loads, read_lock
 from tests.lockbuild_testing import (
     EXAMPLES,
     KERAS3_MODEL,

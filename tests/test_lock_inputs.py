@@ -21,8 +21,8 @@ import tomlkit
 from lockbuild.errors import ModelError, RequirementsError, SpecError
 from lockbuild.fsutil import sha256_bytes
 from lockbuild.lock.create import check_hash_pins, check_yanked
-from lockbuild.lock.io import dumps, loads, read_lock, to_dict, validate
-from lockbuild.lock.model import BuildRules, Lock, Sdist, VariantChoice, Wheel
+from lockbuild.lockfile.io import dumps, loads, read_lock, to_dict, validate
+from lockbuild.lockfile.model import BuildRules, Lock, Sdist, VariantChoice, Wheel
 from lockbuild.model.metadata import parse_requirements, read_model
 from lockbuild.resolve.uv import UvReport
 from lockbuild.spec import load_spec
@@ -315,7 +315,7 @@ def test_yanked_release_is_refused_unless_the_spec_allows_it(tmp_path: Path) -> 
 def test_loader_module_is_checked_against_flavors_code_and_lock(loader: str, files: tuple[str, ...],
                                                                 error: str | None, tmp_path: Path) -> None:
     from lockbuild.fetch.cache import Cache
-    from lockbuild.lock.model import ModelFile
+    from lockbuild.lockfile.model import ModelFile
 
     lk = read_lock(EXAMPLES / "keras3" / "lockbuild.lock")
     model = dataclasses.replace(lk.model, loader_module=loader,
@@ -334,7 +334,7 @@ def test_loader_module_is_checked_against_flavors_code_and_lock(loader: str, fil
 # -- item 8: the TOML writer -----------------------------------------------------------------------------
 def _tomlkit_dumps(lock: Lock) -> str:
     """The writer this project used before (tomlkit, quadratic in array length): the reference bytes."""
-    from lockbuild.lock.io import CONTENT_PREFIX, HEADER, content_digest
+    from lockbuild.lockfile.io import CONTENT_PREFIX, HEADER, content_digest
 
     def table(values: dict[str, Any], t: Any = None) -> Any:
         t = tomlkit.table() if t is None else t
@@ -441,7 +441,7 @@ def test_a_rewritten_model_file_refills_an_empty_cache_without_the_secret(model:
     enters the cache."""
     from lockbuild.fetch.cache import Cache
     from lockbuild.fetch.model import fetch_model_files
-    from lockbuild.lock.model import ModelFile, ModelLock
+    from lockbuild.lockfile.model import ModelFile, ModelLock
 
     req = model / "requirements.txt"
     req.write_text(CRED_LINE + "\n" + req.read_text())

@@ -17,14 +17,14 @@ from pathlib import Path
 
 import pytest
 
-from lockbuild.assemble.prune import DEFAULT_PRUNE, PrunedSet, Rules, pruned_paths, site_paths
 from lockbuild.audit.diff import diff_locks
 from lockbuild.errors import LockFileError
 from lockbuild.fetch.cache import Cache
 from lockbuild.lock import pruned as P
 from lockbuild.lock.audit import compare
-from lockbuild.lock.io import dumps, loads, read_lock, to_dict
-from lockbuild.lock.model import Lock, Wheel
+from lockbuild.lockfile.io import dumps, loads, read_lock, to_dict
+from lockbuild.lockfile.model import Lock, Wheel
+from lockbuild.lockfile.prune import DEFAULT_PRUNE, PrunedSet, Rules, pruned_paths, site_paths
 from tests.lockbuild_testing import EXAMPLES, run_cli, shared_cache
 
 KERAS3 = EXAMPLES / "keras3"

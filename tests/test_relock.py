@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from lockbuild.lock.io import read_lock
+from lockbuild.lockfile.io import read_lock
 from tests.lockbuild_testing import make_project, run_cli, set_model_requirements, shared_cache
 
 pytestmark = pytest.mark.network

@@ -11,7 +11,7 @@ import pytest
 from packaging.utils import parse_wheel_filename
 
 from lockbuild.errors import ResolveError
-from lockbuild.lock.model import Wheel
+from lockbuild.lockfile.model import Wheel
 from lockbuild.resolve.python import (
     check_single_mlflow,
     model_requirements,

@@ -24,7 +24,7 @@ from lockbuild.errors import BuildError
 from lockbuild.fetch import download
 from lockbuild.fetch.cache import Cache
 from lockbuild.fetch.debs import deb_items
-from lockbuild.lock.model import Deb, DebianLock
+from lockbuild.lockfile.model import Deb, DebianLock
 from lockbuild.resolve import debian as D
 from tests.conftest_services import need_root, need_tool, unavailable
 
@@ -412,7 +412,7 @@ import json, sys
 from pathlib import Path
 from lockbuild.assemble.rootfs import assemble_rootfs
 from lockbuild.errors import BuildError
-from lockbuild.lock.model import Deb
+from lockbuild.lockfile.model import Deb
 args = json.loads(sys.argv[1])
 debs = [(Deb(**d), Path(p)) for d, p in args["debs"]]
 try:
@@ -526,7 +526,7 @@ def test_a_full_scratch_place_is_a_clear_error_and_leaves_nothing(tmp_path: Path
     """A scratch place that fills up while the rootfs is staged (a small tmpfs) stops the build
     naming the place and LOCKBUILD_SCRATCH, and leaves no half-staged rootfs behind."""
     from lockbuild.assemble import bytecode
-    from lockbuild.lock.io import read_lock
+    from lockbuild.lockfile.io import read_lock
 
     need_root("mounting a 1 MiB tmpfs")
     lock = read_lock(Path(__file__).parent.parent / "examples/keras3/lockbuild.lock")

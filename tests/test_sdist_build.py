@@ -18,8 +18,8 @@ import pytest
 from lockbuild.errors import IntegrityError, ResolveError, SourceBuildError
 from lockbuild.fetch.cache import Cache
 from lockbuild.fetch.sdist import build_wheel, ensure_built, normalise_wheel
-from lockbuild.lock.io import wheel_from_dict, wheel_to_dict
-from lockbuild.lock.model import Wheel
+from lockbuild.lockfile.io import wheel_from_dict, wheel_to_dict
+from lockbuild.lockfile.model import Wheel
 from lockbuild.resolve.python import resolve_python
 from lockbuild.resolve.uv import PythonTarget
 

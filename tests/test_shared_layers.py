@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from lockbuild.fetch.cache import Cache
-from lockbuild.lock.io import read_lock
+from lockbuild.lockfile.io import read_lock
 from tests.tiny_project import run_lockbuild, save_tiny_model
 
 pytest_plugins = ["tests.conftest_services"]

@@ -266,7 +266,7 @@ def test_release_flow_sign_verify_enforce(tiny_project: dict, world: World, trix
                          ok=False).returncode == 33
     import dataclasses
 
-    from lockbuild.lock.io import dumps, read_lock
+    from lockbuild.lockfile.io import dumps, read_lock
 
     lock = read_lock(cwd / "lockbuild.lock")
     other_lock = tmp_path / "other.lock"

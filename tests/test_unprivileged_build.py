@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from lockbuild.fetch.cache import Cache
-from lockbuild.lock.io import loads
+from lockbuild.lockfile.io import loads
 from lockbuild.share.gc import needed
 from tests.conftest_services import need_root, need_tool, unavailable
 

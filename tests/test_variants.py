@@ -16,8 +16,8 @@ import pytest
 
 from lockbuild.errors import DoctorFailed, IntegrityError, OverlapError, SpecError, StaleLock
 from lockbuild.fetch.cache import Cache
-from lockbuild.lock.io import read_lock
-from lockbuild.lock.model import Wheel
+from lockbuild.lockfile.io import read_lock
+from lockbuild.lockfile.model import Wheel
 from lockbuild.resolve import overlap
 from tests.lockbuild_testing import make_project, run_cli, set_model_requirements, shared_cache
 
@@ -127,7 +127,7 @@ def test_doctor_error_writes_no_lock_and_exits_non_zero(tmp_path: Path, lb_cache
 def test_lock_check_fails_on_a_lock_with_a_doctor_error(tmp_path: Path, lb_cache: Path) -> None:
     """A lock an older lockbuild wrote despite a doctor error: --check must not call it fresh."""
     from lockbuild.lock.create import make_lock
-    from lockbuild.lock.io import write_lock
+    from lockbuild.lockfile.io import write_lock
     from lockbuild.spec import load_spec
 
     spec = SPEC + '[python]\nexclude = ["tf-keras"]\n'

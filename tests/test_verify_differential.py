@@ -39,7 +39,7 @@ pytestmark = pytest.mark.network
 
 def _verify(project: dict, image: Path | str) -> Any:
     from lockbuild.cli.proof import _run_verify
-    from lockbuild.lock.io import read_lock
+    from lockbuild.lockfile.io import read_lock
 
     lock = project["dir"] / "lockbuild.lock"
     return _run_verify(str(image), read_lock(lock), lock)
@@ -296,7 +296,7 @@ def test_what_verify_accepts_real_loaders_load_byte_for_byte(base: dict, tmp_pat
 @pytest.mark.docker
 def test_an_accepted_recompressed_archive_loads_as_the_verified_image_id(base: dict, tmp_path: Path,
                                                                          docker_engine: Any) -> None:
-    from lockbuild.lock.io import read_lock
+    from lockbuild.lockfile.io import read_lock
     from lockbuild.oci.docker_archive import layout_archive
 
     layout = h.copy_layout(base["oci"], tmp_path / "oci")
@@ -336,7 +336,7 @@ def test_smoke_refuses_to_run_when_the_engine_lacks_the_verified_image_id(base: 
 
 def test_layer_keys_bind_the_model_file_list_and_the_runtime_user(base: dict) -> None:
     from lockbuild.assemble.plan import plan_layers
-    from lockbuild.lock.io import read_lock
+    from lockbuild.lockfile.io import read_lock
 
     lock = read_lock(base["project"]["dir"] / "lockbuild.lock")
 

@@ -172,7 +172,7 @@ def test_verify_catches_a_swapped_model_file(tiny_project: dict, layout_copy: Pa
 def test_verify_against_another_lock_fails_on_config_and_config_layer(tiny_project: dict, tmp_path: Path) -> None:
     import dataclasses
 
-    from lockbuild.lock.io import dumps, read_lock
+    from lockbuild.lockfile.io import dumps, read_lock
 
     lock = read_lock(tiny_project["dir"] / "lockbuild.lock")
     other = tmp_path / "other.lock"

@@ -320,7 +320,7 @@ def _poison_model_record(project: dict, key_file: Path | None) -> str:
     from lockbuild.assemble.build import LEVEL, compressed_key, source_date_epoch
     from lockbuild.assemble.plan import plan_layers
     from lockbuild.fetch.cache import Cache
-    from lockbuild.lock.io import lock_digest, read_lock
+    from lockbuild.lockfile.io import lock_digest, read_lock
     from lockbuild.oci.layercache import Layer, remember_layer
 
     path = project["dir"] / "lockbuild.lock"

@@ -26,10 +26,10 @@ from lockbuild.assemble import config as config_layer
 from lockbuild.assemble import wheels as wheel_install
 from lockbuild.assemble.model import stage_model
 from lockbuild.assemble.plan import WHEEL_MTIME, LayerPlan, plan_layers
-from lockbuild.assemble.prune import Rules, listed_pruning
 from lockbuild.errors import BuildError, IntegrityError
 from lockbuild.fetch.cache import Cache
-from lockbuild.lock.model import Lock
+from lockbuild.lockfile.model import Lock
+from lockbuild.lockfile.prune import Rules, listed_pruning
 from lockbuild.oci.compress import ENCODERS, codec_for, compressor_name, compressor_version
 from lockbuild.oci.image import Image, ImageSpec, build_image
 from lockbuild.oci.layercache import Layer, layer_record, remember_layer

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from lockbuild.errors import BuildError
-from lockbuild.lock.model import Deb, Lock
+from lockbuild.lockfile.model import Deb, Lock
 from lockbuild.platforms import executes
 
 UNCHECKED_HASH = "unchecked-hash"

@@ -7,7 +7,7 @@ from importlib import resources
 from pathlib import Path
 
 from lockbuild.assemble.model import MODEL_DIR
-from lockbuild.lock.model import Lock
+from lockbuild.lockfile.model import Lock
 
 LAUNCHER = "opt/lockbuild/serve.py"
 RUNTIME = "opt/lockbuild/runtime.json"

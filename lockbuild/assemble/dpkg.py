@@ -13,7 +13,7 @@ from debian import deb822
 from lockbuild.assemble.deb import tar_text
 from lockbuild.assemble.paths import member_path
 from lockbuild.errors import BuildError
-from lockbuild.lock.model import Deb
+from lockbuild.lockfile.model import Deb
 
 STATUS_DIR = "var/lib/dpkg/status.d"
 

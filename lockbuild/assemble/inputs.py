@@ -19,7 +19,7 @@ from lockbuild.fetch.debs import deb_items
 from lockbuild.fetch.download import Downloads, Item, fetch_all
 from lockbuild.fetch.model import fetch_model_files
 from lockbuild.fetch.sdist import ensure_built
-from lockbuild.lock.model import Lock
+from lockbuild.lockfile.model import Lock
 
 Report = Callable[[str, dict], None]
 

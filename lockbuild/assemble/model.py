@@ -8,7 +8,7 @@ from pathlib import Path
 
 from lockbuild.errors import BuildError, IntegrityError
 from lockbuild.fsutil import sha256_file
-from lockbuild.lock.model import ModelLock
+from lockbuild.lockfile.model import ModelLock
 
 MODEL_DIR = "opt/ml/model"
 

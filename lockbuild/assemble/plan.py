@@ -27,7 +27,7 @@ from lockbuild import __version__
 from lockbuild.assemble.bytecode import interpreter_debs
 from lockbuild.digest import to_hex
 from lockbuild.fsutil import sha256_bytes
-from lockbuild.lock.model import Deb, Lock, Wheel
+from lockbuild.lockfile.model import Deb, Lock, Wheel
 
 RECIPE = "lockbuild-layers-3"  # 2: wheel layers pruned + byte-compiled, fixed mtime; 3: streamed, one RECORD
 # 1980-01-01T00:00:00Z: the earliest time a zip (hence a wheel) can record, and the floor pip/wheel

@@ -38,7 +38,7 @@ from lockbuild.assemble.ldcache import run_ldconfig
 from lockbuild.assemble.paths import MERGED_USR, MERGED_USR_ARCH_ONLY, is_dropped, member_path
 from lockbuild.errors import BuildError
 from lockbuild.fsutil import CHUNK
-from lockbuild.lock.model import Deb
+from lockbuild.lockfile.model import Deb
 
 CA_SOURCE = "usr/share/ca-certificates"
 CA_BUNDLE = "etc/ssl/certs/ca-certificates.crt"
@@ -313,7 +313,7 @@ import json, sys
 from pathlib import Path
 from lockbuild.assemble.rootfs import assemble_rootfs
 from lockbuild.errors import BuildError
-from lockbuild.lock.model import Deb
+from lockbuild.lockfile.model import Deb
 args = json.load(sys.stdin)
 try:
     out = {"warnings": assemble_rootfs([(Deb(**d), Path(p)) for d, p in args["debs"]], Path(args["dest"]),

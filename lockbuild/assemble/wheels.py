@@ -11,7 +11,7 @@ distribution format requires installers to verify it); generated files (scripts,
 are kept in memory. Nothing is staged on disk, so a 1.3 GB TensorFlow wheel costs one
 decompression instead of a write, a read and a delete of 13,000 files.
 
-Then the lock's [build] rules: pruned paths (assemble/prune.py) never become nodes, the kept
+Then the lock's [build] rules: pruned paths (lockfile/prune.py) never become nodes, the kept
 .py sources are byte-compiled by the image's own interpreter (assemble/bytecode.py), and each
 distribution's RECORD is written once, by installer's own writer, listing exactly the files in
 the layer.
@@ -44,9 +44,9 @@ from installer.utils import Scheme, construct_record_file
 
 from lockbuild.assemble.bytecode import Spool, TargetPython, spool_sources
 from lockbuild.assemble.members import WheelReader
-from lockbuild.assemble.prune import Rules, WheelContent, parent_dirs
 from lockbuild.errors import BuildError
-from lockbuild.lock.model import Target, Wheel
+from lockbuild.lockfile.model import Target, Wheel
+from lockbuild.lockfile.prune import Rules, WheelContent, parent_dirs
 from lockbuild.oci.tar import Node
 
 

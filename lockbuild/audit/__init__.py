@@ -14,8 +14,8 @@ from pathlib import Path
 from lockbuild.digest import PREFIX, from_hex
 from lockbuild.errors import IntegrityError, LockbuildError, LockFileError
 from lockbuild.fsutil import sha256_bytes
-from lockbuild.lock.io import loads
-from lockbuild.lock.model import Lock
+from lockbuild.lockfile.io import loads
+from lockbuild.lockfile.model import Lock
 
 NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://lockbuild.dev/")
 

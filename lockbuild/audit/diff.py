@@ -28,8 +28,8 @@ from packaging.version import Version as PyVersion
 
 from lockbuild.digest import short
 from lockbuild.errors import LockFileError
-from lockbuild.lock.io import loads
-from lockbuild.lock.model import Lock
+from lockbuild.lockfile.io import loads
+from lockbuild.lockfile.model import Lock
 from lockbuild.platforms import debian_arch
 
 SECTIONS = ("interpreter", "platform", "debian", "python", "build", "model", "runtime", "image")

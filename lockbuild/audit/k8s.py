@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from lockbuild.errors import LockbuildError, SpecError
-from lockbuild.lock.model import Lock
+from lockbuild.lockfile.model import Lock
 
 DEFAULTS = {"replicas": 1, "cpu-request": "1", "memory-request": "2Gi"}
 HOME = "/home/nonroot"

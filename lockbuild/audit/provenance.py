@@ -20,7 +20,7 @@ from lockbuild import __version__
 from lockbuild.audit import stable_uuid
 from lockbuild.digest import to_hex
 from lockbuild.fetch.debs import SNAPSHOT_ROOT, deb_items
-from lockbuild.lock.model import Lock, ModelLock
+from lockbuild.lockfile.model import Lock, ModelLock
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "https://slsa.dev/provenance/v1"

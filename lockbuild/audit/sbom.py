@@ -33,7 +33,7 @@ from lockbuild.audit import stable_uuid
 from lockbuild.digest import to_hex
 from lockbuild.fetch.cache import Cache
 from lockbuild.fetch.debs import deb_items
-from lockbuild.lock.model import Deb, Lock, ModelLock, Wheel
+from lockbuild.lockfile.model import Deb, Lock, ModelLock, Wheel
 
 SCHEMA_VERSION = SchemaVersion.V1_6
 PROP = "lockbuild"  # property namespace (CycloneDX property taxonomy: <namespace>:<name>)

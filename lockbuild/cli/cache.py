@@ -33,7 +33,7 @@ def gc(
     """
     from lockbuild.errors import LockFileError
     from lockbuild.fetch.cache import Cache
-    from lockbuild.lock.io import loads
+    from lockbuild.lockfile.io import loads
     from lockbuild.share.gc import gc_local, gc_registry
 
     if not locks:

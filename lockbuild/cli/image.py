@@ -74,7 +74,7 @@ def image(
     """
     from lockbuild.assemble.build import build
     from lockbuild.fetch.cache import Cache
-    from lockbuild.lock.io import loads
+    from lockbuild.lockfile.io import loads
 
     path = lock_path(spec, lock_file)
     from lockbuild.errors import LockFileError

@@ -115,7 +115,7 @@ def lock(
     """
     from lockbuild.fetch.cache import Cache
     from lockbuild.lock.create import explain_stale, make_lock
-    from lockbuild.lock.io import dumps, read_lock, write_lock
+    from lockbuild.lockfile.io import dumps, read_lock, write_lock
     from lockbuild.resolve.archive import KeptInputs
     from lockbuild.spec import load_spec
 
@@ -331,8 +331,8 @@ def export_pylock(
 
     from lockbuild.errors import SpecError
     from lockbuild.fsutil import atomic_write_text
-    from lockbuild.lock.io import read_lock
-    from lockbuild.lock.pylock import to_pylock
+    from lockbuild.lockfile.io import read_lock
+    from lockbuild.lockfile.pylock import to_pylock
 
     if not re.fullmatch(r"pylock(\.[^.]+)?\.toml", output.name):
         raise SpecError(f"PEP 751 requires the file name pylock.toml or pylock.<name>.toml, not {output.name}")
@@ -356,7 +356,7 @@ def export_audit_inputs(
 
     Example: [bold]lockbuild export audit-inputs && git add lockbuild.lock.d[/]
     """
-    from lockbuild.lock.io import read_lock
+    from lockbuild.lockfile.io import read_lock
     from lockbuild.spec import load_spec
 
     s = load_spec(spec)

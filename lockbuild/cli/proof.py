@@ -34,14 +34,14 @@ def verify(
     Example: [bold]lockbuild verify out/oci[/]   [bold]lockbuild verify docker://HOST/REPO:TAG --key release.pub[/]
     """
     from lockbuild.errors import InvalidImage, VerifyFailed
-    from lockbuild.lock.io import read_lock
+    from lockbuild.lockfile.io import read_lock
 
     path = lock_path(spec, lock_file)
     lk = read_lock(path)
     signed: dict | None = None
     if key is not None:
         from lockbuild.cli.sign import verify_key_step
-        from lockbuild.lock.io import lock_digest
+        from lockbuild.lockfile.io import lock_digest
 
         with err.status("checking signature and attestations…"):
             image_ref, signed = verify_key_step(image_ref, key, lock_digest(path), lk)
@@ -74,7 +74,7 @@ def _run_verify(image_ref: str, lk: Any, path: Path, *, rederive: bool = False) 
 
     from lockbuild.errors import InvalidImage
     from lockbuild.fetch.cache import Cache
-    from lockbuild.lock.io import lock_digest
+    from lockbuild.lockfile.io import lock_digest
     from lockbuild.verify.source import opened
     from lockbuild.verify.verify import Report
     from lockbuild.verify.verify import verify as run_verify
@@ -135,7 +135,7 @@ def smoke(
     """
     from lockbuild.errors import InvalidImage, LockFileError, SmokeFailed, VerifyFailed
     from lockbuild.fetch.cache import Cache
-    from lockbuild.lock.io import read_lock
+    from lockbuild.lockfile.io import read_lock
     from lockbuild.oci.daemon import engine
     from lockbuild.spec import load_spec
     from lockbuild.verify.smoke import smoke as run_smoke
@@ -215,7 +215,7 @@ def doctor(
     Example: [bold]lockbuild doctor --strict[/]
     """
     from lockbuild.fetch.cache import Cache
-    from lockbuild.lock.io import read_lock
+    from lockbuild.lockfile.io import read_lock
     from lockbuild.verify.doctor import doctor as run_doctor
     from lockbuild.verify.finding import DOCTOR_KEYS
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from lockbuild.errors import LockFileError
 from lockbuild.fetch import download
-from lockbuild.lock.model import DebianLock
+from lockbuild.lockfile.model import DebianLock
 
 SNAPSHOT_ROOT = "https://snapshot.debian.org/archive"
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from lockbuild.errors import IntegrityError, ModelError
 from lockbuild.fetch.cache import Cache
-from lockbuild.lock.model import ModelLock
+from lockbuild.lockfile.model import ModelLock
 
 
 def cache_model_tree(model_dir: Path, model: ModelLock, cache: Cache) -> None:

@@ -35,7 +35,7 @@ from lockbuild.errors import IntegrityError, SourceBuildError
 from lockbuild.fetch.cache import Cache
 from lockbuild.fetch.download import Item, fetch_all
 from lockbuild.fsutil import sha256_file
-from lockbuild.lock.model import Wheel
+from lockbuild.lockfile.model import Wheel
 
 DEFAULT_BACKEND = "setuptools.build_meta:__legacy__"  # PEP 517's fallback for a setup.py-only sdist
 DEFAULT_REQUIRES = ("setuptools>=40.8.0",)

@@ -1,1 +1,2 @@
-"""The lock: data types (model.py), TOML read/write (io.py), staleness (check.py)."""
+"""The lock stage: the only caller of the resolvers (create.py), re-derivation (audit.py),
+the per-wheel pruned lists (pruned.py)."""

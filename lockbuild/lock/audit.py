@@ -30,8 +30,8 @@ from typing import Any
 
 from lockbuild.fetch.cache import Cache
 from lockbuild.lock.create import _make_lock, input_digests, python_minor
-from lockbuild.lock.io import to_dict
-from lockbuild.lock.model import Lock
+from lockbuild.lockfile.io import to_dict
+from lockbuild.lockfile.model import Lock
 from lockbuild.model.intake import fetch_model
 from lockbuild.model.metadata import read_model
 from lockbuild.platforms import debian_arch

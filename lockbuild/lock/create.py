@@ -22,14 +22,13 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 from lockbuild import __version__
-from lockbuild.assemble.prune import DEFAULT_OMIT, DEFAULT_PRUNE
 from lockbuild.digest import short
 from lockbuild.errors import AuditUnavailable, PythonVersionError, RequirementsError, ResolveError, SpecError
 from lockbuild.fetch.cache import Cache
 from lockbuild.fetch.model import cache_model_files, cache_model_tree
 from lockbuild.fsutil import sha256_bytes
 from lockbuild.lock import pruned
-from lockbuild.lock.model import (
+from lockbuild.lockfile.model import (
     LOCK_VERSION,
     BuildRules,
     Deb,
@@ -44,6 +43,7 @@ from lockbuild.lock.model import (
     Target,
     Wheel,
 )
+from lockbuild.lockfile.prune import DEFAULT_OMIT, DEFAULT_PRUNE
 from lockbuild.model.intake import ModelSource, fetch_model
 from lockbuild.model.metadata import ModelInfo, keras_major, read_model
 from lockbuild.oci.compress import DEFAULT_CODEC, compressor_version
@@ -67,7 +67,7 @@ BUILD_RULES_VERSION = 2
 
 
 def build_rules(spec: Spec) -> BuildRules:
-    """The spec's [build] table with the documented defaults expanded (assemble/prune.py)."""
+    """The spec's [build] table with the documented defaults expanded (lockfile/prune.py)."""
     prune = (DEFAULT_PRUNE if spec.prune_defaults else ()) + tuple(g for g in spec.prune if g not in DEFAULT_PRUNE)
     return BuildRules(bytecode="unchecked-hash" if spec.bytecode else "none", prune=prune, keep=spec.keep)
 

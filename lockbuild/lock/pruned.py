@@ -3,7 +3,7 @@
 For each locked wheel, ``lock`` applies the lock's ``[build] prune``/``keep`` rules to the wheel's
 file list (the zip central directory that resolve/overlap.py reads by HTTP range request and
 caches by sha256; never a whole download unless the server serves no ranges) mapped to
-site-packages as the installer maps it, and records the result compacted (assemble/prune.py
+site-packages as the installer maps it, and records the result compacted (lockfile/prune.py
 ``pruned_paths``: a ``d/`` entry when every file of the wheel below ``d`` is pruned). The builder
 removes exactly the recorded paths, so the image, and what ``verify`` expects, is a function of
 the lock's text rather than of the rules' implementation in whichever lockbuild builds it.
@@ -18,9 +18,9 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
-from lockbuild.assemble.prune import PrunedSet, Rules, pruned_paths, site_paths
 from lockbuild.fetch.cache import Cache
-from lockbuild.lock.model import BuildRules, Lock, Wheel
+from lockbuild.lockfile.model import BuildRules, Lock, Wheel
+from lockbuild.lockfile.prune import PrunedSet, Rules, pruned_paths, site_paths
 from lockbuild.resolve import overlap
 
 

@@ -40,7 +40,7 @@ from lockbuild.errors import AuditUnavailable, FetchError, IntegrityError, Resol
 from lockbuild.fetch import download
 from lockbuild.fetch.cache import Cache
 from lockbuild.fsutil import sha256_bytes
-from lockbuild.lock.model import Suite
+from lockbuild.lockfile.model import Suite
 from lockbuild.progress import Notify
 from lockbuild.resolve.inrelease import check_inrelease
 

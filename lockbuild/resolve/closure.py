@@ -21,7 +21,7 @@ from debian.debian_support import Version, version_compare
 
 from lockbuild.digest import from_hex
 from lockbuild.errors import ResolveError
-from lockbuild.lock.model import Deb
+from lockbuild.lockfile.model import Deb
 from lockbuild.resolve.archive import COMPONENT
 
 # Package-manager machinery whose only consumers are maintainer scripts and dpkg triggers, which

@@ -16,7 +16,7 @@ import httpx
 from lockbuild.errors import AuditUnavailable, FetchError
 from lockbuild.fetch import download
 from lockbuild.fetch.cache import Cache
-from lockbuild.lock.model import Deb, DebianLock
+from lockbuild.lockfile.model import Deb, DebianLock
 from lockbuild.progress import Notify, quiet
 from lockbuild.resolve.archive import (
     DEFAULT_KEYRING,

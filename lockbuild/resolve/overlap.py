@@ -38,7 +38,7 @@ from packaging.utils import canonicalize_name, parse_wheel_filename
 
 from lockbuild.errors import OverlapError, ResolveError, SpecError
 from lockbuild.fetch.cache import Cache
-from lockbuild.lock.model import Mapped, VariantChoice, Wheel
+from lockbuild.lockfile.model import Mapped, VariantChoice, Wheel
 from lockbuild.model.metadata import requirement
 from lockbuild.progress import Notify
 

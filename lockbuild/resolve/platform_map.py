@@ -25,7 +25,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
 from lockbuild.errors import ResolveError
-from lockbuild.lock.model import Mapped, Wheel
+from lockbuild.lockfile.model import Mapped, Wheel
 
 KEEP = "="  # the row leaves the name as it is on this architecture
 

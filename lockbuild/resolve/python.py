@@ -18,7 +18,7 @@ from packaging.utils import canonicalize_name, parse_wheel_filename
 from packaging.version import Version
 
 from lockbuild.errors import ResolveError
-from lockbuild.lock.model import Wheel
+from lockbuild.lockfile.model import Wheel
 from lockbuild.model.metadata import requirement
 from lockbuild.progress import Notify
 from lockbuild.resolve.uv import (

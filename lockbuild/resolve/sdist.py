@@ -13,7 +13,7 @@ from lockbuild.fetch.cache import Cache
 from lockbuild.fetch.download import Item, fetch_all
 from lockbuild.fetch.sdist import MissingBuildRequires, build_wheel, read_build_system
 from lockbuild.fsutil import sha256_file
-from lockbuild.lock.model import Wheel
+from lockbuild.lockfile.model import Wheel
 from lockbuild.resolve.uv import PythonTarget, SdistPin, parse_pylock, target_tags, uv_compile
 
 

@@ -21,7 +21,7 @@ from packaging.version import Version
 
 from lockbuild.digest import from_hex
 from lockbuild.errors import ResolveError
-from lockbuild.lock.model import Sdist, Wheel
+from lockbuild.lockfile.model import Sdist, Wheel
 from lockbuild.model.metadata import strip_userinfo
 
 SIZE_UNKNOWN = -1  # a wheel's size the index did not give (PEP 503 HTML)

@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from lockbuild.fetch.cache import Cache
-from lockbuild.lock.model import Lock, Wheel
+from lockbuild.lockfile.model import Lock, Wheel
 from lockbuild.oci.layercache import META_NAMESPACE, layer_record
 
 TMP_MIN_AGE = 3600.0

@@ -16,7 +16,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
 from lockbuild.fetch.cache import Cache
-from lockbuild.lock.model import Lock
+from lockbuild.lockfile.model import Lock
 from lockbuild.model.metadata import keras_major, requirement
 from lockbuild.verify.finding import Finding  # rule, severity, what (message), why, fix
 
@@ -233,7 +233,7 @@ def rule_changed_pins(lock: Lock, cache: Cache | None) -> list[Finding]:
 
 
 def rule_omitted(lock: Lock, cache: Cache | None) -> list[Finding]:
-    from lockbuild.assemble.prune import DEFAULT_OMIT
+    from lockbuild.lockfile.prune import DEFAULT_OMIT
 
     chosen = [n for n in lock.python.omitted if n not in DEFAULT_OMIT]  # defaults are documented, smoke-proven
     if not chosen:

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from lockbuild.assemble.plan import LayerPlan
-from lockbuild.lock.model import Lock
+from lockbuild.lockfile.model import Lock
 from lockbuild.oci.compress import media_type
 from lockbuild.oci.image import COMPRESSOR_ANNOTATION, INDEX_MEDIA_TYPE, MANIFEST_MEDIA_TYPE, canonical_json
 from lockbuild.verify import strictjson

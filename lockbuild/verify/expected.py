@@ -19,7 +19,7 @@ from typing import Any
 from lockbuild.assemble.plan import LayerPlan
 from lockbuild.digest import short
 from lockbuild.fetch.cache import HashingWriter
-from lockbuild.lock.model import Lock
+from lockbuild.lockfile.model import Lock
 from lockbuild.oci.layercache import Layer
 from lockbuild.verify.entries import CHUNK, Entry, iter_entries, norm
 

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 
 from lockbuild.errors import InvalidImage, PublishError, SmokeFailed
-from lockbuild.lock.model import Lock
+from lockbuild.lockfile.model import Lock
 from lockbuild.oci.docker_archive import layout_archive
 from lockbuild.verify.diagnose import diagnose
 from lockbuild.verify.finding import DIAGNOSIS_KEYS, Finding

@@ -46,7 +46,7 @@ from typing import Any
 from lockbuild.assemble.plan import LayerPlan, plan_layers
 from lockbuild.fetch.cache import Cache
 from lockbuild.fsutil import sha256_bytes
-from lockbuild.lock.model import Lock
+from lockbuild.lockfile.model import Lock
 from lockbuild.oci.layercache import Layer
 from lockbuild.verify.documents import check_documents
 from lockbuild.verify.entries import Entry, FoundLayer, TooLarge, blob_digest, found_entries, hash_found_layer

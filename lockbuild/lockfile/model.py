@@ -1,4 +1,4 @@
-"""Lock data types: plain frozen data, no I/O. Only lockbuild.lock.io knows the file format.
+"""Lock data types: plain frozen data, no I/O. Only lockbuild.lockfile.io knows the file format.
 
 Every ``sha256`` field holds ``sha256:<hex>`` (lockbuild.digest); the file stores bare hex."""
 
@@ -41,7 +41,7 @@ class Wheel:
     build_requires: tuple[Wheel, ...] = ()  # source == "sdist": the locked isolated build env
     source_date_epoch: int = 0  # source == "sdist": SOURCE_DATE_EPOCH of the build
     # What [build] prune/keep remove from this wheel, site-packages-relative as its RECORD names the
-    # files; "d/" stands for every file of the wheel below d (assemble/prune.py pruned_paths,
+    # files; "d/" stands for every file of the wheel below d (lockfile/prune.py pruned_paths,
     # PrunedSet). Meaningful only when the lock's BuildRules.pruned_listed is set.
     pruned: tuple[str, ...] = ()
     yanked: str = ""  # the index marks this release yanked (the reason, or "yanked"); allowed by the spec

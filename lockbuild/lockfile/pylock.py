@@ -6,7 +6,7 @@ import tomlkit
 
 from lockbuild import __version__
 from lockbuild.digest import to_hex
-from lockbuild.lock.model import Lock
+from lockbuild.lockfile.model import Lock
 
 
 def to_pylock(lock: Lock) -> str:

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lockbuild.errors import BuildError
-from lockbuild.lock.model import Lock, Wheel
+from lockbuild.lockfile.model import Lock, Wheel
 
 DEFAULT_PRUNE: tuple[str, ...] = (
     "tensorflow/include/**",

@@ -19,7 +19,7 @@ import jsonschema
 from lockbuild.digest import from_hex, to_hex
 from lockbuild.errors import LockFileError
 from lockbuild.fsutil import atomic_write_text, sha256_bytes
-from lockbuild.lock.model import (
+from lockbuild.lockfile.model import (
     LOCK_VERSION,
     BuildRules,
     Deb,
