@@ -17,10 +17,9 @@ from typing import Any, BinaryIO
 
 from lockbuild.digest import PREFIX
 from lockbuild.oci.layercache import Layer
-from lockbuild.verify.source import ImageSource
+from lockbuild.verify.source import MAX_EXTENDED_HEADER, ImageSource
 
 CHUNK = 1 << 20
-MAX_EXTENDED_HEADER = 64 << 10  # a PAX/GNU long-name header; lockbuild's longest path is far under 4 KiB
 MAX_NAME = 4096  # PATH_MAX
 
 

@@ -28,6 +28,7 @@ from lockbuild.fsutil import sha256_bytes
 from lockbuild.verify import strictjson
 
 MAX_ARCHIVE_MEMBERS = 256  # lockbuild writes 2 dirs + 5 documents + at most 40 layers
+MAX_EXTENDED_HEADER = 64 << 10  # a PAX/GNU long-name header; lockbuild's longest path is far under 4 KiB
 @dataclass
 class ImageSource:
     description: str
@@ -212,7 +213,6 @@ def prescan_archive(path: Path) -> int:
     """Walk an archive's 512-byte tar headers before ``tarfile`` does: at most
     ``MAX_ARCHIVE_MEMBERS`` headers, extended headers (PAX, GNU long names) of at most 64 KiB.
     A hostile archive of a million members or a gigabyte PAX header costs nothing."""
-    from lockbuild.verify.entries import MAX_EXTENDED_HEADER
 
     size = path.stat().st_size
     n = 0
