@@ -1,46 +1,73 @@
 """The builder: Lock -> Image. Reads only the lock and the cache; never resolves.
 
-For each planned layer: reuse it when its key is in the layer cache (blob re-verified), else
-take its inputs as they are verified (assemble/inputs.py), make its tree, and write the
-deterministic layer. Then config + manifest. Python layers are streamed from the wheels
-(assemble/wheels.py: no files staged); the Debian layer is the build's one read-only rootfs
-(bytecode.staged_rootfs); the model and config layers are staged under the cache's tmp/,
-always removed.
+For each planned layer (assemble/plan.py): reuse it when its key is in the layer cache (blob
+re-verified) or a trusted shared cache has it, else take its inputs as they are verified
+(assemble/inputs.py), stage its tree through its kind (assemble/recipe.py: ``stage_layer``, the
+recipe verify derives the expected image with) and write the deterministic layer. Then config +
+manifest. Python layers are streamed from the wheels (assemble/wheels.py: no files staged); the
+Debian layer is the build's one read-only rootfs (bytecode.staged_rootfs); the model and config
+layers are staged under the cache's tmp/, always removed.
 """
 
 from __future__ import annotations
 
 import os
-import posixpath
 import shutil
-import tarfile
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
-from lockbuild import __version__
-from lockbuild.assemble import bytecode, inputs
-from lockbuild.assemble import config as config_layer
+from lockbuild.assemble import inputs
 from lockbuild.assemble import wheels as wheel_install
-from lockbuild.assemble.model import stage_model
-from lockbuild.assemble.plan import WHEEL_MTIME, LayerPlan, plan_layers
-from lockbuild.errors import BuildError, IntegrityError
+from lockbuild.assemble.plan import LayerPlan, plan_layers
+from lockbuild.assemble.recipe import (
+    LEVEL,
+    check_compressor,
+    compressed_key,
+    image_spec,
+    labels_for,
+    layer_codec,
+    layer_nodes,
+    manifest_annotations,
+    source_date_epoch,
+    stage_layer,
+    tree_stats,
+)
+from lockbuild.errors import BuildError
 from lockbuild.fetch.cache import Cache
+from lockbuild.fsutil import sha256_bytes
 from lockbuild.lockfile.model import Lock
-from lockbuild.lockfile.prune import Rules, listed_pruning
-from lockbuild.oci.compress import ENCODERS, codec_for, compressor_name, compressor_version
-from lockbuild.oci.image import Image, ImageSpec, build_image
+from lockbuild.oci.image import Image, build_image
 from lockbuild.oci.layercache import Layer, layer_record, remember_layer
-from lockbuild.oci.tar import Node, Tree, tree_nodes, write_layer
-from lockbuild.platforms import debian_arch
+from lockbuild.oci.tar import write_layer
 
-if TYPE_CHECKING:
-    from lockbuild.share.remote import SharedCache
+__all__ = ["LEVEL", "Built", "BuildResult", "SharedLayers", "build", "build_outputs", "check_compressor",
+           "checked_compression", "compressed_key", "layer_codec", "source_date_epoch"]
 
-LEVEL = 1  # gzip level: compression dominates a cold build (field notes: -6 is 2.7x slower)
 Report = Callable[[str, dict], None]
+
+
+class _SharedStats(Protocol):
+    @property
+    def fetched(self) -> Collection[str]: ...
+
+
+class SharedLayers(Protocol):
+    """A shared layer cache the builder may use (share/remote.py: ``SharedCache`` implements it; the
+    CLI injects it): layers by ``compressed_key``, taken only when trusted and verified."""
+
+    @property
+    def stats(self) -> _SharedStats: ...
+
+    def fetch_layers(self, cache: Cache, wanted: dict[str, str], *, jobs: int = 4) -> dict[str, Layer]:
+        """{layer name: layer} for the wanted {name: key} it holds, verified (or only referenced)."""
+        ...
+
+    def publish_layers(self, cache: Cache, entries: dict[str, tuple[str, Layer]], *, jobs: int = 4) -> None:
+        """Offer the built layers {name: (key, layer)} to the shared cache."""
+        ...
 
 
 @dataclass
@@ -52,55 +79,113 @@ class BuildResult:
     stats: dict[str, dict[str, int]] | None = None
 
 
-def source_date_epoch(lock: Lock) -> int:
-    env = os.environ.get("SOURCE_DATE_EPOCH")
-    return int(env) if env and env.isdigit() else lock.epoch()
+def _quiet(_event: str, _data: dict) -> None:
+    return None
 
 
-def labels_for(lock: Lock, lock_digest: str) -> dict[str, str]:
-    labels = {
-        "org.opencontainers.image.created": lock.created,
-        "org.opencontainers.image.title": lock.image_name,
-        "org.opencontainers.image.base.name": lock.target.base,
-        "io.lockbuild.version": __version__,
-        "io.lockbuild.lock.digest": lock_digest,
-        "io.lockbuild.inputs.digest": lock.inputs_digest,
-        "io.lockbuild.model.uri": lock.model.resolved_uri,
-        "io.lockbuild.model.tree-digest": lock.model.tree_digest,
-        "io.lockbuild.mlflow.version": lock.runtime.mlflow_version,
-        "io.lockbuild.python.version": lock.target.python,
-    }
-    if lock.model.version:
-        labels["io.lockbuild.model.version"] = lock.model.version
-    labels.update(dict(lock.labels))
-    return labels
+@dataclass(frozen=True)
+class _Build:
+    """One build's settings, shared by its steps."""
+
+    lock: Lock
+    lock_bytes: bytes
+    cache: Cache
+    lock_dir: Path
+    compression: str
+    codec: tuple[str, int]
+    jobs: int
+    report: Report
+    tracking_uri: str | None
+
+    def cache_key(self, p: LayerPlan) -> str:
+        return compressed_key(p.key, self.compression, self.codec)
 
 
-def manifest_annotations(lock: Lock, lock_digest: str) -> dict[str, str]:
-    """The image manifest's annotations (verify requires exactly these)."""
-    return {
-        "org.opencontainers.image.created": lock.created,
-        "org.opencontainers.image.title": lock.image_name,
-        "io.lockbuild.lock.digest": lock_digest,
-        "io.lockbuild.model.uri": lock.model.resolved_uri,
-    }
+def build(lock: Lock, lock_bytes: bytes, cache: Cache, *, lock_dir: Path, jobs: int = 4,
+          report: Report = _quiet, compression: str | None = None,
+          shared: SharedLayers | None = None, tracking_uri: str | None = None) -> BuildResult:
+    """Build the image. ``compression`` overrides the lock's ``[image] compression`` (docker-archive
+    and ``--load`` need gzip); the diff_ids and the config are the same either way. ``shared`` is a
+    registry used as a shared layer cache (share/remote.py): layers missing here are taken from it
+    when trusted, and what it lacks is pushed to it after the build. ``tracking_uri``: the MLflow
+    server to refill model files from when the cache lacks them (else $MLFLOW_TRACKING_URI)."""
+    compression = compression or lock.compression
+    check_compressor(lock, compression)
+    b = _Build(lock, lock_bytes, cache, lock_dir, compression, layer_codec(lock, compression), jobs, report,
+               tracking_uri)
+    lock_digest = sha256_bytes(lock_bytes)
+    mtime = source_date_epoch(lock)
+    plans = plan_layers(lock, mtime=mtime, lock_digest=lock_digest, level=LEVEL)
+    done = _reused_layers(b, plans, shared)
+    todo = [p for p in plans if p.name not in done]
+    report("plan", {"layers": len(plans), "cached": len(done), "todo": [p.name for p in todo]})
+    done.update(_build_layers(b, todo, mtime=mtime))
+    labels = labels_for(lock, lock_digest)
+    image = build_image([(p.name, done[p.name]) for p in plans], config=image_spec(lock, labels),
+                        annotations=manifest_annotations(lock, lock_digest), created=lock.created)
+    stats = {p.name: cache.meta_get("layer-stats", p.key.replace(":", "-")) or {} for p in plans}
+    if shared is not None:
+        shared.publish_layers(cache, {p.name: (compressed_key(p.key, compression), done[p.name]) for p in plans
+                                      if p.name not in shared.stats.fetched}, jobs=jobs)
+    return BuildResult(image=image, layers=[(p, done[p.name], p not in todo) for p in plans], labels=labels,
+                       stats=stats)
 
 
-def image_spec(lock: Lock, labels: dict[str, str]) -> ImageSpec:
-    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", **dict(lock.runtime.env)}
-    arch = debian_arch(lock.target.platform)
-    return ImageSpec(
-        entrypoint=tuple(config_layer.entrypoint(lock)),
-        env=env,
-        user=f"{lock.runtime.user}:{lock.runtime.user}",
-        workdir="/home/nonroot",
-        exposed_ports=(f"{lock.runtime.port}/tcp",),
-        labels=labels,
-        architecture=arch,
-    )
+@dataclass
+class Built:
+    """What `image` built: ``result`` for the OCI layout and registry outputs (in the asked
+    compression; gzip when only gzip outputs were asked), ``gzip`` the image docker-archive and
+    --load take (Docker 20.10 cannot load zstd): the same layers' gzip twins, same diff_ids and config."""
+
+    result: BuildResult
+    compression: str
+    gzip: Image | None = None
 
 
-def _verified_layer(cache: Cache, key: str, name: str = "", report: Report = lambda _e, _d: None) -> Layer | None:
+def checked_compression(lock: Lock, asked: str | None) -> str:
+    """``--compression``, checked; else the lock's ``[image] compression``. The lock pins the compressor
+    of its own compression only: the other one gets the encoder and level oci/compress.py's codec_for
+    gives it (an older lock: what it always used; else the CPU-independent one)."""
+    from lockbuild.oci.compress import COMPRESSIONS
+
+    if asked is not None and asked not in COMPRESSIONS:
+        raise BuildError(f"--compression {asked!r} is not one of {', '.join(COMPRESSIONS)}",
+                         hint="use --compression gzip or --compression zstd")
+    return asked or lock.compression
+
+
+def build_outputs(lock: Lock, lock_bytes: bytes, cache: Cache, *, compression: str | None, oci_or_push: bool,
+                  archive_or_load: bool, lock_dir: Path, **kw: Any) -> Built:
+    """The builds the asked outputs need: docker-archive and --load alone need only the gzip layers (a
+    zstd lock compresses once, not twice); with an OCI layout or a push too, a zstd lock is built
+    twice (zstd, then gzip). ``kw``: ``build``'s jobs, report, shared, tracking_uri."""
+    compression = checked_compression(lock, compression)
+    result = build(lock, lock_bytes, cache, lock_dir=lock_dir, compression=compression if oci_or_push else "gzip",
+                   **kw)
+    built = Built(result, compression)
+    if archive_or_load:
+        built.gzip = result.image if compression == "gzip" or not oci_or_push else build(
+            lock, lock_bytes, cache, lock_dir=lock_dir, compression="gzip", **kw).image
+    return built
+
+
+def _reused_layers(b: _Build, plans: list[LayerPlan], shared: SharedLayers | None) -> dict[str, Layer]:
+    """The layers already made: in the local layer cache (blob re-verified), else in the shared cache."""
+    done: dict[str, Layer] = {}
+    for p in plans:
+        layer = _verified_layer(b.cache, b.cache_key(p), p.name, b.report)
+        if layer is not None:
+            done[p.name] = layer
+    if shared is not None:
+        keys = {p.name: compressed_key(p.key, b.compression) for p in plans if p.name not in done}
+        for name, layer in shared.fetch_layers(b.cache, keys, jobs=b.jobs).items():
+            if b.cache.has(layer.digest):  # downloaded and verified (not only referenced: SharedCache.lazy)
+                remember_layer(b.cache, keys[name], layer)
+            done[name] = layer
+    return done
+
+
+def _verified_layer(cache: Cache, key: str, name: str = "", report: Report = _quiet) -> Layer | None:
     layer, why = layer_record(cache, key)
     if why is not None:
         report("warning", {"message": f"layer cache record for {name} is not trusted ({why}); rebuilding it"})
@@ -111,118 +196,34 @@ def _verified_layer(cache: Cache, key: str, name: str = "", report: Report = lam
     return layer
 
 
-def layer_codec(lock: Lock, compression: str) -> tuple[str, int]:
-    """The encoder and level that write this lock's ``compression`` layers (oci/compress.py: ``codec_for``)."""
-    return codec_for(compression, lock.compression, lock.compressor, lock.compression_level)
-
-
-def check_compressor(lock: Lock, compression: str) -> None:
-    """The lock pins the compressor library; another version would give other layer digests."""
-    installed = compressor_version(compression, layer_codec(lock, compression)[0])
-    makes = ENCODERS.get(lock.compressor.split(" ")[0])
-    if compression == lock.compression and makes not in (None, compression):
-        raise BuildError(f"the lock's [image] compressor {lock.compressor!r} writes {makes} layers, but its "
-                         f"compression is {compression!r}", hint="re-run `lockbuild lock`")
-    if lock.compressor and compression == lock.compression and lock.compressor != installed:
-        raise BuildError(
-            f"the lock pins the {compression} compressor {lock.compressor!r}, this lockbuild has {installed!r}: "
-            "the layer digests would differ",
-            hint=f"install the pinned version (pip install '{lock.compressor.split(' (')[0].replace(' ', '==')}') "
-            "or re-run `lockbuild lock`")
-
-
-def compressed_key(key: str, compression: str, codec: tuple[str, int] | None = None) -> str:
-    """The layer-cache key: the plan's input key plus the compressor that made the blob."""
-    import hashlib
-
-    encoder, level = codec or (None, LEVEL)
-    name = compressor_name(level, compression, encoder)
-    return "sha256:" + hashlib.sha256(f"{key}\n{name}".encode()).hexdigest()
-
-
-def build(lock: Lock, lock_bytes: bytes, cache: Cache, *, lock_dir: Path, jobs: int = 4,
-          report: Report = lambda _e, _d: None, compression: str | None = None,
-          shared: SharedCache | None = None) -> BuildResult:
-    """Build the image. ``compression`` overrides the lock's ``[image] compression`` (docker-archive
-    and ``--load`` need gzip); the diff_ids and the config are the same either way. ``shared`` is a
-    registry used as a shared layer cache (share/remote.py): layers missing here are taken from it
-    when trusted, and what it lacks is pushed to it after the build."""
-    from lockbuild.fsutil import sha256_bytes
-
-    compression = compression or lock.compression
-    check_compressor(lock, compression)
-    codec = layer_codec(lock, compression)
-    lock_digest = sha256_bytes(lock_bytes)
-    mtime = source_date_epoch(lock)
-    plans = plan_layers(lock, mtime=mtime, lock_digest=lock_digest, level=LEVEL)
-    done: dict[str, Layer] = {}
-    for p in plans:
-        layer = _verified_layer(cache, compressed_key(p.key, compression, codec), p.name, report)
-        if layer is not None:
-            done[p.name] = layer
-    if shared is not None:
-        keys = {p.name: compressed_key(p.key, compression) for p in plans if p.name not in done}
-        for name, layer in shared.fetch_layers(cache, keys, jobs=jobs).items():
-            if cache.has(layer.digest):  # downloaded and verified (not only referenced: SharedCache.lazy)
-                remember_layer(cache, keys[name], layer)
-            done[name] = layer
-    todo = [p for p in plans if p.name not in done]
-    report("plan", {"layers": len(plans), "cached": len(done), "todo": [p.name for p in todo]})
-
-    # Downloads overlap the build: every download starts at once in the background, and each
-    # layer starts as soon as its own inputs are verified in the cache; each input is verified once.
-    downloads = inputs.start_downloads(lock, todo, cache, jobs=jobs, report=report)
-    inputs.prestage_rootfs(lock, todo, cache, downloads)
-    blobs: dict[str, Path] = {}
-
-    def layer_inputs(p: LayerPlan) -> dict[str, Path]:
-        got = inputs.fetch_inputs(lock, [p], cache, jobs=jobs, report=report, lock_dir=lock_dir,
-                                  downloads=downloads)
-        blobs.update(got)
-        return got
-
-    done.update(_build_layers(todo, lock, lock_bytes, cache, layer_inputs, mtime=mtime, report=report,
-                              compression=compression, codec=codec))
-    if any(p.kind == "python" for p in todo):
-        _check_conflicts(lock, cache, blobs, lock_dir=lock_dir)  # within a layer, wheel_tree refuses it already
-
-    labels = labels_for(lock, lock_digest)
-    annotations = manifest_annotations(lock, lock_digest)
-    ordered = [(p.name, done[p.name]) for p in plans]
-    image = build_image(ordered, config=image_spec(lock, labels), annotations=annotations, created=lock.created)
-    stats = {p.name: cache.meta_get("layer-stats", p.key.replace(":", "-")) or {} for p in plans}
-    if shared is not None:
-        shared.publish_layers(cache, {p.name: (compressed_key(p.key, compression), done[p.name]) for p in plans
-                                      if p.name not in shared.stats.fetched}, jobs=jobs)
-    return BuildResult(image=image, layers=[(p, done[p.name], p not in todo) for p in plans], labels=labels,
-                       stats=stats)
-
-
-def _weight(p: LayerPlan) -> int:
-    """Roughly how long a layer takes: biggest first, so the long pole starts at once."""
-    return sum(w.size for w in p.wheels) if p.wheels else (20 << 20 if p.kind == "debian" else 0)
-
-
-def _build_layers(todo: list[LayerPlan], lock: Lock, lock_bytes: bytes, cache: Cache,
-                  get_inputs: Callable[[LayerPlan], dict[str, Path]], *,
-                  mtime: int, report: Report, compression: str = "gzip",
-                  codec: tuple[str, int] | None = None) -> dict[str, Layer]:
+def _build_layers(b: _Build, todo: list[LayerPlan], *, mtime: int) -> dict[str, Layer]:
     """Build layers in parallel: deflate and sha256 release the GIL, so threads use every core.
-    Each layer's bytes depend only on its own inputs, never on the order they finish in."""
+    Each layer's bytes depend only on its own inputs, never on the order they finish in.
+
+    Downloads overlap the build: every download starts at once in the background, and each layer
+    starts as soon as its own inputs are verified in the cache; each input is verified once."""
     from concurrent.futures import ThreadPoolExecutor
 
+    downloads = inputs.start_downloads(b.lock, todo, b.cache, jobs=b.jobs, report=b.report)
+    inputs.prestage_rootfs(b.lock, todo, b.cache, downloads)
+    blobs: dict[str, Path] = {}
+
     def one(p: LayerPlan) -> tuple[str, Layer]:
-        blobs = get_inputs(p)
-        report("layer-start", {"name": p.name})
-        layer = _build_layer(p, lock, lock_bytes, cache, blobs, mtime=mtime, report=report,
-                             compression=compression, codec=codec)
-        remember_layer(cache, compressed_key(p.key, compression, codec), layer)
-        report("layer-done", {"name": p.name, "size": layer.size, "diff_id": layer.diff_id})
+        got = inputs.fetch_inputs(b.lock, [p], b.cache, jobs=b.jobs, report=b.report, lock_dir=b.lock_dir,
+                                  downloads=downloads, tracking_uri=b.tracking_uri)
+        blobs.update(got)
+        b.report("layer-start", {"name": p.name})
+        layer = _build_layer(b, p, got, mtime=mtime)
+        remember_layer(b.cache, b.cache_key(p), layer)
+        b.report("layer-done", {"name": p.name, "size": layer.size, "diff_id": layer.diff_id})
         return p.name, layer
 
     workers = max(1, min(len(todo), int(os.environ.get("LOCKBUILD_BUILD_JOBS", os.cpu_count() or 2))))
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return dict(pool.map(one, sorted(todo, key=_weight, reverse=True)))
+        built = dict(pool.map(one, sorted(todo, key=lambda p: p.recipe.weight(p.wheels), reverse=True)))
+    if any(p.kind == "python" for p in todo):
+        _check_conflicts(b, blobs)  # within a layer, wheel_tree refuses it already
+    return built
 
 
 def _wheel_listing(lock: Lock, cache: Cache, w, path: Path) -> list[str]:  # type: ignore[no-untyped-def]
@@ -234,123 +235,31 @@ def _wheel_listing(lock: Lock, cache: Cache, w, path: Path) -> list[str]:  # typ
     return paths
 
 
-def _check_conflicts(lock: Lock, cache: Cache, blobs: dict[str, Path], *, lock_dir: Path) -> None:
+def _check_conflicts(b: _Build, blobs: dict[str, Path]) -> None:
     listings = []
-    for w in lock.python.packages:
-        path = blobs.get(w.sha256) or inputs.wheel_blob(lock, w, cache, lock_dir=lock_dir)
-        listings.append((w, _wheel_listing(lock, cache, w, path)))
+    for w in b.lock.python.packages:
+        path = blobs.get(w.sha256) or inputs.wheel_blob(b.lock, w, b.cache, lock_dir=b.lock_dir,
+                                                        tracking_uri=b.tracking_uri)
+        listings.append((w, _wheel_listing(b.lock, b.cache, w, path)))
     conflicts = wheel_install.find_conflicts(listings)
     if conflicts:
         raise wheel_install.conflict_error(conflicts)
 
 
-def _nothing() -> None:
-    return None
-
-
-@dataclass(frozen=True)
-class StagedLayer:
-    """A layer's tree: what write_layer (build) and verify's expected-image derivation both tar.
-    ``root`` is a staging directory (model, config) or nodes: streamed from the wheels (python
-    layers), or the shared Debian rootfs plus its .pyc (debian); ``close`` releases the open wheels
-    and bytecode spools."""
-
-    root: Tree
-    mtime: int
-    owners: dict[str, tuple[int, int]] | None = None
-    # what the lock's [build] rules did: {"pruned_files", "pruned_bytes", "pyc_files", ...}
-    stats: dict[str, int] | None = None
-    close: Callable[[], None] = _nothing
-
-
-def stage_layer(p: LayerPlan, lock: Lock, lock_bytes: bytes, blobs: dict[str, Path], stage: Path, *,
-                mtime: int, report: Report = lambda _e, _d: None) -> StagedLayer:
-    """Stage one planned layer's tree into the empty directory ``stage``. The one place that decides a
-    layer's content, mtime and owners: the builder tars it into the cache, verify derives the expected
-    image from it, so the two can never disagree about what the lock means."""
-    owners = None
-    stats: dict[str, int] = {}
-    root: Tree = stage
-    close: Callable[[], None] = _nothing
-    compile_pyc = lock.build.bytecode == bytecode.UNCHECKED_HASH
-    if p.kind == "debian":
-        shared = bytecode.staged_rootfs(lock, blobs, stage.parent)  # also the bytecode compilers' interpreter
-        for warning in shared.warnings:
-            report("warning", {"message": f"debian layer: {warning}"})
-        owners = {"home/nonroot": (lock.runtime.user, lock.runtime.user)}
-        nodes = {n.rel: n for n in tree_nodes(shared.path)}
-        if compile_pyc:
-            py = bytecode.TargetPython(shared.path, lock)
-            spool = bytecode.Spool(stage / "pyc")
-            close = spool.close
-            pycs = bytecode.compile_tree(py, shared.path, bytecode.debian_sources(shared.path, lock), spool)
-            for c in pycs.values():  # into the layer from the spool: the shared rootfs stays as staged
-                cache_dir = posixpath.dirname(c.rel)
-                nodes.setdefault(cache_dir, Node(cache_dir, tarfile.DIRTYPE, 0o755, where=f"{shared.path}/{cache_dir}"))
-                nodes[c.rel] = Node(c.rel, tarfile.REGTYPE, 0o644, c.size, open=c.open,
-                                    where=f"bytecode in {spool.path}")
-            stats["pyc_files"] = len(pycs)
-        root = list(nodes.values())
-    elif p.kind == "python":
-        def target() -> bytecode.TargetPython:  # staged when first needed: after the install pass
-            return bytecode.target_python(lock, blobs, stage.parent)
-
-        tree = wheel_install.wheel_tree([(w, blobs[w.sha256]) for w in p.wheels], lock.target,
-                                        Rules.of(lock.build.prune, lock.build.keep), target if compile_pyc else None,
-                                        spool_dir=stage,
-                                        pruned=listed_pruning(lock, blobs))
-        root, close = tree.nodes, tree.close
-        stats = {"installed_bytes": sum(c.installed_bytes for c in tree.contents),
-                 "pruned_files": sum(c.pruned_files for c in tree.contents),
-                 "pruned_bytes": sum(c.pruned_bytes for c in tree.contents)}
-        mtime = WHEEL_MTIME  # shared across models: never the lock's created time (docs/image-layout.md)
-    elif p.kind == "model":
-        stage_model(lock.model, blobs, stage)
-    elif p.kind == "config":
-        config_layer.stage_config(lock, lock_bytes, stage)
-    else:
-        raise BuildError(f"unknown layer kind {p.kind}")
-    return StagedLayer(root=root, mtime=mtime, owners=owners, stats=stats, close=close)
-
-
-def layer_nodes(staged: StagedLayer) -> Sequence[Node]:
-    """The layer's entries: a staging directory walked once, or the streamed nodes as they are."""
-    return tree_nodes(staged.root) if isinstance(staged.root, Path) else staged.root
-
-
-def tree_stats(staged: StagedLayer, nodes: Sequence[Node] | None = None) -> dict[str, int]:
-    """Unpacked size of a staged layer after the lock's [build] rules, and before them (without the
-    .pyc, with the pruned files)."""
-    total = pyc = pyc_files = 0
-    for n in layer_nodes(staged) if nodes is None else nodes:
-        if n.kind == tarfile.REGTYPE:
-            total += n.size
-            if n.rel.endswith(".pyc"):
-                pyc += n.size
-                pyc_files += 1
-    pruned = (staged.stats or {}).get("pruned_bytes", 0)
-    return {"unpacked_bytes": total, "before_bytes": total - pyc + pruned, "pyc_bytes": pyc, "pyc_files": pyc_files,
-            "pruned_files": (staged.stats or {}).get("pruned_files", 0), "pruned_bytes": pruned}
-
-
-def _build_layer(p: LayerPlan, lock: Lock, lock_bytes: bytes, cache: Cache, blobs: dict[str, Path], *,
-                 mtime: int, report: Report, compression: str = "gzip",
-                 codec: tuple[str, int] | None = None) -> Layer:
-    stage = Path(tempfile.mkdtemp(prefix=f"stage-{p.name}-", dir=cache.tmpdir()))
-    staged: StagedLayer | None = None
+def _build_layer(b: _Build, p: LayerPlan, blobs: dict[str, Path], *, mtime: int) -> Layer:
+    stage = Path(tempfile.mkdtemp(prefix=f"stage-{p.name}-", dir=b.cache.tmpdir()))
+    staged = None
     try:
-        staged = stage_layer(p, lock, lock_bytes, blobs, stage, mtime=mtime, report=report)
+        staged = stage_layer(p, b.lock, b.lock_bytes, blobs, stage, mtime=mtime, report=b.report)
         nodes = layer_nodes(staged)  # one walk of a staging directory, for the stats and the tar
-        cache.meta_put("layer-stats", p.key.replace(":", "-"), tree_stats(staged, nodes))
-        encoder, level = codec or (None, LEVEL)
-        return write_layer(cache, nodes, mtime=staged.mtime, level=level, owners=staged.owners,
-                           compression=compression, encoder=encoder)
+        b.cache.meta_put("layer-stats", p.key.replace(":", "-"), tree_stats(staged, nodes))
+        encoder, level = b.codec
+        return write_layer(b.cache, nodes, mtime=staged.mtime, level=level, owners=staged.owners,
+                           compression=b.compression, encoder=encoder)
     except OSError as e:
         if e.errno == 28:
-            raise BuildError(f"disk full while building layer {p.name} in {cache.root}",
+            raise BuildError(f"disk full while building layer {p.name} in {b.cache.root}",
                              hint="free space or point LOCKBUILD_CACHE at a larger disk") from None
-        raise
-    except IntegrityError:
         raise
     finally:
         if staged is not None:

@@ -13,13 +13,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from lockbuild.assemble import bytecode
-from lockbuild.assemble.plan import LayerPlan
+from lockbuild.assemble.recipe import LayerPlan
 from lockbuild.fetch.cache import Cache
 from lockbuild.fetch.debs import deb_items
 from lockbuild.fetch.download import Downloads, Item, fetch_all
 from lockbuild.fetch.model import fetch_model_files
 from lockbuild.fetch.sdist import ensure_built
-from lockbuild.lockfile.model import Lock
+from lockbuild.lockfile.model import Lock, Wheel
 
 Report = Callable[[str, dict], None]
 
@@ -41,8 +41,7 @@ def prestage_rootfs(lock: Lock, todo: list[LayerPlan], cache: Cache, downloads: 
     the layer that needs the rootfs stages it again and raises them."""
     import threading
 
-    compiles = lock.build.bytecode != "none" and any(p.kind == "python" for p in todo)
-    if not (compiles or any(p.kind == "debian" for p in todo)):
+    if not any(p.recipe.needs_debs(lock) for p in todo):
         return
 
     def run() -> None:
@@ -58,22 +57,20 @@ def prestage_rootfs(lock: Lock, todo: list[LayerPlan], cache: Cache, downloads: 
 def download_items(lock: Lock, todo: list[LayerPlan]) -> list[Item]:
     """What the layers need from the network: the .debs and the index wheels, biggest first."""
     items: list[Item] = []
-    kinds = {p.kind for p in todo}
-    if "debian" in kinds or ("python" in kinds and lock.build.bytecode != "none"):
-        items += deb_items(lock.debian)  # python layers are byte-compiled by the lock's own interpreter
+    if any(p.recipe.needs_debs(lock) for p in todo):
+        items += deb_items(lock.debian)
     for p in todo:
-        for w in p.wheels:
-            if not w.source:  # built (sdist) and bundled (model) wheels come from elsewhere
-                items.append(Item(urls=(w.url,), sha256=w.sha256, size=w.size, label=w.filename))
+        items += p.recipe.downloads(p.wheels)
     return items
 
 
 def fetch_inputs(lock: Lock, todo: list[LayerPlan], cache: Cache, *, jobs: int, report: Report,
-                  lock_dir: Path, downloads: Downloads | None = None) -> dict[str, Path]:
+                  lock_dir: Path, downloads: Downloads | None = None, tracking_uri: str | None = None
+                  ) -> dict[str, Path]:
     """The verified inputs of the planned layers: from ``downloads`` when the build started them,
-    else fetched (cache first) here."""
+    else fetched (cache first) here. Model files missing from the cache are read again from the
+    lock's model URI (``tracking_uri``: its MLflow server, given by the caller)."""
     items = download_items(lock, todo)
-    kinds = {p.kind for p in todo}
     blobs: dict[str, Path] = {}
     if items and downloads is not None:
         blobs.update({i.sha256: downloads.path(i) for i in items})
@@ -83,22 +80,20 @@ def fetch_inputs(lock: Lock, todo: list[LayerPlan], cache: Cache, *, jobs: int, 
         blobs.update(fetch_all(cache, items, jobs=jobs,
                                on_progress=lambda done, tot: report("fetch-progress", {"done": done, "total": tot})))
         report("fetch-done", {"items": len(items)})
-    wheels = [w for p in todo for w in p.wheels]
-    if "model" in kinds or any(w.source == "model" for w in wheels):
-        blobs.update(fetch_model_files(lock.model, cache, lock_dir=lock_dir))
-    for w in wheels:
-        if w.source == "sdist":
-            report("sdist-build", {"name": w.name, "version": w.version})
-            blobs[w.sha256] = ensure_built(w, cache, python=lock.target.python, jobs=jobs)
+    if any(p.recipe.needs_model(p.wheels) for p in todo):
+        blobs.update(fetch_model_files(lock.model, cache, lock_dir=lock_dir, tracking_uri=tracking_uri))
+    for w in (w for p in todo for w in p.recipe.sdists(p.wheels)):
+        report("sdist-build", {"name": w.name, "version": w.version})
+        blobs[w.sha256] = ensure_built(w, cache, python=lock.target.python, jobs=jobs)
     return blobs
 
 
-def wheel_blob(lock: Lock, w, cache: Cache, *, lock_dir: Path) -> Path:  # type: ignore[no-untyped-def]
+def wheel_blob(lock: Lock, w: Wheel, cache: Cache, *, lock_dir: Path, tracking_uri: str | None = None) -> Path:
     """One locked wheel's verified bytes, wherever the lock says they come from."""
     if w.source == "sdist":
         return ensure_built(w, cache, python=lock.target.python)
     if w.source == "model":
-        return fetch_model_files(lock.model, cache, lock_dir=lock_dir)[w.sha256]
+        return fetch_model_files(lock.model, cache, lock_dir=lock_dir, tracking_uri=tracking_uri)[w.sha256]
     path = cache.get(w.sha256, w.size)
     if path is None:
         path = fetch_all(cache, [Item(urls=(w.url,), sha256=w.sha256, size=w.size, label=w.filename)])[w.sha256]

@@ -7,7 +7,8 @@ the model changes only the model and config layers. The total stays far under co
 127-layer limit (MAX_LAYERS).
 
 A layer's key is a digest of everything that determines its bytes (recipe version, the
-sha256 of every input, the mtime, target paths), so an unchanged key means an unchanged layer.
+sha256 of every input, the mtime, target paths), so an unchanged key means an unchanged layer;
+what each kind of layer puts in its key is its ``key_inputs`` in assemble/recipe.py.
 
 Python layers are keyed only by their wheels' sha256, the lock's [build] rules, the target
 interpreter (exact version and the sha256 of its Debian packages, which compile the .pyc) and
@@ -18,48 +19,25 @@ and on a node.
 
 from __future__ import annotations
 
-import hashlib
-import json
-from collections.abc import Iterable
-from dataclasses import dataclass
-
 from lockbuild import __version__
-from lockbuild.assemble.bytecode import interpreter_debs
-from lockbuild.digest import to_hex
-from lockbuild.fsutil import sha256_bytes
-from lockbuild.lockfile.model import Deb, Lock, Wheel
+from lockbuild.assemble.recipe import (
+    RECIPE,
+    WHEEL_MTIME,
+    Config,
+    DebianRuntime,
+    KeyContext,
+    LayerKind,
+    LayerPlan,
+    ModelFiles,
+    Wheels,
+    layer_key,
+)
+from lockbuild.lockfile.model import Lock, Wheel
 
-RECIPE = "lockbuild-layers-3"  # 2: wheel layers pruned + byte-compiled, fixed mtime; 3: streamed, one RECORD
-# 1980-01-01T00:00:00Z: the earliest time a zip (hence a wheel) can record, and the floor pip/wheel
-# apply to SOURCE_DATE_EPOCH; not 0 (tools read 0 as "unset"). Every entry of a Python layer has it.
-WHEEL_MTIME = 315532800
+__all__ = ["BIG_WHEEL", "MAX_LAYERS", "WHEEL_MTIME", "LayerPlan", "plan_layers", "python_groups"]
+
 BIG_WHEEL = 8 << 20  # wheels at least this large get a layer of their own
 MAX_LAYERS = 40
-
-
-@dataclass(frozen=True)
-class LayerPlan:
-    name: str
-    kind: str  # debian | python | model | config
-    wheels: tuple[Wheel, ...] = ()
-    key: str = ""
-
-
-def launcher_digest() -> str:
-    """The config layer also depends on the launcher shipped with this lockbuild."""
-    from importlib import resources
-
-    return hashlib.sha256(resources.files("lockbuild").joinpath("serve/launcher.py").read_bytes()).hexdigest()
-
-
-def _key(obj: object) -> str:
-    return sha256_bytes(json.dumps(obj, sort_keys=True).encode())
-
-
-def _hexes(items: Iterable[Wheel | Deb]) -> list[str]:
-    """Sorted bare-hex sha256s: the form layer keys were first written with, so layers cached
-    before digests were carried as ``sha256:<hex>`` keep their keys."""
-    return sorted(to_hex(i.sha256) for i in items)
 
 
 def python_groups(wheels: tuple[Wheel, ...]) -> list[tuple[str, tuple[Wheel, ...]]]:
@@ -73,30 +51,16 @@ def python_groups(wheels: tuple[Wheel, ...]) -> list[tuple[str, tuple[Wheel, ...
 
 
 def plan_layers(lock: Lock, *, mtime: int, lock_digest: str, level: int) -> list[LayerPlan]:
-    shared = {"recipe": RECIPE, "lockbuild": __version__, "level": level, "python": lock.target.python,
-              "platform": lock.target.platform, "bytecode": lock.build.bytecode}
-    base = {**shared, "mtime": mtime}
-    # Each key names everything its layer is made of (a cached record verify trusts stands for
-    # exactly that): the Debian layer also writes /etc/passwd and /home/<user> for the runtime user,
-    # and installs each package under its name; the model layer is its file list, not only the
-    # lock's tree-digest (which nothing re-derives from the list).
-    plans = [LayerPlan("debian", "debian", key=_key({**base, "debs": _hexes(lock.debian.packages),
-                                                      "interpreter": lock.target.interpreter_package,
-                                                      "user": lock.runtime.user,
-                                                      "packages": sorted([d.name, d.version, d.architecture,
-                                                                          d.filename, to_hex(d.sha256)]
-                                                                         for d in lock.debian.packages)}))]
-    wheel_base = {**shared, "mtime": WHEEL_MTIME, "prune": list(lock.build.prune), "keep": list(lock.build.keep),
-                  "interpreter": _hexes(interpreter_debs(lock))
-                  if lock.build.bytecode != "none" else []}
-    for name, group in python_groups(lock.python.packages):
-        plans.append(LayerPlan(name, "python", group,
-                               key=_key({**wheel_base, "wheels": _hexes(group),
-                                         **({"pruned": sorted([to_hex(w.sha256), list(w.pruned)] for w in group)}
-                                            if lock.build.pruned_listed else {})})))
-    plans.append(LayerPlan("model", "model", key=_key({**base, "model": lock.model.tree_digest,
-                                                       "files": sorted([f.path, f.size, to_hex(f.sha256)]
-                                                                       for f in lock.model.files)})))
-    plans.append(LayerPlan("config", "config", key=_key({**base, "lock": lock_digest,
-                                                         "launcher": launcher_digest()})))
-    return plans
+    """The lock's layers, bottom first, each with its kind (assemble/recipe.py) and input key."""
+    ctx = KeyContext(shared={"recipe": RECIPE, "lockbuild": __version__, "level": level, "python": lock.target.python,
+                             "platform": lock.target.platform, "bytecode": lock.build.bytecode},
+                     mtime=mtime, lock_digest=lock_digest)
+    wheels = Wheels()
+    layers: list[tuple[str, LayerKind, tuple[Wheel, ...]]] = [("debian", DebianRuntime(), ())]
+    layers += [(name, wheels, group) for name, group in python_groups(lock.python.packages)]
+    layers += [("model", ModelFiles(), ()), ("config", Config(), ())]
+    return [_plan(name, kind, group, lock, ctx) for name, kind, group in layers]
+
+
+def _plan(name: str, kind: LayerKind, group: tuple[Wheel, ...], lock: Lock, ctx: KeyContext) -> LayerPlan:
+    return LayerPlan(name, kind.name, group, key=layer_key(kind, lock, group, ctx), recipe=kind)

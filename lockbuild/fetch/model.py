@@ -40,11 +40,14 @@ def cache_model_files(model_dir: Path, files: Iterable[tuple[str, str]], cache: 
             _put(model_dir, path, sha256, cache, rewritten)
 
 
-def fetch_model_files(model: ModelLock, cache: Cache, *, lock_dir: Path) -> dict[str, Path]:
-    """{sha256: verified cache path} for every model file."""
+def fetch_model_files(model: ModelLock, cache: Cache, *, lock_dir: Path,
+                      tracking_uri: str | None = None) -> dict[str, Path]:
+    """{sha256: verified cache path} for every model file. Files the cache lacks are read again from
+    the lock's model URI: a local path relative to ``lock_dir``, or an MLflow URI on ``tracking_uri``
+    (the caller's; default $MLFLOW_TRACKING_URI). The builder reads only the lock: never the spec."""
     missing = [f for f in model.files if cache.get(f.sha256, f.size) is None]
     if missing:
-        _refill(model, cache, lock_dir)
+        _refill(model, cache, lock_dir, tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"))
     out = {}
     for f in model.files:
         p = cache.get(f.sha256, f.size)
@@ -57,18 +60,12 @@ def fetch_model_files(model: ModelLock, cache: Cache, *, lock_dir: Path) -> dict
     return out
 
 
-def _refill(model: ModelLock, cache: Cache, lock_dir: Path) -> None:
+def _refill(model: ModelLock, cache: Cache, lock_dir: Path, tracking_uri: str | None) -> None:
     from lockbuild.model.intake import fetch_model
 
-    tracking = os.environ.get("MLFLOW_TRACKING_URI")
-    spec_file = lock_dir / "lockbuild.toml"
-    if spec_file.exists():
-        from lockbuild.spec import load_spec
-
-        tracking = load_spec(spec_file).tracking_uri or tracking
     uri = model.resolved_uri
     try:
-        source = fetch_model(uri, tracking_uri=tracking, base_dir=lock_dir)
+        source = fetch_model(uri, tracking_uri=tracking_uri, base_dir=lock_dir)
     except ModelError as e:
         raise ModelError(f"model files are not in the cache and the source is unavailable: {e.message}",
                          hint=e.hint) from None

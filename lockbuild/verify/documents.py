@@ -26,7 +26,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from lockbuild.assemble.plan import LayerPlan
+from lockbuild.assemble.recipe import LayerPlan
 from lockbuild.lockfile.model import Lock
 from lockbuild.oci.compress import media_type
 from lockbuild.oci.image import COMPRESSOR_ANNOTATION, INDEX_MEDIA_TYPE, MANIFEST_MEDIA_TYPE, canonical_json
@@ -113,7 +113,7 @@ def expected_manifest(lock: Lock, lock_digest: str, plans: Sequence[LayerPlan], 
                       descs: Sequence[dict], config: bytes) -> bytes:
     """The manifest lockbuild writes for this lock with the found layer blobs (digest, size, media
     type of the bytes actually found, compressor annotation as found)."""
-    from lockbuild.assemble.build import manifest_annotations
+    from lockbuild.assemble.recipe import manifest_annotations
     from lockbuild.oci.image import build_manifest
     from lockbuild.oci.layercache import Layer
 
@@ -134,7 +134,7 @@ def expected_manifest(lock: Lock, lock_digest: str, plans: Sequence[LayerPlan], 
 
 def _recompressed(lock: Lock, found: Sequence[Any], descs: Sequence[dict]) -> list[int]:
     """Layers not compressed the way lockbuild compresses them (another compressor or none named)."""
-    from lockbuild.assemble.build import LEVEL
+    from lockbuild.assemble.recipe import LEVEL
     from lockbuild.oci.compress import compressor_name
 
     ours = {c: compressor_name(LEVEL, c) for c in ("gzip", "zstd")}
@@ -151,7 +151,7 @@ def _note_transport(lock: Lock, plans: Sequence[LayerPlan], found: Sequence[Any]
                     report: Any) -> None:
     """Say so when a layer is not compressed the way lockbuild compresses it for this lock: a
     transport recompressed it (accepted: its tar is the lock's, the manifest lockbuild's bytes)."""
-    from lockbuild.assemble.build import LEVEL
+    from lockbuild.assemble.recipe import LEVEL
     from lockbuild.oci.compress import compressor_name
 
     ours = {c: compressor_name(LEVEL, c) for c in ("gzip", "zstd")}  # zstd locks' archives are gzip
@@ -244,7 +244,7 @@ def _tag_of(src: ImageSource, lock: Lock, report: Any) -> str | None:
 def check_documents(src: ImageSource, lock: Lock, lock_digest: str, plans: Sequence[LayerPlan],
                     found: Sequence[Any], config: bytes, report: Any) -> None:
     """Every document the runtime reads against the bytes lockbuild writes for this lock."""
-    from lockbuild.assemble.build import image_spec, labels_for
+    from lockbuild.assemble.recipe import image_spec, labels_for
     from lockbuild.fsutil import sha256_bytes
     from lockbuild.oci.docker_archive import CONTAINERD_NAME
     from lockbuild.oci.layout import OCI_LAYOUT, REF_NAME

@@ -3,11 +3,14 @@
 Builds are deterministic, so the lock alone determines the whole image. verify derives the
 expected image with the builder's own code and compares:
 
-  expected  for every planned layer (assemble/plan.py): fetch its locked inputs by sha256 (cache,
-            else download; every byte checked), stage it with ``stage_layer`` (the one function
-            the builder uses too) and tar it with ``write_tar`` into a hashing sink -> the expected
-            diff_id. The layer cache is never read: it is what a poisoned machine would lie in.
-            The expected config comes from the builder's ``image_spec`` / ``labels_for``.
+  expected  for every planned layer (assemble/plan.py): its signed layer record on this machine
+            (oci/layercache.py: read only when its MAC, keyed outside the cache directory, checks
+            out, and never with --rederive), else derived: fetch its locked inputs by sha256 (cache,
+            else download; every byte checked), stage it through the recipe (assemble/recipe.py:
+            ``stage_layer``, what the builder uses too) and tar it with ``write_tar`` into a hashing
+            sink -> the expected diff_id. A layer that differs from a record is always re-derived
+            from the lock before anything is reported. The expected config comes from the recipe's
+            ``image_spec`` / ``labels_for``.
   found     every layer blob of the image is streamed (checked against the manifest's digest when
             there is one), decompressed and hashed -> its real diff_id; the config as stored.
   fast path every real diff_id equals the expected one (and the config's claims), and the config
@@ -22,13 +25,16 @@ just entries that must equal the expected ones. Memory stays bounded by the entr
 layer (a small record per path), never by file sizes.
 
 This module holds the report (``Report`` of ``Finding``s), the comparisons (``compare_entries``,
-``check_config``) and the ``verify`` orchestration (fast path, slow path, layers in parallel).
+``check_config``), the ``verify`` orchestration (``_Run``: layers in parallel, then the config and
+documents; ``_LayerCheck``: one layer's fast path and slow path) and ``verify_image``, the stage
+function the CLI calls (an unreadable image is a report, never a traceback).
 The found side (tar entries, reading and hashing layer blobs) is in entries.py; the expected side
 (tarring a staged layer, the expected config, origins of expected entries) in expected.py.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -43,14 +49,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lockbuild.assemble.inputs import fetch_inputs
 from lockbuild.assemble.plan import LayerPlan, plan_layers
+from lockbuild.assemble.recipe import (
+    GENERATED,
+    LEVEL,
+    StagedLayer,
+    compressed_key,
+    layer_codec,
+    source_date_epoch,
+    stage_layer,
+)
 from lockbuild.fetch.cache import Cache
 from lockbuild.fsutil import sha256_bytes
+from lockbuild.lockfile.io import LockFile
 from lockbuild.lockfile.model import Lock
-from lockbuild.oci.layercache import Layer
+from lockbuild.oci.compress import DEFAULT_CODEC, LEGACY_CODEC
+from lockbuild.oci.layercache import Layer, layer_record
 from lockbuild.verify.documents import check_documents
 from lockbuild.verify.entries import Entry, FoundLayer, TooLarge, blob_digest, found_entries, hash_found_layer
-from lockbuild.verify.expected import GENERATED, Origins, expected_config_bytes, expected_diff_id, expected_entries
+from lockbuild.verify.expected import Origins, expected_config_bytes, expected_diff_id, expected_entries
 from lockbuild.verify.finding import VERIFY_KEYS, Finding
 from lockbuild.verify.source import ImageSource
 
@@ -198,172 +216,259 @@ def check_config(found: dict, expected: dict, report: Report) -> None:
 # -- verify ---------------------------------------------------------------------------------------
 
 
-def verify(src: ImageSource, lock: Lock, lock_bytes: bytes, lock_digest: str, cache: Cache, *, lock_dir: Path,
-           jobs: int = 4, rederive: bool = False) -> Report:
-    """The image ``src`` against the image ``lock`` determines. Expected diff_ids come from a layer
-    record only when its MAC (key outside the cache dir) checks out and ``rederive`` is off; any
-    mismatch is always re-derived from the lock before it is reported."""
-    from lockbuild.assemble.build import LEVEL, compressed_key, layer_codec, source_date_epoch, stage_layer
-    from lockbuild.assemble.inputs import fetch_inputs
-    from lockbuild.oci.compress import DEFAULT_CODEC, LEGACY_CODEC
-    from lockbuild.oci.layercache import layer_record
+@dataclass
+class _Run:
+    """One verify: the image, the lock, the plan of the lock's image and what is found so far."""
 
-    report = Report(image=src.description)
-    for f in src.problems:
-        report.add("source", *f)
-    mtime = source_date_epoch(lock)
-    plans = plan_layers(lock, mtime=mtime, lock_digest=lock_digest, level=LEVEL)
-    blobs: dict[str, Path] = {}
-    fetch_mu = threading.Lock()
+    src: ImageSource
+    lock: Lock
+    lock_bytes: bytes
+    lock_digest: str
+    cache: Cache
+    lock_dir: Path
+    jobs: int
+    rederive: bool
+    tracking_uri: str | None
+    report: Report
+    mtime: int = 0
+    plans: list[LayerPlan] = field(default_factory=list)
+    blobs: dict[str, Path] = field(default_factory=dict)  # the lock's inputs fetched so far, by sha256
+    found: dict[int, FoundLayer] = field(default_factory=dict)
+    claimed: list[str] = field(default_factory=list)  # the config's rootfs.diff_ids
+    _fetch_mu: threading.Lock = field(default_factory=threading.Lock)
 
-    def inputs(plan: LayerPlan) -> dict[str, Path]:
+    def __post_init__(self) -> None:
+        self.mtime = source_date_epoch(self.lock)
+        self.plans = plan_layers(self.lock, mtime=self.mtime, lock_digest=self.lock_digest, level=LEVEL)
+        self.origins = Origins(self.lock, self.blobs)
+        raw = _dict(self.src.config_json.get("rootfs")).get("diff_ids")
+        self.claimed = [str(d) for d in raw] if isinstance(raw, list) else []
+
+    @property
+    def n_found(self) -> int:
+        return len(self.src._open)
+
+    def inputs(self, plan: LayerPlan) -> dict[str, Path]:
         """The plan's locked inputs, by hash (cache, else download; every byte checked)."""
-        with fetch_mu:
-            blobs.update(fetch_inputs(lock, [plan], cache, jobs=jobs, report=lambda _e, _d: None,
-                                       lock_dir=lock_dir))
-            return blobs
+        with self._fetch_mu:
+            self.blobs.update(fetch_inputs(self.lock, [plan], self.cache, jobs=self.jobs, report=lambda _e, _d: None,
+                                           lock_dir=self.lock_dir, tracking_uri=self.tracking_uri))
+            return self.blobs
 
-    origins = Origins(lock, blobs)
-    found_cfg = src.config_json
-    claimed_raw = _dict(found_cfg.get("rootfs")).get("diff_ids")
-    claimed = [str(d) for d in claimed_raw] if isinstance(claimed_raw, list) else []
-    n_found = len(src._open)
-    found: dict[int, FoundLayer] = {}
-    if len(claimed) != n_found:
-        report.add("digests", "config.rootfs.diff_ids", f"{n_found} (layers in the image)", str(len(claimed)),
-                   "the config lists a different number of layers than the image has")
-    tmp_root = cache.tmpdir()
-
-    def trusted(plan: LayerPlan | None) -> Layer | None:
-        if plan is None or rederive:
+    def trusted(self, plan: LayerPlan | None) -> Layer | None:
+        """The layer's signed record on this machine (its MAC checks out), unless --rederive."""
+        if plan is None or self.rederive:
             return None
+        lock = self.lock
         codecs = [(lock.compression, layer_codec(lock, lock.compression)),
                   *((c, codec) for table in (DEFAULT_CODEC, LEGACY_CODEC) for c, codec in table.items())]
         for compression, codec in dict.fromkeys(codecs):  # same diff_id whatever made the blob
-            layer, _why = layer_record(cache, compressed_key(plan.key, compression, codec))
+            layer, _why = layer_record(self.cache, compressed_key(plan.key, compression, codec))
             if layer is not None:
                 return layer
         return None
 
-    def one(i: int) -> tuple[int, str | None]:
-        plan = plans[i] if i < len(plans) else None
-        name = plan.name if plan else f"#{i} (extra)"
-        stage: Path | None = None
-        staged = None
-        tar_size: int | None = None if plan is not None else EXTRA_LAYER_LIMIT
+    def check_layers(self) -> list[str]:
+        """Every layer position, in parallel, biggest first; the expected diff_ids in plan order."""
+        n = max(len(self.plans), self.n_found)
+        workers = max(1, min(n, int(os.environ.get("LOCKBUILD_BUILD_JOBS", os.cpu_count() or 2))))
+        plans = self.plans
+        order = sorted(range(n), key=lambda i: -plans[i].recipe.weight(plans[i].wheels) if i < len(plans) else 0)
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            diffs = dict(pool.map(lambda i: _LayerCheck(self, i).check(), order))
+        self.report.layers.sort(key=lambda d: d["index"])
+        return [diffs.get(i) or "" for i in range(len(self.plans))]
 
-        def derive() -> str:
-            nonlocal stage, staged, tar_size
-            assert plan is not None
-            stage = Path(tempfile.mkdtemp(prefix="verify-", dir=tmp_root))
-            staged = stage_layer(plan, lock, lock_bytes, inputs(plan), stage, mtime=mtime)
-            digest, tar_size = expected_diff_id(staged)
-            return digest
+    def check_image(self, exp_ids: list[str]) -> None:
+        """The config (and, when every layer is accounted for, every document) against the lock's."""
+        config = expected_config_bytes(self.lock, self.lock_digest, self.plans, exp_ids)
+        expected = json.loads(config)
+        self.report.config_digest = sha256_bytes(config)
+        claimed = self.claimed
+        if claimed != exp_ids and len(claimed) != len(exp_ids):
+            self.report.add("digests", "config.rootfs.diff_ids", f"{len(exp_ids)} layers", f"{len(claimed)} layers",
+                            "the image has a different number of layers than the lock determines", GENERATED)
+        check_config({k: v for k, v in self.src.config_json.items() if k != "rootfs"},
+                     {k: v for k, v in expected.items() if k != "rootfs"}, self.report)
+        if len(self.plans) == self.n_found and all(e for e in exp_ids):
+            check_documents(self.src, self.lock, self.lock_digest, self.plans,
+                            [self.found.get(i) for i in range(self.n_found)], config, self.report)
 
+
+class _LayerCheck:
+    """One layer position: the expected diff_id (a signed record, or derived from the lock), the found
+    layer hashed, and on a difference both compared entry by entry."""
+
+    def __init__(self, run: _Run, i: int) -> None:
+        self.v, self.i, self.report = run, i, run.report
+        self.plan = run.plans[i] if i < len(run.plans) else None
+        self.name = self.plan.name if self.plan else f"#{i} (extra)"
+        self.stage: Path | None = None
+        self.staged: StagedLayer | None = None
+        self.derived: str | None = None
+        self.tar_size: int | None = None if self.plan is not None else EXTRA_LAYER_LIMIT
+        self.rec: Layer | None = None
+        self.exp_diff: str | None = None
+        self.got: FoundLayer | None = None
+
+    def check(self) -> tuple[int, str | None]:
         try:
             t0 = time.monotonic()
-            rec = trusted(plan)
-            exp_diff = rec.diff_id if rec is not None else (derive() if plan is not None else None)
+            self.rec = self.v.trusted(self.plan)
+            self.exp_diff = self.rec.diff_id if self.rec is not None else (
+                self.derive() if self.plan is not None else None)
             t1 = time.monotonic()
-            got = None
-            if i < n_found:
-                desc = src.layer_descs[i] if i < len(src.layer_descs) else {}
-                size = desc.get("size")
-                # a descriptor without an integer size names no readable blob (read nothing of it);
-                # an archive from an engine has no descriptors: its members bound the reading
-                blob_limit = size if isinstance(size, int) and not isinstance(size, bool) else (
-                    0 if src.layer_descs else None)
-                try:
-                    got = hash_found_layer(src, i, known=rec, tar_limit=tar_size, blob_limit=blob_limit)
-                    if got.diff_id is None:  # not the record's blob: decompress, bounded by the lock's layer
-                        assert plan is not None
-                        derived = derive()
-                        if derived != exp_diff:
-                            report.add("digests", f"layer {name}", derived, str(exp_diff),
-                                       "the signed layer record disagrees with the lock's layer", "layer cache record")
-                            exp_diff = derived
-                        got = hash_found_layer(src, i, tar_limit=tar_size, blob_limit=blob_limit)
-                except TooLarge as e:
-                    report.add("digests", f"layer {name}", f"at most {tar_size} bytes uncompressed"
-                               if "uncompressed" in str(e) else f"{blob_limit} bytes", "larger",
-                               f"layer {name}: {e}; reading stopped")
-                    return i, exp_diff
-                except (OSError, EOFError, tarfile.TarError, zlib.error) as e:
-                    want_blob = src.layer_digests[i] if i < len(src.layer_digests) else None
-                    stored = _stored_digest(src, i, blob_limit)
-                    if want_blob and stored is not None and stored != want_blob:  # a damaged blob, not a format
-                        report.add("digests", f"layer {i}", want_blob, stored,
-                                   f"layer blob does not match the manifest's digest (and cannot be read: {e})")
-                    else:
-                        report.add("invalid-image", f"layer {i}", exp_diff or "?", "unreadable",
-                                   f"layer cannot be read: {e}")
-                    return i, exp_diff
-                found[i] = got
-                want_blob = src.layer_digests[i] if i < len(src.layer_digests) else None
-                if want_blob and got.blob_digest != want_blob:
-                    report.add("digests", f"layer {i}", want_blob, got.blob_digest,
-                               "layer blob does not match the manifest's digest")
-                if i < len(claimed) and claimed[i] != got.diff_id:
-                    report.add("digests", f"config.rootfs.diff_ids[{i}]", str(got.diff_id), claimed[i],
-                               "the config's diff_id is not the layer's content")
-            with report._lock:
-                report.layers.append({"index": i, "name": name, "expected": exp_diff,
-                                      "found": got.diff_id if got else None,
-                                      "expected_from": "signed layer record" if rec else "derived from the lock",
-                                      "seconds": {"expected": round(t1 - t0, 2),
-                                                  "found": round(time.monotonic() - t1, 2)}})
-            report.count("layers")
-            if got is not None and exp_diff == got.diff_id:
-                return i, exp_diff
-            # slow path: entry by entry, the expected side always re-derived from the lock
-            if plan is not None and staged is None:
-                derived = derive()
-                if derived != exp_diff:
-                    report.add("digests", f"layer {name}", derived, str(exp_diff),
-                               "the signed layer record disagrees with the lock's layer", "layer cache record")
-                    exp_diff = derived
-            if got is not None and exp_diff == got.diff_id:
-                return i, exp_diff
-            exp_iter = expected_entries(staged) if staged is not None else iter(())
-            found_iter = found_entries(src, i, tar_limit=tar_size) if got is not None else iter(())
-            try:
-                compare_entries(exp_iter, found_iter, layer=name, report=report,
-                                origin=lambda p: origins.of(plan, p))
-            except (OSError, EOFError, tarfile.TarError, zlib.error) as e:
-                report.add("layer", f"layer {name}", exp_diff or "", "unreadable", f"cannot compare entries: {e}")
-            if got is not None and exp_diff is not None:
-                report.add("digests", f"layer {name}", exp_diff, str(got.diff_id),
-                           "layer content differs from the one the lock determines",
-                           f"{name} layer derived from the lock")
-            return i, exp_diff
+            if self.i < self.v.n_found and not self.read_found():
+                return self.i, self.exp_diff
+            self.record(t0, t1)
+            if not self.matches():
+                self.compare()
+            return self.i, self.exp_diff
         finally:
-            if staged is not None:
-                staged.close()
-            if stage is not None:
-                shutil.rmtree(stage, ignore_errors=True)
+            if self.staged is not None:
+                self.staged.close()
+            if self.stage is not None:
+                shutil.rmtree(self.stage, ignore_errors=True)
 
-    n = max(len(plans), n_found)
-    workers = max(1, min(n, int(os.environ.get("LOCKBUILD_BUILD_JOBS", os.cpu_count() or 2))))
-    order = sorted(range(n), key=lambda i: -_weight(plans[i]) if i < len(plans) else 0)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        diffs = dict(pool.map(one, order))
-    report.layers.sort(key=lambda d: d["index"])
-    exp_ids = [diffs.get(i) or "" for i in range(len(plans))]
-    config = expected_config_bytes(lock, lock_digest, plans, exp_ids)
-    expected = json.loads(config)
-    report.config_digest = sha256_bytes(config)
-    if claimed != exp_ids and len(claimed) != len(exp_ids):
-        report.add("digests", "config.rootfs.diff_ids", f"{len(exp_ids)} layers", f"{len(claimed)} layers",
-                   "the image has a different number of layers than the lock determines", GENERATED)
-    check_config({k: v for k, v in found_cfg.items() if k != "rootfs"},
-                 {k: v for k, v in expected.items() if k != "rootfs"}, report)
-    if len(plans) == n_found and all(e for e in exp_ids):
-        check_documents(src, lock, lock_digest, plans, [found.get(i) for i in range(n_found)], config, report)
+    def derive(self) -> str:
+        """The expected diff_id derived from the lock: the layer staged by the recipe and tarred."""
+        assert self.plan is not None
+        if self.derived is None:
+            run = self.v
+            self.stage = Path(tempfile.mkdtemp(prefix="verify-", dir=run.cache.tmpdir()))
+            self.staged = stage_layer(self.plan, run.lock, run.lock_bytes, run.inputs(self.plan), self.stage,
+                                      mtime=run.mtime)
+            self.derived, self.tar_size = expected_diff_id(self.staged)
+        return self.derived
+
+    def rederive(self) -> None:
+        """The lock's own diff_id replaces a signed record that disagrees with it (a finding)."""
+        derived = self.derive()
+        if derived != self.exp_diff:
+            self.report.add("digests", f"layer {self.name}", derived, str(self.exp_diff),
+                            "the signed layer record disagrees with the lock's layer", "layer cache record")
+            self.exp_diff = derived
+
+    def matches(self) -> bool:
+        return self.got is not None and self.exp_diff == self.got.diff_id
+
+    def read_found(self) -> bool:
+        """The image's layer read and hashed (bounded); False when it cannot be (a finding says why)."""
+        src, i = self.v.src, self.i
+        size = (src.layer_descs[i] if i < len(src.layer_descs) else {}).get("size")
+        # a descriptor without an integer size names no readable blob (read nothing of it);
+        # an archive from an engine has no descriptors: its members bound the reading
+        blob_limit = size if isinstance(size, int) and not isinstance(size, bool) else (
+            0 if src.layer_descs else None)
+        try:
+            got = hash_found_layer(src, i, known=self.rec, tar_limit=self.tar_size, blob_limit=blob_limit)
+            if got.diff_id is None:  # not the record's blob: decompress, bounded by the lock's layer
+                self.rederive()
+                got = hash_found_layer(src, i, tar_limit=self.tar_size, blob_limit=blob_limit)
+        except TooLarge as e:
+            self.report.add("digests", f"layer {self.name}", f"at most {self.tar_size} bytes uncompressed"
+                            if "uncompressed" in str(e) else f"{blob_limit} bytes", "larger",
+                            f"layer {self.name}: {e}; reading stopped")
+            return False
+        except (OSError, EOFError, tarfile.TarError, zlib.error) as e:
+            self.unreadable(e, blob_limit)
+            return False
+        self.got = self.v.found[i] = got
+        self.check_found(got)
+        return True
+
+    def unreadable(self, e: Exception, blob_limit: int | None) -> None:
+        src, i = self.v.src, self.i
+        want_blob = src.layer_digests[i] if i < len(src.layer_digests) else None
+        stored = _stored_digest(src, i, blob_limit)
+        if want_blob and stored is not None and stored != want_blob:  # a damaged blob, not a format
+            self.report.add("digests", f"layer {i}", want_blob, stored,
+                            f"layer blob does not match the manifest's digest (and cannot be read: {e})")
+        else:
+            self.report.add("invalid-image", f"layer {i}", self.exp_diff or "?", "unreadable",
+                            f"layer cannot be read: {e}")
+
+    def check_found(self, got: FoundLayer) -> None:
+        """The found layer against what the image itself claims: the manifest's blob digest, the config's diff_id."""
+        src, i, claimed = self.v.src, self.i, self.v.claimed
+        want_blob = src.layer_digests[i] if i < len(src.layer_digests) else None
+        if want_blob and got.blob_digest != want_blob:
+            self.report.add("digests", f"layer {i}", want_blob, got.blob_digest,
+                            "layer blob does not match the manifest's digest")
+        if i < len(claimed) and claimed[i] != got.diff_id:
+            self.report.add("digests", f"config.rootfs.diff_ids[{i}]", str(got.diff_id), claimed[i],
+                            "the config's diff_id is not the layer's content")
+
+    def record(self, t0: float, t1: float) -> None:
+        with self.report._lock:
+            self.report.layers.append({"index": self.i, "name": self.name, "expected": self.exp_diff,
+                                       "found": self.got.diff_id if self.got else None,
+                                       "expected_from": "signed layer record" if self.rec else "derived from the lock",
+                                       "seconds": {"expected": round(t1 - t0, 2),
+                                                   "found": round(time.monotonic() - t1, 2)}})
+        self.report.count("layers")
+
+    def compare(self) -> None:
+        """The slow path: entry by entry, the expected side always re-derived from the lock."""
+        if self.plan is not None:
+            self.rederive()
+        if self.matches():
+            return
+        plan, got = self.plan, self.got
+        exp_iter = expected_entries(self.staged) if self.staged is not None else iter(())
+        found_iter = found_entries(self.v.src, self.i, tar_limit=self.tar_size) if got is not None else iter(())
+        try:
+            compare_entries(exp_iter, found_iter, layer=self.name, report=self.report,
+                            origin=lambda p: self.v.origins.of(plan, p))
+        except (OSError, EOFError, tarfile.TarError, zlib.error) as e:
+            self.report.add("layer", f"layer {self.name}", self.exp_diff or "", "unreadable",
+                            f"cannot compare entries: {e}")
+        if got is not None and self.exp_diff is not None:
+            self.report.add("digests", f"layer {self.name}", self.exp_diff, str(got.diff_id),
+                            "layer content differs from the one the lock determines",
+                            f"{self.name} layer derived from the lock")
+
+
+def verify(src: ImageSource, lock: Lock, lock_bytes: bytes, lock_digest: str, cache: Cache, *, lock_dir: Path,
+           jobs: int = 4, rederive: bool = False, tracking_uri: str | None = None) -> Report:
+    """The image ``src`` against the image ``lock`` determines. Expected diff_ids come from a layer
+    record only when its MAC (key outside the cache dir) checks out and ``rederive`` is off; any
+    mismatch is always re-derived from the lock before it is reported."""
+    run = _Run(src, lock, lock_bytes, lock_digest, cache, lock_dir, jobs, rederive, tracking_uri,
+               Report(image=src.description))
+    for f in src.problems:
+        run.report.add("source", *f)
+    if len(run.claimed) != run.n_found:
+        run.report.add("digests", "config.rootfs.diff_ids", f"{run.n_found} (layers in the image)",
+                       str(len(run.claimed)), "the config lists a different number of layers than the image has")
+    run.check_image(run.check_layers())
+    return run.report
+
+
+def verify_image(image_ref: str, lf: LockFile, cache: Cache, *, rederive: bool = False,
+                 tracking_uri: str | None = None) -> Report:
+    """`verify IMAGE`: the report; an image that cannot be read at all is a report with one invalid-image
+    finding (never a traceback): malformed documents, tars, blobs, absurd sizes."""
+    from lockbuild.errors import InvalidImage
+    from lockbuild.verify.source import opened
+
+    hint = None
+    try:
+        with opened(image_ref) as src:
+            return verify(src, lf.lock, lf.data, lf.digest, cache, lock_dir=lf.dir, rederive=rederive,
+                          tracking_uri=tracking_uri)
+    except InvalidImage as e:
+        why, hint = e.message, e.hint
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, RecursionError, EOFError,
+            tarfile.TarError, zlib.error, UnicodeError, OverflowError) as e:  # untrusted input, read defensively
+        why = f"{type(e).__name__}: {e}"
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise
+        why = f"{type(e).__name__}: {e}"
+    report = Report(image=image_ref, hint=hint)
+    report.add("invalid-image", image_ref, "an image lockbuild writes", "unreadable", str(why)[:500])
     return report
-
-
-def _weight(p: LayerPlan) -> int:
-    return sum(w.size for w in p.wheels) if p.wheels else (20 << 20 if p.kind == "debian" else 0)
 
 
 def _stored_digest(src: ImageSource, i: int, blob_limit: int | None) -> str | None:
