@@ -38,11 +38,11 @@ pytestmark = pytest.mark.network
 
 
 def _verify(project: dict, image: Path | str) -> Any:
-    from lockbuild.cli.proof import _run_verify
-    from lockbuild.lockfile.io import read_lock
+    from lockbuild.fetch.cache import Cache
+    from lockbuild.lockfile.io import read_lockfile
+    from lockbuild.verify.verify import verify_image
 
-    lock = project["dir"] / "lockbuild.lock"
-    return _run_verify(str(image), read_lock(lock), lock)
+    return verify_image(str(image), read_lockfile(project["dir"] / "lockbuild.lock"), Cache())
 
 
 def _findings(report: Any) -> list[str]:

@@ -7,11 +7,14 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
+
+if TYPE_CHECKING:
+    from lockbuild.lockfile.io import LockFile
 
 err = Console(stderr=True, highlight=False)
 out = Console(highlight=False, soft_wrap=True)
@@ -46,15 +49,24 @@ def spec_file(spec: Path) -> Path:
     return spec / "lockbuild.toml" if spec.is_dir() else spec
 
 
-def load_json_file(p: Path, what: str) -> Any:
-    from lockbuild.errors import SpecError
+def read_lock_file(spec_path: Path, lock: Path | None) -> LockFile:
+    """The command's lock, read once: parsed lock, bytes and digest from the same read."""
+    from lockbuild.lockfile.io import read_lockfile
 
-    try:
-        return json.loads(p.read_text())
-    except FileNotFoundError:
-        raise SpecError(f"{what} file {p} does not exist", hint="fix [smoke] in lockbuild.toml") from None
-    except json.JSONDecodeError as e:
-        raise SpecError(f"{what} file {p} is not JSON: {e}") from None
+    return read_lockfile(lock_path(spec_path, lock))
+
+
+def tracking_uri(lf: LockFile) -> str | None:
+    """Where the lock's MLflow model is read again when the cache lacks its files: the spec beside the
+    lock (`[model] tracking-uri`), else None ($MLFLOW_TRACKING_URI). Read here, by the CLI, and passed
+    down: the builder reads only the lock, and a tracking URI may carry credentials, so it is never
+    written into the lock."""
+    beside = lf.dir / "lockbuild.toml"
+    if not beside.is_file():
+        return None
+    from lockbuild.spec import load_spec
+
+    return load_spec(beside).tracking_uri
 
 
 def progress_reporter(enabled: bool):  # type: ignore[no-untyped-def]

@@ -4,24 +4,38 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
 
-from lockbuild.cli.common import JsonOpt, LockOpt, SpecOpt, emit_json, err, load_json_file, lock_path
+from lockbuild.cli.common import JsonOpt, LockOpt, SpecOpt, emit_json, err, read_lock_file, tracking_uri
 from lockbuild.errors import DoctorFailed
+
+if TYPE_CHECKING:
+    from lockbuild.lockfile.io import LockFile
+
+ImageArg = Annotated[str, typer.Argument(metavar="IMAGE", help="OCI dir, docker-archive, engine ref, or "
+                                         "registry ref (docker://host/repo:tag)")]
+RederiveOpt = Annotated[bool, typer.Option("--rederive", help="derive every expected layer from the lock's "
+                                           "inputs; ignore the signed layer records of this machine")]
+PublicKeyOpt = Annotated[Path | None, typer.Option("--key", "-k", help="PEM public key: first require a valid "
+                                                   "signature and signed attestations naming this lock")]
+SmokeImageArg = Annotated[str, typer.Argument(metavar="IMAGE", help="OCI dir, docker-archive or engine ref")]
+InputOpt = Annotated[Path | None, typer.Option("--input", help="JSON body for /invocations")]
+ExpectedOpt = Annotated[Path | None, typer.Option("--expected", help="JSON with 'predictions'")]
+TimeoutOpt = Annotated[int | None, typer.Option(help="seconds to wait for /ping")]
+NoVerifyOpt = Annotated[bool, typer.Option("--no-verify", help="run the image WITHOUT first proving it "
+                                           "against the lock (unsafe: it runs whatever the image holds)")]
+StrictOpt = Annotated[bool, typer.Option("--strict", help="warnings are errors")]
 
 
 def verify(
-    image_ref: Annotated[str, typer.Argument(metavar="IMAGE", help="OCI dir, docker-archive, engine ref, or "
-                                             "registry ref (docker://host/repo:tag)")],
+    image_ref: ImageArg,
     spec: SpecOpt = Path("lockbuild.toml"),
     lock_file: LockOpt = None,
-    rederive: Annotated[bool, typer.Option("--rederive", help="derive every expected layer from the lock's "
-                                           "inputs; ignore the signed layer records of this machine")] = False,
-    key: Annotated[Path | None, typer.Option("--key", "-k", help="PEM public key: first require a valid "
-                                             "signature and signed attestations naming this lock")] = None,
+    rederive: RederiveOpt = False,
+    key: PublicKeyOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Prove an image against the lock, layer by layer and entry by entry (exit 13 on any difference).
@@ -34,22 +48,21 @@ def verify(
     Example: [bold]lockbuild verify out/oci[/]   [bold]lockbuild verify docker://HOST/REPO:TAG --key release.pub[/]
     """
     from lockbuild.errors import InvalidImage, VerifyFailed
-    from lockbuild.lockfile.io import read_lock
+    from lockbuild.fetch.cache import Cache
+    from lockbuild.verify.verify import verify_image
 
-    path = lock_path(spec, lock_file)
-    lk = read_lock(path)
+    lf = read_lock_file(spec, lock_file)
     signed: dict | None = None
     if key is not None:
         from lockbuild.cli.sign import verify_key_step
-        from lockbuild.lockfile.io import lock_digest
 
         with err.status("checking signature and attestations…"):
-            image_ref, signed = verify_key_step(image_ref, key, lock_digest(path), lk)
+            image_ref, signed = verify_key_step(image_ref, key, lf)
         if not as_json:
             err.print(f"[green]signed[/] {signed['repository']}@{signed['digest']} by key {signed['key_id'][:16]}…; "
                       f"attestations: {', '.join(signed['attestations'])}")
     with err.status("verifying…"):
-        report = _run_verify(image_ref, lk, path, rederive=rederive)
+        report = verify_image(image_ref, lf, Cache(), rederive=rederive, tracking_uri=tracking_uri(lf))
     if as_json:
         emit_json({**report.to_dict(), **({"signature": signed} if signed is not None else {})})
     else:
@@ -59,45 +72,11 @@ def verify(
                            hint=report.hint or "this is not an image lockbuild wrote for this lock; rebuild it "
                            "(`lockbuild image`)")
     if not report.ok:
-        raise VerifyFailed(f"{len(report.findings)} mismatch(es) between {report.image} and the image {path} "
+        raise VerifyFailed(f"{len(report.findings)} mismatch(es) between {report.image} and the image {lf.path} "
                            "determines", hint="rebuild the image from this lock (`lockbuild image`); the "
                            "findings name each path, expected vs found, and where the expected one comes from")
     if not as_json:
-        err.print(f"[green]verified[/] {report.image} is the image {path} determines")
-
-
-def _run_verify(image_ref: str, lk: Any, path: Path, *, rederive: bool = False) -> Any:
-    """The verify report; an image that cannot be read at all is a report with one invalid-image
-    finding (never a traceback): malformed documents, tars, blobs, absurd sizes."""
-    import tarfile
-    import zlib
-
-    from lockbuild.errors import InvalidImage
-    from lockbuild.fetch.cache import Cache
-    from lockbuild.lockfile.io import lock_digest
-    from lockbuild.verify.source import opened
-    from lockbuild.verify.verify import Report
-    from lockbuild.verify.verify import verify as run_verify
-
-    hint = None
-    try:
-        with opened(image_ref) as src:
-            return run_verify(src, lk, path.read_bytes(), lock_digest(path), Cache(),
-                              lock_dir=path.resolve().parent, rederive=rederive)
-    except InvalidImage as e:
-        why, hint = e.message, e.hint
-    except (ValueError, TypeError, KeyError, IndexError, AttributeError, RecursionError, EOFError,
-            tarfile.TarError, zlib.error, UnicodeError, OverflowError) as e:  # untrusted input, read defensively
-        why = f"{type(e).__name__}: {e}"
-    except OSError as e:
-        import errno
-
-        if e.errno == errno.ENOSPC:
-            raise
-        why = f"{type(e).__name__}: {e}"
-    report = Report(image=image_ref, hint=hint)
-    report.add("invalid-image", image_ref, "an image lockbuild writes", "unreadable", str(why)[:500])
-    return report
+        err.print(f"[green]verified[/] {report.image} is the image {lf.path} determines")
 
 
 def _print_findings(report: Any) -> None:
@@ -117,14 +96,13 @@ def _print_findings(report: Any) -> None:
 
 
 def smoke(
-    image_ref: Annotated[str, typer.Argument(metavar="IMAGE", help="OCI dir, docker-archive or engine ref")],
+    image_ref: SmokeImageArg,
     spec: SpecOpt = Path("lockbuild.toml"),
     lock_file: LockOpt = None,
-    input_file: Annotated[Path | None, typer.Option("--input", help="JSON body for /invocations")] = None,
-    expected_file: Annotated[Path | None, typer.Option("--expected", help="JSON with 'predictions'")] = None,
-    timeout: Annotated[int | None, typer.Option(help="seconds to wait for /ping")] = None,
-    no_verify: Annotated[bool, typer.Option("--no-verify", help="run the image WITHOUT first proving it "
-                                            "against the lock (unsafe: it runs whatever the image holds)")] = False,
+    input_file: InputOpt = None,
+    expected_file: ExpectedOpt = None,
+    timeout: TimeoutOpt = None,
+    no_verify: NoVerifyOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Verify the image, then serve real predictions from it in a real Docker engine.
@@ -133,63 +111,58 @@ def smoke(
 
     Example: [bold]lockbuild smoke out/oci[/]   (engine: scripts/dockerd.sh start)
     """
-    from lockbuild.errors import InvalidImage, LockFileError, SmokeFailed, VerifyFailed
     from lockbuild.fetch.cache import Cache
-    from lockbuild.lockfile.io import read_lock
     from lockbuild.oci.daemon import engine
     from lockbuild.spec import load_spec
+    from lockbuild.verify.smoke import model_text, smoke_request
     from lockbuild.verify.smoke import smoke as run_smoke
 
     s = load_spec(spec)
-    lpath = lock_path(s.path, lock_file)
-    lk = read_lock(lpath)
-    image_id = None
+    lf = read_lock_file(s.path, lock_file)
+    image_id = _verified_image_id(image_ref, lf, as_json=as_json, no_verify=no_verify)
+    cache = Cache()
+    body, expected = smoke_request(
+        lf.lock, cache, input_file=input_file or (s.resolve_path(s.smoke_input) if s.smoke_input else None),
+        expected_file=expected_file or (s.resolve_path(s.smoke_expected) if s.smoke_expected else None))
+    with err.status("smoke: starting container…"):
+        report = run_smoke(engine(), image_ref, lf.lock, body=body, expected=expected, tolerance=s.smoke_tolerance,
+                           timeout=timeout or s.smoke_timeout, mlmodel_text=model_text(lf.lock, cache, "MLmodel"),
+                           image_id=image_id)
+    _render_smoke(report, as_json=as_json, verified=not no_verify)
+
+
+def _verified_image_id(image_ref: str, lf: LockFile, *, as_json: bool, no_verify: bool) -> str | None:
+    """Smoke's first step: the image proved against the lock; the config digest (the image ID) the
+    container must run. Refuses (exit 13 / 31) an image that does not verify."""
+    from lockbuild.errors import InvalidImage, VerifyFailed
+    from lockbuild.fetch.cache import Cache
+    from lockbuild.verify.verify import verify_image
+
     if no_verify:
         err.print("[bold red]WARNING: --no-verify: the image is NOT checked against the lock before it runs; "
                   "whatever code it holds will execute[/]")
-    else:
-        with err.status("smoke: verifying the image against the lock first…"):
-            vreport = _run_verify(image_ref, lk, lpath)
-        if not vreport.ok:
-            if as_json:
-                emit_json({"image": image_ref, "ok": False, "verified": False, "verify": vreport.to_dict()})
-            else:
-                _print_findings(vreport)
-            if vreport.invalid:
-                raise InvalidImage(f"smoke refused to run {vreport.image}: it cannot be read as an image: "
-                                   f"{vreport.findings[0].message}", hint="rebuild the image from this lock")
-            raise VerifyFailed(f"smoke refused to run {vreport.image}: {len(vreport.findings)} mismatch(es) with "
-                               f"the image {lpath} determines",
-                               hint="rebuild the image from this lock; `--no-verify` runs it anyway (unsafe)")
-        image_id = vreport.config_digest  # the container runs this image ID and nothing else
-    cache = Cache()
-    mlmodel = next((f for f in lk.model.files if f.path == "MLmodel"), None)
-    mlmodel_path = cache.get(mlmodel.sha256) if mlmodel else None
-    mlmodel_text = mlmodel_path.read_text() if mlmodel_path else None
-    expected = None
-    body: Any = None
-    if input_file is not None:
-        body = load_json_file(input_file, "input")
-    elif s.smoke_input:
-        body = load_json_file(s.resolve_path(s.smoke_input), "input")
-    exp_path = expected_file or (s.resolve_path(s.smoke_expected) if s.smoke_expected else None)
-    if exp_path is not None:
-        exp = load_json_file(exp_path, "expected")
-        expected = exp.get("predictions") if isinstance(exp, dict) else exp
-        if body is None and isinstance(exp, dict) and "input" in exp:
-            body = exp["input"]
-    if body is None:
-        example = next((f for f in lk.model.files if f.path == "serving_input_example.json"), None)
-        p = cache.get(example.sha256) if example else None
-        if p is None:
-            raise LockFileError("no input to send: the model has no serving_input_example.json",
-                                hint="set [smoke] input = \"FILE.json\" in lockbuild.toml or pass --input")
-        body = json.loads(p.read_text())
-    with err.status("smoke: starting container…"):
-        report = run_smoke(engine(), image_ref, lk, body=body, expected=expected, tolerance=s.smoke_tolerance,
-                           timeout=timeout or s.smoke_timeout, mlmodel_text=mlmodel_text, image_id=image_id)
+        return None
+    with err.status("smoke: verifying the image against the lock first…"):
+        vreport = verify_image(image_ref, lf, Cache(), tracking_uri=tracking_uri(lf))
+    if vreport.ok:
+        return vreport.config_digest  # type: ignore[no-any-return]  # the container runs this image ID only
     if as_json:
-        emit_json({**report.to_dict(), "verified": not no_verify})
+        emit_json({"image": image_ref, "ok": False, "verified": False, "verify": vreport.to_dict()})
+    else:
+        _print_findings(vreport)
+    if vreport.invalid:
+        raise InvalidImage(f"smoke refused to run {vreport.image}: it cannot be read as an image: "
+                           f"{vreport.findings[0].message}", hint="rebuild the image from this lock")
+    raise VerifyFailed(f"smoke refused to run {vreport.image}: {len(vreport.findings)} mismatch(es) with "
+                       f"the image {lf.path} determines",
+                       hint="rebuild the image from this lock; `--no-verify` runs it anyway (unsafe)")
+
+
+def _render_smoke(report: Any, *, as_json: bool, verified: bool) -> None:
+    from lockbuild.errors import SmokeFailed
+
+    if as_json:
+        emit_json({**report.to_dict(), "verified": verified})
     if not report.ok:
         if not as_json:
             err.print("[dim]container log tail:[/]")
@@ -207,7 +180,7 @@ def smoke(
 def doctor(
     spec: SpecOpt = Path("lockbuild.toml"),
     lock_file: LockOpt = None,
-    strict: Annotated[bool, typer.Option("--strict", help="warnings are errors")] = False,
+    strict: StrictOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Static checks on spec + model + lock for known serve-time failures.
@@ -215,12 +188,10 @@ def doctor(
     Example: [bold]lockbuild doctor --strict[/]
     """
     from lockbuild.fetch.cache import Cache
-    from lockbuild.lockfile.io import read_lock
     from lockbuild.verify.doctor import doctor as run_doctor
     from lockbuild.verify.finding import DOCTOR_KEYS
 
-    lk = read_lock(lock_path(spec, lock_file))
-    findings = run_doctor(lk, Cache())
+    findings = run_doctor(read_lock_file(spec, lock_file).lock, Cache())
     if as_json:
         emit_json({"findings": [f.to_dict(DOCTOR_KEYS) for f in findings]})
     else:

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from lockbuild.cli.common import JsonOpt, LockOpt, SpecOpt, emit_json, err, lock_path, spec_file
+from lockbuild.cli.common import JsonOpt, LockOpt, SpecOpt, emit_json, err, read_lock_file, spec_file, tracking_uri
 from lockbuild.errors import LockbuildError, VerifyFailed
+
+if TYPE_CHECKING:
+    from lockbuild.lockfile.io import LockFile
 
 PassEnvOpt = Annotated[str, typer.Option("--passphrase-env", metavar="VAR",
                                          help="environment variable holding the key's passphrase")]
@@ -80,37 +83,40 @@ def _pinned(store: Any) -> str:
     return str(store.path)
 
 
-def run_sign(ref: str, signer: Any, lk: Any, lock_bytes: bytes, path: Path, *, verify_report: Any,
-             smoke_report: Any, run_verify: bool, built: bool, attest: bool = True,
-             signature: bool = True, spec: Path | None = None) -> dict[str, Any]:
+def run_sign(ref: str, signer: Any, lf: LockFile, *, verify_report: Any, smoke_report: Any, run_verify: bool,
+             built: bool, attest: bool = True, signature: bool = True, spec: Path | None = None) -> dict[str, Any]:
     """Verify the image unless told otherwise, then sign and attest (the key is loaded by the caller,
     before anything is built or pushed)."""
     from lockbuild.audit.sbom import sbom_json
     from lockbuild.fetch.cache import Cache
-    from lockbuild.fsutil import sha256_bytes
     from lockbuild.sign.release import sign_image, statements
 
-    with _store(ref, lk, push=True) as store:
+    with _store(ref, lf.lock, push=True) as store:
         digest = store.image()["digest"]
         if run_verify and verify_report is None:
-            from lockbuild.cli.proof import _run_verify
-
-            with err.status(f"verifying {digest[:19]} against the lock before signing…"):
-                report = _run_verify(_pinned(store), lk, path)
-            if not report.ok:
-                raise VerifyFailed(f"{len(report.findings)} mismatch(es) between {ref} and the image {path} "
-                                   "determines: refusing to sign", hint="run `lockbuild verify` for the findings; "
-                                   "sign only the image this lock determines")
-            verify_report = report.to_dict()
+            verify_report = _verify_before_signing(ref, digest, _pinned(store), lf)
         sts = None
         if attest:
-            sbom = sbom_json(lk, sha256_bytes(lock_bytes), image_digest=digest, cache=Cache()).encode()
-            spec_file_ = spec_file(spec) if spec is not None else path.parent / "lockbuild.toml"
+            sbom = sbom_json(lf.lock, lf.digest, image_digest=digest, cache=Cache()).encode()
+            spec_file_ = spec_file(spec) if spec is not None else lf.path.parent / "lockbuild.toml"
             spec_input = (spec_file_.name, spec_file_.read_bytes()) if spec_file_.is_file() else None
-            sts = statements(lk, lock_bytes, digest, sbom=sbom, verify=verify_report, smoke=smoke_report,
+            sts = statements(lf.lock, lf.data, digest, sbom=sbom, verify=verify_report, smoke=smoke_report,
                              built=built, spec=spec_input)
         result = sign_image(store, signer, statements_=sts, signature=signature)
     return result.to_dict()
+
+
+def _verify_before_signing(ref: str, digest: str, pinned: str, lf: LockFile) -> dict[str, Any]:
+    from lockbuild.fetch.cache import Cache
+    from lockbuild.verify.verify import verify_image
+
+    with err.status(f"verifying {digest[:19]} against the lock before signing…"):
+        report = verify_image(pinned, lf, Cache(), tracking_uri=tracking_uri(lf))
+    if not report.ok:
+        raise VerifyFailed(f"{len(report.findings)} mismatch(es) between {ref} and the image {lf.path} "
+                           "determines: refusing to sign", hint="run `lockbuild verify` for the findings; "
+                           "sign only the image this lock determines")
+    return report.to_dict()  # type: ignore[no-any-return]
 
 
 def sign(
@@ -142,17 +148,14 @@ def sign(
 
     Example: [bold]lockbuild sign docker://myacr.azurecr.io/churn@sha256:… --key release.key[/]
     """
-    from lockbuild.audit import read_locked
     from lockbuild.sign.keys import load_private_key
 
     if attest_only and not attest:
         raise LockbuildError("--attest-only and --no-attest leave nothing to do", hint="drop one of them")
-    path = lock_path(spec, lock_file)
-    locked = read_locked(path)
-    lock_bytes = path.read_bytes()
+    lf = read_lock_file(spec, lock_file)
     vrep, srep = _load_json(verify_report, "verify report"), _load_json(smoke_report, "smoke report")
     signer = load_private_key(key, passphrase_env)
-    summary = run_sign(image_ref, signer, locked.lock, lock_bytes, path, verify_report=vrep, smoke_report=srep,
+    summary = run_sign(image_ref, signer, lf, verify_report=vrep, smoke_report=srep,
                        run_verify=run_verify, built=False, attest=attest, signature=not attest_only, spec=spec)
     if as_json:
         emit_json(summary)
@@ -164,15 +167,15 @@ def sign(
                   f"{summary['key_id'][:16]}…: {', '.join(what)}")
 
 
-def verify_key_step(image_ref: str, key: Path, lock_digest: str, lk: Any) -> tuple[str, dict[str, Any]]:
+def verify_key_step(image_ref: str, key: Path, lf: LockFile) -> tuple[str, dict[str, Any]]:
     """`verify --key`: signature and attestations first (exit 32-35 when they fail). Returns what the
     lock-derived verify must read (a registry image pinned to the signed digest) and a summary."""
     from lockbuild.sign.keys import load_public_key
     from lockbuild.sign.release import verify_release
 
     verifier = load_public_key(key)
-    with _store(image_ref, lk, push=False) as store:
-        release = verify_release(store, verifier, lock_digest)
+    with _store(image_ref, lf.lock, push=False) as store:
+        release = verify_release(store, verifier, lf.digest)
         pinned = _pinned(store)
     return pinned, release.to_dict()
 

@@ -231,6 +231,40 @@ def _check_predictions(report: SmokeReport, answer: Any, expected: Any | None, t
                                f"got {json.dumps(preds)[:300]}, expected {json.dumps(expected)[:300]}")
 
 
-def require_ok(report: SmokeReport) -> None:
-    if not report.ok:
-        raise SmokeFailed("smoke test failed: " + "; ".join(report.problems))
+def _load_json(p: Path, what: str) -> Any:
+    from lockbuild.errors import SpecError
+
+    try:
+        return json.loads(p.read_text())
+    except FileNotFoundError:
+        raise SpecError(f"{what} file {p} does not exist", hint="fix [smoke] in lockbuild.toml") from None
+    except json.JSONDecodeError as e:
+        raise SpecError(f"{what} file {p} is not JSON: {e}") from None
+
+
+def model_text(lock: Lock, cache: Any, path: str) -> str | None:
+    """A locked model file's text from the cache (verified by its sha256), or None."""
+    f = next((f for f in lock.model.files if f.path == path), None)
+    p = cache.get(f.sha256) if f else None
+    return p.read_text() if p else None
+
+
+def smoke_request(lock: Lock, cache: Any, *, input_file: Path | None, expected_file: Path | None) -> tuple[Any, Any]:
+    """The /invocations body and the expected predictions (None: not checked). The body is the input
+    file, else the expected file's "input", else the model's own serving_input_example.json."""
+    body: Any = _load_json(input_file, "input") if input_file is not None else None
+    expected = None
+    if expected_file is not None:
+        exp = _load_json(expected_file, "expected")
+        expected = exp.get("predictions") if isinstance(exp, dict) else exp
+        if body is None and isinstance(exp, dict) and "input" in exp:
+            body = exp["input"]
+    if body is None:
+        example = model_text(lock, cache, "serving_input_example.json")
+        if example is None:
+            from lockbuild.errors import LockFileError
+
+            raise LockFileError("no input to send: the model has no serving_input_example.json",
+                                hint="set [smoke] input = \"FILE.json\" in lockbuild.toml or pass --input")
+        body = json.loads(example)
+    return body, expected
