@@ -96,6 +96,10 @@ def _wheel_names(path: object) -> set[str]:
         return set(zf.namelist())
 
 
+_LOADER_WHY = "pyfunc.load_model imports the loader module and calls its _load_pyfunc; the server fails at start"
+_RELOG = "re-log the model with its flavor's log_model (which writes the right loader_module), then re-lock"
+
+
 def rule_loader_module(lock: Lock, cache: Cache | None) -> list[Finding]:
     """MLflow's pyfunc loader imports `loader_module` and calls its `_load_pyfunc`: it must be MLflow's
     module for one of the model's flavors (in the locked MLflow), or a module the model's code/ or a
@@ -104,42 +108,48 @@ def rule_loader_module(lock: Lock, cache: Cache | None) -> list[Finding]:
     import sys
 
     mod = lock.model.loader_module
-    why = "pyfunc.load_model imports the loader module and calls its _load_pyfunc; the server fails at start"
-    relog = "re-log the model with its flavor's log_model (which writes the right loader_module), then re-lock"
     if not mod:
         return []
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", mod):
-        return [Finding("loader-module", "error", f"the model's loader_module {mod!r} is not a module name", why,
-                        relog)]
-    top = mod.split(".")[0]
-    if top in sys.stdlib_module_names:
+        return [Finding("loader-module", "error", f"the model's loader_module {mod!r} is not a module name",
+                        _LOADER_WHY, _RELOG)]
+    if mod.split(".")[0] in sys.stdlib_module_names:
         return [Finding("loader-module", "error",
                         f"the model's loader_module {mod} is a standard-library module, not a pyfunc loader",
-                        why + " (it has no _load_pyfunc)", relog)]
+                        _LOADER_WHY + " (it has no _load_pyfunc)", _RELOG)]
     if mod.startswith("mlflow."):
-        flavor = mod.split(".")[1]
-        if flavor != "pyfunc" and flavor not in lock.model.flavors:
-            return [Finding("loader-module", "error",
-                            f"the model's loader_module {mod} belongs to no flavor of the model "
-                            f"({', '.join(lock.model.flavors)})", why, relog)]
-        if cache is None:
-            return []
-        wheel = next((w for w in lock.python.packages if w.name in ("mlflow-skinny", "mlflow")), None)
-        if wheel is None:
-            return [Finding("loader-module", "error", "no MLflow distribution is locked",
-                            "the scoring server is MLflow's", 'set [python] serving = "mlflow-skinny" and re-lock')]
-        path = cache.get(wheel.sha256, wheel.size)
-        if path is None:
-            return []  # not downloaded yet: checked again by `doctor` after `image`
-        rel = mod.replace(".", "/")
-        names = _wheel_names(path)
-        if f"{rel}.py" not in names and f"{rel}/__init__.py" not in names:
-            return [Finding("loader-module", "error",
-                            f"the model's loader {mod} does not exist in {wheel.name} {wheel.version}",
-                            why, f'pin "{wheel.name}=={lock.model.mlflow_version}" in [python] requirements and '
-                            "re-lock")]
+        return _mlflow_loader(lock, cache, mod)
+    return _custom_loader(lock, cache, mod)
+
+
+def _provides(names: set[str] | list[str], rel: str) -> bool:
+    return f"{rel}.py" in names or f"{rel}/__init__.py" in names
+
+
+def _mlflow_loader(lock: Lock, cache: Cache | None, mod: str) -> list[Finding]:
+    """MLflow's own loader: a flavor of the model, present in the locked MLflow wheel."""
+    flavor = mod.split(".")[1]
+    if flavor != "pyfunc" and flavor not in lock.model.flavors:
+        return [Finding("loader-module", "error", f"the model's loader_module {mod} belongs to no flavor of the "
+                        f"model ({', '.join(lock.model.flavors)})", _LOADER_WHY, _RELOG)]
+    if cache is None:
         return []
-    # a custom loader: MLflow puts the model's code/ directory on sys.path
+    wheel = next((w for w in lock.python.packages if w.name in ("mlflow-skinny", "mlflow")), None)
+    if wheel is None:
+        return [Finding("loader-module", "error", "no MLflow distribution is locked",
+                        "the scoring server is MLflow's", 'set [python] serving = "mlflow-skinny" and re-lock')]
+    path = cache.get(wheel.sha256, wheel.size)
+    if path is None:
+        return []  # not downloaded yet: checked again by `doctor` after `image`
+    if not _provides(_wheel_names(path), mod.replace(".", "/")):
+        return [Finding("loader-module", "error",
+                        f"the model's loader {mod} does not exist in {wheel.name} {wheel.version}", _LOADER_WHY,
+                        f'pin "{wheel.name}=={lock.model.mlflow_version}" in [python] requirements and re-lock')]
+    return []
+
+
+def _custom_loader(lock: Lock, cache: Cache | None, mod: str) -> list[Finding]:
+    """A custom loader: in the model's code/ (MLflow puts it on sys.path) or in a locked wheel."""
     rel = mod.replace(".", "/")
     files = {f.path for f in lock.model.files}
     if any(f"{d}/{rel}{suffix}" in files for d in ("code", "code/code") for suffix in (".py", "/__init__.py")):
@@ -153,13 +163,12 @@ def rule_loader_module(lock: Lock, cache: Cache | None) -> list[Finding]:
         p = cache.get(w.sha256, w.size)
         if p is None:
             return []  # cannot tell before the wheels are downloaded
-        names = _wheel_names(p)
-        if f"{rel}.py" in names or f"{rel}/__init__.py" in names:
+        if _provides(_wheel_names(p), rel):
             return []
     return [Finding("loader-module", "error",
                     f"the model's loader_module {mod} is neither MLflow's nor in the model's code/ nor in a locked "
-                    "wheel", why, "log the model with code_paths=[...] holding the loader, or add the package that "
-                    "provides it to the requirements, then re-lock")]
+                    "wheel", _LOADER_WHY, "log the model with code_paths=[...] holding the loader, or add the package "
+                    "that provides it to the requirements, then re-lock")]
 
 
 def rule_yanked(lock: Lock, cache: Cache | None) -> list[Finding]:

@@ -250,6 +250,33 @@ def _clean(name: str) -> str:
     return name or "."
 
 
+@dataclass
+class _Archive:
+    """A docker-archive's members as Docker's classic loader sees them (names cleaned, the last entry of
+    a name wins), and its non-regular members."""
+
+    path: Path
+    tar: tarfile.TarFile
+    members: dict[str, tarfile.TarInfo] = field(default_factory=dict)
+    links: list[tarfile.TarInfo] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        for m in self.tar.getmembers():
+            if m.isreg():
+                self.members[_clean(m.name)] = m
+            elif not m.isdir():
+                self.links.append(m)
+
+    def read(self, name: str, what: str) -> bytes:
+        m = self.members.get(_clean(name))
+        if m is None:
+            raise InvalidImage(f"{self.path}: {what} names a missing member {name[:120]!r}",
+                               hint="pass an archive written by `lockbuild image --docker-archive`")
+        if m.size > strictjson.MAX_DOCUMENT:
+            raise InvalidImage(f"{self.path}: {what} member {name[:120]!r} is {m.size} bytes")
+        return self.tar.extractfile(m).read()  # type: ignore[union-attr]
+
+
 def from_docker_archive(path: Path, *, engine: bool = False) -> ImageSource:
     """A docker-archive tarball. Read as Docker's classic loader does (names cleaned, the last entry
     of a name wins) so verify looks at the members ``docker load`` would; whether the archive is
@@ -259,70 +286,21 @@ def from_docker_archive(path: Path, *, engine: bool = False) -> ImageSource:
     try:
         prescan_archive(path)
         with tarfile.open(path, "r:") as tar:
-            members: dict[str, tarfile.TarInfo] = {}
-            links: list[tarfile.TarInfo] = []
-            for m in tar.getmembers():
-                if m.isreg():
-                    members[_clean(m.name)] = m
-                elif not m.isdir():
-                    links.append(m)
-
-            def read(name: str, what: str) -> bytes:
-                m = members.get(_clean(name))
-                if m is None:
-                    raise InvalidImage(f"{path}: {what} names a missing member {name[:120]!r}",
-                                       hint="pass an archive written by `lockbuild image --docker-archive`")
-                if m.size > strictjson.MAX_DOCUMENT:
-                    raise InvalidImage(f"{path}: {what} member {name[:120]!r} is {m.size} bytes")
-                return tar.extractfile(m).read()  # type: ignore[union-attr]
-
+            ar = _Archive(path, tar)
             src = ImageSource(f"docker-archive {path}", b"", None, [], [], kind="engine" if engine else "archive",
                               archive=path)
-            for m in links if not engine else []:
+            for m in ar.links if not engine else []:
                 src.problems.append((m.name[:200], "regular files only", f"a link to {m.linkname[:200]}",
                                      "a link member in the archive: Docker's loader extracts it over the member of "
                                      "that name and follows it"))
-            src.docker_manifest = read("manifest.json", "the archive")
-            manifest = src.doc(src.docker_manifest, "manifest.json")
-            if not isinstance(manifest, list) or len(manifest) != 1 or not isinstance(manifest[0], dict):
-                raise InvalidImage(f"{path}: manifest.json must name exactly one image",
-                                   hint="verify one image per archive (docker save one reference)")
-            entry = manifest[0]
-            config_name, layer_names = entry.get("Config"), entry.get("Layers")
-            if not isinstance(config_name, str) or not isinstance(layer_names, list) or not layer_names \
-                    or not all(isinstance(n, str) for n in layer_names):
-                raise InvalidImage(f"{path}: manifest.json has no Config string and Layers list")
-            src.config = read(config_name, "manifest.json Config")
-            if "index.json" in members:
-                src.index = read("index.json", "the archive")
-                if "oci-layout" in members:
-                    src.oci_layout = read("oci-layout", "the archive")
-                images = _image_entries(src.doc(src.index, "index.json"))
-                if images:
-                    mdigest = _digest(images[0].get("digest"), "index.json manifest descriptor")
-                    from lockbuild.oci.layout import blob_name
-
-                    src.manifest = read(blob_name(mdigest), "index.json")
-                    if sha256_bytes(src.manifest) != mdigest:
-                        src.problems.append(("index.json", mdigest, sha256_bytes(src.manifest),
-                                             "the manifest blob index.json names does not match its digest"))
-                    oci_config, src.layer_descs = parse_manifest(src, src.manifest)
-                    if oci_config != sha256_bytes(src.config):
-                        src.problems.append(("manifest.json Config", oci_config, sha256_bytes(src.config),
-                                             "index.json and manifest.json name different image configs"))
-                    if len(src.layer_descs) != len(layer_names):
-                        src.problems.append(("manifest.json Layers", f"{len(src.layer_descs)} layers (index.json)",
-                                             f"{len(layer_names)} layers",
-                                             "index.json and manifest.json list different layers"))
-            elif not engine:
-                src.problems.append(("archive", "index.json", "absent", "not an archive lockbuild writes (no "
-                                     "index.json); verify an image saved by an engine as docker-daemon:REF"))
+            layer_names = _archive_manifest(src, ar)
+            _archive_index(src, ar, layer_names, engine=engine)
             src.layer_digests = [None] * len(layer_names)
             if src.layer_descs and len(src.layer_descs) == len(layer_names):
                 src.layer_digests = [d["digest"] for d in src.layer_descs]
             slices = []
             for n in layer_names:
-                lm = members.get(_clean(n))
+                lm = ar.members.get(_clean(n))
                 if lm is None:
                     raise InvalidImage(f"{path}: manifest.json names a missing layer {n[:120]!r}")
                 slices.append((lm.offset_data, lm.size))
@@ -332,6 +310,52 @@ def from_docker_archive(path: Path, *, engine: bool = False) -> ImageSource:
     src.layer_offsets = [o for o, _n in slices]
     src._open = [(lambda o=o, n=n: _Slice(path, o, n)) for o, n in slices]
     return src
+
+
+def _archive_manifest(src: ImageSource, ar: _Archive) -> list[str]:
+    """Docker's manifest.json (exactly one image) and the config it names; returns its layer member names."""
+    src.docker_manifest = ar.read("manifest.json", "the archive")
+    manifest = src.doc(src.docker_manifest, "manifest.json")
+    if not isinstance(manifest, list) or len(manifest) != 1 or not isinstance(manifest[0], dict):
+        raise InvalidImage(f"{ar.path}: manifest.json must name exactly one image",
+                           hint="verify one image per archive (docker save one reference)")
+    entry = manifest[0]
+    config_name, layer_names = entry.get("Config"), entry.get("Layers")
+    if not isinstance(config_name, str) or not isinstance(layer_names, list) or not layer_names \
+            or not all(isinstance(n, str) for n in layer_names):
+        raise InvalidImage(f"{ar.path}: manifest.json has no Config string and Layers list")
+    src.config = ar.read(config_name, "manifest.json Config")
+    return layer_names
+
+
+def _archive_index(src: ImageSource, ar: _Archive, layer_names: list[str], *, engine: bool) -> None:
+    """The OCI index.json lockbuild's archives carry (an engine's `docker save` may not): its manifest
+    must name the same config and layers as manifest.json."""
+    if "index.json" not in ar.members:
+        if not engine:
+            src.problems.append(("archive", "index.json", "absent", "not an archive lockbuild writes (no "
+                                 "index.json); verify an image saved by an engine as docker-daemon:REF"))
+        return
+    src.index = ar.read("index.json", "the archive")
+    if "oci-layout" in ar.members:
+        src.oci_layout = ar.read("oci-layout", "the archive")
+    images = _image_entries(src.doc(src.index, "index.json"))
+    if not images:
+        return
+    mdigest = _digest(images[0].get("digest"), "index.json manifest descriptor")
+    from lockbuild.oci.layout import blob_name
+
+    src.manifest = ar.read(blob_name(mdigest), "index.json")
+    if sha256_bytes(src.manifest) != mdigest:
+        src.problems.append(("index.json", mdigest, sha256_bytes(src.manifest),
+                             "the manifest blob index.json names does not match its digest"))
+    oci_config, src.layer_descs = parse_manifest(src, src.manifest)
+    if oci_config != sha256_bytes(src.config):
+        src.problems.append(("manifest.json Config", oci_config, sha256_bytes(src.config),
+                             "index.json and manifest.json name different image configs"))
+    if len(src.layer_descs) != len(layer_names):
+        src.problems.append(("manifest.json Layers", f"{len(src.layer_descs)} layers (index.json)",
+                             f"{len(layer_names)} layers", "index.json and manifest.json list different layers"))
 
 
 def from_daemon(ref: str) -> ImageSource:
