@@ -8,38 +8,22 @@ reading a lock together with its file digest, and normalising image digests.
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
 from lockbuild.digest import PREFIX, from_hex
-from lockbuild.errors import IntegrityError, LockbuildError, LockFileError
-from lockbuild.fsutil import sha256_bytes
-from lockbuild.lockfile.io import loads
-from lockbuild.lockfile.model import Lock
+from lockbuild.errors import IntegrityError, LockbuildError
+from lockbuild.lockfile.io import LockFile, read_lockfile
 
 NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://lockbuild.dev/")
 
 
-@dataclass(frozen=True)
-class LockedInput:
-    """A lock and the sha256 of its exact bytes (what `image` records as io.lockbuild.lock.digest)."""
-
-    lock: Lock
-    digest: str  # sha256:<hex> of the lock file
-    path: Path
+# A lock and the sha256 of its exact bytes (what `image` records as io.lockbuild.lock.digest), from one
+# read: lockfile/io.py's LockFile. The audit commands still call it by these names.
+LockedInput = LockFile
 
 
-def read_locked(path: Path) -> LockedInput:
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise LockFileError(f"no lock at {path}", hint="run `lockbuild lock` first, or pass --lock PATH") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise LockFileError(f"lock is not UTF-8: {e}", where=str(path),
-                            hint="re-run `lockbuild lock` to rewrite it") from None
-    return LockedInput(lock=loads(text, str(path)), digest=sha256_bytes(data), path=path)
+def read_locked(path: Path) -> LockFile:
+    return read_lockfile(path)
 
 
 def normalize_digest(value: str, what: str = "--image-digest") -> str:
