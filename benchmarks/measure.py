@@ -132,6 +132,7 @@ def docker_model_change(host: str, ctx: Path, scratch: Path, repeats: int) -> li
     model = next(p for p in (ctx / "model_dir").iterdir() if p.is_dir())
     secs = []
     for i in range(repeats):
+        before = docker(host, "image", "inspect", "--format", "{{.Id}}", MLFLOW_TAG).stdout.strip()
         (model / f"bench-extra-{i}.txt").write_text(f"benchmark model change {i} {time.time_ns()}\n")
         log(f"   model-only change {i + 1}/{repeats}: docker build (cache warm)")
         r = run(["docker", "build", "--network", "host", "-t", MLFLOW_TAG, str(ctx)], env=docker_build_env(host))
@@ -140,6 +141,8 @@ def docker_model_change(host: str, ctx: Path, scratch: Path, repeats: int) -> li
         if "Using cache" not in r.stdout:
             raise RuntimeError("the warm docker build used no cached step: the engine's layer cache was empty")
         secs.append(r.seconds)
+        if before:
+            docker(host, "rmi", before)  # the image the tag left: its own steps go, the shared ones stay
     return secs
 
 
