@@ -4,15 +4,13 @@ and peak RSS. Start-up is in measure_startup.py."""
 
 from __future__ import annotations
 
-import gzip
 import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any
 
 import common
-from baseline import MLFLOW_TAG, docker, docker_build, image_size, saved_compressed_bytes
+from baseline import MLFLOW_TAG, docker, docker_build, docker_build_env, image_size, saved_compressed_bytes
 from common import EXAMPLE, Results, Run, du_bytes, lb_env, lockbuild_cmd, log, run, timed
 
 LOADED_TAG = "lockbuild-bench/keras3:bench"
@@ -127,62 +125,42 @@ def download_floor(work: Path, cache: Path) -> float:
     return seconds
 
 
-class _Null:
-    def write(self, data: bytes) -> int:
-        return len(data)
-
-
-def compression_floor(layers: list[dict[str, Any]], cache: Path, scratch: Path, repeats: int) -> dict[str, Any]:
-    """One pass of the example lock's own encoder and level (zstd level 1 since issue 25; lockbuild's
-    writer) over the image's own uncompressed layer tars.
-
-    Each layer blob is first decompressed to a scratch file (not timed); then the tar is compressed
-    into a null sink `repeats` times. Returns the median total seconds and the uncompressed bytes.
-    """
-    import zstandard
-
-    from lockbuild.assemble.build import layer_codec
-    from lockbuild.fetch.cache import Cache
-    from lockbuild.lockfile.io import read_lock
-    from lockbuild.oci.compress import compress_writer
-
-    lock = read_lock(EXAMPLE / "lockbuild.lock")
-    encoder, level = layer_codec(lock, lock.compression)
-
-    c = Cache(cache)
-    per_round = [0.0] * repeats
-    tar_bytes = 0
-    per_layer: dict[str, int] = {}
-    for layer in layers:
-        blob = c.path(layer["digest"])
-        tar = scratch / "layer.tar"
-        with open(blob, "rb") as raw:
-            src = gzip.open(raw) if raw.read(2) == b"\x1f\x8b" else None
-            raw.seek(0)
-            with (src or zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)) as s, \
-                    open(tar, "wb") as dst:
-                shutil.copyfileobj(s, dst, 1 << 20)
-        tar_bytes += tar.stat().st_size
-        per_layer[layer["name"]] = tar.stat().st_size
-        for i in range(repeats):
-            def compress(tar: Path = tar) -> None:
-                with open(tar, "rb") as f, compress_writer(_Null(), lock.compression, level, encoder) as z:
-                    while chunk := f.read(1 << 20):
-                        z.write(chunk)
-            per_round[i] += timed(compress)[0]
-        tar.unlink()
-    return {"seconds": per_round, "uncompressed_bytes": tar_bytes, "per_layer": per_layer}
+def docker_model_change(host: str, ctx: Path, scratch: Path, repeats: int) -> list[float]:
+    """The user's warm path with MLflow's Dockerfile: one file added to the model, then `docker build`
+    WITH the engine's layer cache (the cold rounds' builds left it): the COPY of the model and every
+    step after it (MLflow's dependency install) run again."""
+    model = next(p for p in (ctx / "model_dir").iterdir() if p.is_dir())
+    secs = []
+    for i in range(repeats):
+        before = docker(host, "image", "inspect", "--format", "{{.Id}}", MLFLOW_TAG).stdout.strip()
+        (model / f"bench-extra-{i}.txt").write_text(f"benchmark model change {i} {time.time_ns()}\n")
+        log(f"   model-only change {i + 1}/{repeats}: docker build (cache warm)")
+        r = run(["docker", "build", "--network", "host", "-t", MLFLOW_TAG, str(ctx)], env=docker_build_env(host))
+        (scratch / f"docker-model-change-{i}.log").write_text(r.stdout + "\n--- stderr ---\n" + r.stderr)
+        r.check()
+        if "Using cache" not in r.stdout:
+            raise RuntimeError("the warm docker build used no cached step: the engine's layer cache was empty")
+        secs.append(r.seconds)
+        if before:
+            docker(host, "rmi", before)  # the image the tag left: its own steps go, the shared ones stay
+    return secs
 
 
 def bench_cold(res: Results, host: str | None, rounds: int, with_docker: bool, mlflow_ctx: Path | None) -> None:
     log(f"2. cold builds: {rounds} round(s) of cold lockbuild image"
         + (" / docker build --no-cache" if with_docker else "") + " / download floor / warm-downloads build")
-    cold, dock, dl, warmdl, rss = [], [], [], [], []
+    cold, cold_lock, dock, dl, warmdl, rss = [], [], [], [], [], []
     for r in range(rounds):
         def lockbuild_cold(r: int = r) -> None:
             work = copy_example(res.scratch / f"cold-{r}")
             cache = res.scratch / f"cold-cache-{r}"
-            log(f"   round {r + 1}: cold lockbuild image")
+            log(f"   round {r + 1}: cold lockbuild lock --upgrade (its own empty cache), then cold lockbuild image")
+            lock_cache = res.scratch / f"cold-lock-cache-{r}"
+            lock_work = copy_example(res.scratch / f"cold-lock-{r}")
+            cold_lock.append(run([*lockbuild_cmd(), "lock", "--upgrade", "--json"], env=lb_env(lock_cache, None),
+                                 cwd=lock_work).check().seconds)
+            shutil.rmtree(lock_cache)
+            shutil.rmtree(lock_work)
             run_ = lb_image(work, cache, host)
             cold.append(run_.seconds)
             rss.append(run_.max_rss_kb)
@@ -219,9 +197,14 @@ def bench_cold(res: Results, host: str | None, rounds: int, with_docker: bool, m
         shutil.rmtree(cache)
         shutil.rmtree(work)
     res.add("cold_image_s", cold, "cold lockbuild image (empty cache)")
+    res.add("cold_lock_s", cold_lock, "cold lockbuild lock --upgrade (empty cache: uv, Debian indexes)")
+    res.add("cold_total_s", [a + b for a, b in zip(cold_lock, cold, strict=True)], "cold lock + cold image")
     if dock and host:
         log("   MLflow-style image: gzip -1 of docker save (its compressed size)")
         res.facts["mlflow_compressed_bytes"] = saved_compressed_bytes(host, MLFLOW_TAG)
+        assert mlflow_ctx is not None
+        res.add("docker_model_change_s", docker_model_change(host, mlflow_ctx, res.scratch, min(rounds, 2)),
+                "model-only change: docker build (layer cache warm) of MLflow's Dockerfile")
     if dock:
         res.add("docker_build_s", dock, "docker build --no-cache of MLflow's Dockerfile")
     res.add("download_floor_s", dl, "download floor: same wheels + .debs, lockbuild fetch, --jobs 4")
@@ -334,12 +317,22 @@ def bench_warm(res: Results, cache: Path, host: str | None, repeats: int, compre
     res.facts["peak_rss_warm_kb"] = max(rss)
 
     if compress_repeats:
-        log(f"   compression floor: gzip -1 of the image's {len(layers)} layer tars x{compress_repeats}")
-        cf = compression_floor(layers, cache, res.scratch, compress_repeats)
-        res.add("compress_floor_s", cf["seconds"], "compression floor: gzip -1 of the same tar bytes")
-        res.facts["uncompressed_bytes"] = cf["uncompressed_bytes"]
+        from measure_floor import cpu_floor
+
+        log(f"   floor: inflate, byte-compile, compress the image's work on every core x{compress_repeats}")
+        cf = cpu_floor(layers, cache, res.scratch, compress_repeats)
+        res.add("inflate_floor_s", cf["seconds"]["inflate"], "floor: inflate every wheel member and .deb data")
+        res.add("compile_floor_s", cf["seconds"]["compile"], "floor: byte-compile every .py the image has a .pyc of")
+        res.add("compress_floor_s", cf["seconds"]["compress"], "floor: the lock's compressor over the layer tars")
+        res.facts.update(floor_cores=cf["cores"], floor_inputs=cf["inputs"], floor_sources=cf["sources"],
+                         uncompressed_bytes=cf["uncompressed_bytes"])
         for entry in res.facts["layers"]:
             entry["uncompressed"] = cf["per_layer"].get(entry["name"])
+
+    log(f"   CLI start-up x{repeats}: `lockbuild --help` (the floor of any one command)")
+    starts = [run([*lockbuild_cmd(), "--help"], env=lb_env(cache, None), cwd=work).check() for _ in range(repeats)]
+    res.add("cli_start_s", [x.seconds for x in starts], "lockbuild --help (interpreter + CLI import)")
+    res.facts["cli_start_rss_kb"] = max(x.max_rss_kb for x in starts)
 
     if host:
         log("   load into the engine (for the engine's size)")

@@ -4,7 +4,10 @@
 each verified cache path as soon as that item is done (the builder starts a layer when its own
 inputs are in); ``fetch_all`` is the same, waiting for all. Each item is verified exactly once:
 hashed while it streams in, or re-hashed when the cache already holds it. Never a partial entry
-in the cache.
+in the cache. A transient failure (HTTP error other than 403/404/410, a hang-up, a body cut short)
+is retried, resuming with a Range request from what was received; a source that does not have the
+file or serves other bytes is left for the next one (its bytes are never used), and only when no
+source serves the locked bytes is it an error.
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ import httpx
 from lockbuild.digest import to_hex
 from lockbuild.errors import FetchError, IntegrityError
 from lockbuild.fetch.cache import Cache
-from lockbuild.fsutil import CHUNK
 from lockbuild.net import RETRIES, USER_AGENT, backoff
 from lockbuild.progress import Progress
 
@@ -66,11 +68,17 @@ def _download_one(http: httpx.Client, cache: Cache, item: Item, progress: Progre
         cached = cache.get(item.sha256, item.size)
         if cached is not None:
             return cached
-        got: tuple[str, int] | None = None
+        wrong: list[tuple[str, str, int]] = []  # (url, digest, size) of each source that served other bytes
         for url in item.urls:
+            got: tuple[str, int] | None = None
             for attempt in range(RETRIES):
                 try:
                     got = _stream_to(http, url, partial, progress)
+                    if item.size is not None and got[1] < item.size:  # a body cut short: resume it
+                        errors.append(f"{url}: ended after {got[1]} of {item.size} bytes")
+                        got = None
+                        backoff(attempt)
+                        continue
                     break
                 except (httpx.TransportError, httpx.HTTPStatusError) as e:
                     status = getattr(getattr(e, "response", None), "status_code", None)
@@ -84,18 +92,23 @@ def _download_one(http: httpx.Client, cache: Cache, item: Item, progress: Progre
                 continue
             digest, size = got
             if digest != item.sha256 or (item.size is not None and size != item.size):
-                partial.unlink()
+                partial.unlink()  # never used: the next mirror may serve the locked bytes
                 errors.append(f"{url}: served {digest} ({size} bytes)")
-                raise IntegrityError(
-                    f"{item.label or url}: downloaded bytes do not match the lock "
-                    f"(expected {item.sha256}, size {item.size}; got {digest}, size {size})",
-                    hint="the mirror served different content; if the lock was edited by hand, "
-                    "re-run `lockbuild lock --upgrade`",
-                )
+                wrong.append((url, digest, size))
+                continue
             cache._install(partial, digest)
             return cache.path(digest)
     with contextlib.suppress(FileNotFoundError):
         partial.unlink()
+    if wrong:
+        url, digest, size = wrong[-1]
+        raise IntegrityError(
+            f"{item.label or url}: downloaded bytes do not match the lock "
+            f"(expected {item.sha256}, size {item.size}; got {digest}, size {size}"
+            + (f", from {len(wrong)} sources)" if len(wrong) > 1 else ")"),
+            hint="the mirror served different content; if the lock was edited by hand, "
+            "re-run `lockbuild lock --upgrade`",
+        )
     raise FetchError(
         f"could not download {item.label or item.sha256} after {RETRIES} tries per source",
         hint="check the network / mirror; the cache holds no partial entry. Last errors: "
@@ -124,7 +137,7 @@ def _stream_to(http: httpx.Client, url: str, partial: Path, progress: Progress |
             progress(-have)
         h, size = _hash_file(partial) if mode == "ab" else (hashlib.sha256(), 0)
         with open(partial, mode) as f:
-            for chunk in r.iter_bytes(CHUNK):
+            for chunk in r.iter_bytes():  # as it arrives: a dropped connection loses nothing received
                 f.write(chunk)
                 h.update(chunk)
                 size += len(chunk)

@@ -133,13 +133,6 @@ def layer_record(cache: Cache, key: str) -> tuple[Layer | None, str | None]:
     return layer, None
 
 
-def cached_layer(cache: Cache, key: str) -> Layer | None:
-    """The layer remembered for ``key``: only a record with a valid MAC whose blob is still in the
-    cache (the blob is re-hashed by the caller)."""
-    layer, _why = layer_record(cache, key)
-    return layer if layer is not None and cache.has(layer.digest) else None
-
-
 def remember_layer(cache: Cache, key: str, layer: Layer) -> None:
     record = layer.to_dict()
     mac = record_mac(key, layer)
