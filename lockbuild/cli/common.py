@@ -60,13 +60,18 @@ def tracking_uri(lf: LockFile) -> str | None:
     """Where the lock's MLflow model is read again when the cache lacks its files: the spec beside the
     lock (`[model] tracking-uri`), else None ($MLFLOW_TRACKING_URI). Read here, by the CLI, and passed
     down: the builder reads only the lock, and a tracking URI may carry credentials, so it is never
-    written into the lock."""
+    written into the lock. A spec that does not load is no reason to refuse a build from the lock
+    alone: it gives no tracking URI (`lock --check` is where a broken spec is reported)."""
     beside = lf.dir / "lockbuild.toml"
     if not beside.is_file():
         return None
+    from lockbuild.errors import SpecError
     from lockbuild.spec import load_spec
 
-    return load_spec(beside).tracking_uri
+    try:
+        return load_spec(beside).tracking_uri
+    except SpecError:
+        return None
 
 
 def progress_reporter(enabled: bool):  # type: ignore[no-untyped-def]
