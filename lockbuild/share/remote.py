@@ -5,10 +5,17 @@ Reading an entry (``SharedCache.fetch``), for each trusted key's tag in turn:
   1. GET the manifest (at most 64 KB) and the entry blob it names (digest re-checked);
   2. ``entry.check_entry``: a trusted signature over the statement for exactly this key, and the
      manifest's layer descriptor equal to the signed one;
-  3. stream the layer blob into the local cache's temp file, hashing it (sha256, size) and its
-     decompressed tar (diff_id) as it arrives; only when all three equal the signed values is it
-     renamed into the local cache and recorded in the local layer cache (HMAC record).
+  3. stream the layer blob into the local cache's temp file, hashing it (sha256, size) as it
+     arrives; only when both equal the signed values is it renamed into the local cache and
+     recorded in the local layer cache (HMAC record).
 Anything else is a note, and the layer is built as if the registry had nothing.
+
+The signed diff_id is believed without inflating the blob, as Nix believes a trusted narinfo: the
+bytes are the ones the trusted key signed, and what their tar hashes to is part of what it signed.
+A lie there cannot slip through unseen: the image config would carry a diff_id its layer does not
+have, which ``verify`` (it inflates every layer) and the runtime unpacking the layer refuse, and
+``verify --rederive`` builds every layer again from the lock. ``LOCKBUILD_CACHE_CHECK_TAR=1``
+inflates and hashes each blob's tar while reading it anyway (about 4x the bytes to hash).
 
 Writing (``SharedCache.publish``, only with a signing key): for each layer whose entry under this
 runner's key is missing or not valid, push the blob (HEAD first, cross-repository mount when asked),
@@ -22,10 +29,12 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 
@@ -106,6 +115,63 @@ class _TarHasher:
         self.h.close()
 
 
+class _TarThread:
+    """The diff_id check of ``check_tar`` mode: a second thread inflates and hashes ~1 MiB pieces of
+    the blob as it downloads (both sides release the GIL: about the longer pass, not their sum)."""
+
+    def __init__(self, layer: Layer) -> None:
+        import queue
+
+        self.layer = layer
+        self.hasher = _TarHasher(layer.media_type)
+        self.pieces: queue.Queue[bytes | None] = queue.Queue(maxsize=64)
+        self.failed: list[BaseException] = []
+        self.batch: list[bytes] = []
+        self.batched = 0
+        self.worker = threading.Thread(target=self._inflate, name=f"inflate-{layer.digest[7:19]}", daemon=True)
+        self.worker.start()
+
+    def _inflate(self) -> None:
+        try:
+            while (piece := self.pieces.get()) is not None:
+                if not self.failed:
+                    self.hasher.update(piece)
+        except BaseException as e:  # noqa: BLE001 (reported by check)
+            self.failed.append(e)
+            while self.pieces.get() is not None:
+                pass
+
+    def feed(self, chunk: bytes) -> bool:
+        """Queue a downloaded chunk; False once inflating failed (stop downloading)."""
+        self.batch.append(chunk)
+        self.batched += len(chunk)
+        if self.batched >= CHUNK:  # fewer, bigger calls into the decompressor
+            self.pieces.put(b"".join(self.batch))
+            self.batch, self.batched = [], 0
+        return not self.failed
+
+    def finish(self) -> None:
+        if self.worker.is_alive():
+            if self.batch:
+                self.pieces.put(b"".join(self.batch))
+                self.batch = []
+            self.pieces.put(None)
+            self.worker.join()
+
+    def check(self) -> None:
+        if self.failed:
+            if isinstance(self.failed[0], E.Untrusted):
+                raise self.failed[0]
+            raise E.Untrusted(f"its layer blob does not decompress ({self.failed[0]})")
+        got = self.hasher.diff_id()
+        if got != self.layer.diff_id:
+            raise E.Untrusted(f"its blob's tar is {got[:19]}, not the signed diff_id {self.layer.diff_id[:19]}")
+
+    def close(self) -> None:
+        self.finish()
+        self.hasher.close()
+
+
 @dataclass
 class ShareStats:
     fetched: list[str] = field(default_factory=list)  # layer names used from the registry
@@ -125,7 +191,8 @@ class SharedCache:
     """One registry repository (``HOST/REPO``) used as the shared layer cache."""
 
     def __init__(self, repo: str, *, signer=None, trusted: Sequence = (),  # type: ignore[no-untyped-def]
-                 mount_from: str | None = None, lazy: bool = False, report: Report = lambda _e, _d: None) -> None:
+                 mount_from: str | None = None, lazy: bool = False, check_tar: bool | None = None,
+                 report: Report = lambda _e, _d: None) -> None:
         ref = reg.parse_reference(repo)
         if ref.tag or ref.digest:
             raise PublishError(f"--cache-registry {repo!r} names a tag or digest",
@@ -139,6 +206,10 @@ class SharedCache:
         # lazy: the only output is a push to this registry, so a trusted entry's blob is not downloaded;
         # the push mounts it from here (the node's runtime checks the diff_id when it unpacks the layer)
         self.lazy = lazy
+        # check_tar: also inflate each blob and require the signed diff_id (default: the signed one is
+        # believed; LOCKBUILD_CACHE_CHECK_TAR=1 turns the check on)
+        self.check_tar = os.environ.get("LOCKBUILD_CACHE_CHECK_TAR", "") not in ("", "0") if check_tar is None \
+            else check_tar
         self.report = report
         self.stats = ShareStats()
         self._lock = threading.Lock()
@@ -242,46 +313,38 @@ class SharedCache:
         layer, _signer = E.check_entry(key, manifest, config, self.trusted)
         if self.lazy and not cache.has(layer.digest):
             return layer
-        local = cache.get(layer.digest, layer.size)
-        if local is not None:  # same bytes already here: still check the signed diff_id against them
-            hasher = _TarHasher(layer.media_type)
-            try:
-                with open(local, "rb") as f:
-                    while chunk := f.read(CHUNK):
-                        hasher.update(chunk)
-                diff_id = hasher.diff_id()
-            finally:
-                hasher.close()
-            if diff_id != layer.diff_id:
-                raise E.Untrusted(f"its signed diff_id {layer.diff_id[:19]} is not the tar of {layer.digest[:19]}")
+        local = cache.get(layer.digest, layer.size)  # re-hashed: the signed sha256 and size
+        if local is not None:
+            if self.check_tar:
+                self._check_tar_of(local, layer)
             return layer
         reg.with_retries(functools.partial(self._download, cache, layer))
         return layer
 
-    def _download(self, cache: Cache, layer: Layer) -> None:
-        """Stream the blob into the local cache, hashing blob and tar on the way; installed only when
-        sha256, size and diff_id are the signed ones (else nothing is left behind). The tar is inflated
-        and hashed on a second thread (both sides release the GIL), so a big layer costs about the
-        longer of the two passes, not their sum."""
-        import queue
-
-        s = self._s()
-        pieces: queue.Queue[bytes | None] = queue.Queue(maxsize=64)
+    @staticmethod
+    def _check_tar_of(path: Path, layer: Layer) -> None:
         hasher = _TarHasher(layer.media_type)
-        failed: list[BaseException] = []
+        try:
+            with open(path, "rb") as f:
+                while chunk := f.read(CHUNK):
+                    hasher.update(chunk)
+            diff_id = hasher.diff_id()
+        finally:
+            hasher.close()
+        if diff_id != layer.diff_id:
+            raise E.Untrusted(f"its signed diff_id {layer.diff_id[:19]} is not the tar of {layer.digest[:19]}")
 
-        def inflate() -> None:
-            try:
-                while (piece := pieces.get()) is not None:
-                    if not failed:
-                        hasher.update(piece)
-            except BaseException as e:  # noqa: BLE001 (reported by the downloading side)
-                failed.append(e)
-                while pieces.get() is not None:
-                    pass
+    def _download(self, cache: Cache, layer: Layer) -> None:
+        """Stream the blob into the local cache, hashing it on the way (the cache writer's one sha256);
+        installed only when its sha256 and size are the signed ones, else nothing is left behind.
 
-        worker = threading.Thread(target=inflate, name=f"inflate-{layer.digest[7:19]}", daemon=True)
-        worker.start()
+        The signed diff_id is believed, as a Nix substituter believes a trusted narinfo: the blob is
+        the one the trusted key vouched for, so its tar is what that key said (re-derive with
+        ``verify --rederive``; a runtime checks the diff_id when it unpacks the layer). With
+        ``check_tar`` (LOCKBUILD_CACHE_CHECK_TAR=1) the tar is inflated and hashed too, on a second
+        thread, and must be the signed diff_id."""
+        s = self._s()
+        tar = _TarThread(layer) if self.check_tar else None
         try:
             with cache.writer(layer.digest) as w:
                 try:
@@ -291,41 +354,25 @@ class SharedCache:
                             transient = resp.status_code == 429 or resp.status_code >= 500
                             raise (reg.Transient if transient else PublishError)(
                                 f"GET blob {layer.digest} -> HTTP {resp.status_code}")
-                        batch: list[bytes] = []
-                        batched = 0
                         for chunk in resp.iter_raw():
                             if w.size + len(chunk) > layer.size:
                                 raise E.Untrusted(f"its layer blob is longer than the signed {layer.size} bytes")
                             w.write(chunk)
-                            batch.append(chunk)
-                            batched += len(chunk)
-                            if batched >= CHUNK:  # the inflater gets ~1 MiB pieces: fewer, bigger calls
-                                pieces.put(b"".join(batch))
-                                batch, batched = [], 0
-                            if failed:
+                            if tar is not None and not tar.feed(chunk):
                                 break
-                        if batch:
-                            pieces.put(b"".join(batch))
                 except httpx.HTTPError as e:
                     raise reg.Transient(f"GET blob {layer.digest} failed: {e}") from e
                 finally:
-                    pieces.put(None)
-                    worker.join()
+                    if tar is not None:
+                        tar.finish()
                 if w.size != layer.size or w.digest() != layer.digest:
                     raise E.Untrusted(f"the registry served other bytes for {layer.digest[:19]} "
                                       f"({w.size} bytes, sha256 {w.hexdigest()[:12]})")
-                if failed:
-                    if isinstance(failed[0], E.Untrusted):
-                        raise failed[0]
-                    raise E.Untrusted(f"its layer blob does not decompress ({failed[0]})")
-                got = hasher.diff_id()
-                if got != layer.diff_id:
-                    raise E.Untrusted(f"its blob's tar is {got[:19]}, not the signed diff_id {layer.diff_id[:19]}")
+                if tar is not None:
+                    tar.check()
         finally:
-            if worker.is_alive():
-                pieces.put(None)
-                worker.join()
-            hasher.close()
+            if tar is not None:
+                tar.close()
 
     # -- writing -------------------------------------------------------------------------------------
 
