@@ -162,10 +162,7 @@ def build(lock: Lock, lock_bytes: bytes, cache: Cache, *, lock_dir: Path, jobs: 
             done[p.name] = layer
     if shared is not None:
         keys = {p.name: compressed_key(p.key, compression) for p in plans if p.name not in done}
-        for name, layer in shared.fetch_layers(cache, keys, jobs=jobs).items():
-            if cache.has(layer.digest):  # downloaded and verified (not only referenced: SharedCache.lazy)
-                remember_layer(cache, keys[name], layer)
-            done[name] = layer
+        done.update(shared.fetch_layers(cache, keys, jobs=jobs))  # not layer-cache records: signed entries
     todo = [p for p in plans if p.name not in done]
     report("plan", {"layers": len(plans), "cached": len(done), "todo": [p.name for p in todo]})
 

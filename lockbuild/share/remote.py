@@ -38,6 +38,7 @@ from pathlib import Path
 
 import httpx
 
+from lockbuild.digest import to_hex
 from lockbuild.errors import IntegrityError, PublishError
 from lockbuild.fetch.cache import Cache
 from lockbuild.fsutil import CHUNK
@@ -49,6 +50,8 @@ from lockbuild.share import entry as E
 Report = Callable[[str, dict], None]
 MAX_OUT = 4 << 20  # decompressed bytes per step: a gzip bomb never sits in memory
 LOOKUP_ATTEMPTS = 2  # a cache is optional: a registry that does not answer a lookup twice is skipped
+LOOKUP_JOBS = 8  # entry lookups at once (two small GETs each)
+LOCAL_NAMESPACE = "shared-entries"  # meta/<this>/<layer key hex>.json: entries used here before
 
 
 class _PlainHash:
@@ -172,18 +175,31 @@ class _TarThread:
         self.hasher.close()
 
 
+@dataclass(frozen=True)
+class _Found:
+    """A trusted entry looked up, its blob not yet placed."""
+    name: str
+    key: str
+    tag: str
+    key_id: str
+    layer: Layer
+    manifest: bytes
+    config: bytes
+
+
 @dataclass
 class ShareStats:
     fetched: list[str] = field(default_factory=list)  # layer names used from the registry
     fetched_bytes: int = 0  # layer blob bytes downloaded (not those only referenced, see ``lazy``)
     referenced: list[str] = field(default_factory=list)  # used by their signed descriptor, never downloaded
+    local: list[str] = field(default_factory=list)  # entries used in an earlier build, checked again, blob here
     pushed: list[str] = field(default_factory=list)  # entries written
     uploaded_bytes: int = 0  # layer blob bytes sent (HEAD-skipped and mounted blobs are not)
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, object]:
         return {"fetched": sorted(self.fetched), "fetched_bytes": self.fetched_bytes,
-                "referenced": sorted(self.referenced), "pushed": sorted(self.pushed),
+                "referenced": sorted(self.referenced), "local": sorted(self.local), "pushed": sorted(self.pushed),
                 "uploaded_bytes": self.uploaded_bytes, "notes": list(self.notes)}
 
 
@@ -243,16 +259,29 @@ class SharedCache:
     # -- reading -------------------------------------------------------------------------------------
 
     def fetch_layers(self, cache: Cache, wanted: dict[str, str], *, jobs: int = 4) -> dict[str, Layer]:
-        """name -> Layer for each wanted layer (name -> layer key) found, trusted and verified."""
+        """name -> Layer for each wanted layer (name -> layer key) found, trusted and verified.
+
+        Two steps: every entry is looked up at once (small requests: manifest and statement), then the
+        blobs download ``jobs`` at a time, biggest first, so the long pole (TensorFlow's layer) starts
+        at once instead of behind the small ones."""
         if not wanted:
             return {}
         if not self.trusted:
             self.note(f"shared cache {self.name}: no trusted key (--cache-trust / LOCKBUILD_CACHE_TRUST): "
                       "its entries are not used, every missing layer is built here")
             return {}
-        with ThreadPoolExecutor(max_workers=max(1, min(jobs, len(wanted)))) as pool:
-            found = dict(zip(wanted, pool.map(lambda n: self.fetch(cache, n, wanted[n]), wanted), strict=True))
-        return {n: layer for n, layer in found.items() if layer is not None}
+        with ThreadPoolExecutor(max_workers=max(1, min(LOOKUP_JOBS, len(wanted)))) as pool:
+            found = list(pool.map(lambda n: self._find(cache, n, wanted[n]), wanted))
+        out = {n: f for n, f in zip(wanted, found, strict=True) if isinstance(f, Layer)}
+        remote = sorted((f for f in found if isinstance(f, _Found)), key=lambda f: -f.layer.size)
+        with ThreadPoolExecutor(max_workers=max(1, min(jobs, len(remote)))) as pool:
+            for f, layer in zip(remote, pool.map(lambda f: self._obtain(cache, f), remote), strict=True):
+                if layer is not None:
+                    out[f.name] = layer
+        return out
+
+    def fetch(self, cache: Cache, name: str, key: str) -> Layer | None:
+        return self.fetch_layers(cache, {name: key}).get(name)
 
     def _unreachable(self, e: PublishError, what: str) -> None:
         """Note the failure; after a transient one that outlived its retries, stop using the registry."""
@@ -264,30 +293,83 @@ class SharedCache:
             self.note(f"shared cache {self.name}: {what} ({e.message})"
                       + ("; not asking it again in this build" if isinstance(e, reg.Transient) else ""))
 
-    def fetch(self, cache: Cache, name: str, key: str) -> Layer | None:
+    def _find(self, cache: Cache, name: str, key: str, after: str | None = None) -> Layer | _Found | None:
+        """The layer itself when an entry used before is still good here; else the first entry of a
+        trusted key (after ``after``) whose statement checks out; else None (notes say why)."""
+        if after is None:
+            layer = self._remembered(cache, key)
+            if layer is not None:
+                with self._lock:
+                    self.stats.local.append(name)
+                return layer
         if self._down:
             return None
         for key_id in sorted(self.trusted):
+            if after is not None and key_id <= after:
+                continue
             tag = E.tag_for(key, key_id)
             try:
                 manifest = reg.with_retries(functools.partial(self._get_manifest, tag), LOOKUP_ATTEMPTS)
                 if manifest is None:
                     continue
-                layer = self._use(cache, key, manifest)
+                digest, size = E.config_digest_of(manifest)
+                config = reg.with_retries(functools.partial(self._get_small_blob, digest, size), LOOKUP_ATTEMPTS)
+                layer, _signer = E.check_entry(key, manifest, config, self.trusted)
             except (E.Untrusted, IntegrityError) as e:
                 self.note(f"shared cache entry {tag} for layer {name} ignored: {e.message}; building it here")
                 continue
             except PublishError as e:
                 self._unreachable(e, f"cannot look up layer {name}, building it here")
                 return None
-            with self._lock:
-                self.stats.fetched.append(name)
-                if cache.has(layer.digest):
-                    self.stats.fetched_bytes += layer.size
-                else:
-                    self.stats.referenced.append(name)
-            return layer
+            return _Found(name, key, tag, key_id, layer, manifest, config)
         return None
+
+    def _obtain(self, cache: Cache, found: _Found) -> Layer | None:
+        """The entry's blob in the local cache (downloaded and checked, or already here and re-hashed),
+        or only referenced (``lazy``); on bad bytes the next trusted key's entry is tried."""
+        f: _Found | Layer | None = found
+        while isinstance(f, _Found):
+            try:
+                downloaded = self._place(cache, f.layer)
+            except (E.Untrusted, IntegrityError) as e:
+                self.note(f"shared cache entry {f.tag} for layer {f.name} ignored: {e.message}; building it here")
+                f = self._find(cache, f.name, f.key, after=f.key_id)
+                continue
+            except PublishError as e:
+                self._unreachable(e, f"cannot fetch layer {f.name}, building it here")
+                return None
+            self._remember(cache, f.key, f.manifest, f.config)
+            with self._lock:
+                self.stats.fetched.append(f.name)
+                self.stats.fetched_bytes += f.layer.size if downloaded else 0
+                if not cache.has(f.layer.digest):
+                    self.stats.referenced.append(f.name)
+            return f.layer
+        return f
+
+    # A used entry is kept beside the local cache (its manifest and statement, signature included) and
+    # checked again on every later use: only while its signer is still trusted, and only with the blob
+    # re-hashed. Not a record of the local layer cache: those say "lockbuild made this tar here", which
+    # verify believes; an entry's diff_id is the signer's word.
+
+    def _remember(self, cache: Cache, key: str, manifest: bytes, config: bytes) -> None:
+        cache.meta_put(LOCAL_NAMESPACE, to_hex(key, "layer key"),
+                       {"manifest": manifest.decode(), "config": config.decode()})
+
+    def _remembered(self, cache: Cache, key: str) -> Layer | None:
+        if not self.trusted:
+            return None
+        record = cache.meta_get(LOCAL_NAMESPACE, to_hex(key, "layer key"))
+        try:
+            if record is None:
+                return None
+            layer, _signer = E.check_entry(key, str(record["manifest"]).encode(), str(record["config"]).encode(),
+                                           self.trusted)
+        except (E.Untrusted, IntegrityError, KeyError, TypeError):
+            return None  # not trusted (any more): looked up again
+        if self.lazy and not cache.has(layer.digest):
+            return layer
+        return layer if cache.get(layer.digest, layer.size) is not None else None
 
     def _get_manifest(self, reference: str) -> bytes | None:
         s = self._s()
@@ -307,19 +389,17 @@ class SharedCache:
             raise E.Untrusted(f"the registry served other bytes for its entry blob {digest[:19]}")
         return data
 
-    def _use(self, cache: Cache, key: str, manifest: bytes) -> Layer:
-        digest, size = E.config_digest_of(manifest)
-        config = reg.with_retries(functools.partial(self._get_small_blob, digest, size), LOOKUP_ATTEMPTS)
-        layer, _signer = E.check_entry(key, manifest, config, self.trusted)
+    def _place(self, cache: Cache, layer: Layer) -> bool:
+        """Make a trusted entry's blob usable here; whether it was downloaded now."""
         if self.lazy and not cache.has(layer.digest):
-            return layer
+            return False
         local = cache.get(layer.digest, layer.size)  # re-hashed: the signed sha256 and size
         if local is not None:
             if self.check_tar:
                 self._check_tar_of(local, layer)
-            return layer
+            return False
         reg.with_retries(functools.partial(self._download, cache, layer))
-        return layer
+        return True
 
     @staticmethod
     def _check_tar_of(path: Path, layer: Layer) -> None:
@@ -378,6 +458,8 @@ class SharedCache:
 
     def publish_layers(self, cache: Cache, entries: dict[str, tuple[str, Layer]], *, jobs: int = 4) -> None:
         """Push an entry for each name -> (layer key, Layer) the registry lacks under this runner's key."""
+        # a layer taken from the shared cache is never signed again here: its diff_id is another key's word
+        entries = {n: e for n, e in entries.items() if n not in self.stats.fetched and n not in self.stats.local}
         if not entries:
             return
         if self.signer is None:
