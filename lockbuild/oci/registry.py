@@ -49,6 +49,19 @@ INDEX_MEDIA_TYPES = ("application/vnd.oci.image.index.v1+json",
 MANIFEST_ACCEPT = ", ".join((MANIFEST_MEDIA_TYPE, "application/vnd.docker.distribution.manifest.v2+json",
                              *INDEX_MEDIA_TYPES))
 LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
+READ_BYTES = 1 << 20  # per socket read of a response body (httpcore's default is 64 KiB)
+
+# httpcore reads an HTTP/1.1 body 64 KiB at a time and hands each piece through h11, httpcore and
+# httpx: for a 240 MB layer blob that per-read overhead is ~1/4 of the CPU a download costs (measured
+# here: 0.94 -> 0.75 s CPU per 240 MB). 1 MiB reads cut it; the setting is process-wide (httpcore has
+# no per-client knob) and only changes how much one recv() may return.
+try:
+    import httpcore
+
+    if getattr(httpcore._sync.http11.HTTP11Connection, "READ_NUM_BYTES", READ_BYTES) < READ_BYTES:
+        httpcore._sync.http11.HTTP11Connection.READ_NUM_BYTES = READ_BYTES
+except (ImportError, AttributeError):  # another httpcore layout: its default stays
+    pass
 
 
 # -- references ----------------------------------------------------------------------------------
