@@ -138,6 +138,12 @@ def test_shared_cache_reuse_and_poisoning(tiny_project: dict, registry: str, key
     # runner B again: nothing to fetch, nothing to push (no key), everything from its local cache
     again = image_json(project, runner(tmp_path, "b"), *shared, out=str(tmp_path / "out" / "b2"))
     assert again["shared_cache"]["fetched"] == [] and all(x["reused"] for x in again["layers"])
+    assert sorted(again["shared_cache"]["local"]) == sorted(names)
+    # what B took is the signer's word, kept as the signed entry, never as a layer-cache record of B's
+    # (verify believes those without decompressing)
+    b_meta = Path(runner(tmp_path, "b")["LOCKBUILD_CACHE"]) / "meta"
+    assert not list((b_meta / "layers").glob("*.json")) and len(list((b_meta / "shared-entries").glob("*.json"))) \
+        == len(names)
 
     ci_id = load_public_key(keys["ci"][1]).key_id
     layer_key = {n: json.loads(get_entry(registry, repo, t)[1])["key"]
@@ -203,8 +209,12 @@ def test_shared_cache_reuse_and_poisoning(tiny_project: dict, registry: str, key
     gc = json.loads(run_lockbuild("cache", "gc", "--lock", str(project / "lockbuild.lock"), "--json", cwd=project,
                                   env=runner(tmp_path, "d")).stdout)["local"]
     assert gc["freed"]["blobs"] == 1 and gc["freed"]["tmp"] == 1 and gc["kept"]["layer_records"] == len(names)
-    after = image_json(project, runner(tmp_path, "d"), out=str(tmp_path / "out" / "d2"))
+    # the layers d took from the registry are used again from its own cache, their entries checked again
+    # against the trusted key (no download); without --cache-trust they would be rebuilt
+    after = image_json(project, runner(tmp_path, "d"), *shared, out=str(tmp_path / "out" / "d2"))
     assert after["digest"] == want and all(x["reused"] for x in after["layers"])
+    assert sorted(after["shared_cache"]["local"]) == sorted(d["shared_cache"]["fetched"])
+    assert after["shared_cache"]["fetched"] == []
     # every layer of the image derived again from the lock's inputs (the session cache has them)
     verified = json.loads(run_lockbuild("verify", str(tmp_path / "out" / "d"), "--rederive", "--json",
                                         cwd=project).stdout)
@@ -299,6 +309,87 @@ def test_four_runners_at_once(tiny_project: dict, registry: str, keys: dict, tmp
                                   f"{registry}/{repo}", "--json", cwd=project_a, env=runner(tmp_path, "r0")).stdout)
     assert len(gc["registry"]["deleted_tags"]) == 1 and gc["registry"]["kept_tags"] == len(seeded["layers"])
     assert len(httpx.get(f"http://{registry}/v2/{repo}/tags/list").json()["tags"]) == len(seeded["layers"])
+
+
+class _Counting:
+    """A proxy over the real registry that records every blob transfer: layer bytes read (GET of a
+    blob) and written (the PUT that commits an upload; a mount moves no bytes)."""
+
+    def __init__(self, registry: str) -> None:
+        import threading
+
+        from tests.test_oci_registry import AuthProxy, ProxyHandler
+
+        self.gets: list[str] = []
+        self.puts: list[str] = []
+        counting = self
+
+        class Handler(ProxyHandler):
+            def _authorized(self) -> bool:
+                return True
+
+            def _forward(self) -> None:
+                url = httpx.URL(self.path)
+                if self.command == "GET" and "/blobs/sha256:" in url.path:
+                    counting.gets.append(url.path.rsplit("/", 1)[1])
+                if self.command == "PUT" and "/blobs/uploads/" in url.path and url.params.get("digest"):
+                    counting.puts.append(url.params["digest"])
+                super()._forward()
+
+        self.proxy = AuthProxy(registry, "none")
+        self.proxy.RequestHandlerClass = Handler
+        threading.Thread(target=self.proxy.serve_forever, daemon=True).start()
+        self.address = self.proxy.address
+
+    def close(self) -> None:
+        self.proxy.shutdown()
+        self.proxy.server_close()
+
+
+@pytest.mark.slow
+def test_second_model_moves_only_its_own_layers(tiny_project: dict, registry: str, keys: dict,
+                                                tmp_path: Path) -> None:
+    """Issue 24: a second model on the same pins, built by a runner with an empty cache and pushed to
+    the cache's registry, downloads no layer and uploads only its own (model, config); the shared
+    layers are used from their signed entries and mounted; the pushed image verifies."""
+    import shutil
+
+    project_a = tiny_project["dir"]
+    project_b = tmp_path / "second"
+    project_b.mkdir()
+    for name in ("model", "lockbuild.toml", "lockbuild.lock"):
+        src = project_a / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, project_b / name)
+    (project_b / "model" / "NOTES.txt").write_text("a second model on the same pins\n")
+    run_lockbuild("lock", cwd=project_b)
+
+    proxy = _Counting(registry)
+    try:
+        repo = f"{proxy.address}/lockbuild-test/cache-second"
+        shared = ["--cache-registry", repo, "--cache-trust", str(keys["ci"][1]), "--cache-key", str(keys["ci"][0])]
+        a = image_json(project_a, {}, *shared, out=str(tmp_path / "out" / "a"))  # fills the cache
+        assert a["digest"] == tiny_project["image"]["digest"]
+        proxy.gets.clear()
+        proxy.puts.clear()
+        b = json.loads(run_lockbuild("image", "--push", f"{proxy.address}/lockbuild-test/second:v1", "--json",
+                                     *shared, cwd=project_b, env=runner(tmp_path, "b")).stdout)
+        gets, puts = set(proxy.gets), list(proxy.puts)
+    finally:
+        proxy.close()
+    a_layers = {x["name"]: x["digest"] for x in a["layers"]}
+    b_layers = {x["name"]: x["digest"] for x in b["layers"]}
+    own = {n for n, d in b_layers.items() if d != a_layers.get(n)}
+    assert own == {"model", "config"}, own  # everything else is the first model's
+    assert sorted(b["shared_cache"]["referenced"]) == sorted(set(b_layers) - own)
+    assert b["shared_cache"]["fetched_bytes"] == 0
+    assert not gets & set(b_layers.values()), "a layer blob was downloaded"
+    uploaded_layers = [d for d in puts if d in b_layers.values()]
+    assert sorted(uploaded_layers) == sorted(b_layers[n] for n in own), puts  # each own layer once: cache, then mount
+    assert b["shared_cache"]["uploaded_bytes"] == sum(x["size"] for x in b["layers"] if x["name"] in own)
+    assert b["push"]["mounted"] == len(b_layers)  # the image's layers all come from the cache repository
+    verified = json.loads(run_lockbuild("verify", f"docker://{registry}/lockbuild-test/second:v1", "--json",
+                                        cwd=project_b).stdout)
+    assert verified["ok"] is True, verified
 
 
 def test_tar_hasher_refuses_what_another_reader_would_unpack_differently() -> None:
