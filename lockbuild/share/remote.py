@@ -50,6 +50,7 @@ from lockbuild.share import entry as E
 Report = Callable[[str, dict], None]
 MAX_OUT = 4 << 20  # decompressed bytes per step: a gzip bomb never sits in memory
 LOOKUP_ATTEMPTS = 2  # a cache is optional: a registry that does not answer a lookup twice is skipped
+PIPE_DEPTH = 16  # pieces (up to 1 MiB each) queued between the receiving and the consuming thread
 LOOKUP_JOBS = 8  # entry lookups at once (two small GETs each)
 LOCAL_NAMESPACE = "shared-entries"  # meta/<this>/<layer key hex>.json: entries used here before
 
@@ -118,61 +119,39 @@ class _TarHasher:
         self.h.close()
 
 
-class _TarThread:
-    """The diff_id check of ``check_tar`` mode: a second thread inflates and hashes ~1 MiB pieces of
-    the blob as it downloads (both sides release the GIL: about the longer pass, not their sum)."""
+class _Pipe:
+    """Hands a download's pieces to ``consume`` on a thread of its own, so receiving (the http client)
+    and what is done with the bytes (sha256 and the file write; inflating) overlap: sha256, zlib,
+    zstd and file writes release the GIL. The first error stops the consuming; ``feed`` then says so."""
 
-    def __init__(self, layer: Layer) -> None:
+    def __init__(self, consume: Callable[[bytes], object], name: str) -> None:
         import queue
 
-        self.layer = layer
-        self.hasher = _TarHasher(layer.media_type)
-        self.pieces: queue.Queue[bytes | None] = queue.Queue(maxsize=64)
+        self.consume = consume
+        self.pieces: queue.Queue[bytes | None] = queue.Queue(maxsize=PIPE_DEPTH)
         self.failed: list[BaseException] = []
-        self.batch: list[bytes] = []
-        self.batched = 0
-        self.worker = threading.Thread(target=self._inflate, name=f"inflate-{layer.digest[7:19]}", daemon=True)
+        self.worker = threading.Thread(target=self._run, name=name, daemon=True)
         self.worker.start()
 
-    def _inflate(self) -> None:
+    def _run(self) -> None:
         try:
             while (piece := self.pieces.get()) is not None:
-                if not self.failed:
-                    self.hasher.update(piece)
-        except BaseException as e:  # noqa: BLE001 (reported by check)
+                self.consume(piece)
+        except BaseException as e:  # noqa: BLE001 (raised again by the downloading side)
             self.failed.append(e)
             while self.pieces.get() is not None:
                 pass
 
-    def feed(self, chunk: bytes) -> bool:
-        """Queue a downloaded chunk; False once inflating failed (stop downloading)."""
-        self.batch.append(chunk)
-        self.batched += len(chunk)
-        if self.batched >= CHUNK:  # fewer, bigger calls into the decompressor
-            self.pieces.put(b"".join(self.batch))
-            self.batch, self.batched = [], 0
+    def feed(self, piece: bytes) -> bool:
+        """Queue a piece; False once consuming failed (stop downloading)."""
+        if not self.failed:
+            self.pieces.put(piece)
         return not self.failed
 
     def finish(self) -> None:
         if self.worker.is_alive():
-            if self.batch:
-                self.pieces.put(b"".join(self.batch))
-                self.batch = []
             self.pieces.put(None)
             self.worker.join()
-
-    def check(self) -> None:
-        if self.failed:
-            if isinstance(self.failed[0], E.Untrusted):
-                raise self.failed[0]
-            raise E.Untrusted(f"its layer blob does not decompress ({self.failed[0]})")
-        got = self.hasher.diff_id()
-        if got != self.layer.diff_id:
-            raise E.Untrusted(f"its blob's tar is {got[:19]}, not the signed diff_id {self.layer.diff_id[:19]}")
-
-    def close(self) -> None:
-        self.finish()
-        self.hasher.close()
 
 
 @dataclass(frozen=True)
@@ -421,12 +400,15 @@ class SharedCache:
         The signed diff_id is believed, as a Nix substituter believes a trusted narinfo: the blob is
         the one the trusted key vouched for, so its tar is what that key said (re-derive with
         ``verify --rederive``; a runtime checks the diff_id when it unpacks the layer). With
-        ``check_tar`` (LOCKBUILD_CACHE_CHECK_TAR=1) the tar is inflated and hashed too, on a second
-        thread, and must be the signed diff_id."""
+        ``check_tar`` (LOCKBUILD_CACHE_CHECK_TAR=1) the tar is inflated and hashed too, on a third
+        thread, and must be the signed diff_id. Receiving and writing+hashing run on two threads."""
         s = self._s()
-        tar = _TarThread(layer) if self.check_tar else None
+        hasher = _TarHasher(layer.media_type) if self.check_tar else None
         try:
             with cache.writer(layer.digest) as w:
+                pipes = [_Pipe(w.write, f"write-{layer.digest[7:19]}")]
+                if hasher is not None:
+                    pipes.append(_Pipe(hasher.update, f"inflate-{layer.digest[7:19]}"))
                 try:
                     with s.client.stream("GET", s.url(f"blobs/{layer.digest}"), follow_redirects=True,
                                          headers={"Accept-Encoding": "identity"}) as resp:
@@ -434,25 +416,35 @@ class SharedCache:
                             transient = resp.status_code == 429 or resp.status_code >= 500
                             raise (reg.Transient if transient else PublishError)(
                                 f"GET blob {layer.digest} -> HTTP {resp.status_code}")
+                        got = 0
                         for chunk in resp.iter_raw():
-                            if w.size + len(chunk) > layer.size:
+                            got += len(chunk)
+                            if got > layer.size:
                                 raise E.Untrusted(f"its layer blob is longer than the signed {layer.size} bytes")
-                            w.write(chunk)
-                            if tar is not None and not tar.feed(chunk):
+                            if not all([p.feed(chunk) for p in pipes]):
                                 break
                 except httpx.HTTPError as e:
                     raise reg.Transient(f"GET blob {layer.digest} failed: {e}") from e
                 finally:
-                    if tar is not None:
-                        tar.finish()
+                    for p in pipes:
+                        p.finish()
+                if pipes[0].failed:  # writing failed (a full disk): that error, as it is
+                    raise pipes[0].failed[0]
                 if w.size != layer.size or w.digest() != layer.digest:
                     raise E.Untrusted(f"the registry served other bytes for {layer.digest[:19]} "
                                       f"({w.size} bytes, sha256 {w.hexdigest()[:12]})")
-                if tar is not None:
-                    tar.check()
+                if hasher is not None:
+                    if pipes[1].failed:
+                        if isinstance(pipes[1].failed[0], E.Untrusted):
+                            raise pipes[1].failed[0]
+                        raise E.Untrusted(f"its layer blob does not decompress ({pipes[1].failed[0]})")
+                    tar = hasher.diff_id()
+                    if tar != layer.diff_id:
+                        raise E.Untrusted(f"its blob's tar is {tar[:19]}, not the signed diff_id "
+                                          f"{layer.diff_id[:19]}")
         finally:
-            if tar is not None:
-                tar.close()
+            if hasher is not None:
+                hasher.close()
 
     # -- writing -------------------------------------------------------------------------------------
 
