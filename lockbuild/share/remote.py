@@ -317,7 +317,7 @@ class SharedCache:
             except PublishError as e:
                 self._unreachable(e, f"cannot fetch layer {f.name}, building it here")
                 return None
-            self._remember(cache, f.key, f.manifest, f.config)
+            self._remember(cache, f.key, f.manifest, f.config, tar_checked=self.check_tar and cache.has(f.layer.digest))
             with self._lock:
                 self.stats.fetched.append(f.name)
                 self.stats.fetched_bytes += f.layer.size if downloaded else 0
@@ -331,9 +331,9 @@ class SharedCache:
     # re-hashed. Not a record of the local layer cache: those say "lockbuild made this tar here", which
     # verify believes; an entry's diff_id is the signer's word.
 
-    def _remember(self, cache: Cache, key: str, manifest: bytes, config: bytes) -> None:
+    def _remember(self, cache: Cache, key: str, manifest: bytes, config: bytes, *, tar_checked: bool) -> None:
         cache.meta_put(LOCAL_NAMESPACE, to_hex(key, "layer key"),
-                       {"manifest": manifest.decode(), "config": config.decode()})
+                       {"manifest": manifest.decode(), "config": config.decode(), "tar_checked": tar_checked})
 
     def _remembered(self, cache: Cache, key: str) -> Layer | None:
         if not self.trusted:
@@ -346,6 +346,8 @@ class SharedCache:
                                            self.trusted)
         except (E.Untrusted, IntegrityError, KeyError, TypeError):
             return None  # not trusted (any more): looked up again
+        if self.check_tar and record.get("tar_checked") is not True:
+            return None  # its tar was not checked when it was taken: taken (and checked) again
         if self.lazy and not cache.has(layer.digest):
             return layer
         return layer if cache.get(layer.digest, layer.size) is not None else None
