@@ -484,3 +484,32 @@ def test_a_registry_serving_other_bytes_is_caught_while_reading(registry: str, c
     finally:
         proxy.shutdown()
         proxy.server_close()
+
+
+def test_a_trusted_keys_diff_id_is_believed_unless_check_tar(registry: str, cache, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                                             tiny_image, keys: dict) -> None:
+    """The trust decision (docs/architecture.md): a trusted key's signed diff_id is used without
+    inflating the blob (only its sha256 and size are checked), as Nix uses a trusted narinfo; with
+    check_tar (LOCKBUILD_CACHE_CHECK_TAR=1) a wrong one is caught, downloading or already here."""
+    import dataclasses
+
+    from lockbuild.fetch.cache import Cache
+    from lockbuild.share.remote import SharedCache
+
+    layer = _tiny_layer(cache, tmp_path, tiny_image)
+    lie = dataclasses.replace(layer, diff_id="sha256:" + "0" * 64)  # the real blob, a wrong tar digest
+    repo = f"{registry}/lockbuild-test/cache-diff-id"
+    SharedCache(repo, signer=load_private_key(keys["ci"][0])).publish_layers(cache, {"tiny": (KEY, lie)})
+    trusted = [load_public_key(keys["ci"][1])]
+    believing = SharedCache(repo, trusted=trusted, check_tar=False)
+    taken = Cache(tmp_path / "taken")
+    assert believing.fetch_layers(taken, {"tiny": KEY}) == {"tiny": lie}  # the key's word (verify would refuse it)
+    checking = SharedCache(repo, trusted=trusted, check_tar=True)
+    fresh = Cache(tmp_path / "fresh")
+    assert checking.fetch_layers(fresh, {"tiny": KEY}) == {}
+    assert "not the signed diff_id" in checking.stats.notes[0], checking.stats.notes
+    assert not fresh.has(layer.digest) and not any((fresh.root / "tmp").iterdir())
+    # the blob taken before without the check is checked before it is used again
+    again = SharedCache(repo, trusted=trusted, check_tar=True)
+    assert again.fetch_layers(taken, {"tiny": KEY}) == {}
+    assert "is not the tar of" in again.stats.notes[0], again.stats.notes
