@@ -439,6 +439,7 @@ def test_push_and_use_through_basic_and_bearer_auth(auth_proxy, cache, tmp_path:
     from tests.test_oci_registry import PASSWORD, docker_config
 
     docker_config(tmp_path, auth_proxy.address, PASSWORD, monkeypatch)
+    monkeypatch.setattr("lockbuild.share.remote.SPLIT_BYTES", 1)  # the blob comes as two ranges at once
     layer = _tiny_layer(cache, tmp_path, tiny_image)
     repo = f"{auth_proxy.address}/auth/cache-{auth_proxy.scheme}"
     writer = SharedCache(repo, signer=load_private_key(keys["ci"][0]))
@@ -450,14 +451,18 @@ def test_push_and_use_through_basic_and_bearer_auth(auth_proxy, cache, tmp_path:
     assert fresh.get(layer.digest, layer.size) is not None and not reader.stats.notes
 
 
+@pytest.mark.parametrize("split", [False, True], ids=["one-stream", "two-ranges"])
 def test_a_registry_serving_other_bytes_is_caught_while_reading(registry: str, cache, tmp_path: Path,  # type: ignore[no-untyped-def]
-                                                                tiny_image, keys: dict) -> None:
+                                                                tiny_image, keys: dict, split: bool,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     import threading
 
     from lockbuild.fetch.cache import Cache
     from lockbuild.share.remote import SharedCache
     from tests.test_oci_registry import AuthProxy, ProxyHandler
 
+    if split:  # the flipped byte is in the second half, which then comes from the range request
+        monkeypatch.setattr("lockbuild.share.remote.SPLIT_BYTES", 1)
     layer = _tiny_layer(cache, tmp_path, tiny_image)
     repo = "lockbuild-test/cache-liar"
     SharedCache(f"{registry}/{repo}", signer=load_private_key(keys["ci"][0])).publish_layers(

@@ -50,6 +50,7 @@ from lockbuild.share import entry as E
 Report = Callable[[str, dict], None]
 MAX_OUT = 4 << 20  # decompressed bytes per step: a gzip bomb never sits in memory
 LOOKUP_ATTEMPTS = 2  # a cache is optional: a registry that does not answer a lookup twice is skipped
+SPLIT_BYTES = 64 << 20  # a blob this big downloads as two ranges at once (TensorFlow's layer is ~240 MB)
 PIPE_DEPTH = 16  # pieces (up to 1 MiB each) queued between the receiving and the consuming thread
 LOOKUP_JOBS = 8  # entry lookups at once (two small GETs each)
 LOCAL_NAMESPACE = "shared-entries"  # meta/<this>/<layer key hex>.json: entries used here before
@@ -152,6 +153,61 @@ class _Pipe:
         if self.worker.is_alive():
             self.pieces.put(None)
             self.worker.join()
+
+
+class _RangeTail:
+    """The second half of a big blob (``Range: bytes=half-``), downloaded on a thread of its own into a
+    temp file while the first half streams; then fed, in order, through the same hashing pipes. Only
+    bytes the registry says are exactly that range (206, its Content-Range, its length) are used; else
+    the caller reads the whole blob from its own stream, as without a tail."""
+
+    def __init__(self, s: reg.Session, layer: Layer, half: int, tmpdir: Path) -> None:
+        import tempfile
+
+        self.s, self.layer, self.half = s, layer, half
+        fd, name = tempfile.mkstemp(dir=tmpdir, suffix=".tail")
+        os.close(fd)
+        self.path = Path(name)
+        self.ok = False
+        self.worker = threading.Thread(target=self._run, name=f"tail-{layer.digest[7:19]}", daemon=True)
+        self.worker.start()
+
+    def _run(self) -> None:
+        want = self.layer.size - self.half
+        headers = {"Accept-Encoding": "identity", "Range": f"bytes={self.half}-{self.layer.size - 1}"}
+        try:
+            with self.s.client.stream("GET", self.s.url(f"blobs/{self.layer.digest}"), follow_redirects=True,
+                                      headers=headers) as resp:
+                rng = resp.headers.get("content-range", "")
+                if resp.status_code != 206 or rng != f"bytes {self.half}-{self.layer.size - 1}/{self.layer.size}":
+                    return
+                n = 0
+                with open(self.path, "wb") as f:
+                    for chunk in resp.iter_raw():
+                        n += len(chunk)
+                        if n > want:
+                            return
+                        f.write(chunk)
+                self.ok = n == want
+        except (httpx.HTTPError, OSError):
+            return
+
+    def wait(self) -> bool:
+        self.worker.join()
+        return self.ok
+
+    def feed(self, pipes: list[_Pipe]) -> int:
+        n = 0
+        with open(self.path, "rb") as f:
+            while chunk := f.read(CHUNK):
+                n += len(chunk)
+                if not all([p.feed(chunk) for p in pipes]):
+                    break
+        return n
+
+    def close(self) -> None:
+        self.worker.join()
+        self.path.unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)
@@ -406,6 +462,7 @@ class SharedCache:
         thread, and must be the signed diff_id. Receiving and writing+hashing run on two threads."""
         s = self._s()
         hasher = _TarHasher(layer.media_type) if self.check_tar else None
+        started: _RangeTail | None = None
         try:
             with cache.writer(layer.digest) as w:
                 pipes = [_Pipe(w.write, f"write-{layer.digest[7:19]}")]
@@ -418,16 +475,32 @@ class SharedCache:
                             transient = resp.status_code == 429 or resp.status_code >= 500
                             raise (reg.Transient if transient else PublishError)(
                                 f"GET blob {layer.digest} -> HTTP {resp.status_code}")
+                        half = layer.size // 2
+                        if layer.size >= SPLIT_BYTES:  # the second half at the same time, into a file of its own
+                            started = _RangeTail(s, layer, half, cache.tmpdir())
+                        tail = started
                         got = 0
                         for chunk in resp.iter_raw():
+                            if tail is not None and got + len(chunk) >= half:
+                                keep = half - got
+                                if not all([p.feed(chunk[:keep]) for p in pipes]):
+                                    break
+                                got += keep
+                                chunk = chunk[keep:]
+                                if tail.wait():  # the rest is here: from the file, through the same pipes
+                                    got += tail.feed(pipes)
+                                    break
+                                tail = None  # no range (or it failed): this stream goes on
                             got += len(chunk)
                             if got > layer.size:
                                 raise E.Untrusted(f"its layer blob is longer than the signed {layer.size} bytes")
-                            if not all([p.feed(chunk) for p in pipes]):
+                            if chunk and not all([p.feed(chunk) for p in pipes]):
                                 break
                 except httpx.HTTPError as e:
                     raise reg.Transient(f"GET blob {layer.digest} failed: {e}") from e
                 finally:
+                    if started is not None:
+                        started.close()
                     for p in pipes:
                         p.finish()
                 if pipes[0].failed:  # writing failed (a full disk): that error, as it is
