@@ -6,8 +6,9 @@ Reading an entry (``SharedCache.fetch``), for each trusted key's tag in turn:
   2. ``entry.check_entry``: a trusted signature over the statement for exactly this key, and the
      manifest's layer descriptor equal to the signed one;
   3. stream the layer blob into the local cache's temp file, hashing it (sha256, size) as it
-     arrives; only when both equal the signed values is it renamed into the local cache and
-     recorded in the local layer cache (HMAC record).
+     arrives; only when both equal the signed values is it renamed into the local cache. The entry
+     is kept beside it (``meta/shared-entries/``) and checked again whenever it is used later.
+Lookups run all at once, then downloads biggest first; a big blob comes as two ranges at once.
 Anything else is a note, and the layer is built as if the registry had nothing.
 
 The signed diff_id is believed without inflating the blob, as Nix believes a trusted narinfo: the
