@@ -138,6 +138,12 @@ def test_shared_cache_reuse_and_poisoning(tiny_project: dict, registry: str, key
     # runner B again: nothing to fetch, nothing to push (no key), everything from its local cache
     again = image_json(project, runner(tmp_path, "b"), *shared, out=str(tmp_path / "out" / "b2"))
     assert again["shared_cache"]["fetched"] == [] and all(x["reused"] for x in again["layers"])
+    assert sorted(again["shared_cache"]["local"]) == sorted(names)
+    # what B took is the signer's word, kept as the signed entry, never as a layer-cache record of B's
+    # (verify believes those without decompressing)
+    b_meta = Path(runner(tmp_path, "b")["LOCKBUILD_CACHE"]) / "meta"
+    assert not list((b_meta / "layers").glob("*.json")) and len(list((b_meta / "shared-entries").glob("*.json"))) \
+        == len(names)
 
     ci_id = load_public_key(keys["ci"][1]).key_id
     layer_key = {n: json.loads(get_entry(registry, repo, t)[1])["key"]
@@ -203,8 +209,12 @@ def test_shared_cache_reuse_and_poisoning(tiny_project: dict, registry: str, key
     gc = json.loads(run_lockbuild("cache", "gc", "--lock", str(project / "lockbuild.lock"), "--json", cwd=project,
                                   env=runner(tmp_path, "d")).stdout)["local"]
     assert gc["freed"]["blobs"] == 1 and gc["freed"]["tmp"] == 1 and gc["kept"]["layer_records"] == len(names)
-    after = image_json(project, runner(tmp_path, "d"), out=str(tmp_path / "out" / "d2"))
+    # the layers d took from the registry are used again from its own cache, their entries checked again
+    # against the trusted key (no download); without --cache-trust they would be rebuilt
+    after = image_json(project, runner(tmp_path, "d"), *shared, out=str(tmp_path / "out" / "d2"))
     assert after["digest"] == want and all(x["reused"] for x in after["layers"])
+    assert sorted(after["shared_cache"]["local"]) == sorted(d["shared_cache"]["fetched"])
+    assert after["shared_cache"]["fetched"] == []
     # every layer of the image derived again from the lock's inputs (the session cache has them)
     verified = json.loads(run_lockbuild("verify", str(tmp_path / "out" / "d"), "--rederive", "--json",
                                         cwd=project).stdout)
@@ -301,6 +311,87 @@ def test_four_runners_at_once(tiny_project: dict, registry: str, keys: dict, tmp
     assert len(httpx.get(f"http://{registry}/v2/{repo}/tags/list").json()["tags"]) == len(seeded["layers"])
 
 
+class _Counting:
+    """A proxy over the real registry that records every blob transfer: layer bytes read (GET of a
+    blob) and written (the PUT that commits an upload; a mount moves no bytes)."""
+
+    def __init__(self, registry: str) -> None:
+        import threading
+
+        from tests.test_oci_registry import AuthProxy, ProxyHandler
+
+        self.gets: list[str] = []
+        self.puts: list[str] = []
+        counting = self
+
+        class Handler(ProxyHandler):
+            def _authorized(self) -> bool:
+                return True
+
+            def _forward(self) -> None:
+                url = httpx.URL(self.path)
+                if self.command == "GET" and "/blobs/sha256:" in url.path:
+                    counting.gets.append(url.path.rsplit("/", 1)[1])
+                if self.command == "PUT" and "/blobs/uploads/" in url.path and url.params.get("digest"):
+                    counting.puts.append(url.params["digest"])
+                super()._forward()
+
+        self.proxy = AuthProxy(registry, "none")
+        self.proxy.RequestHandlerClass = Handler
+        threading.Thread(target=self.proxy.serve_forever, daemon=True).start()
+        self.address = self.proxy.address
+
+    def close(self) -> None:
+        self.proxy.shutdown()
+        self.proxy.server_close()
+
+
+@pytest.mark.slow
+def test_second_model_moves_only_its_own_layers(tiny_project: dict, registry: str, keys: dict,
+                                                tmp_path: Path) -> None:
+    """Issue 24: a second model on the same pins, built by a runner with an empty cache and pushed to
+    the cache's registry, downloads no layer and uploads only its own (model, config); the shared
+    layers are used from their signed entries and mounted; the pushed image verifies."""
+    import shutil
+
+    project_a = tiny_project["dir"]
+    project_b = tmp_path / "second"
+    project_b.mkdir()
+    for name in ("model", "lockbuild.toml", "lockbuild.lock"):
+        src = project_a / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, project_b / name)
+    (project_b / "model" / "NOTES.txt").write_text("a second model on the same pins\n")
+    run_lockbuild("lock", cwd=project_b)
+
+    proxy = _Counting(registry)
+    try:
+        repo = f"{proxy.address}/lockbuild-test/cache-second"
+        shared = ["--cache-registry", repo, "--cache-trust", str(keys["ci"][1]), "--cache-key", str(keys["ci"][0])]
+        a = image_json(project_a, {}, *shared, out=str(tmp_path / "out" / "a"))  # fills the cache
+        assert a["digest"] == tiny_project["image"]["digest"]
+        proxy.gets.clear()
+        proxy.puts.clear()
+        b = json.loads(run_lockbuild("image", "--push", f"{proxy.address}/lockbuild-test/second:v1", "--json",
+                                     *shared, cwd=project_b, env=runner(tmp_path, "b")).stdout)
+        gets, puts = set(proxy.gets), list(proxy.puts)
+    finally:
+        proxy.close()
+    a_layers = {x["name"]: x["digest"] for x in a["layers"]}
+    b_layers = {x["name"]: x["digest"] for x in b["layers"]}
+    own = {n for n, d in b_layers.items() if d != a_layers.get(n)}
+    assert own == {"model", "config"}, own  # everything else is the first model's
+    assert sorted(b["shared_cache"]["referenced"]) == sorted(set(b_layers) - own)
+    assert b["shared_cache"]["fetched_bytes"] == 0
+    assert not gets & set(b_layers.values()), "a layer blob was downloaded"
+    uploaded_layers = [d for d in puts if d in b_layers.values()]
+    assert sorted(uploaded_layers) == sorted(b_layers[n] for n in own), puts  # each own layer once: cache, then mount
+    assert b["shared_cache"]["uploaded_bytes"] == sum(x["size"] for x in b["layers"] if x["name"] in own)
+    assert b["push"]["mounted"] == len(b_layers)  # the image's layers all come from the cache repository
+    verified = json.loads(run_lockbuild("verify", f"docker://{registry}/lockbuild-test/second:v1", "--json",
+                                        cwd=project_b).stdout)
+    assert verified["ok"] is True, verified
+
+
 def test_tar_hasher_refuses_what_another_reader_would_unpack_differently() -> None:
     """The diff_id check while reading: the tar's sha256; a truncated stream, bytes after the gzip member
     (a second member Go's reader would unpack) are refused; zstd frames are read across."""
@@ -348,6 +439,7 @@ def test_push_and_use_through_basic_and_bearer_auth(auth_proxy, cache, tmp_path:
     from tests.test_oci_registry import PASSWORD, docker_config
 
     docker_config(tmp_path, auth_proxy.address, PASSWORD, monkeypatch)
+    monkeypatch.setattr("lockbuild.share.remote.SPLIT_BYTES", 1)  # the blob comes as two ranges at once
     layer = _tiny_layer(cache, tmp_path, tiny_image)
     repo = f"{auth_proxy.address}/auth/cache-{auth_proxy.scheme}"
     writer = SharedCache(repo, signer=load_private_key(keys["ci"][0]))
@@ -359,14 +451,18 @@ def test_push_and_use_through_basic_and_bearer_auth(auth_proxy, cache, tmp_path:
     assert fresh.get(layer.digest, layer.size) is not None and not reader.stats.notes
 
 
+@pytest.mark.parametrize("split", [False, True], ids=["one-stream", "two-ranges"])
 def test_a_registry_serving_other_bytes_is_caught_while_reading(registry: str, cache, tmp_path: Path,  # type: ignore[no-untyped-def]
-                                                                tiny_image, keys: dict) -> None:
+                                                                tiny_image, keys: dict, split: bool,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     import threading
 
     from lockbuild.fetch.cache import Cache
     from lockbuild.share.remote import SharedCache
     from tests.test_oci_registry import AuthProxy, ProxyHandler
 
+    if split:  # the flipped byte is in the second half, which then comes from the range request
+        monkeypatch.setattr("lockbuild.share.remote.SPLIT_BYTES", 1)
     layer = _tiny_layer(cache, tmp_path, tiny_image)
     repo = "lockbuild-test/cache-liar"
     SharedCache(f"{registry}/{repo}", signer=load_private_key(keys["ci"][0])).publish_layers(
@@ -393,3 +489,32 @@ def test_a_registry_serving_other_bytes_is_caught_while_reading(registry: str, c
     finally:
         proxy.shutdown()
         proxy.server_close()
+
+
+def test_a_trusted_keys_diff_id_is_believed_unless_check_tar(registry: str, cache, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                                             tiny_image, keys: dict) -> None:
+    """The trust decision (docs/architecture.md): a trusted key's signed diff_id is used without
+    inflating the blob (only its sha256 and size are checked), as Nix uses a trusted narinfo; with
+    check_tar (LOCKBUILD_CACHE_CHECK_TAR=1) a wrong one is caught, downloading or already here."""
+    import dataclasses
+
+    from lockbuild.fetch.cache import Cache
+    from lockbuild.share.remote import SharedCache
+
+    layer = _tiny_layer(cache, tmp_path, tiny_image)
+    lie = dataclasses.replace(layer, diff_id="sha256:" + "0" * 64)  # the real blob, a wrong tar digest
+    repo = f"{registry}/lockbuild-test/cache-diff-id"
+    SharedCache(repo, signer=load_private_key(keys["ci"][0])).publish_layers(cache, {"tiny": (KEY, lie)})
+    trusted = [load_public_key(keys["ci"][1])]
+    believing = SharedCache(repo, trusted=trusted, check_tar=False)
+    taken = Cache(tmp_path / "taken")
+    assert believing.fetch_layers(taken, {"tiny": KEY}) == {"tiny": lie}  # the key's word (verify would refuse it)
+    checking = SharedCache(repo, trusted=trusted, check_tar=True)
+    fresh = Cache(tmp_path / "fresh")
+    assert checking.fetch_layers(fresh, {"tiny": KEY}) == {}
+    assert "not the signed diff_id" in checking.stats.notes[0], checking.stats.notes
+    assert not fresh.has(layer.digest) and not any((fresh.root / "tmp").iterdir())
+    # the blob taken before without the check is checked before it is used again
+    again = SharedCache(repo, trusted=trusted, check_tar=True)
+    assert again.fetch_layers(taken, {"tiny": KEY}) == {}
+    assert "is not the tar of" in again.stats.notes[0], again.stats.notes

@@ -178,10 +178,7 @@ def _reused_layers(b: _Build, plans: list[LayerPlan], shared: SharedLayers | Non
             done[p.name] = layer
     if shared is not None:
         keys = {p.name: compressed_key(p.key, b.compression) for p in plans if p.name not in done}
-        for name, layer in shared.fetch_layers(b.cache, keys, jobs=b.jobs).items():
-            if b.cache.has(layer.digest):  # downloaded and verified (not only referenced: SharedCache.lazy)
-                remember_layer(b.cache, keys[name], layer)
-            done[name] = layer
+        done.update(shared.fetch_layers(b.cache, keys, jobs=b.jobs))  # not layer-cache records: signed entries
     return done
 
 

@@ -1,9 +1,10 @@
 """Push and pull over the OCI distribution API (httpx), the way go-containerregistry does it.
 
-Push: for each blob HEAD first and skip it if the registry has it; else try a cross-repository
-mount when a source repository is given (falling back to an upload when the registry answers
-202 instead of 201); else POST an upload session, PATCH the whole blob streamed from the cache,
-and PUT ?digest= to commit. Then PUT the manifest. Nothing is held in memory but small JSON.
+Push: for each blob (four at once) HEAD first and skip it if the registry has it; else try a
+cross-repository mount when a source repository is given (falling back to an upload when the
+registry answers 202 instead of 201); else POST an upload session, PATCH the whole blob streamed
+from the cache, and PUT ?digest= to commit. Then, all blobs there, PUT the manifest. Nothing is
+held in memory but small JSON.
 
 Auth: anonymous, Basic, or Bearer tokens (the WWW-Authenticate realm/service/scope dance), with
 credentials from ``$DOCKER_CONFIG/config.json`` ``auths`` (base64 "user:pass"); credential
@@ -23,7 +24,9 @@ import hashlib
 import json
 import os
 import re
+import threading
 from collections.abc import Callable, Generator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar
@@ -49,6 +52,21 @@ INDEX_MEDIA_TYPES = ("application/vnd.oci.image.index.v1+json",
 MANIFEST_ACCEPT = ", ".join((MANIFEST_MEDIA_TYPE, "application/vnd.docker.distribution.manifest.v2+json",
                              *INDEX_MEDIA_TYPES))
 LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
+PUSH_JOBS = 4  # blobs pushed at once
+_RESULT = threading.Lock()  # PushResult's counters, updated by the pushing threads
+READ_BYTES = 1 << 20  # per socket read of a response body (httpcore's default is 64 KiB)
+
+# httpcore reads an HTTP/1.1 body 64 KiB at a time and hands each piece through h11, httpcore and
+# httpx: for a 240 MB layer blob that per-read overhead is ~1/4 of the CPU a download costs (measured
+# here: 0.94 -> 0.75 s CPU per 240 MB). 1 MiB reads cut it; the setting is process-wide (httpcore has
+# no per-client knob) and only changes how much one recv() may return.
+try:
+    import httpcore
+
+    if getattr(httpcore._sync.http11.HTTP11Connection, "READ_NUM_BYTES", READ_BYTES) < READ_BYTES:
+        httpcore._sync.http11.HTTP11Connection.READ_NUM_BYTES = READ_BYTES
+except (ImportError, AttributeError):  # another httpcore layout: its default stays
+    pass
 
 
 # -- references ----------------------------------------------------------------------------------
@@ -159,18 +177,24 @@ class RegistryAuth(httpx.Auth):
         self.creds = creds
         self.scopes = scopes
         self.header: str | None = None
+        self._lock = threading.Lock()  # requests of one session run in parallel (blob pushes, lookups)
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        if self.header:
-            request.headers["Authorization"] = self.header
+        sent = self.header
+        if sent:
+            request.headers["Authorization"] = sent
         response = yield request
         if response.status_code != 401:
             return
-        header = self._answer(response.headers.get("www-authenticate", ""))
-        if header is None or header == self.header:
-            return
-        self.header = header
-        request.headers["Authorization"] = header
+        with self._lock:  # one token per session, however many requests were refused at once
+            if self.header is not None and self.header != sent:
+                header: str | None = self.header  # another request answered the challenge meanwhile
+            else:
+                header = self._answer(response.headers.get("www-authenticate", ""))
+                if header is None or header == sent:
+                    return
+                self.header = header
+        request.headers["Authorization"] = str(header)
         yield request
 
     def _answer(self, challenge: str) -> str | None:
@@ -339,6 +363,15 @@ def _upload(s: Session, location: httpx.URL, digest: str, size: int, content: Bl
            headers={"Content-Length": "0"})
 
 
+def _locked(progress: Progress) -> Progress:
+    lock = threading.Lock()
+
+    def call(n: int) -> None:
+        with lock:
+            progress(n)
+    return call
+
+
 def _push_blob(s: Session, digest: str, content: BlobSource, result: PushResult,
                mount_from: str | None, progress: Progress | None) -> None:
     size = len(content) if isinstance(content, bytes) else content.stat().st_size
@@ -348,8 +381,9 @@ def _push_blob(s: Session, digest: str, content: BlobSource, result: PushResult,
         result.mounted.append(digest)
     else:
         _upload(s, location, digest, size, content, progress)
-        result.uploaded.append(digest)
-        result.bytes_uploaded += size
+        with _RESULT:
+            result.uploaded.append(digest)
+            result.bytes_uploaded += size
         return
     if progress:
         progress(size)
@@ -398,10 +432,15 @@ def push(image: Image, ref: str, cache: Cache, *, progress: Progress | None = No
         result = PushResult(digest="", reference="")
         remote = {layer.digest: layer.size for layer in image.layers if not cache.has(layer.digest)}
         local = image if not remote else replace(image, layers=tuple(x for x in image.layers if x.digest not in remote))
-        for digest, size in remote.items():  # a shared-cache layer never downloaded: the registry has it
-            with_retries(functools.partial(_place_remote_blob, s, digest, size, result, mount_from, progress))
-        for digest, content in blob_sources(local, cache).items():
-            with_retries(functools.partial(_push_blob, s, digest, content, result, mount_from, progress))
+        shown = _locked(progress) if progress else None
+        steps = [  # a shared-cache layer never downloaded: the registry has it (or mounts it)
+            *(functools.partial(_place_remote_blob, s, digest, size, result, mount_from, shown)
+              for digest, size in remote.items()),
+            *(functools.partial(_push_blob, s, digest, content, result, mount_from, shown)
+              for digest, content in blob_sources(local, cache).items())]
+        # blobs at once (each a HEAD, maybe a mount or an upload: round trips, not CPU); the manifest last
+        with ThreadPoolExecutor(max_workers=max(1, min(PUSH_JOBS, len(steps)))) as pool:
+            list(pool.map(with_retries, steps))
         result.digest = with_retries(functools.partial(_put_manifest, s, image.manifest))
     result.reference = r.with_digest(result.digest)
     return result

@@ -2,7 +2,8 @@
 
 What is kept is what the given locks need to build their images again without the network:
   - every input blob: wheels (and an sdist-built wheel's sdist and build env), .debs, model files;
-  - the layer records of each lock's layers (for gzip and zstd) and the layer blobs they name.
+  - the layer records of each lock's layers (for gzip and zstd) and the layer blobs they name, and
+    the shared-cache entries used here for them (``meta/shared-entries/``) and their blobs.
 Everything else in ``blobs/`` goes (indexes and metadata downloaded by ``lockbuild lock`` included:
 the next lock fetches them again), layer records of other keys go, and ``tmp/`` entries older than an
 hour (a live build's temp files are younger). Small derived records (wheel file lists, licenses)
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 from lockbuild.fetch.cache import Cache
 from lockbuild.lockfile.model import Lock, Wheel
 from lockbuild.oci.layercache import META_NAMESPACE, layer_record
+from lockbuild.share.remote import LOCAL_NAMESPACE
 
 TMP_MIN_AGE = 3600.0
 
@@ -71,6 +73,17 @@ def needed(locks: Iterable[tuple[Lock, bytes]]) -> Needed:
     return n
 
 
+def _shared_entry_blob(cache: Cache, key: str) -> str | None:
+    """The layer blob a shared-cache entry used here names (share/remote.py keeps them), if any."""
+    import json
+
+    record = cache.meta_get(LOCAL_NAMESPACE, key.removeprefix("sha256:"))
+    try:
+        return str(json.loads(record["manifest"])["layers"][0]["digest"]) if record else None
+    except (ValueError, KeyError, TypeError, IndexError):
+        return None
+
+
 def _size(path: os.PathLike[str] | str) -> int:
     try:
         if os.path.isdir(path) and not os.path.islink(path):
@@ -88,8 +101,9 @@ def gc_local(cache: Cache, locks: list[tuple[Lock, bytes]], *, dry_run: bool = F
     kept_layers = 0
     for key in n.layer_keys:
         layer, _why = layer_record(cache, key)
-        if layer is not None:
-            keep_blobs.add(layer.digest)
+        entry = _shared_entry_blob(cache, key)  # a layer taken from the shared cache (trust is checked on use)
+        if layer is not None or entry is not None:
+            keep_blobs.update(d for d in (layer.digest if layer else None, entry) if d)
             kept_layers += 1
     freed = {"blobs": 0, "blob_bytes": 0, "layer_records": 0, "tmp": 0, "tmp_bytes": 0}
     kept = {"blobs": 0, "blob_bytes": 0, "layer_records": kept_layers}
@@ -106,12 +120,13 @@ def gc_local(cache: Cache, locks: list[tuple[Lock, bytes]], *, dry_run: bool = F
             if not dry_run:
                 f.unlink(missing_ok=True)
     keep_records = {k.removeprefix("sha256:") for k in n.layer_keys}
-    records = cache.root / "meta" / META_NAMESPACE
-    for f in sorted(records.glob("*.json")) if records.is_dir() else []:
-        if f.stem not in keep_records:
-            freed["layer_records"] += 1
-            if not dry_run:
-                f.unlink(missing_ok=True)
+    for namespace in (META_NAMESPACE, LOCAL_NAMESPACE):
+        records = cache.root / "meta" / namespace
+        for f in sorted(records.glob("*.json")) if records.is_dir() else []:
+            if f.stem not in keep_records:
+                freed["layer_records"] += 1
+                if not dry_run:
+                    f.unlink(missing_ok=True)
     now = time.time()
     for f in sorted(cache.tmpdir().iterdir()):
         try:
