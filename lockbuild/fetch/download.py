@@ -10,7 +10,7 @@ in the cache.
 from __future__ import annotations
 
 import contextlib
-import hashlib
+import functools
 import os
 import threading
 from collections.abc import Callable, Sequence
@@ -20,11 +20,12 @@ from pathlib import Path
 
 import httpx
 
+from lockbuild import net
 from lockbuild.digest import to_hex
 from lockbuild.errors import FetchError, IntegrityError
 from lockbuild.fetch.cache import Cache
-from lockbuild.fsutil import CHUNK
-from lockbuild.net import RETRIES, USER_AGENT, backoff
+from lockbuild.fsutil import CHUNK, HashingStream
+from lockbuild.net import USER_AGENT
 from lockbuild.progress import Progress
 
 TIMEOUT = httpx.Timeout(60.0, connect=15.0)
@@ -66,23 +67,12 @@ def _download_one(http: httpx.Client, cache: Cache, item: Item, progress: Progre
         cached = cache.get(item.sha256, item.size)
         if cached is not None:
             return cached
-        got: tuple[str, int] | None = None
         for url in item.urls:
-            for attempt in range(RETRIES):
-                try:
-                    got = _stream_to(http, url, partial, progress)
-                    break
-                except (httpx.TransportError, httpx.HTTPStatusError) as e:
-                    status = getattr(getattr(e, "response", None), "status_code", None)
-                    errors.append(f"{url}: {e}")
-                    if status is not None and status in (403, 404, 410):
-                        break  # this mirror does not have it: try the next one
-                    backoff(attempt)
-            else:
-                continue
-            if not partial.exists() or got is None:
-                continue
-            digest, size = got
+            try:
+                digest, size = net.retry(functools.partial(_attempt, http, url, partial, progress, errors),
+                                         transient=_transient)
+            except (httpx.TransportError, httpx.HTTPStatusError):
+                continue  # this mirror failed every attempt, or does not have it: try the next one
             if digest != item.sha256 or (item.size is not None and size != item.size):
                 partial.unlink()
                 errors.append(f"{url}: served {digest} ({size} bytes)")
@@ -97,16 +87,30 @@ def _download_one(http: httpx.Client, cache: Cache, item: Item, progress: Progre
     with contextlib.suppress(FileNotFoundError):
         partial.unlink()
     raise FetchError(
-        f"could not download {item.label or item.sha256} after {RETRIES} tries per source",
+        f"could not download {item.label or item.sha256} after {net.RETRIES} tries per source",
         hint="check the network / mirror; the cache holds no partial entry. Last errors: "
         + "; ".join(errors[-3:]),
     )
 
 
-def _hash_file(path: Path) -> tuple[hashlib._Hash, int]:
-    """The running sha256 of what is already in ``path``, and its size."""
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256"), f.tell()
+GONE = (403, 404, 410)  # the source does not have it: another attempt would not help
+
+
+def _transient(e: Exception) -> bool:
+    """A failure another attempt at the same URL may not see (network, any HTTP error but ``GONE``)."""
+    if isinstance(e, httpx.HTTPStatusError):
+        return e.response.status_code not in GONE
+    return isinstance(e, httpx.TransportError)
+
+
+def _attempt(http: httpx.Client, url: str, partial: Path, progress: Progress | None,
+             errors: list[str]) -> tuple[str, int]:
+    """One try at ``url`` (``_stream_to``), its failure noted in ``errors``."""
+    try:
+        return _stream_to(http, url, partial, progress)
+    except (httpx.TransportError, httpx.HTTPStatusError) as e:
+        errors.append(f"{url}: {e}")
+        raise
 
 
 def _stream_to(http: httpx.Client, url: str, partial: Path, progress: Progress | None) -> tuple[str, int]:
@@ -116,21 +120,19 @@ def _stream_to(http: httpx.Client, url: str, partial: Path, progress: Progress |
     headers = {"Range": f"bytes={have}-"} if have else {}
     with http.stream("GET", url, headers=headers) as r:
         if r.status_code == 416:  # already complete
-            h, size = _hash_file(partial)
-            return "sha256:" + h.hexdigest(), size
+            done = HashingStream(None, resume=partial)
+            return done.digest(), done.size
         r.raise_for_status()
-        mode = "ab" if (have and r.status_code == 206) else "wb"
-        if mode == "wb" and have and progress:
+        resume = bool(have and r.status_code == 206)
+        if not resume and have and progress:
             progress(-have)
-        h, size = _hash_file(partial) if mode == "ab" else (hashlib.sha256(), 0)
-        with open(partial, mode) as f:
+        with open(partial, "ab" if resume else "wb") as f:
+            sink = HashingStream(f, resume=partial if resume else None)
             for chunk in r.iter_bytes(CHUNK):
-                f.write(chunk)
-                h.update(chunk)
-                size += len(chunk)
+                sink.write(chunk)
                 if progress:
                     progress(len(chunk))
-    return "sha256:" + h.hexdigest(), size
+    return sink.digest(), sink.size
 
 
 class Downloads:
@@ -213,21 +215,20 @@ def fetch_bytes(url: str, *, http: httpx.Client | None = None) -> bytes:
     """Small unverified GET (indexes whose hash is checked by the caller)."""
     own = http is None
     http = http or client()
+
+    def get() -> bytes:
+        r = http.get(url)
+        r.raise_for_status()
+        return r.content
+
     try:
-        last: Exception | None = None
-        for attempt in range(RETRIES):
-            try:
-                r = http.get(url)
-                r.raise_for_status()
-                return r.content
-            except httpx.HTTPStatusError as e:
-                if e.response.status_code in (403, 404, 410):
-                    raise FetchError(f"{url}: HTTP {e.response.status_code}") from None
-                last = e
-            except httpx.TransportError as e:
-                last = e
-            backoff(attempt)
-        raise FetchError(f"could not fetch {url}: {last}", hint="check the network or the mirror URL")
+        return net.retry(get, transient=_transient)
+    except httpx.HTTPStatusError as e:
+        if e.response.status_code in GONE:
+            raise FetchError(f"{url}: HTTP {e.response.status_code}") from None
+        raise FetchError(f"could not fetch {url}: {e}", hint="check the network or the mirror URL") from None
+    except httpx.TransportError as e:
+        raise FetchError(f"could not fetch {url}: {e}", hint="check the network or the mirror URL") from None
     finally:
         if own:
             http.close()
