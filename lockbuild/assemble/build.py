@@ -226,11 +226,11 @@ def _build_layers(todo: list[LayerPlan], lock: Lock, lock_bytes: bytes, cache: C
 
 
 def _wheel_listing(lock: Lock, cache: Cache, w, path: Path) -> list[str]:  # type: ignore[no-untyped-def]
-    meta = cache.meta_get("wheel-files", f"{w.sha256}-{lock.target.python}")
+    meta = cache.meta_get("wheel-paths", f"{w.sha256}-{lock.target.python}")
     if meta is not None:
         return list(meta["paths"])
     paths = wheel_install.install_paths(w, path, lock.target)
-    cache.meta_put("wheel-files", f"{w.sha256}-{lock.target.python}", {"paths": paths})
+    cache.meta_put("wheel-paths", f"{w.sha256}-{lock.target.python}", {"paths": paths})
     return paths
 
 
