@@ -35,12 +35,12 @@ from lockbuild.oci.image import Image, ImageSpec, build_image
 from lockbuild.oci.layercache import Layer, layer_record, remember_layer
 from lockbuild.oci.tar import Node, Tree, tree_nodes, write_layer
 from lockbuild.platforms import debian_arch
+from lockbuild.progress import Report, silent
 
 if TYPE_CHECKING:
     from lockbuild.share.remote import SharedCache
 
 LEVEL = 1  # gzip level: compression dominates a cold build (field notes: -6 is 2.7x slower)
-Report = Callable[[str, dict], None]
 
 
 @dataclass
@@ -100,7 +100,7 @@ def image_spec(lock: Lock, labels: dict[str, str]) -> ImageSpec:
     )
 
 
-def _verified_layer(cache: Cache, key: str, name: str = "", report: Report = lambda _e, _d: None) -> Layer | None:
+def _verified_layer(cache: Cache, key: str, name: str = "", report: Report = silent) -> Layer | None:
     layer, why = layer_record(cache, key)
     if why is not None:
         report("warning", {"message": f"layer cache record for {name} is not trusted ({why}); rebuilding it"})
@@ -141,7 +141,7 @@ def compressed_key(key: str, compression: str, codec: tuple[str, int] | None = N
 
 
 def build(lock: Lock, lock_bytes: bytes, cache: Cache, *, lock_dir: Path, jobs: int = 4,
-          report: Report = lambda _e, _d: None, compression: str | None = None,
+          report: Report = silent, compression: str | None = None,
           shared: SharedCache | None = None) -> BuildResult:
     """Build the image. ``compression`` overrides the lock's ``[image] compression`` (docker-archive
     and ``--load`` need gzip); the diff_ids and the config are the same either way. ``shared`` is a
@@ -264,7 +264,7 @@ class StagedLayer:
 
 
 def stage_layer(p: LayerPlan, lock: Lock, lock_bytes: bytes, blobs: dict[str, Path], stage: Path, *,
-                mtime: int, report: Report = lambda _e, _d: None) -> StagedLayer:
+                mtime: int, report: Report = silent) -> StagedLayer:
     """Stage one planned layer's tree into the empty directory ``stage``. The one place that decides a
     layer's content, mtime and owners: the builder tars it into the cache, verify derives the expected
     image from it, so the two can never disagree about what the lock means."""

@@ -13,7 +13,7 @@ import contextlib
 import functools
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +26,7 @@ from lockbuild.errors import FetchError, IntegrityError
 from lockbuild.fetch.cache import Cache
 from lockbuild.fsutil import CHUNK, HashingStream
 from lockbuild.net import USER_AGENT
-from lockbuild.progress import Progress
+from lockbuild.progress import Progress, Report, silent
 
 TIMEOUT = httpx.Timeout(60.0, connect=15.0)
 
@@ -139,22 +139,23 @@ class Downloads:
     """Every item fetched (cache first) by ``jobs`` background threads, in the given order.
     ``path(item)`` waits for that item alone and returns its verified path, or raises its error.
 
-    on_progress(done_bytes, total_bytes) and on_done() are called from the worker threads. The
-    threads are daemons: an abandoned download never keeps the process from exiting.
+    ``report`` gets ``fetch-start``, ``fetch-progress`` (from the worker threads) and, once every
+    item is in, ``fetch-done`` (progress.py). The threads are daemons: an abandoned download never
+    keeps the process from exiting.
     """
 
-    def __init__(self, cache: Cache, items: Sequence[Item], *, jobs: int = 4,
-                 on_progress: Callable[[int, int], None] | None = None,
-                 on_done: Callable[[], None] | None = None) -> None:
+    def __init__(self, cache: Cache, items: Sequence[Item], *, jobs: int = 4, report: Report = silent) -> None:
         self.cache = cache
         unique = list({i.sha256: i for i in items}.values())
         self.futures: dict[str, Future[Path]] = {i.sha256: Future() for i in unique}
         self._todo = list(reversed(unique))
         self._mu = threading.Lock()
         self._total, self._done = sum(i.size or 0 for i in unique), 0
-        self._on_progress, self._on_done = on_progress, on_done
+        self._report = report
         self._workers = max(1, min(jobs, len(unique)))
         self._http = client() if unique else None
+        if unique:
+            report("fetch-start", {"items": len(unique), "bytes": self._total})
         for n in range(self._workers if unique else 0):
             threading.Thread(target=self._work, name=f"lockbuild-download-{n}", daemon=True).start()
 
@@ -162,8 +163,7 @@ class Downloads:
         with self._mu:
             self._done += n
             done = self._done
-        if self._on_progress:
-            self._on_progress(done, self._total)
+        self._report("fetch-progress", {"done": done, "total": self._total})
 
     def _work(self) -> None:
         assert self._http is not None
@@ -182,8 +182,8 @@ class Downloads:
             last = self._workers == 0
         if last:
             self._http.close()
-            if self._on_done and all(f.exception() is None for f in self.futures.values()):
-                self._on_done()
+            if all(f.exception() is None for f in self.futures.values()):
+                self._report("fetch-done", {"items": len(self.futures)})
 
     def path(self, item: Item) -> Path:
         fut = self.futures.get(item.sha256)
@@ -197,18 +197,9 @@ class Downloads:
         return {sha: fut.result() for sha, fut in self.futures.items()}
 
 
-def fetch_all(
-    cache: Cache,
-    items: Sequence[Item],
-    *,
-    jobs: int = 4,
-    on_progress: Callable[[int, int], None] | None = None,
-) -> dict[str, Path]:
-    """Fetch every item (cache first). Returns {sha256: verified path}.
-
-    on_progress(done_bytes, total_bytes) is called from worker threads.
-    """
-    return Downloads(cache, items, jobs=jobs, on_progress=on_progress).wait()
+def fetch_all(cache: Cache, items: Sequence[Item], *, jobs: int = 4, report: Report = silent) -> dict[str, Path]:
+    """Fetch every item (cache first), reporting as ``Downloads`` does. Returns {sha256: verified path}."""
+    return Downloads(cache, items, jobs=jobs, report=report).wait()
 
 
 def fetch_bytes(url: str, *, http: httpx.Client | None = None) -> bytes:

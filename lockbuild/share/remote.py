@@ -23,7 +23,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -35,9 +35,9 @@ from lockbuild.fsutil import CHUNK
 from lockbuild.oci import registry as reg
 from lockbuild.oci.compress import ZSTD_LAYER_MEDIA_TYPE
 from lockbuild.oci.layercache import Layer
+from lockbuild.progress import Report, silent
 from lockbuild.share import entry as E
 
-Report = Callable[[str, dict], None]
 MAX_OUT = 4 << 20  # decompressed bytes per step: a gzip bomb never sits in memory
 LOOKUP_ATTEMPTS = 2  # a cache is optional: a registry that does not answer a lookup twice is skipped
 
@@ -125,7 +125,7 @@ class SharedCache:
     """One registry repository (``HOST/REPO``) used as the shared layer cache."""
 
     def __init__(self, repo: str, *, signer=None, trusted: Sequence = (),  # type: ignore[no-untyped-def]
-                 mount_from: str | None = None, lazy: bool = False, report: Report = lambda _e, _d: None) -> None:
+                 mount_from: str | None = None, lazy: bool = False, report: Report = silent) -> None:
         ref = reg.parse_reference(repo)
         if ref.tag or ref.digest:
             raise PublishError(f"--cache-registry {repo!r} names a tag or digest",
