@@ -229,8 +229,3 @@ def _check_predictions(report: SmokeReport, answer: Any, expected: Any | None, t
     if expected is not None and not _close(preds, expected, tolerance):
         report.problems.append(f"predictions differ from the expected ones beyond tolerance {tolerance}: "
                                f"got {json.dumps(preds)[:300]}, expected {json.dumps(expected)[:300]}")
-
-
-def require_ok(report: SmokeReport) -> None:
-    if not report.ok:
-        raise SmokeFailed("smoke test failed: " + "; ".join(report.problems))
