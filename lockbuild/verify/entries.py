@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from lockbuild.digest import PREFIX
+from lockbuild.fsutil import sha256_stream
 from lockbuild.oci.layercache import Layer
 from lockbuild.verify.source import ImageSource
 
@@ -89,12 +90,8 @@ def iter_entries(stream: BinaryIO, max_entries: int | None = None) -> Iterator[t
             kind = _kind(m)
             sha, size = "", 0
             if kind == "file":
-                h = hashlib.sha256()
-                f = tar.extractfile(m)
-                while chunk := f.read(CHUNK):  # type: ignore[union-attr]
-                    h.update(chunk)
-                    size += len(chunk)
-                sha = PREFIX + h.hexdigest()
+                hashed = sha256_stream(tar.extractfile(m))  # type: ignore[arg-type]
+                sha, size = hashed.digest(), hashed.size
             yield norm(m.name), Entry(kind, m.mode & 0o7777, m.uid, m.gid,
                                        m.linkname if kind in ("symlink", "hardlink") else "", sha, size)
 
