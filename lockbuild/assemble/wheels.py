@@ -47,8 +47,8 @@ from lockbuild.errors import BuildError
 from lockbuild.fsutil import escapes, record_hash, sha256_stream
 from lockbuild.lockfile.model import Target, Wheel
 from lockbuild.lockfile.prune import Rules, WheelContent, parent_dirs
-from lockbuild.lockfile.scheme import MemberError, install_scheme
 from lockbuild.lockfile.scheme import install_paths as scheme_install_paths
+from lockbuild.lockfile.scheme import install_scheme
 from lockbuild.oci.tar import Node
 
 
@@ -65,11 +65,12 @@ def install_paths(wheel: Wheel, path: Path, target: Target) -> list[str]:
     mapping the lock stage checked). Refuses members that would escape the install root."""
     with zipfile.ZipFile(path) as zf:
         names = zf.namelist()
-    try:
-        return scheme_install_paths(names, wheel.filename, scheme(target))
-    except MemberError as e:
-        raise BuildError(f"{wheel.filename}: {e}",
-                         hint="the wheel is malicious or corrupt; remove it from the lock") from None
+    return scheme_install_paths(names, wheel.filename, scheme(target), refuse=functools.partial(refused, wheel))
+
+
+def refused(wheel: Wheel, why: str) -> BuildError:
+    """The builder's error for a wheel member installer would refuse or write outside the install root."""
+    return BuildError(f"{wheel.filename}: {why}", hint="the wheel is malicious or corrupt; remove it from the lock")
 
 
 def find_conflicts(listings: Iterable[tuple[Wheel, list[str]]]) -> list[tuple[str, str, str]]:

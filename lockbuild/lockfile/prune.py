@@ -35,7 +35,7 @@ from pathlib import Path
 from lockbuild.errors import BuildError
 from lockbuild.fsutil import escapes
 from lockbuild.lockfile.model import Lock, Wheel
-from lockbuild.lockfile.scheme import SITE, MemberError, scheme_paths
+from lockbuild.lockfile.scheme import SITE, MemberError, Refuse, scheme_paths
 
 DEFAULT_PRUNE: tuple[str, ...] = (
     "tensorflow/include/**",
@@ -93,12 +93,12 @@ class WheelContent:
     sources: list[str] = field(default_factory=list)  # .py files (site-relative) to byte-compile
 
 
-def site_paths(members: Iterable[str], filename: str | None = None) -> list[str]:
+def site_paths(members: Iterable[str], filename: str | None = None, *, refuse: Refuse = MemberError) -> list[str]:
     """The site-packages-relative paths a wheel's zip members are installed to, as its installed
     RECORD names them (lockfile/scheme.py's mapping, the root scheme and ``purelib``/``platlib``):
     the other ``.data`` schemes (scripts, headers, data) land outside site-packages and are left
     out (never pruned)."""
-    return [path for key, path in scheme_paths(members, filename) if key in SITE]
+    return [path for key, path in scheme_paths(members, filename, refuse=refuse) if key in SITE]
 
 
 def _metadata(rel: str) -> bool:
@@ -221,13 +221,10 @@ def listed_pruning(lock: Lock, blobs: dict[str, Path]) -> Callable[[Wheel], Call
             raise BuildError(f"lockbuild.lock: python.packages[{w.name}].pruned: {e}",
                              hint="run `lockbuild lock` to write the lists again") from None
         if listed:
-            with zipfile.ZipFile(blobs[w.sha256]) as zf:
+            with zipfile.ZipFile(blobs[w.sha256]) as zf:  # its members were checked by the install before
                 names = zf.namelist()
-            try:
-                stray = listed.unmatched(site_paths(names, w.filename))
-            except MemberError as e:
-                raise BuildError(f"{w.filename}: {e}",
-                                 hint="the wheel is malicious or corrupt; remove it from the lock") from None
+            stray = listed.unmatched(site_paths(names, w.filename,
+                                                refuse=lambda why: BuildError(f"{w.filename}: {why}")))
             if stray:
                 raise BuildError(
                     f"lockbuild.lock: python.packages[{w.name}].pruned lists {stray[0]!r}, which is not in "

@@ -14,7 +14,7 @@ Entry-point scripts, which installer generates, are not members: only the build 
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from installer.utils import SCHEME_NAMES, parse_wheel_filename
 
@@ -51,10 +51,14 @@ def _data_dir(filename: str | None, members: list[str]) -> str | None:
     return infos.pop().removesuffix(".dist-info") + ".data" if len(infos) == 1 else None
 
 
-def scheme_paths(members: Iterable[str], filename: str | None = None) -> list[tuple[str, str]]:
+Refuse = Callable[[str], Exception]  # why a member is refused -> the caller's error (naming the wheel)
+
+
+def scheme_paths(members: Iterable[str], filename: str | None = None, *,
+                 refuse: Refuse = MemberError) -> list[tuple[str, str]]:
     """(scheme key, path within it) for each installed member of the wheel ``filename``, as
-    installer maps it (the root scheme is given as ``purelib``). Raises MemberError for a member
-    that escapes the install root or names an unknown scheme."""
+    installer maps it (the root scheme is given as ``purelib``). Raises ``refuse(why)`` for a
+    member that escapes the install root or names an unknown scheme."""
     names = list(members)
     data_dir = _data_dir(filename, names)
     out: list[tuple[str, str]] = []
@@ -62,7 +66,7 @@ def scheme_paths(members: Iterable[str], filename: str | None = None) -> list[tu
         if name.endswith("/"):
             continue
         if escapes(name):
-            raise MemberError(f"member {name!r} would be written outside the install root")
+            raise refuse(f"member {name!r} would be written outside the install root")
         norm = posixpath.normpath(name)
         if "__pycache__" in norm.split("/")[:-1]:
             continue
@@ -72,12 +76,14 @@ def scheme_paths(members: Iterable[str], filename: str | None = None) -> list[tu
             continue
         key, _, sub = rest.partition("/")
         if key not in SCHEME_NAMES or not sub:
-            raise MemberError(f"member {name!r} is not in a known .data scheme ({', '.join(SCHEME_NAMES)})")
+            raise refuse(f"member {name!r} is not in a known .data scheme ({', '.join(SCHEME_NAMES)})")
         out.append((key, sub))
     return out
 
 
-def install_paths(members: Iterable[str], filename: str, scheme: dict[str, str]) -> list[str]:
+def install_paths(members: Iterable[str], filename: str, scheme: dict[str, str], *,
+                  refuse: Refuse = MemberError) -> list[str]:
     """Where each installed member of the wheel ``filename`` lands under ``scheme`` (image paths,
     without the leading ``/``)."""
-    return [posixpath.join(scheme[key], path).lstrip("/") for key, path in scheme_paths(members, filename)]
+    return [posixpath.join(scheme[key], path).lstrip("/")
+            for key, path in scheme_paths(members, filename, refuse=refuse)]

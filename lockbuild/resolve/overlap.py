@@ -38,8 +38,8 @@ from packaging.utils import canonicalize_name, parse_wheel_filename
 from lockbuild.errors import OverlapError, ResolveError, SpecError
 from lockbuild.fetch.cache import Cache
 from lockbuild.lockfile.model import Mapped, VariantChoice, Wheel
-from lockbuild.lockfile.scheme import MemberError, install_scheme
 from lockbuild.lockfile.scheme import install_paths as scheme_install_paths
+from lockbuild.lockfile.scheme import install_scheme
 from lockbuild.model.metadata import requirement
 from lockbuild.progress import Notify
 
@@ -165,11 +165,11 @@ def install_paths(w: Wheel, members: list[str], python: str) -> list[str]:
     """Where each member lands in the image for target Python ``python``: the builder's own mapping
     (lockfile/scheme.py), so lock and build see the same overlaps. Refuses members that would
     escape the install root (what the builder refuses too)."""
-    try:
-        return scheme_install_paths(members, w.filename, install_scheme(python))
-    except MemberError as e:
-        raise ResolveError(f"{w.filename}: {e}",
-                           hint=f"the wheel is malicious or corrupt; pin another {w.name} version") from None
+    def refuse(why: str) -> ResolveError:
+        return ResolveError(f"{w.filename}: {why}",
+                            hint=f"the wheel is malicious or corrupt; pin another {w.name} version")
+
+    return scheme_install_paths(members, w.filename, install_scheme(python), refuse=refuse)
 
 
 def listings(wheels: list[Wheel], cache: Cache, python: str, jobs: int = 8) -> dict[str, list[str]]:
