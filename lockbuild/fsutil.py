@@ -112,6 +112,16 @@ def sha256_bytes(data: bytes) -> str:
     return PREFIX + hashlib.sha256(data).hexdigest()
 
 
+def check_bytes(data: bytes, digest: str, what: str, hint: str) -> bytes:
+    """``data`` when its sha256 is ``digest``; else IntegrityError "<what> does not match its digest"
+    (a blob or manifest read back from a layout, a registry or a store)."""
+    if sha256_bytes(data) != digest:
+        from lockbuild.errors import IntegrityError
+
+        raise IntegrityError(f"{what} does not match its digest {digest}", hint=hint)
+    return data
+
+
 def iter_tree_files(root: Path) -> Iterator[Path]:
     """Files below root, relative, byte-sorted by POSIX path. Directory symlinks are not descended
     into and file symlinks are read as their target: callers reading untrusted trees check links

@@ -32,7 +32,7 @@ import httpx
 from lockbuild import net
 from lockbuild.errors import IntegrityError, PublishError
 from lockbuild.fetch.cache import Cache
-from lockbuild.fsutil import CHUNK, HashingStream, sha256_bytes
+from lockbuild.fsutil import CHUNK, HashingStream, check_bytes, sha256_bytes
 from lockbuild.net import RETRIES, USER_AGENT
 from lockbuild.oci.compress import Sink
 from lockbuild.oci.image import MANIFEST_MEDIA_TYPE, BlobSource, Image, blob_sources
@@ -405,10 +405,8 @@ def push(image: Image, ref: str, cache: Cache, *, progress: Progress | None = No
 
 
 def _check(data: bytes, digest: str, what: str) -> bytes:
-    if sha256_bytes(data) != digest:
-        raise IntegrityError(f"{what} from the registry does not match {digest}",
-                             hint="the registry or a proxy served different bytes; do not trust this image")
-    return data
+    return check_bytes(data, digest, f"{what} from the registry",
+                       "the registry or a proxy served different bytes; do not trust this image")
 
 
 def _get_manifest(s: Session, reference: str) -> tuple[bytes, str]:
