@@ -75,7 +75,6 @@ def _download_one(http: httpx.Client, cache: Cache, item: Item, progress: Progre
                 continue  # this mirror failed every attempt, or does not have it: try the next one
             if digest != item.sha256 or (item.size is not None and size != item.size):
                 partial.unlink()
-                errors.append(f"{url}: served {digest} ({size} bytes)")
                 raise IntegrityError(
                     f"{item.label or url}: downloaded bytes do not match the lock "
                     f"(expected {item.sha256}, size {item.size}; got {digest}, size {size})",
