@@ -1,37 +1,125 @@
-"""Small filesystem helpers shared by every stage: atomic writes, hashing, a fast staging place.
+"""Small filesystem helpers shared by every stage: atomic writes, hashing, path checks, a fast staging place.
 
-One function computes a digest of a file tree (`tree_digest`); everything else calls it.
+Defined once here: the digest of a file tree (`tree_digest`), the stream that hashes what passes
+through it (`HashingStream`), a wheel RECORD's hash field (`record_hash`) and whether a relative
+path leaves its root (`escapes`).
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import os
+import posixpath
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, Any, BinaryIO
+
+from installer.records import Hash
 
 from lockbuild.digest import PREFIX, to_hex
 
 CHUNK = 1 << 20
 
 
+class HashingStream:
+    """A file wrapper that sha256-hashes every byte read from or written to ``f`` (a cache entry
+    streaming in, a layer's tar on its way to the compressor, a wheel member on its way into the
+    tar). ``resume`` hashes an existing file's bytes first (a download continued with Range)."""
+
+    def __init__(self, f: Any, *, resume: Path | None = None) -> None:
+        self.f = f
+        self.h = hashlib.sha256()
+        self.size = 0
+        if resume is not None:
+            with open(resume, "rb") as r:
+                self.h = hashlib.file_digest(r, "sha256")
+                self.size = r.tell()
+
+    def write(self, data: bytes) -> int:
+        self.f.write(data)
+        self.h.update(data)
+        self.size += len(data)
+        return len(data)
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.f.read(n)
+        self.h.update(data)
+        self.size += len(data)
+        return data
+
+    def drain(self) -> HashingStream:
+        """Read ``f`` to its end (hashing it); returns self."""
+        while self.read(CHUNK):
+            pass
+        return self
+
+    def tell(self) -> int:
+        return self.size
+
+    def hexdigest(self) -> str:
+        return self.h.hexdigest()
+
+    def digest(self) -> str:
+        """``sha256:<hex>`` of what passed through."""
+        return PREFIX + self.h.hexdigest()
+
+    def record_hash(self) -> str:
+        """What passed through as a wheel RECORD's hash field (``record_hash``)."""
+        return record_hash(self.h.digest())
+
+
+class _Null:
+    def write(self, data: bytes) -> int:
+        return len(data)
+
+
+def record_hash(sha256: bytes) -> str:
+    """A wheel RECORD's hash field for a raw sha256 digest: ``sha256=<urlsafe base64, unpadded>``
+    (the binary distribution format; installer's ``Hash``, as installer writes RECORD)."""
+    return str(Hash("sha256", base64.urlsafe_b64encode(sha256).decode("ascii").rstrip("=")))
+
+
+def sha256_stream(f: IO[bytes]) -> HashingStream:
+    """``f`` read to its end through a ``HashingStream`` (``.digest()``, ``.size``, ``.record_hash()``)."""
+    return HashingStream(f).drain()
+
+
 def sha256_file(path: Path) -> tuple[str, int]:
     """Return (``sha256:<hex>`` digest, size) of a file, streaming."""
-    h = hashlib.sha256()
-    size = 0
     with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-            size += len(chunk)
-    return PREFIX + h.hexdigest(), size
+        s = sha256_stream(f)
+    return s.digest(), s.size
+
+
+def null_sink() -> Any:
+    """A write-only sink that keeps nothing (to hash what a writer produces)."""
+    return _Null()
+
+
+def escapes(name: str) -> bool:
+    """Whether the relative POSIX path ``name`` (an archive member, a listed path) would leave the
+    directory it is resolved in: absolute, containing a backslash (a separator elsewhere), or going
+    above it with ``..`` once normalised. Every such check of lockbuild is this one."""
+    norm = posixpath.normpath(name) if name else name
+    return name.startswith("/") or "\\" in name or norm == ".." or norm.startswith("../")
 
 
 def sha256_bytes(data: bytes) -> str:
     """The ``sha256:<hex>`` digest of `data`."""
     return PREFIX + hashlib.sha256(data).hexdigest()
+
+
+def check_bytes(data: bytes, digest: str, what: str, hint: str) -> bytes:
+    """``data`` when its sha256 is ``digest``; else IntegrityError "<what> does not match its digest"
+    (a blob or manifest read back from a layout, a registry or a store)."""
+    if sha256_bytes(data) != digest:
+        from lockbuild.errors import IntegrityError
+
+        raise IntegrityError(f"{what} does not match its digest {digest}", hint=hint)
+    return data
 
 
 def iter_tree_files(root: Path) -> Iterator[Path]:

@@ -71,9 +71,6 @@ class Spec:
     def resolve_path(self, rel: str) -> Path:
         return (self.root / rel).resolve()
 
-    def is_local_model(self) -> bool:
-        return "://" not in self.model_uri and not re.match(r"^[a-z]+:/", self.model_uri)
-
 
 def schema() -> dict[str, Any]:
     text = resources.files("lockbuild").joinpath("schemas/lockbuild.schema.json").read_text()

@@ -275,3 +275,29 @@ def test_the_builder_prunes_exactly_the_locks_list_and_refuses_a_list_for_anothe
         pruned(dataclasses.replace(wheel, pruned=("demo/include/",)))
     older = dataclasses.replace(lock, build=dataclasses.replace(lock.build, pruned_listed=False))
     assert listed_pruning(older, {}) is None  # a lock from before the lists: the rules decide
+
+
+@pytest.mark.filterwarnings("ignore:Skip installing:RuntimeWarning")  # installer's own, for the __pycache__ member
+def test_lock_time_and_build_time_see_the_paths_the_install_writes(tmp_path: Path) -> None:
+    """One wheel-path mapper (lockfile/scheme.py): the lock stage's overlap listing, the builder's
+    conflict listing and the files installer really writes agree, for every .data scheme, a
+    foreign ``*.data`` directory (installed as is, into site-packages) and ``__pycache__``."""
+    from lockbuild.resolve import overlap
+
+    wheel, path = make_wheel(tmp_path, "demo", "1.0", {
+        "demo/__init__.py": b"", "demo/__pycache__/x.pyc": b"stale", "other-2.0.data/purelib/o.py": b"",
+        "demo-1.0.data/scripts/demo-run": b"#!/bin/sh\n", "demo-1.0.data/headers/demo.h": b"",
+        "demo-1.0.data/data/share/demo/x.txt": b"", "demo-1.0.data/platlib/_demo.py": b""})
+    with zipfile.ZipFile(path) as zf:
+        names = zf.namelist()
+    built = W.install_paths(wheel, path, TARGET)
+    assert overlap.install_paths(wheel, names, TARGET.python) == built
+    site = "usr/local/lib/python3.11/dist-packages"
+    assert {"usr/local/bin/demo-run", "usr/local/include/python3.11/demo.h", "usr/local/share/demo/x.txt",
+            f"{site}/_demo.py", f"{site}/other-2.0.data/purelib/o.py"} <= set(built)
+    assert not any("__pycache__" in p for p in built)
+    root = tmp_path / "root"
+    install_into(root, [(wheel, path)])
+    written = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
+    assert set(built) <= written and written - set(built) == {
+        f"{site}/demo-1.0.dist-info/INSTALLER"}  # installer's own file; RECORD is listed as a member

@@ -18,7 +18,7 @@ import zstandard
 
 from lockbuild.assemble.build import check_compressor, layer_codec
 from lockbuild.errors import BuildError
-from lockbuild.fetch.cache import Cache
+from lockbuild.fetch.cache import Cache, default_cache_dir
 from lockbuild.lockfile.io import dumps, loads, read_lock
 from lockbuild.oci.compress import LAYER_MEDIA_TYPE, ZSTD_LAYER_MEDIA_TYPE, codec_for, compressor_version
 from lockbuild.oci.tar import write_layer
@@ -582,7 +582,7 @@ def test_an_emulated_arm64_builder_builds_the_same_image(tiny_project: dict, tmp
         pytest.skip("compares with the x86-64 build: this host is " + platform.machine())
     need_tool("qemu-aarch64", "qemu-x86_64", "apt-get", "dpkg-deb")
     python = _arm64_lockbuild(tmp_path)
-    downloads = Path(os.environ.get("LOCKBUILD_CACHE", Path.home() / ".cache/lockbuild")) / "blobs"
+    downloads = default_cache_dir() / "blobs"
     work = tiny_project["dir"]
     runs = [((str(python),), ("--compression", "zstd"), (tmp_path / "env").read_text()),  # the default format
             (("qemu-x86_64", "-cpu", "core2duo", sys.executable), (), "")]  # the lock's gzip: zlib-ng

@@ -78,7 +78,8 @@ def test_each_item_is_handed_out_when_done_and_a_bad_one_fails_alone(server: Ser
     (root / "bad.bin").write_bytes(b"other bytes, same path")  # the mirror now serves something else
     missing = Item(urls=(f"{base}/nope.bin",), sha256="sha256:" + "1" * 64, size=3, label="nope.bin")
     done: list[int] = []
-    d = Downloads(cache, [good, bad, missing, good], jobs=3, on_progress=lambda n, _t: done.append(n))
+    d = Downloads(cache, [good, bad, missing, good], jobs=3,
+                  report=lambda e, data: done.append(data["done"]) if e == "fetch-progress" else None)
     assert d.path(good).read_bytes() == (root / "good.bin").read_bytes()
     with pytest.raises(IntegrityError, match="bad.bin: downloaded bytes do not match the lock"):
         d.path(bad)

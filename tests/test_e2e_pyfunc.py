@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from lockbuild.fetch.cache import default_cache_dir
 from tests.test_e2e_tf import copy_example, lockbuild
 
 pytestmark = [pytest.mark.slow, pytest.mark.docker, pytest.mark.network]
@@ -120,7 +121,7 @@ def test_code_dir_is_importable_the_way_mlflows_loader_adds_it(built: dict, dock
 
 @SDIST_ONLY  # only pyfunc-sdist has a source-only dependency
 def test_image_rebuilds_the_sdist_wheel_bit_for_bit_in_a_fresh_cache(built: dict, tmp_path: Path) -> None:
-    src = Path(os.environ.get("LOCKBUILD_CACHE", Path.home() / ".cache" / "lockbuild"))
+    src = default_cache_dir()
     docopt = next(p for p in _locked(built)["python"]["packages"] if p["name"] == "docopt")
     cache2 = tmp_path / "cache2"
     shutil.copytree(src / "blobs", cache2 / "blobs", copy_function=os.link,

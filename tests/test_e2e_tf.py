@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from lockbuild.fetch.cache import default_cache_dir
+
 pytestmark = [pytest.mark.slow, pytest.mark.docker, pytest.mark.network]
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -120,7 +122,7 @@ def keras3(tmp_path_factory: pytest.TempPathFactory, docker_engine: object) -> d
 def _seeded_cache(tmp: Path) -> Path:
     """A new cache dir holding the downloaded artifacts (hard links) but no layer records,
     so every layer is rebuilt from scratch without downloading 300 MB again."""
-    src = Path(os.environ.get("LOCKBUILD_CACHE", Path.home() / ".cache" / "lockbuild"))
+    src = default_cache_dir()
     dest = tmp / "cache2"
     shutil.copytree(src / "blobs", dest / "blobs", copy_function=os.link)
     return dest

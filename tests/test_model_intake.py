@@ -13,7 +13,7 @@ import pytest
 from lockbuild.digest import check
 from lockbuild.errors import ModelError, TrackingServerError
 from lockbuild.model.intake import ModelSource, fetch_model
-from lockbuild.model.metadata import keras_major, read_model, read_requirements
+from lockbuild.model.metadata import keras_major, parse_requirements, read_model
 from tests.lockbuild_testing import KERAS3_MODEL, LEGACY_MODEL, copy_model
 from tests.mlflow_server import Registered, closed_port, register_model_dir
 
@@ -130,7 +130,7 @@ def test_constraints_txt_beside_the_model_is_used(model_copy: Path) -> None:
 def test_missing_included_file_is_a_model_error(model_copy: Path) -> None:
     (model_copy / "requirements.txt").write_text("numpy\n-r missing.txt\n")
     with pytest.raises(ModelError) as e:
-        read_requirements(model_copy / "requirements.txt")
+        parse_requirements(model_copy / "requirements.txt")
     assert "missing.txt is referenced but missing" in e.value.message
 
 

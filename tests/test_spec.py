@@ -28,7 +28,7 @@ def test_minimal_spec_loads_with_the_documented_defaults(tmp_path: Path) -> None
     project.mkdir()
     s = load_spec(write(project, '[model]\nuri = "model"\n'))
     assert s.path == (project / "lockbuild.toml").resolve()
-    assert s.model_uri == "model" and s.is_local_model() and s.tracking_uri is None
+    assert s.model_uri == "model" and s.tracking_uri is None
     assert (s.platform, s.python, s.base) == ("linux/amd64", None, None)
     assert (s.serving, s.index_url, s.exclude_newer) == ("mlflow-skinny", DEFAULT_INDEX, None)
     assert (s.port, s.workers) == (8080, 1)
@@ -46,7 +46,6 @@ def test_spec_path_may_be_the_directory(tmp_path: Path) -> None:
 def test_registry_model_names_the_image_and_is_not_local(tmp_path: Path) -> None:
     s = load_spec(write(tmp_path, '[model]\nuri = "models:/Churn_Model@champion"\n'
                                   'tracking-uri = "http://127.0.0.1:5000"\n'))
-    assert not s.is_local_model()
     assert s.image_name == "lockbuild/churn-model"
     assert s.tracking_uri == "http://127.0.0.1:5000"
 

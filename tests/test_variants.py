@@ -48,7 +48,8 @@ def test_both_tf_dists_logged_keeps_tensorflow_cpu_and_records_why(tmp_path: Pat
         "dropped": "tensorflow", "kept": "tensorflow-cpu",
         "reason": "the model logged both; tensorflow==2.21.0 is the MLflow flavor's default pin, "
                   "tensorflow-cpu==2.21.0 the distribution installed in the training environment",
-        "paths": out["variants"][0]["paths"], "example": "site-packages/tensorflow/__init__.py"}]
+        "paths": out["variants"][0]["paths"],
+        "example": "usr/local/lib/python3.11/dist-packages/tensorflow/__init__.py"}]
     assert out["variants"][0]["paths"] > 1000  # file evidence, not a name table
     assert "variant: tensorflow-cpu kept, tensorflow dropped" in err
     lk = read_lock(project / "lockbuild.lock")
@@ -104,7 +105,7 @@ def test_unsettleable_overlap_fails_with_the_paths_and_the_fix(tmp_path: Path, l
     assert "Traceback" not in r.stderr
     a, b = pair
     assert f"{a}==" in r.stderr and f"{b}==" in r.stderr and "write the same files" in r.stderr
-    assert "site-packages/" in r.stderr  # the evidence
+    assert "dist-packages/" in r.stderr  # the evidence
     assert f'[python] variants = {{ "{a}" = "{b}" }}' in r.stderr  # the fix
     assert not (project / "lockbuild.lock").exists()
     # ... and the fix it names works
@@ -242,6 +243,8 @@ def test_full_mlflow_beside_skinny_names_the_serving_fix() -> None:
 def test_a_member_escaping_the_install_root_is_refused_at_lock_time() -> None:
     w = Wheel(name="evil", version="1", filename="evil-1-py3-none-any.whl", url="", size=1, sha256="sha256:" + "0" * 64)
     with pytest.raises(Exception, match="outside the install root"):
-        overlap.install_paths(w, ["evil/../../../etc/passwd"])
-    assert overlap.install_paths(w, ["evil-1.data/scripts/run", "evil-1.data/purelib/e.py", "e/__init__.py"]) == [
-        "bin/run", "site-packages/e.py", "site-packages/e/__init__.py"]
+        overlap.install_paths(w, ["evil/../../../etc/passwd"], "3.11")
+    site = "usr/local/lib/python3.11/dist-packages"
+    assert overlap.install_paths(w, ["evil-1.data/scripts/run", "evil-1.data/purelib/e.py", "e/__init__.py",
+                                     "evil-1.data/data/bin/run"], "3.11") == [
+        "usr/local/bin/run", f"{site}/e.py", f"{site}/e/__init__.py", "usr/local/bin/run"]  # the same path twice

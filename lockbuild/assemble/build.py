@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Collection
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -42,11 +42,11 @@ from lockbuild.lockfile.model import Lock
 from lockbuild.oci.image import Image, build_image
 from lockbuild.oci.layercache import Layer, layer_record, remember_layer
 from lockbuild.oci.tar import write_layer
+from lockbuild.progress import Report, silent
 
 __all__ = ["LEVEL", "Built", "BuildResult", "SharedLayers", "build", "build_outputs", "check_compressor",
            "checked_compression", "compressed_key", "layer_codec", "source_date_epoch"]
 
-Report = Callable[[str, dict], None]
 
 
 class _SharedStats(Protocol):
@@ -79,9 +79,6 @@ class BuildResult:
     stats: dict[str, dict[str, int]] | None = None
 
 
-def _quiet(_event: str, _data: dict) -> None:
-    return None
-
 
 @dataclass(frozen=True)
 class _Build:
@@ -102,7 +99,7 @@ class _Build:
 
 
 def build(lock: Lock, lock_bytes: bytes, cache: Cache, *, lock_dir: Path, jobs: int = 4,
-          report: Report = _quiet, compression: str | None = None,
+          report: Report = silent, compression: str | None = None,
           shared: SharedLayers | None = None, tracking_uri: str | None = None) -> BuildResult:
     """Build the image. ``compression`` overrides the lock's ``[image] compression`` (docker-archive
     and ``--load`` need gzip); the diff_ids and the config are the same either way. ``shared`` is a
@@ -182,7 +179,7 @@ def _reused_layers(b: _Build, plans: list[LayerPlan], shared: SharedLayers | Non
     return done
 
 
-def _verified_layer(cache: Cache, key: str, name: str = "", report: Report = _quiet) -> Layer | None:
+def _verified_layer(cache: Cache, key: str, name: str = "", report: Report = silent) -> Layer | None:
     layer, why = layer_record(cache, key)
     if why is not None:
         report("warning", {"message": f"layer cache record for {name} is not trusted ({why}); rebuilding it"})
@@ -224,11 +221,11 @@ def _build_layers(b: _Build, todo: list[LayerPlan], *, mtime: int) -> dict[str, 
 
 
 def _wheel_listing(lock: Lock, cache: Cache, w, path: Path) -> list[str]:  # type: ignore[no-untyped-def]
-    meta = cache.meta_get("wheel-files", f"{w.sha256}-{lock.target.python}")
+    meta = cache.meta_get("wheel-paths", f"{w.sha256}-{lock.target.python}")
     if meta is not None:
         return list(meta["paths"])
     paths = wheel_install.install_paths(w, path, lock.target)
-    cache.meta_put("wheel-files", f"{w.sha256}-{lock.target.python}", {"paths": paths})
+    cache.meta_put("wheel-paths", f"{w.sha256}-{lock.target.python}", {"paths": paths})
     return paths
 
 

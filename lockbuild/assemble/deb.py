@@ -1,7 +1,9 @@
 """Reading .deb files: the ar container, its compressed control/data tars, and text members.
 
 ``open_deb_tars`` gives (control tar, data tar) of a .deb, each decompressed (xz, gz, bz2, zst)
-to a temporary file for random access; ``tar_text`` reads one text member. No policy here: what
+to a temporary file for random access; ``tar_text`` reads one text member. The ar container is
+python-debian's ``debian.arfile``; its ``DebFile`` is not used: it reads each tar straight off
+its compressed stream (zstd into memory), where the rootfs and dpkg steps need random access. No policy here: what
 a member becomes in the rootfs is assemble/paths.py's and assemble/rootfs.py's business.
 """
 
@@ -14,29 +16,13 @@ import lzma
 import subprocess
 import tarfile
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any, BinaryIO
+from typing import IO, BinaryIO
+
+from debian.arfile import ArError, ArFile
 
 from lockbuild.errors import BuildError
 from lockbuild.fsutil import CHUNK
-
-
-def ar_members(f: BinaryIO, label: str) -> Iterator[tuple[str, int, int]]:
-    """(name, offset, size) of each member of a Unix ar archive (the .deb container)."""
-    if f.read(8) != b"!<arch>\n":
-        raise BuildError(f"{label}: not a Debian package (no ar header)", hint="the cached .deb is corrupt")
-    while True:
-        hdr = f.read(60)
-        if not hdr:
-            return
-        if len(hdr) != 60 or hdr[58:60] != b"`\n":
-            raise BuildError(f"{label}: truncated or malformed ar member header")
-        name = hdr[:16].decode("ascii", "replace").strip().rstrip("/")
-        size = int(hdr[48:58].decode("ascii").strip())
-        offset = f.tell()
-        yield name, offset, size
-        f.seek(offset + size + (size & 1))
 
 
 def _decompress_stream(name: str, src: BinaryIO, out: BinaryIO, label: str) -> None:
@@ -61,34 +47,22 @@ def _decompress_stream(name: str, src: BinaryIO, out: BinaryIO, label: str) -> N
         out.write(chunk)
 
 
-class _Slice(io.RawIOBase):
-    """A read-only file view of one ar member."""
-
-    def __init__(self, f: BinaryIO, offset: int, size: int) -> None:
-        super().__init__()
-        self.f, self.end = f, offset + size
-        f.seek(offset)
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buf: Any) -> int:
-        left = self.end - self.f.tell()
-        data = self.f.read(min(len(buf), left)) if left > 0 else b""
-        buf[: len(data)] = data
-        return len(data)
-
-
 def open_deb_tars(deb_path: Path, label: str) -> tuple[tarfile.TarFile, tarfile.TarFile]:
     """(control tar, data tar), each decompressed to a temporary file for random access."""
     tars: dict[str, tarfile.TarFile] = {}
     with open(deb_path, "rb") as f:
-        for name, offset, size in ar_members(f, label):
+        try:
+            members = ArFile(fileobj=f, encoding="ascii", errors="replace").getmembers()
+        except (ArError, OSError, ValueError) as e:
+            raise BuildError(f"{label}: not a readable Debian package ({e})",
+                             hint="the cached .deb is corrupt; delete it from the cache") from None
+        for member in members:
+            name = member.name
             kind = name.split(".", 1)[0]
             if kind in ("control", "data") and name.startswith(f"{kind}.tar"):
                 tmp = tempfile.TemporaryFile()
                 try:
-                    _decompress_stream(name, io.BufferedReader(_Slice(f, offset, size)), tmp, label)
+                    _decompress_stream(name, io.BytesIO(member.read()), tmp, label)  # one read of the member
                     tmp.seek(0)
                     tars[kind] = tarfile.open(fileobj=tmp, mode="r:")
                 except (OSError, EOFError, lzma.LZMAError, tarfile.TarError) as e:

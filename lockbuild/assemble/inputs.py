@@ -9,7 +9,6 @@ verified inputs: downloads, model files, and wheels built from locked sdists.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 from lockbuild.assemble import bytecode
@@ -20,19 +19,13 @@ from lockbuild.fetch.download import Downloads, Item, fetch_all
 from lockbuild.fetch.model import fetch_model_files
 from lockbuild.fetch.sdist import ensure_built
 from lockbuild.lockfile.model import Lock, Wheel
-
-Report = Callable[[str, dict], None]
+from lockbuild.progress import Report
 
 
 def start_downloads(lock: Lock, todo: list[LayerPlan], cache: Cache, *, jobs: int, report: Report) -> Downloads:
     """Every input the layers need, downloaded (or verified in the cache) in the background, with
     progress. Errors are raised to the layer that needs the input, by ``Downloads.path``."""
-    items = download_items(lock, todo)
-    if items:
-        report("fetch-start", {"items": len(items), "bytes": sum(i.size or 0 for i in items)})
-    return Downloads(cache, items, jobs=jobs,
-                     on_progress=lambda done, tot: report("fetch-progress", {"done": done, "total": tot}),
-                     on_done=lambda: report("fetch-done", {"items": len(items)}))
+    return Downloads(cache, download_items(lock, todo), jobs=jobs, report=report)
 
 
 def prestage_rootfs(lock: Lock, todo: list[LayerPlan], cache: Cache, downloads: Downloads) -> None:
@@ -75,11 +68,7 @@ def fetch_inputs(lock: Lock, todo: list[LayerPlan], cache: Cache, *, jobs: int, 
     if items and downloads is not None:
         blobs.update({i.sha256: downloads.path(i) for i in items})
     elif items:
-        total = sum(i.size or 0 for i in items)
-        report("fetch-start", {"items": len(items), "bytes": total})
-        blobs.update(fetch_all(cache, items, jobs=jobs,
-                               on_progress=lambda done, tot: report("fetch-progress", {"done": done, "total": tot})))
-        report("fetch-done", {"items": len(items)})
+        blobs.update(fetch_all(cache, items, jobs=jobs, report=report))
     if any(p.recipe.needs_model(p.wheels) for p in todo):
         blobs.update(fetch_model_files(lock.model, cache, lock_dir=lock_dir, tracking_uri=tracking_uri))
     for w in (w for p in todo for w in p.recipe.sdists(p.wheels)):

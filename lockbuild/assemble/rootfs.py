@@ -21,7 +21,6 @@ reading .debs (assemble/deb.py), the path policy (assemble/paths.py), the dpkg d
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shutil
@@ -37,7 +36,7 @@ from lockbuild.assemble.dpkg import STATUS_DIR, write_status
 from lockbuild.assemble.ldcache import run_ldconfig
 from lockbuild.assemble.paths import MERGED_USR, MERGED_USR_ARCH_ONLY, is_dropped, member_path
 from lockbuild.errors import BuildError
-from lockbuild.fsutil import CHUNK
+from lockbuild.fsutil import CHUNK, sha256_file, sha256_stream
 from lockbuild.lockfile.model import Deb
 
 CA_SOURCE = "usr/share/ca-certificates"
@@ -89,13 +88,7 @@ def _conflict(st: _State, rel: str, pkg: str, what: str) -> BuildError:
 
 
 def _same_content(path: Path, data: IO[bytes]) -> bool:
-    a, b = hashlib.sha256(), hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            a.update(chunk)
-    while chunk := data.read(CHUNK):
-        b.update(chunk)
-    return a.digest() == b.digest()
+    return sha256_file(path)[0] == sha256_stream(data).digest()
 
 
 def _write_file(st: _State, tar: tarfile.TarFile, m: tarfile.TarInfo, rel: str, pkg: str) -> None:

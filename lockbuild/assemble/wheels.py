@@ -19,7 +19,6 @@ the layer.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import dataclasses
 import functools
@@ -45,58 +44,33 @@ from installer.utils import Scheme, construct_record_file
 from lockbuild.assemble.bytecode import Spool, TargetPython, spool_sources
 from lockbuild.assemble.members import WheelReader
 from lockbuild.errors import BuildError
+from lockbuild.fsutil import escapes, record_hash, sha256_stream
 from lockbuild.lockfile.model import Target, Wheel
 from lockbuild.lockfile.prune import Rules, WheelContent, parent_dirs
+from lockbuild.lockfile.scheme import install_paths as scheme_install_paths
+from lockbuild.lockfile.scheme import install_scheme
 from lockbuild.oci.tar import Node
 
 
 def scheme(target: Target) -> dict[str, str]:
-    minor = ".".join(target.python.split(".")[:2])
-    site = f"/usr/local/lib/python{minor}/dist-packages"
-    return {
-        "purelib": site,
-        "platlib": site,
-        "headers": f"/usr/local/include/python{minor}",
-        "scripts": "/usr/local/bin",
-        "data": "/usr/local",
-    }
+    return install_scheme(target.python)
 
 
 def interpreter(target: Target) -> str:
     return "/usr/bin/python" + ".".join(target.python.split(".")[:2])
 
 
-def _safe(name: str, wheel: Wheel) -> str:
-    norm = posixpath.normpath(name)
-    if name.startswith("/") or norm.startswith("../") or norm == ".." or "\\" in name:
-        raise BuildError(
-            f"{wheel.filename}: member {name!r} would be written outside the install root",
-            hint="the wheel is malicious or corrupt; remove it from the lock",
-        )
-    return norm
-
-
 def install_paths(wheel: Wheel, path: Path, target: Target) -> list[str]:
-    """Image paths (no leading /) the wheel will write, from its zip listing. Checks safety."""
-    sch = scheme(target)
-    out = []
+    """Image paths (no leading /) the wheel will write, from its zip listing (lockfile/scheme.py, the
+    mapping the lock stage checked). Refuses members that would escape the install root."""
     with zipfile.ZipFile(path) as zf:
-        for info in zf.infolist():
-            if info.is_dir():
-                continue
-            name = _safe(info.filename, wheel)
-            first, _, rest = name.partition("/")
-            if first.endswith(".data") and rest:
-                key, _, sub = rest.partition("/")
-                base = sch.get(key)
-                if base is None:
-                    raise BuildError(f"{wheel.filename}: unknown wheel data scheme {key!r}")
-                if key == "headers":
-                    base = posixpath.join(base, wheel.name)
-                out.append(posixpath.join(base, sub).lstrip("/"))
-            else:
-                out.append(posixpath.join(sch["purelib"], name).lstrip("/"))
-    return out
+        names = zf.namelist()
+    return scheme_install_paths(names, wheel.filename, scheme(target), refuse=functools.partial(refused, wheel))
+
+
+def refused(wheel: Wheel, why: str) -> BuildError:
+    """The builder's error for a wheel member installer would refuse or write outside the install root."""
+    return BuildError(f"{wheel.filename}: {why}", hint="the wheel is malicious or corrupt; remove it from the lock")
 
 
 def find_conflicts(listings: Iterable[tuple[Wheel, list[str]]]) -> list[tuple[str, str, str]]:
@@ -121,10 +95,6 @@ def conflict_error(conflicts: list[tuple[str, str, str]]) -> BuildError:
         hint="keep exactly one of them: [python] variants = { unwanted = \"wanted\" } in lockbuild.toml (every "
         "requirement on the unwanted name then resolves to the wanted one), then run `lockbuild lock`",
     )
-
-
-def _b64(digest: bytes) -> str:
-    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 
 @dataclass
@@ -154,12 +124,10 @@ class TreeDestination(SchemeDictionaryDestination):
         self.finished: tuple[Scheme, str, list[tuple[Scheme, RecordEntry]]] | None = None
 
     def image_path(self, scheme_name: Scheme, path: str) -> str:
-        base = os.path.normpath(self.scheme_dict[scheme_name])
-        full = os.path.normpath(os.path.join(base, path))
-        if os.path.commonpath([base, full]) != base:
+        if escapes(path):
             raise BuildError(f"{self.wheel.filename}: {path!r} would be written outside the install root",
                              hint="the wheel is malicious or corrupt; remove it from the lock")
-        return full.lstrip("/")
+        return posixpath.normpath(posixpath.join(self.scheme_dict[scheme_name], path)).lstrip("/")
 
     def write_to_fs(self, scheme: Scheme, path: str, stream: BinaryIO, is_executable: bool) -> RecordEntry:
         rel = self.image_path(scheme, path)
@@ -176,20 +144,17 @@ class TreeDestination(SchemeDictionaryDestination):
             node = Node(rel, tarfile.REGTYPE, mode, info.file_size, open=self.reader.opener(info, where),
                         record_hash=claimed[0], where=where)
         elif info is not None:  # no usable hash in the wheel's RECORD: hash it now, read it again later
-            h, size = hashlib.sha256(), 0
-            while chunk := stream.read(1 << 20):
-                h.update(chunk)
-                size += len(chunk)
-            node = Node(rel, tarfile.REGTYPE, mode, size, open=self.reader.opener(info, where),
-                        record_hash="sha256=" + _b64(h.digest()), where=where)
+            hashed = sha256_stream(stream)
+            node = Node(rel, tarfile.REGTYPE, mode, hashed.size, open=self.reader.opener(info, where),
+                        record_hash=hashed.record_hash(), where=where)
         else:  # generated: a script, a rewritten shebang, INSTALLER
             data = stream.read()
             node = Node(rel, tarfile.REGTYPE, mode, len(data), open=functools.partial(io.BytesIO, data), where=where)
             self.files[rel] = node
-            return RecordEntry(path, Hash("sha256", _b64(hashlib.sha256(data).digest())), node.size)
+            return RecordEntry(path, Hash.parse(record_hash(hashlib.sha256(data).digest())), node.size)
         self.files[rel] = node
         assert node.record_hash is not None and node.record_hash.startswith("sha256=")
-        return RecordEntry(path, Hash("sha256", node.record_hash[7:]), node.size)
+        return RecordEntry(path, Hash.parse(node.record_hash), node.size)
 
     def write_script(self, name: str, module: str, attr: str, section: str) -> RecordEntry:  # type: ignore[override]
         script_name, data = Script(name, module, attr, section).generate(self.interpreter,  # type: ignore[arg-type]
@@ -333,7 +298,7 @@ def _compile(py: TargetPython, sources: list[str], files: dict[str, Node], tree:
             if c is None:
                 continue
             f.seek(c.offset)
-            digest = "sha256=" + _b64(hashlib.sha256(f.read(c.size)).digest())
+            digest = record_hash(hashlib.sha256(f.read(c.size)).digest())
             if c.rel not in files:
                 files[c.rel] = done[rel] = Node(c.rel, tarfile.REGTYPE, 0o644, c.size, open=c.open,
                                                 record_hash=digest, where=f"bytecode of /{rel}")
@@ -349,7 +314,7 @@ def _write_record(d: _Dist, files: dict[str, Node], pycs: dict[str, Node], targe
         pyc = pycs.get(f"{base}/{posixpath.normpath(rec.path)}") if s in ("purelib", "platlib") else None
         if pyc is None or pyc.record_hash is None:
             continue
-        rows.append((s, RecordEntry(pyc.rel[len(base) + 1:], Hash("sha256", pyc.record_hash[7:]), pyc.size)))
+        rows.append((s, RecordEntry(pyc.rel[len(base) + 1:], Hash.parse(pyc.record_hash), pyc.size)))
 
     def prefix(file_scheme: Scheme) -> str | None:
         if file_scheme == d.scheme:

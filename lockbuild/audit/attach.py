@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from lockbuild.errors import IntegrityError, PublishError
-from lockbuild.fsutil import atomic_write_bytes, sha256_bytes
+from lockbuild.fsutil import atomic_write_bytes, check_bytes, sha256_bytes
 from lockbuild.oci.image import INDEX_MEDIA_TYPE, MANIFEST_MEDIA_TYPE, canonical_json
 from lockbuild.oci.layout import blob_name
 from lockbuild.oci.registry import Session, open_session, parse_reference
@@ -100,9 +100,7 @@ def _read_layout_blob(layout: Path, digest: str) -> bytes:
         data = (layout / blob_name(digest)).read_bytes()
     except FileNotFoundError:
         raise IntegrityError(f"blob {digest} is missing from {layout}", hint="rebuild the layout") from None
-    if sha256_bytes(data) != digest:
-        raise IntegrityError(f"blob {digest} in {layout} does not match its digest", hint="rebuild the layout")
-    return data
+    return check_bytes(data, digest, f"blob in {layout}", "rebuild the layout")
 
 
 def image_entries(index: Mapping[str, Any]) -> list[dict[str, Any]]:

@@ -75,7 +75,7 @@ def tracking_uri(lf: LockFile) -> str | None:
 
 
 def progress_reporter(enabled: bool):  # type: ignore[no-untyped-def]
-    """A build `report` callback drawing rich progress on stderr."""
+    """A build's ``progress.Report`` drawing rich progress on stderr: every event of ``progress.EVENTS``."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
 
     progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeElapsedColumn(),
@@ -90,6 +90,10 @@ def progress_reporter(enabled: bool):  # type: ignore[no-untyped-def]
             tasks["fetch"] = progress.add_task(f"fetch {data['items']} artifacts", total=data["bytes"])
         elif event == "fetch-progress" and "fetch" in tasks:
             progress.update(tasks["fetch"], completed=data["done"])
+        elif event == "fetch-done" and "fetch" in tasks:
+            progress.update(tasks["fetch"], completed=progress.tasks[tasks["fetch"]].total)
+        elif event == "sdist-build":
+            err.print(f"building {escape(data['name'])} {escape(data['version'])} from its locked sdist")
         elif event == "layer-start":
             tasks[data["name"]] = progress.add_task(f"layer {data['name']}", total=None)
         elif event == "warning":

@@ -1,6 +1,6 @@
 """Content-addressed cache: every wheel, .deb, index and image blob, stored by sha256.
 
-Layout (``$LOCKBUILD_CACHE`` or ``~/.cache/lockbuild``)::
+Layout (``default_cache_dir()``: ``$LOCKBUILD_CACHE``, ``$XDG_CACHE_HOME/lockbuild`` or ``~/.cache/lockbuild``)::
 
     blobs/sha256/<2 hex>/<64 hex>     verified content
     tmp/                              downloads and writers in progress (same filesystem)
@@ -19,53 +19,28 @@ fetched again); concurrent writers of the same entry serialise on a file lock.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 from filelock import FileLock
 
 from lockbuild.digest import PREFIX, check, to_hex
 from lockbuild.errors import IntegrityError
-from lockbuild.fsutil import CHUNK, atomic_write_bytes, sha256_file
+from lockbuild.fsutil import CHUNK, HashingStream, atomic_write_bytes, sha256_file
 
 
 def default_cache_dir() -> Path:
+    """Where lockbuild caches, for every stage and for uv (``uv/`` below it): ``$LOCKBUILD_CACHE``,
+    else ``$XDG_CACHE_HOME/lockbuild``, else ``~/.cache/lockbuild``. The only place that decides it."""
     env = os.environ.get("LOCKBUILD_CACHE")
     if env:
         return Path(env).expanduser()
     xdg = os.environ.get("XDG_CACHE_HOME")
     base = Path(xdg) if xdg else Path.home() / ".cache"
     return base / "lockbuild"
-
-
-class HashingWriter:
-    """A write-only sink that hashes what passes through it on the way to `f`."""
-
-    def __init__(self, f: Any) -> None:
-        self.f = f
-        self.h = hashlib.sha256()
-        self.size = 0
-
-    def write(self, data: bytes) -> int:
-        self.f.write(data)
-        self.h.update(data)
-        self.size += len(data)
-        return len(data)
-
-    def tell(self) -> int:
-        return self.size
-
-    def hexdigest(self) -> str:
-        return self.h.hexdigest()
-
-    def digest(self) -> str:
-        """``sha256:<hex>`` of what passed through."""
-        return PREFIX + self.h.hexdigest()
 
 
 class Cache:
@@ -104,7 +79,7 @@ class Cache:
 
     # -- writing -----------------------------------------------------------------------
     @contextlib.contextmanager
-    def writer(self, expected_sha256: str | None = None) -> Iterator[HashingWriter]:
+    def writer(self, expected_sha256: str | None = None) -> Iterator[HashingStream]:
         """Stream content in; on exit it is verified (if a hash was expected) and renamed in.
 
         After the block, ``w.digest()`` is the entry's key. A mismatch raises
@@ -115,7 +90,7 @@ class Cache:
         fd, tmp = tempfile.mkstemp(dir=self.tmpdir(), suffix=".part")
         try:
             with os.fdopen(fd, "wb") as f:
-                w = HashingWriter(f)
+                w = HashingStream(f)
                 yield w
                 f.flush()
                 os.fsync(f.fileno())

@@ -13,21 +13,23 @@ source serves the locked bytes is it an error.
 from __future__ import annotations
 
 import contextlib
-import hashlib
+import functools
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future, wait
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
+from lockbuild import net
 from lockbuild.digest import to_hex
 from lockbuild.errors import FetchError, IntegrityError
 from lockbuild.fetch.cache import Cache
-from lockbuild.net import RETRIES, USER_AGENT, backoff
-from lockbuild.progress import Progress
+from lockbuild.fsutil import HashingStream
+from lockbuild.net import USER_AGENT
+from lockbuild.progress import Progress, Report, silent
 
 TIMEOUT = httpx.Timeout(60.0, connect=15.0)
 
@@ -70,27 +72,12 @@ def _download_one(http: httpx.Client, cache: Cache, item: Item, progress: Progre
             return cached
         wrong: list[tuple[str, str, int]] = []  # (url, digest, size) of each source that served other bytes
         for url in item.urls:
-            got: tuple[str, int] | None = None
-            for attempt in range(RETRIES):
-                try:
-                    got = _stream_to(http, url, partial, progress)
-                    if item.size is not None and got[1] < item.size:  # a body cut short: resume it
-                        errors.append(f"{url}: ended after {got[1]} of {item.size} bytes")
-                        got = None
-                        backoff(attempt)
-                        continue
-                    break
-                except (httpx.TransportError, httpx.HTTPStatusError) as e:
-                    status = getattr(getattr(e, "response", None), "status_code", None)
-                    errors.append(f"{url}: {e}")
-                    if status is not None and status in (403, 404, 410):
-                        break  # this mirror does not have it: try the next one
-                    backoff(attempt)
-            else:
-                continue
-            if not partial.exists() or got is None:
-                continue
-            digest, size = got
+            try:
+                digest, size = net.retry(functools.partial(_attempt, http, url, partial, progress, errors, item.size),
+                                         transient=_transient)
+            except (httpx.TransportError, httpx.HTTPStatusError, _CutShort):
+                continue  # this mirror failed every attempt, or does not have it: try the next one (a partial
+                # body stays: the next mirror resumes it, and the whole is checked against the lock)
             if digest != item.sha256 or (item.size is not None and size != item.size):
                 partial.unlink()  # never used: the next mirror may serve the locked bytes
                 errors.append(f"{url}: served {digest} ({size} bytes)")
@@ -110,16 +97,41 @@ def _download_one(http: httpx.Client, cache: Cache, item: Item, progress: Progre
             "re-run `lockbuild lock --upgrade`",
         )
     raise FetchError(
-        f"could not download {item.label or item.sha256} after {RETRIES} tries per source",
+        f"could not download {item.label or item.sha256} after {net.RETRIES} tries per source",
         hint="check the network / mirror; the cache holds no partial entry. Last errors: "
         + "; ".join(errors[-3:]),
     )
 
 
-def _hash_file(path: Path) -> tuple[hashlib._Hash, int]:
-    """The running sha256 of what is already in ``path``, and its size."""
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256"), f.tell()
+GONE = (403, 404, 410)  # the source does not have it: another attempt would not help
+
+
+class _CutShort(Exception):
+    """A body that ended before the locked size: the next attempt resumes it with a Range request."""
+
+
+def _transient(e: Exception) -> bool:
+    """A failure another attempt at the same URL may not see (network, a body cut short, any HTTP
+    error but ``GONE``)."""
+    if isinstance(e, _CutShort):
+        return True
+    if isinstance(e, httpx.HTTPStatusError):
+        return e.response.status_code not in GONE
+    return isinstance(e, httpx.TransportError)
+
+
+def _attempt(http: httpx.Client, url: str, partial: Path, progress: Progress | None,
+             errors: list[str], expected_size: int | None) -> tuple[str, int]:
+    """One try at ``url`` (``_stream_to``), its failure noted in ``errors``."""
+    try:
+        digest, size = _stream_to(http, url, partial, progress)
+    except (httpx.TransportError, httpx.HTTPStatusError) as e:
+        errors.append(f"{url}: {e}")
+        raise
+    if expected_size is not None and size < expected_size:
+        errors.append(f"{url}: ended after {size} of {expected_size} bytes")
+        raise _CutShort(url)
+    return digest, size
 
 
 def _stream_to(http: httpx.Client, url: str, partial: Path, progress: Progress | None) -> tuple[str, int]:
@@ -129,43 +141,42 @@ def _stream_to(http: httpx.Client, url: str, partial: Path, progress: Progress |
     headers = {"Range": f"bytes={have}-"} if have else {}
     with http.stream("GET", url, headers=headers) as r:
         if r.status_code == 416:  # already complete
-            h, size = _hash_file(partial)
-            return "sha256:" + h.hexdigest(), size
+            done = HashingStream(None, resume=partial)
+            return done.digest(), done.size
         r.raise_for_status()
-        mode = "ab" if (have and r.status_code == 206) else "wb"
-        if mode == "wb" and have and progress:
+        resume = bool(have and r.status_code == 206)
+        if not resume and have and progress:
             progress(-have)
-        h, size = _hash_file(partial) if mode == "ab" else (hashlib.sha256(), 0)
-        with open(partial, mode) as f:
+        with open(partial, "ab" if resume else "wb") as f:
+            sink = HashingStream(f, resume=partial if resume else None)
             for chunk in r.iter_bytes():  # as it arrives: a dropped connection loses nothing received
-                f.write(chunk)
-                h.update(chunk)
-                size += len(chunk)
+                sink.write(chunk)
                 if progress:
                     progress(len(chunk))
-    return "sha256:" + h.hexdigest(), size
+    return sink.digest(), sink.size
 
 
 class Downloads:
     """Every item fetched (cache first) by ``jobs`` background threads, in the given order.
     ``path(item)`` waits for that item alone and returns its verified path, or raises its error.
 
-    on_progress(done_bytes, total_bytes) and on_done() are called from the worker threads. The
-    threads are daemons: an abandoned download never keeps the process from exiting.
+    ``report`` gets ``fetch-start``, ``fetch-progress`` (from the worker threads) and, once every
+    item is in, ``fetch-done`` (progress.py). The threads are daemons: an abandoned download never
+    keeps the process from exiting.
     """
 
-    def __init__(self, cache: Cache, items: Sequence[Item], *, jobs: int = 4,
-                 on_progress: Callable[[int, int], None] | None = None,
-                 on_done: Callable[[], None] | None = None) -> None:
+    def __init__(self, cache: Cache, items: Sequence[Item], *, jobs: int = 4, report: Report = silent) -> None:
         self.cache = cache
         unique = list({i.sha256: i for i in items}.values())
         self.futures: dict[str, Future[Path]] = {i.sha256: Future() for i in unique}
         self._todo = list(reversed(unique))
         self._mu = threading.Lock()
         self._total, self._done = sum(i.size or 0 for i in unique), 0
-        self._on_progress, self._on_done = on_progress, on_done
+        self._report = report
         self._workers = max(1, min(jobs, len(unique)))
         self._http = client() if unique else None
+        if unique:
+            report("fetch-start", {"items": len(unique), "bytes": self._total})
         for n in range(self._workers if unique else 0):
             threading.Thread(target=self._work, name=f"lockbuild-download-{n}", daemon=True).start()
 
@@ -173,8 +184,7 @@ class Downloads:
         with self._mu:
             self._done += n
             done = self._done
-        if self._on_progress:
-            self._on_progress(done, self._total)
+        self._report("fetch-progress", {"done": done, "total": self._total})
 
     def _work(self) -> None:
         assert self._http is not None
@@ -193,8 +203,8 @@ class Downloads:
             last = self._workers == 0
         if last:
             self._http.close()
-            if self._on_done and all(f.exception() is None for f in self.futures.values()):
-                self._on_done()
+            if all(f.exception() is None for f in self.futures.values()):
+                self._report("fetch-done", {"items": len(self.futures)})
 
     def path(self, item: Item) -> Path:
         fut = self.futures.get(item.sha256)
@@ -208,39 +218,29 @@ class Downloads:
         return {sha: fut.result() for sha, fut in self.futures.items()}
 
 
-def fetch_all(
-    cache: Cache,
-    items: Sequence[Item],
-    *,
-    jobs: int = 4,
-    on_progress: Callable[[int, int], None] | None = None,
-) -> dict[str, Path]:
-    """Fetch every item (cache first). Returns {sha256: verified path}.
-
-    on_progress(done_bytes, total_bytes) is called from worker threads.
-    """
-    return Downloads(cache, items, jobs=jobs, on_progress=on_progress).wait()
+def fetch_all(cache: Cache, items: Sequence[Item], *, jobs: int = 4, report: Report = silent) -> dict[str, Path]:
+    """Fetch every item (cache first), reporting as ``Downloads`` does. Returns {sha256: verified path}."""
+    return Downloads(cache, items, jobs=jobs, report=report).wait()
 
 
 def fetch_bytes(url: str, *, http: httpx.Client | None = None) -> bytes:
     """Small unverified GET (indexes whose hash is checked by the caller)."""
     own = http is None
     http = http or client()
+
+    def get() -> bytes:
+        r = http.get(url)
+        r.raise_for_status()
+        return r.content
+
     try:
-        last: Exception | None = None
-        for attempt in range(RETRIES):
-            try:
-                r = http.get(url)
-                r.raise_for_status()
-                return r.content
-            except httpx.HTTPStatusError as e:
-                if e.response.status_code in (403, 404, 410):
-                    raise FetchError(f"{url}: HTTP {e.response.status_code}") from None
-                last = e
-            except httpx.TransportError as e:
-                last = e
-            backoff(attempt)
-        raise FetchError(f"could not fetch {url}: {last}", hint="check the network or the mirror URL")
+        return net.retry(get, transient=_transient)
+    except httpx.HTTPStatusError as e:
+        if e.response.status_code in GONE:
+            raise FetchError(f"{url}: HTTP {e.response.status_code}") from None
+        raise FetchError(f"could not fetch {url}: {e}", hint="check the network or the mirror URL") from None
+    except httpx.TransportError as e:
+        raise FetchError(f"could not fetch {url}: {e}", hint="check the network or the mirror URL") from None
     finally:
         if own:
             http.close()

@@ -14,7 +14,6 @@ so its bytes do not depend on the host's umask, time zone, zlib or cache.
 
 from __future__ import annotations
 
-import base64
 import csv
 import hashlib
 import io
@@ -34,7 +33,7 @@ from installer.records import Hash, RecordEntry
 from lockbuild.errors import IntegrityError, SourceBuildError
 from lockbuild.fetch.cache import Cache
 from lockbuild.fetch.download import Item, fetch_all
-from lockbuild.fsutil import sha256_file
+from lockbuild.fsutil import escapes, record_hash, sha256_file
 from lockbuild.lockfile.model import Wheel
 
 DEFAULT_BACKEND = "setuptools.build_meta:__legacy__"  # PEP 517's fallback for a setup.py-only sdist
@@ -115,7 +114,7 @@ def _extract(sdist: Path, dest: Path) -> Path:
     if sdist.name.endswith(".zip"):
         with zipfile.ZipFile(sdist) as zf:
             for n in zf.namelist():
-                if n.startswith("/") or ".." in n.split("/"):
+                if escapes(n):
                     raise SourceBuildError(f"{sdist.name}: unsafe member {n!r}")
             zf.extractall(dest)
     else:
@@ -200,8 +199,7 @@ def normalise_wheel(src: Path, dest: Path, epoch: int) -> None:
     rows = []
     for name in sorted(n for n in entries if n != record):
         data = entries[name][0]
-        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-        rows.append(RecordEntry(name, Hash("sha256", digest), len(data)).to_row())
+        rows.append(RecordEntry(name, Hash.parse(record_hash(hashlib.sha256(data).digest())), len(data)).to_row())
     rows.append(RecordEntry(record, None, None).to_row())  # RECORD itself last, as wheel tools write it
     text = io.StringIO()
     csv.writer(text, delimiter=",", quotechar='"', lineterminator="\n").writerows(rows)  # installer's dialect

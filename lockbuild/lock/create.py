@@ -318,7 +318,8 @@ def _resolve_for(choice: runtime.SuiteChoice, spec: Spec, source: ModelSource, i
     settled = overlap.settle(wheels, re_resolve, cache=cache,
                              origins=overlap.origins(logged, list(spec.requirements), mapped),
                              spec_variants=spec.variants, spec_where=str(spec.path), notify=notify,
-                             tags=target_tags(py_target), platform=wheel_platform)
+                             tags=target_tags(py_target), platform=wheel_platform,
+                             python=py_target.python)
     wheels, reqs = settled.wheels, reqs + settled.extra_requirements
     platform_map.cuda_guard(wheels, cuda=cuda, platform=spec.platform)
     check_hash_pins(wheels, info, notes)

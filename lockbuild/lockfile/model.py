@@ -149,7 +149,7 @@ class VariantChoice:
     kept: str  # normalized name, installed in its place
     reason: str  # why, in words (the spec's [python] variants, or the evidence the default used)
     paths: int = 0  # how many install paths the two share (0: chosen in the spec, not observed)
-    example: str = ""  # one shared path, e.g. site-packages/tensorflow/__init__.py
+    example: str = ""  # one shared image path, e.g. usr/local/lib/python3.11/dist-packages/tensorflow/__init__.py
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lockbuild.errors import BuildError
+from lockbuild.fsutil import escapes
 from lockbuild.lockfile.model import Lock, Wheel
+from lockbuild.lockfile.scheme import SITE, MemberError, Refuse, scheme_paths
 
 DEFAULT_PRUNE: tuple[str, ...] = (
     "tensorflow/include/**",
@@ -91,24 +93,12 @@ class WheelContent:
     sources: list[str] = field(default_factory=list)  # .py files (site-relative) to byte-compile
 
 
-def site_paths(members: Iterable[str]) -> list[str]:
+def site_paths(members: Iterable[str], filename: str | None = None, *, refuse: Refuse = MemberError) -> list[str]:
     """The site-packages-relative paths a wheel's zip members are installed to, as its installed
-    RECORD names them: ``X.data/purelib/…`` and ``X.data/platlib/…`` land in site-packages like
-    top-level members; the other ``.data`` schemes (scripts, headers, data) land outside it and are
-    left out (never pruned). Directory entries (``…/``) are skipped, like the installer does."""
-    out = []
-    for name in members:
-        if name.endswith("/"):
-            continue
-        norm = posixpath.normpath(name)
-        first, _, rest = norm.partition("/")
-        if first.endswith(".data") and rest:
-            key, _, sub = rest.partition("/")
-            if key in ("purelib", "platlib") and sub:
-                out.append(sub)
-            continue
-        out.append(norm)
-    return out
+    RECORD names them (lockfile/scheme.py's mapping, the root scheme and ``purelib``/``platlib``):
+    the other ``.data`` schemes (scripts, headers, data) land outside site-packages and are left
+    out (never pruned)."""
+    return [path for key, path in scheme_paths(members, filename, refuse=refuse) if key in SITE]
 
 
 def _metadata(rel: str) -> bool:
@@ -150,8 +140,7 @@ def pruned_paths(site_rels: Iterable[str], rules: Rules) -> list[str]:
 def _entry_error(entry: str) -> str | None:
     """Why ``entry`` is not a well-formed pruned-list entry (None when it is)."""
     path = entry[:-1] if entry.endswith("/") else entry
-    if not path or path.startswith("/") or "\\" in path or posixpath.normpath(path) != path or path == ".." \
-            or path.startswith("../"):
+    if not path or escapes(path) or posixpath.normpath(path) != path:
         return f"{entry!r} is not a normalised path relative to site-packages"
     if _metadata(path) or path.endswith(".dist-info"):
         return f"{entry!r} is in the distribution's .dist-info metadata, which is never pruned"
@@ -232,8 +221,10 @@ def listed_pruning(lock: Lock, blobs: dict[str, Path]) -> Callable[[Wheel], Call
             raise BuildError(f"lockbuild.lock: python.packages[{w.name}].pruned: {e}",
                              hint="run `lockbuild lock` to write the lists again") from None
         if listed:
-            with zipfile.ZipFile(blobs[w.sha256]) as zf:
-                stray = listed.unmatched(site_paths(zf.namelist()))
+            with zipfile.ZipFile(blobs[w.sha256]) as zf:  # its members were checked by the install before
+                names = zf.namelist()
+            stray = listed.unmatched(site_paths(names, w.filename,
+                                                refuse=lambda why: BuildError(f"{w.filename}: {why}")))
             if stray:
                 raise BuildError(
                     f"lockbuild.lock: python.packages[{w.name}].pruned lists {stray[0]!r}, which is not in "

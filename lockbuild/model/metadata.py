@@ -242,13 +242,6 @@ def _bad(where: str, message: str, hint: str) -> RequirementsError:
     return RequirementsError(message, where=where, hint=hint)
 
 
-def read_requirements(path: Path, _seen: frozenset[Path] = frozenset(), *,
-                      root: Path | None = None) -> tuple[list[str], list[str]]:
-    """(requirements, constraints) from a pip requirements file, following -r and -c."""
-    r = parse_requirements(path, root=root, _seen=_seen)
-    return r.requirements, r.constraints
-
-
 def parse_requirements(path: Path, *, root: Path | None = None, _seen: frozenset[Path] = frozenset(),
                        _out: Requirements | None = None, _as_constraints: bool = False) -> Requirements:
     """Parse a pip requirements file the way MLflow writes them (and users edit them).

@@ -244,11 +244,6 @@ def check_code_path(encoder: str) -> str:
     return got
 
 
-def check_gzip_code_path() -> str:
-    """ISA-L's canary (kept for callers of the original name)."""
-    return check_code_path("isal")
-
-
 def gzip_writer(sink: Sink, level: int, encoder: str = "zlib-ng") -> ChunkedCompressor:
     """Raw deflate from ``encoder`` (zlib-ng or ISA-L) in a gzip member with a fixed header (no name,
     mtime 0, OS 255), after checking that this CPU makes the encoder write the reference bytes."""

@@ -23,7 +23,7 @@ from pathlib import Path
 from lockbuild.digest import to_hex
 from lockbuild.errors import IntegrityError, PublishError
 from lockbuild.fetch.cache import Cache
-from lockbuild.fsutil import sha256_bytes
+from lockbuild.fsutil import check_bytes, sha256_bytes
 from lockbuild.oci.image import (
     INDEX_MEDIA_TYPE,
     MANIFEST_MEDIA_TYPE,
@@ -171,10 +171,7 @@ def _read_blob(root: Path, digest: str, what: str) -> bytes:
     except FileNotFoundError:
         raise IntegrityError(f"{what} blob {digest} is missing from {root}",
                              hint="the layout is incomplete; rebuild it") from None
-    if sha256_bytes(data) != digest:
-        raise IntegrityError(f"{what} blob {path} does not match its digest {digest}",
-                             hint="the layout was modified after it was written; rebuild it")
-    return data
+    return check_bytes(data, digest, f"{what} blob {path}", "the layout was modified after it was written; rebuild it")
 
 
 def _pick_manifest(index: dict, ref_name: str | None, root: Path) -> dict:

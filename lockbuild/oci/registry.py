@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import base64
 import functools
-import hashlib
 import json
 import os
 import re
@@ -36,7 +35,7 @@ import httpx
 from lockbuild import net
 from lockbuild.errors import IntegrityError, PublishError
 from lockbuild.fetch.cache import Cache
-from lockbuild.fsutil import CHUNK, sha256_bytes
+from lockbuild.fsutil import CHUNK, HashingStream, check_bytes, sha256_bytes
 from lockbuild.net import RETRIES, USER_AGENT
 from lockbuild.oci.compress import Sink
 from lockbuild.oci.image import MANIFEST_MEDIA_TYPE, BlobSource, Image, blob_sources
@@ -261,12 +260,7 @@ class Transient(PublishError):
 
 def with_retries(action: Callable[[], T], attempts: int = RETRIES) -> T:
     """Run ``action``, again after a back-off when it fails transiently (at most ``attempts``)."""
-    for attempt in range(attempts - 1):
-        try:
-            return action()
-        except Transient:
-            net.backoff(attempt)
-    return action()
+    return net.retry(action, transient=lambda e: isinstance(e, Transient), attempts=attempts)
 
 
 def _path(url: str | httpx.URL) -> str:
@@ -450,10 +444,8 @@ def push(image: Image, ref: str, cache: Cache, *, progress: Progress | None = No
 
 
 def _check(data: bytes, digest: str, what: str) -> bytes:
-    if sha256_bytes(data) != digest:
-        raise IntegrityError(f"{what} from the registry does not match {digest}",
-                             hint="the registry or a proxy served different bytes; do not trust this image")
-    return data
+    return check_bytes(data, digest, f"{what} from the registry",
+                       "the registry or a proxy served different bytes; do not trust this image")
 
 
 def _get_manifest(s: Session, reference: str) -> tuple[bytes, str]:
@@ -493,7 +485,7 @@ def fetch_blob(ref: str, digest: str, dest: Sink) -> int:
     """Stream one blob into ``dest`` (e.g. ``Cache.writer``), checking its digest; returns its size."""
     r = parse_reference(ref)
     s = open_session(r, push=False)
-    h, size = hashlib.sha256(), 0
+    sink = HashingStream(dest)
     with s.client:
         try:
             with s.client.stream("GET", s.url(f"blobs/{digest}"), follow_redirects=True) as resp:
@@ -501,13 +493,11 @@ def fetch_blob(ref: str, digest: str, dest: Sink) -> int:
                     raise PublishError(f"GET blob {digest} -> HTTP {resp.status_code}",
                                        hint=_status_hint(resp.status_code, r))
                 for chunk in resp.iter_bytes(CHUNK):
-                    h.update(chunk)
-                    dest.write(chunk)
-                    size += len(chunk)
+                    sink.write(chunk)
         except httpx.HTTPError as e:
             raise PublishError(f"GET blob {digest} from {r.registry} failed: {e}",
                                hint=_unreachable_hint(r)) from e
-    if "sha256:" + h.hexdigest() != digest:
+    if sink.digest() != digest:
         raise IntegrityError(f"blob from {r.registry} does not match {digest}",
                              hint="the registry or a proxy served different bytes; do not trust this image")
-    return size
+    return sink.size

@@ -24,8 +24,6 @@ layer cache's records live in oci/layercache.py.
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import os
 import queue
 import stat
@@ -37,7 +35,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from lockbuild.errors import BuildError
-from lockbuild.fetch.cache import Cache, HashingWriter
+from lockbuild.fetch.cache import Cache
+from lockbuild.fsutil import HashingStream
 from lockbuild.oci.compress import compress_writer, compressor_name, media_type
 from lockbuild.oci.layercache import Layer
 
@@ -168,22 +167,6 @@ def new_tarinfo(name: str, kind: bytes, *, mode: int, mtime: int, size: int = 0,
 # -- streaming: tar -> sha256 (diff_id) -> compressor -> sha256 (digest) -> cache -----------------
 
 
-class _HashingReader:
-    """Reads ``size`` bytes through sha256, for a node whose RECORD hash must hold."""
-
-    def __init__(self, f: BinaryIO) -> None:
-        self.f, self.h, self.n = f, hashlib.sha256(), 0
-
-    def read(self, n: int = -1) -> bytes:
-        data = self.f.read(n)
-        self.h.update(data)
-        self.n += len(data)
-        return data
-
-    def record_hash(self) -> str:
-        return "sha256=" + base64.urlsafe_b64encode(self.h.digest()).rstrip(b"=").decode()
-
-
 def _add(tar: tarfile.TarFile, node: Node, mtime: int, owners: Owners | None) -> None:
     owner = owners.get(node.rel, (0, 0)) if owners else (0, 0)
     info = new_tarinfo(node.rel, node.kind, mode=node.mode, mtime=mtime, size=node.size, linkname=node.linkname,
@@ -193,7 +176,7 @@ def _add(tar: tarfile.TarFile, node: Node, mtime: int, owners: Owners | None) ->
         return
     assert node.open is not None, node.rel
     with node.open() as f:
-        src: BinaryIO | _HashingReader = _HashingReader(f) if node.record_hash else f
+        src: BinaryIO | HashingStream = HashingStream(f) if node.record_hash else f
         try:
             tar.addfile(info, src)  # type: ignore[arg-type]
         except OSError as e:
@@ -204,7 +187,7 @@ def _add(tar: tarfile.TarFile, node: Node, mtime: int, owners: Owners | None) ->
         if f.read(1):
             raise BuildError(f"{node.rel!r} is longer than its recorded size {node.size} ({node.where})",
                              hint="the input is corrupt; its sha256 in the lock can no longer match")
-        if isinstance(src, _HashingReader) and src.record_hash() != node.record_hash:
+        if isinstance(src, HashingStream) and src.record_hash() != node.record_hash:
             raise BuildError(f"{node.rel!r} does not match its hash in the wheel's RECORD ({node.where})",
                              hint="installers must verify every RECORD hash (binary distribution format "
                                   "spec); the wheel is corrupt or tampered with: re-lock from a good index")
@@ -230,7 +213,7 @@ class _Handoff:
     """A write-only sink that hands the bytes, in order, in pieces of at least ``READ_SIZE``, to
     ``sink.write`` on a thread of its own. ``close()`` waits for it and raises what it raised."""
 
-    def __init__(self, sink: HashingWriter) -> None:
+    def __init__(self, sink: HashingStream) -> None:
         self.sink, self.size, self.buf = sink, 0, bytearray()
         self.q: queue.Queue[bytes | bytearray | None] = queue.Queue(maxsize=1)
         self.error: BaseException | None = None
@@ -286,7 +269,7 @@ def write_layer(cache: Cache, root: Tree, *, mtime: int, level: int = 1,
                          hint="this is a lockbuild bug: the builder must stage the tree first")
     name = compressor_name(level, compression, encoder)
     with cache.writer() as blob, compress_writer(blob, compression, level, encoder) as z:
-        tee = HashingWriter(z)
+        tee = HashingStream(z)
         pipe = _Handoff(tee)
         try:
             write_tar(pipe, root, mtime=mtime, exclude=exclude, owners=owners)  # type: ignore[arg-type]
@@ -294,5 +277,5 @@ def write_layer(cache: Cache, root: Tree, *, mtime: int, level: int = 1,
             pipe.close(ok=False)
             raise
         pipe.close()
-    return Layer(digest=f"sha256:{blob.hexdigest()}", diff_id=f"sha256:{tee.h.hexdigest()}",
+    return Layer(digest=blob.digest(), diff_id=tee.digest(),
                  size=blob.size, media_type=media_type(compression), compressor=name)

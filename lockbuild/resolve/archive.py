@@ -289,13 +289,6 @@ class LoadedSuite:
     unverified: str = ""  # entries are kept stanzas the signed index could not be checked against: why
 
 
-def load_suite(http: httpx.Client, cache: Cache, src: SuiteSource, arch: str,
-               keyring: Path | Sequence[Path], say: Notify) -> LoadedSuite:
-    """Fetch and verify one suite's InRelease and Packages index."""
-    inrelease = download.fetch_bytes(f"{src.dists}/InRelease", http=http)
-    return load_verified_suite(http, cache, src, arch, keyring, say, inrelease)
-
-
 @dataclass(frozen=True)
 class VerifiedSuite:
     """A suite's InRelease, signature and Release checked: the Suite row and its Packages index's pin."""

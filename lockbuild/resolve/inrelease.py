@@ -175,8 +175,3 @@ def check_inrelease(data: bytes, keyrings: Path | Sequence[Path], label: str) ->
                 "rotated its keys, update debian-archive-keyring (or [target] keyring in lockbuild.toml)",
             )
         return SignatureCheck(out.read_bytes(), tuple(good), tuple(refused))
-
-
-def verify_inrelease(data: bytes, keyring: Path | Sequence[Path], label: str) -> bytes:
-    """Verify a clear-signed InRelease (see check_inrelease); return only the signed text."""
-    return check_inrelease(data, keyring, label).text

@@ -24,7 +24,6 @@ wheel and refuses any collision, so a lying server can make `lock` fail, never a
 from __future__ import annotations
 
 import io
-import posixpath
 import re
 import zipfile
 from collections.abc import Callable
@@ -39,6 +38,8 @@ from packaging.utils import canonicalize_name, parse_wheel_filename
 from lockbuild.errors import OverlapError, ResolveError, SpecError
 from lockbuild.fetch.cache import Cache
 from lockbuild.lockfile.model import Mapped, VariantChoice, Wheel
+from lockbuild.lockfile.scheme import install_paths as scheme_install_paths
+from lockbuild.lockfile.scheme import install_scheme
 from lockbuild.model.metadata import requirement
 from lockbuild.progress import Notify
 
@@ -160,39 +161,24 @@ def wheel_members(w: Wheel, cache: Cache, http: httpx.Client) -> list[str]:
     return members
 
 
-def install_paths(w: Wheel, members: list[str]) -> list[str]:
-    """Where each member lands, relative to the install scheme (site-packages/, bin/, data/, include/).
-    Refuses members that would escape the install root (what the builder refuses too)."""
-    out = []
-    for name in members:
-        norm = posixpath.normpath(name)
-        if name.startswith("/") or norm == ".." or norm.startswith("../") or "\\" in name:
-            raise ResolveError(f"{w.filename}: member {name!r} would be written outside the install root",
-                               hint=f"the wheel is malicious or corrupt; pin another {w.name} version")
-        first, _, rest = norm.partition("/")
-        if first.endswith(".data") and rest:
-            key, _, sub = rest.partition("/")
-            if key in ("purelib", "platlib"):
-                out.append(f"site-packages/{sub}")
-            elif key == "headers":
-                out.append(f"include/{w.name}/{sub}")
-            elif key in ("scripts", "data"):
-                out.append(f"{'bin' if key == 'scripts' else 'data'}/{sub}")
-            else:
-                raise ResolveError(f"{w.filename}: unknown wheel data scheme {key!r}",
-                                   hint=f"pin another {w.name} version")
-        else:
-            out.append(f"site-packages/{norm}")
-    return out
+def install_paths(w: Wheel, members: list[str], python: str) -> list[str]:
+    """Where each member lands in the image for target Python ``python``: the builder's own mapping
+    (lockfile/scheme.py), so lock and build see the same overlaps. Refuses members that would
+    escape the install root (what the builder refuses too)."""
+    def refuse(why: str) -> ResolveError:
+        return ResolveError(f"{w.filename}: {why}",
+                            hint=f"the wheel is malicious or corrupt; pin another {w.name} version")
+
+    return scheme_install_paths(members, w.filename, install_scheme(python), refuse=refuse)
 
 
-def listings(wheels: list[Wheel], cache: Cache, jobs: int = 8) -> dict[str, list[str]]:
-    """{distribution: install paths} for every wheel, fetched in parallel."""
+def listings(wheels: list[Wheel], cache: Cache, python: str, jobs: int = 8) -> dict[str, list[str]]:
+    """{distribution: image paths} for every wheel, fetched in parallel."""
     from lockbuild.fetch.download import client
 
     with client() as http, ThreadPoolExecutor(max_workers=jobs) as pool:
         members = list(pool.map(lambda w: wheel_members(w, cache, http), wheels))
-    return {w.name: install_paths(w, m) for w, m in zip(wheels, members, strict=True)}
+    return {w.name: install_paths(w, m, python) for w, m in zip(wheels, members, strict=True)}
 
 
 def overlaps(paths: dict[str, list[str]]) -> dict[tuple[str, str], list[str]]:
@@ -315,8 +301,9 @@ class Settled:
 
 def settle(wheels: list[Wheel], resolve: Resolver, *, cache: Cache, origins: dict[str, str],
            spec_variants: tuple[tuple[str, str], ...], spec_where: str, notify: Notify,
-           tags: list[Tag], platform: str) -> Settled:
-    """Apply the spec's variant choices and the default policy until no two wheels share a path."""
+           tags: list[Tag], platform: str, python: str) -> Settled:
+    """Apply the spec's variant choices and the default policy until no two wheels share a path
+    (installed for target Python ``python``)."""
     chosen: dict[str, VariantChoice] = {}
     for dropped, kept in spec_variants:
         d, k = str(canonicalize_name(dropped)), str(canonicalize_name(kept))
@@ -339,7 +326,7 @@ def settle(wheels: list[Wheel], resolve: Resolver, *, cache: Cache, origins: dic
     for _round in range(4):
         notify(f"reading the file lists of {len(wheels)} wheels")
         versions = {w.name: w.version for w in wheels}
-        found = overlaps(listings(wheels, cache))
+        found = overlaps(listings(wheels, cache, python))
         if not found:
             check_tags(wheels, tags, platform)
             return Settled(wheels, tuple(sorted(chosen.values(), key=lambda c: c.dropped)), extra)

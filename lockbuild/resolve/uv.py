@@ -21,6 +21,7 @@ from packaging.version import Version
 
 from lockbuild.digest import from_hex
 from lockbuild.errors import ResolveError
+from lockbuild.fetch.cache import default_cache_dir
 from lockbuild.lockfile.model import Sdist, Wheel
 from lockbuild.model.metadata import strip_userinfo
 
@@ -248,8 +249,7 @@ def _uv_compile_once(requirements: list[str], constraints: list[str], *, target:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("UV_", "PIP_"))}
     env["UV_NO_CONFIG"] = "1"
     env["UV_PYTHON_DOWNLOADS"] = "never"  # resolve for the target only; never fetch an interpreter from outside
-    env.setdefault("UV_CACHE_DIR", str(Path(os.environ.get("LOCKBUILD_CACHE", Path.home() / ".cache/lockbuild"))
-                                       / "uv"))
+    env.setdefault("UV_CACHE_DIR", str(default_cache_dir() / "uv"))
     return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=workdir)
 
 

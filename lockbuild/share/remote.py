@@ -46,9 +46,9 @@ from lockbuild.fsutil import CHUNK
 from lockbuild.oci import registry as reg
 from lockbuild.oci.compress import ZSTD_LAYER_MEDIA_TYPE
 from lockbuild.oci.layercache import Layer
+from lockbuild.progress import Report, silent
 from lockbuild.share import entry as E
 
-Report = Callable[[str, dict], None]
 MAX_OUT = 4 << 20  # decompressed bytes per step: a gzip bomb never sits in memory
 LOOKUP_ATTEMPTS = 2  # a cache is optional: a registry that does not answer a lookup twice is skipped
 SPLIT_BYTES = 64 << 20  # a blob this big downloads as two ranges at once (TensorFlow's layer is ~240 MB)
@@ -244,7 +244,7 @@ class SharedCache:
 
     def __init__(self, repo: str, *, signer=None, trusted: Sequence = (),  # type: ignore[no-untyped-def]
                  mount_from: str | None = None, lazy: bool = False, check_tar: bool | None = None,
-                 report: Report = lambda _e, _d: None) -> None:
+                 report: Report = silent) -> None:
         ref = reg.parse_reference(repo)
         if ref.tag or ref.digest:
             raise PublishError(f"--cache-registry {repo!r} names a tag or digest",

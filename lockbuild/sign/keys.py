@@ -250,17 +250,6 @@ def load_public_key(path: Path) -> Verifier:
     return Verifier(key, str(path))
 
 
-def public_key_from_pem(data: bytes, what: str = "public key") -> Verifier:
-    """A Verifier from PEM bytes already in memory (e.g. a key embedded in a policy)."""
-    try:
-        key = serialization.load_pem_public_key(data)
-    except (ValueError, UnsupportedAlgorithm):
-        raise SigningKeyError(f"{what} is not a PEM public key", hint="pass a PEM P-256 public key") from None
-    _check_p256(key, Path(what), "public key")
-    assert isinstance(key, ec.EllipticCurvePublicKey)
-    return Verifier(key, what)
-
-
 # -- writing (keygen) ----------------------------------------------------------------------------------
 
 

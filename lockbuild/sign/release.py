@@ -13,7 +13,6 @@ three attestations signed by the key about this digest (exit 34), naming this lo
 
 from __future__ import annotations
 
-import base64
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -322,8 +321,3 @@ def verify_release(store: Store, verifier: Verifier, lock_digest: str | None) ->
     reference = check_signature(store, verifier)
     found = check_attestations(store, verifier, lock_digest)
     return VerifiedRelease(store.image()["digest"], store.repository, verifier.key_id, reference, found)
-
-
-def envelope_payload(envelope: bytes) -> bytes:
-    """The statement bytes inside an envelope (no verification: for display and tests)."""
-    return base64.b64decode(json.loads(envelope)["payload"])

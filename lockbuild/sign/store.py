@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from lockbuild.errors import IntegrityError, PublishError
-from lockbuild.fsutil import atomic_write_bytes, sha256_bytes
+from lockbuild.fsutil import atomic_write_bytes, check_bytes, sha256_bytes
 from lockbuild.oci.image import INDEX_MEDIA_TYPE, MANIFEST_MEDIA_TYPE, canonical_json
 from lockbuild.oci.layout import blob_name
 
@@ -139,11 +139,8 @@ class RegistryStore:
         except httpx.HTTPError as e:
             raise PublishError(f"GET blob {digest} from {self.ref.registry} failed: {e}",
                                hint="check the network and the registry") from e
-        data = b"".join(chunks)
-        if sha256_bytes(data) != digest:
-            raise IntegrityError(f"{self.repository}: blob {digest} does not match its digest",
-                                 hint="the registry or a proxy served different bytes; do not trust it")
-        return data
+        return check_bytes(b"".join(chunks), digest, f"{self.repository}: blob",
+                           "the registry or a proxy served different bytes; do not trust it")
 
     def put_blob(self, data: bytes) -> None:
         from lockbuild.audit.attach import upload_blob

@@ -9,13 +9,13 @@ streamed, never held: ``hash_found_layer`` gives its blob digest and real diff_i
 
 from __future__ import annotations
 
-import hashlib
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from lockbuild.digest import PREFIX
+from lockbuild.fsutil import HashingStream, sha256_stream
 from lockbuild.oci.layercache import Layer
 from lockbuild.verify.source import MAX_EXTENDED_HEADER, ImageSource
 
@@ -88,24 +88,18 @@ def iter_entries(stream: BinaryIO, max_entries: int | None = None) -> Iterator[t
             kind = _kind(m)
             sha, size = "", 0
             if kind == "file":
-                h = hashlib.sha256()
-                f = tar.extractfile(m)
-                while chunk := f.read(CHUNK):  # type: ignore[union-attr]
-                    h.update(chunk)
-                    size += len(chunk)
-                sha = PREFIX + h.hexdigest()
+                hashed = sha256_stream(tar.extractfile(m))  # type: ignore[arg-type]
+                sha, size = hashed.digest(), hashed.size
             yield norm(m.name), Entry(kind, m.mode & 0o7777, m.uid, m.gid,
                                        m.linkname if kind in ("symlink", "hardlink") else "", sha, size)
 
 
-class _HashReader:
-    """Read-through stream that hashes (and counts) what passes; past ``limit`` bytes it stops
-    with ``TooLarge`` (a blob larger than its descriptor, a tar larger than the expected one)."""
+class _HashReader(HashingStream):
+    """fsutil's hashing stream, read through; past ``limit`` bytes it stops with ``TooLarge`` (a
+    blob larger than its descriptor, a tar larger than the expected one)."""
 
     def __init__(self, raw: Any, limit: int | None = None, what: str = "layer") -> None:
-        self.raw = raw
-        self.h = hashlib.sha256()
-        self.size = 0
+        super().__init__(raw)
         self.limit, self.what = limit, what
 
     def read(self, n: int = -1) -> bytes:
@@ -114,19 +108,13 @@ class _HashReader:
             n = room if n is None or n < 0 else min(n, room)
             if n <= 0:
                 raise TooLarge(f"the {self.what} is larger than the {self.limit} bytes expected")
-        data = self.raw.read(n)
-        self.h.update(data)
-        self.size += len(data)
+        data = super().read(n)
         if self.limit is not None and self.size > self.limit:
             raise TooLarge(f"the {self.what} is larger than the {self.limit} bytes expected")
         return data
 
     def readable(self) -> bool:
         return True
-
-    def drain(self) -> None:
-        while self.read(CHUNK):
-            pass
 
 
 class _Peeked:

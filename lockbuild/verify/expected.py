@@ -18,15 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from lockbuild.assemble.recipe import GENERATED, LayerPlan, image_spec, labels_for
-from lockbuild.fetch.cache import HashingWriter
+from lockbuild.fsutil import HashingStream, null_sink
 from lockbuild.lockfile.model import Lock
 from lockbuild.oci.layercache import Layer
 from lockbuild.verify.entries import CHUNK, Entry, iter_entries, norm
-
-
-class _Null:
-    def write(self, data: bytes) -> int:
-        return len(data)
 
 
 def _tar_expected(staged: Any, out: Any) -> None:
@@ -39,7 +34,7 @@ def _tar_expected(staged: Any, out: Any) -> None:
 
 def expected_diff_id(staged: Any) -> tuple[str, int]:
     """The expected layer's diff_id and tar size: its tar hashed as written, never stored."""
-    sink = HashingWriter(_Null())
+    sink = HashingStream(null_sink())
     _tar_expected(staged, sink)
     return sink.digest(), sink.size
 
@@ -52,7 +47,7 @@ def expected_entries(staged: Any) -> Iterator[tuple[str, Entry]]:
     def produce() -> None:
         try:
             with open(w, "wb", buffering=CHUNK) as out:
-                _tar_expected(staged, HashingWriter(out))
+                _tar_expected(staged, HashingStream(out))
         except BrokenPipeError:
             pass
         except BaseException as e:  # noqa: BLE001 - re-raised in the consumer

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from lockbuild.errors import IntegrityError, InvalidImage, LockbuildError, VerifyFailed
-from lockbuild.fsutil import sha256_bytes
+from lockbuild.fsutil import check_bytes, sha256_bytes
 from lockbuild.verify import strictjson
 
 MAX_ARCHIVE_MEMBERS = 256  # lockbuild writes 2 dirs + 5 documents + at most 40 layers
@@ -178,10 +178,7 @@ def _layout_blob(root: Path, digest: str, what: str) -> bytes:
         raise IntegrityError(f"{what} blob {digest} is missing from {root}",
                              hint="the layout is incomplete; rebuild it")
     data = _bounded_read(path, f"{what} blob")
-    if sha256_bytes(data) != digest:
-        raise IntegrityError(f"{what} blob {path} does not match its digest {digest}",
-                             hint="the layout was modified after it was written; rebuild it")
-    return data
+    return check_bytes(data, digest, f"{what} blob {path}", "the layout was modified after it was written; rebuild it")
 
 
 class _Slice(io.RawIOBase):
