@@ -28,6 +28,7 @@ from lockbuild.fetch.cache import Cache
 from lockbuild.fetch.model import cache_model_files, cache_model_tree
 from lockbuild.fsutil import sha256_bytes
 from lockbuild.lock import pruned
+from lockbuild.lockfile.codec import DEFAULT_CODEC, compressor_version
 from lockbuild.lockfile.model import (
     LOCK_VERSION,
     BuildRules,
@@ -46,7 +47,6 @@ from lockbuild.lockfile.model import (
 from lockbuild.lockfile.prune import DEFAULT_OMIT, DEFAULT_PRUNE
 from lockbuild.model.intake import ModelSource, fetch_model
 from lockbuild.model.metadata import ModelInfo, keras_major, read_model
-from lockbuild.oci.compress import DEFAULT_CODEC, compressor_version
 from lockbuild.progress import Notify
 from lockbuild.resolve import debian, overlap, platform_map, runtime
 from lockbuild.resolve.interpreter import bound_artifacts
