@@ -15,7 +15,6 @@ every wheel whose recorded list differs (a list edited by hand, its content head
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 from lockbuild.fetch.cache import Cache
@@ -26,10 +25,7 @@ from lockbuild.resolve import overlap
 
 def site_listings(wheels: Sequence[Wheel], cache: Cache, jobs: int = 8) -> dict[str, list[str]]:
     """{distribution: its files relative to site-packages}, from the cached or range-read zip listing."""
-    from lockbuild.fetch.download import client
-
-    with client() as http, ThreadPoolExecutor(max_workers=jobs) as pool:
-        members = list(pool.map(lambda w: overlap.wheel_members(w, cache, http), wheels))
+    members = overlap.member_lists(tuple(wheels), cache, jobs)
     return {w.name: site_paths(m) for w, m in zip(wheels, members, strict=True)}
 
 

@@ -127,12 +127,20 @@ def _members_of(fileobj: object) -> list[str]:
         return [i.filename for i in zf.infolist() if not i.is_dir()]
 
 
-def wheel_members(w: Wheel, cache: Cache, http: httpx.Client) -> list[str]:
-    """The wheel's zip member names: cache meta (by sha256), the verified cached wheel, range
-    requests, or (no ranges served) the full download, verified by sha256 and kept in the cache."""
+def cached_members(w: Wheel, cache: Cache) -> list[str] | None:
+    """The wheel's zip member names from the cache's meta (by sha256), or None."""
     meta = cache.meta_get(META, w.sha256)
     if meta is not None and meta.get("size") == w.size and isinstance(meta.get("members"), list):
         return list(meta["members"])
+    return None
+
+
+def wheel_members(w: Wheel, cache: Cache, http: httpx.Client) -> list[str]:
+    """The wheel's zip member names: cache meta (by sha256), the verified cached wheel, range
+    requests, or (no ranges served) the full download, verified by sha256 and kept in the cache."""
+    cached = cached_members(w, cache)
+    if cached is not None:
+        return cached
     path = cache.get(w.sha256, w.size)
     if path is None and not w.url:  # bundled in the model or built from an sdist: only ever read from the cache
         raise ResolveError(f"cannot read the file list of {w.filename}: a {w.source or 'local'} wheel with no URL, "
@@ -186,13 +194,23 @@ def install_paths(w: Wheel, members: list[str]) -> list[str]:
     return out
 
 
-def listings(wheels: list[Wheel], cache: Cache, jobs: int = 8) -> dict[str, list[str]]:
-    """{distribution: install paths} for every wheel, fetched in parallel."""
-    from lockbuild.fetch.download import client
+def member_lists(wheels: list[Wheel] | tuple[Wheel, ...], cache: Cache, jobs: int = 8) -> list[list[str]]:
+    """Every wheel's zip member names (``wheel_members``), in order; the lists not in the cache fetched in
+    parallel, and only then through an HTTP client (its TLS context alone takes ~0.1 s)."""
+    members = {w.sha256: m for w in wheels if (m := cached_members(w, cache)) is not None}
+    missing = [w for w in wheels if w.sha256 not in members]
+    if missing:
+        from lockbuild.fetch.download import client
 
-    with client() as http, ThreadPoolExecutor(max_workers=jobs) as pool:
-        members = list(pool.map(lambda w: wheel_members(w, cache, http), wheels))
-    return {w.name: install_paths(w, m) for w, m in zip(wheels, members, strict=True)}
+        with client() as http, ThreadPoolExecutor(max_workers=jobs) as pool:
+            fetched = list(pool.map(lambda w: wheel_members(w, cache, http), missing))
+        members.update(zip([w.sha256 for w in missing], fetched, strict=True))
+    return [members[w.sha256] for w in wheels]
+
+
+def listings(wheels: list[Wheel], cache: Cache, jobs: int = 8) -> dict[str, list[str]]:
+    """{distribution: install paths} for every wheel."""
+    return {w.name: install_paths(w, m) for w, m in zip(wheels, member_lists(wheels, cache, jobs), strict=True)}
 
 
 def overlaps(paths: dict[str, list[str]]) -> dict[tuple[str, str], list[str]]:
