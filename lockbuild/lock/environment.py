@@ -250,6 +250,8 @@ def _python_for(request: PythonRequest, x: LockInputs, early: _Early | None,
         x.notify(f"index {request.index_url} (from the model's requirements)")
     # file lists (overlaps, pruning) read a bundled wheel from the cache, like any other wheel
     cache_model_files(x.source.path, [(b.path, b.sha256) for b in request.bundled], x.cache)
+    if early is not None and x.previous is not None:  # while uv runs: what settling will read
+        overlap.prefetch_listings(x.previous.python.packages, x.cache)
     taken = early.take(request) if early is not None else None
     wheels, report = taken if taken is not None else (None, UvReport())
     if wheels is None:

@@ -208,9 +208,28 @@ def member_lists(wheels: list[Wheel] | tuple[Wheel, ...], cache: Cache, jobs: in
     return [members[w.sha256] for w in wheels]
 
 
+# install paths of the wheels read in this process, by (sha256, size, name): a wheel's bytes fix its list
+_PATHS: dict[tuple[str, int, str], list[str]] = {}
+
+
 def listings(wheels: list[Wheel], cache: Cache, jobs: int = 8) -> dict[str, list[str]]:
     """{distribution: install paths} for every wheel."""
-    return {w.name: install_paths(w, m) for w, m in zip(wheels, member_lists(wheels, cache, jobs), strict=True)}
+    todo = [w for w in wheels if (w.sha256, w.size, w.name) not in _PATHS]
+    for w, m in zip(todo, member_lists(todo, cache, jobs), strict=True):
+        _PATHS[(w.sha256, w.size, w.name)] = install_paths(w, m)
+    return {w.name: _PATHS[(w.sha256, w.size, w.name)] for w in wheels}
+
+
+def prefetch_listings(wheels: list[Wheel] | tuple[Wheel, ...], cache: Cache) -> None:
+    """Read ahead the cached listings of ``wheels`` (`lock`: the previous lock's, while uv runs); what is
+    not cached, or refused, is left to ``listings``."""
+    for w in wheels:
+        key = (w.sha256, w.size, w.name)
+        if key not in _PATHS and (members := cached_members(w, cache)) is not None:
+            try:
+                _PATHS[key] = install_paths(w, members)
+            except ResolveError:
+                continue
 
 
 def overlaps(paths: dict[str, list[str]]) -> dict[tuple[str, str], list[str]]:
