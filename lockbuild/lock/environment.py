@@ -250,8 +250,11 @@ def _python_for(request: PythonRequest, x: LockInputs, early: _Early | None,
         x.notify(f"index {request.index_url} (from the model's requirements)")
     # file lists (overlaps, pruning) read a bundled wheel from the cache, like any other wheel
     cache_model_files(x.source.path, [(b.path, b.sha256) for b in request.bundled], x.cache)
-    if early is not None and x.previous is not None:  # while uv runs: what settling will read
+    if early is not None and x.previous is not None:  # while uv runs: what settling and pruning will read
+        from lockbuild.lock import pruned
+
         overlap.prefetch_listings(x.previous.python.packages, x.cache)
+        pruned.prefetch(x.previous.python.packages, build_rules(x.spec), x.cache)
     taken = early.take(request) if early is not None else None
     wheels, report = taken if taken is not None else (None, UvReport())
     if wheels is None:
