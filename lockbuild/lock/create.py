@@ -46,7 +46,7 @@ from lockbuild.lockfile.model import (
     Target,
 )
 from lockbuild.model.intake import ModelSource, fetch_model
-from lockbuild.model.metadata import ModelInfo, keras_major, read_model
+from lockbuild.model.metadata import ModelInfo, keras_major, read_model, requirement
 from lockbuild.progress import Notify
 from lockbuild.resolve import runtime
 from lockbuild.resolve.interpreter import bound_artifacts
@@ -410,6 +410,6 @@ def moves(old: Lock, new: Lock, *, upgrade: bool, upgrade_packages: tuple[str, .
 
 def _requirement(line: str) -> Requirement | None:
     try:
-        return Requirement(line)
+        return requirement(line)  # parsed once per distinct line (a requirements file may repeat one)
     except InvalidRequirement:
         return None

@@ -295,9 +295,13 @@ def parse_lines(lines: list[str], rel: str, *, base: Path, root: Path, _seen: fr
                 _out: Requirements | None = None, _as_constraints: bool = False) -> Requirements:
     """The lines of one requirements file (``rel`` names it in messages; ``base`` resolves its paths)."""
     out = _out if _out is not None else Requirements()
-    for lineno, raw in _logical_lines(lines):
+    plain: dict[str, str] = {}  # raw line -> the requirement it was read as (a file may repeat a line)
+    for lineno, text in _logical_lines(lines):
+        if text in plain:
+            (out.constraints if _as_constraints else out.requirements).append(plain[text])
+            continue
         where = f"{rel}:{lineno}"
-        raw = scrub_credentials(raw)  # lines from conda.yaml's pip list arrive here unscrubbed
+        raw = scrub_credentials(text)  # lines from conda.yaml's pip list arrive here unscrubbed
         line = re.sub(r"(^|\s)#.*$", "", raw).strip()
         # pip's per-requirement hash pins: enforced after resolution (lock/create.py check_hash_pins)
         hashes = [h.strip() for h in _HASH.findall(line)]
@@ -317,6 +321,8 @@ def parse_lines(lines: list[str], rel: str, *, base: Path, root: Path, _seen: fr
             _option_line(line, where, out)
         elif not _local_wheel(line, where, base=base, root=root, out=out):
             _requirement_line(line, where, hashes, out, as_constraint=_as_constraints)
+            if not hashes:
+                plain[text] = line
     return out
 
 
