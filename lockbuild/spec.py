@@ -19,7 +19,7 @@ import tomlkit.exceptions
 from packaging.utils import canonicalize_name
 
 from lockbuild.errors import SpecError
-from lockbuild.oci.compress import DEFAULT_COMPRESSION
+from lockbuild.lockfile.codec import DEFAULT_COMPRESSION
 
 SPEC_FILE = "lockbuild.toml"
 DEFAULT_PORT = 8080

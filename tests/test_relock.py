@@ -177,6 +177,44 @@ def test_changed_index_under_the_same_cutoff_moves_no_pin(index: LocalIndex, tmp
     assert old_debs.items() <= {d.name: d.version for d in after_deb.packages}.items()
     assert pins(project) == after
 
+def test_uv_started_early_is_used_only_for_the_target_debian_gives(tmp_path: Path,
+                                                                  tmp_path_factory: pytest.TempPathFactory,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """lock starts uv on the previous lock's target while Debian resolves (lock/environment.py): the
+    result is used when Debian gives that target; a previous lock naming another Python has its early
+    run discarded and uv run again for the real target, with the same lock as a result."""
+    from dataclasses import replace
+
+    from lockbuild.fetch.cache import Cache
+    from lockbuild.lock import environment
+    from lockbuild.lock.create import make_lock
+    from lockbuild.spec import load_spec
+
+    monkeypatch.setenv("LOCKBUILD_CACHE", str(shared_cache(tmp_path_factory)))
+    project = make_project(tmp_path / "p", '[model]\nuri = "model"\n')
+    r = run_cli("lock", "--spec", str(project))
+    assert r.code == 0, r.text
+    previous, spec = read_lock(project / "lockbuild.lock"), load_spec(project)
+    asked: list[str] = []
+    real = environment.PythonRequest.resolve
+
+    def spy(self: environment.PythonRequest, *args: object, **kwargs: object) -> object:
+        asked.append(self.target.python)
+        return real(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(environment.PythonRequest, "resolve", spy)
+    same = make_lock(spec, previous=previous, upgrade=True, cache=Cache())
+    used = list(asked)
+    assert set(used) == {previous.target.python}  # the early run, then any overlap re-resolution
+    asked.clear()
+    other = "3.11.1" if previous.target.python != "3.11.1" else "3.11.0"
+    moved = make_lock(spec, previous=replace(previous, target=replace(previous.target, python=other)),
+                      upgrade=True, cache=Cache())
+    assert asked[0] == other and set(asked[1:]) == {previous.target.python}
+    assert len(asked) == len(used) + 1  # the early run was discarded, uv ran again for Debian's target
+    assert moved.lock.target == same.lock.target and moved.lock.python.packages == same.lock.python.packages
+
+
 def test_upgrade_package_refused_with_check(tmp_path: Path) -> None:
     (tmp_path / "lockbuild.toml").write_text('[model]\nuri = "model"\n')
     r = run_cli("lock", "--check", "--upgrade-package", "numpy", "--spec", str(tmp_path))

@@ -258,15 +258,46 @@ def build_job(lock: Lock, lock_digest: str, lock_text: str, *, builder_image: st
              f"{ANNOTATION}/push": push}
     job_labels = {"app.kubernetes.io/name": name, "app.kubernetes.io/component": "image-build",
                   "app.kubernetes.io/managed-by": "lockbuild"}
+    meta = {"name": name, **({"namespace": namespace} if namespace else {}), "labels": job_labels,
+            "annotations": dict(notes)}
     data = {"lockbuild.lock": lock_text, **{f"trust-{i}.pub.pem": pem for i, pem in enumerate(trust_keys.values())}}
-    config_map = {"apiVersion": "v1", "kind": "ConfigMap",
-                  "metadata": {"name": name, **({"namespace": namespace} if namespace else {}),
-                               "labels": job_labels, "annotations": dict(notes)},
-                  "data": data}
+    config_map = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": dict(meta), "data": data}
+    args, mounts, volumes = _build_args(name, push, registry_secret, cache_registry, cache_key_secret,
+                                        len(trust_keys), scratch_size)
+    container = {
+        "name": "build", "image": builder_image, "imagePullPolicy": "IfNotPresent", "args": args,
+        "env": [{"name": "HOME", "value": SCRATCH}, {"name": "TMPDIR", "value": SCRATCH},
+                {"name": "LOCKBUILD_CACHE", "value": f"{SCRATCH}/cache"},
+                {"name": "LOCKBUILD_KEY_FILE", "value": f"{SCRATCH}/record.key"},
+                {"name": "DOCKER_CONFIG", "value": "/work/docker"}],
+        "resources": {"requests": {"cpu": "2", "memory": "4Gi"}, "limits": {"cpu": "4", "memory": "8Gi"}},
+        "securityContext": {**container_security(BUILDER_UID), "privileged": False},
+        "volumeMounts": mounts,
+    }
+    pod = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "nodeSelector": {"kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64"},
+        "securityContext": {"runAsNonRoot": True, "runAsUser": BUILDER_UID, "runAsGroup": BUILDER_UID,
+                            "fsGroup": BUILDER_UID, "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [container],
+        "volumes": volumes,
+    }
+    job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta,
+           "spec": {"backoffLimit": 1, "activeDeadlineSeconds": 3600, "ttlSecondsAfterFinished": 86400,
+                    "template": {"metadata": {"labels": job_labels, "annotations": dict(notes)}, "spec": pod}}}
+    return [config_map, job]
+
+
+def _build_args(name: str, push: str, registry_secret: str, cache_registry: str | None,
+                cache_key_secret: str | None, n_trust: int,
+                scratch_size: str) -> tuple[list[str], list[dict[str, Any]], list[dict[str, Any]]]:
+    """The builder's `lockbuild image` arguments, its volume mounts and the pod's volumes."""
     args = ["image", "--lock", "/work/lock/lockbuild.lock", "--push", push, "--json"]
-    mounts = [{"name": "scratch", "mountPath": SCRATCH},
-              {"name": "lock", "mountPath": "/work/lock", "readOnly": True},
-              {"name": "registry-auth", "mountPath": "/work/docker", "readOnly": True}]
+    mounts: list[dict[str, Any]] = [{"name": "scratch", "mountPath": SCRATCH},
+                                    {"name": "lock", "mountPath": "/work/lock", "readOnly": True},
+                                    {"name": "registry-auth", "mountPath": "/work/docker", "readOnly": True}]
     volumes: list[dict[str, Any]] = [
         {"name": "scratch", "emptyDir": {"sizeLimit": scratch_size}},
         {"name": "lock", "configMap": {"name": name}},
@@ -275,49 +306,11 @@ def build_job(lock: Lock, lock_digest: str, lock_text: str, *, builder_image: st
     ]
     if cache_registry:
         args += ["--cache-registry", cache_registry]
-        for i in range(len(trust_keys)):
+        for i in range(n_trust):
             args += ["--cache-trust", f"/work/lock/trust-{i}.pub.pem"]
         if cache_key_secret:
             args += ["--cache-key", "/work/cache-key/cache.pem"]
             mounts.append({"name": "cache-key", "mountPath": "/work/cache-key", "readOnly": True})
             volumes.append({"name": "cache-key", "secret": {"secretName": cache_key_secret, "defaultMode": 0o400,
                                                             "items": [{"key": "cache.pem", "path": "cache.pem"}]}})
-    env_vars = [{"name": "HOME", "value": SCRATCH}, {"name": "TMPDIR", "value": SCRATCH},
-                {"name": "LOCKBUILD_CACHE", "value": f"{SCRATCH}/cache"},
-                {"name": "LOCKBUILD_KEY_FILE", "value": f"{SCRATCH}/record.key"},
-                {"name": "DOCKER_CONFIG", "value": "/work/docker"}]
-    job = {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": {"name": name, **({"namespace": namespace} if namespace else {}), "labels": job_labels,
-                     "annotations": dict(notes)},
-        "spec": {
-            "backoffLimit": 1,
-            "activeDeadlineSeconds": 3600,
-            "ttlSecondsAfterFinished": 86400,
-            "template": {
-                "metadata": {"labels": job_labels, "annotations": dict(notes)},
-                "spec": {
-                    "restartPolicy": "Never",
-                    "automountServiceAccountToken": False,
-                    "enableServiceLinks": False,
-                    "nodeSelector": {"kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64"},
-                    "securityContext": {"runAsNonRoot": True, "runAsUser": BUILDER_UID, "runAsGroup": BUILDER_UID,
-                                        "fsGroup": BUILDER_UID, "seccompProfile": {"type": "RuntimeDefault"}},
-                    "containers": [{
-                        "name": "build",
-                        "image": builder_image,
-                        "imagePullPolicy": "IfNotPresent",
-                        "args": args,
-                        "env": env_vars,
-                        "resources": {"requests": {"cpu": "2", "memory": "4Gi"},
-                                      "limits": {"cpu": "4", "memory": "8Gi"}},
-                        "securityContext": {**container_security(BUILDER_UID), "privileged": False},
-                        "volumeMounts": mounts,
-                    }],
-                    "volumes": volumes,
-                },
-            },
-        },
-    }
-    return [config_map, job]
+    return args, mounts, volumes

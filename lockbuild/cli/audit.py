@@ -161,33 +161,36 @@ def diff(
         raise typer.Exit(1)
 
 
+ImageRefOpt = Annotated[str | None, typer.Option("--image", help="REPO@sha256:… to deploy (pinned by digest)")]
+ImageDigestOpt = Annotated[str | None, typer.Option("--image-digest",
+                                                    help="digest; the repository is the lock's image name")]
+SignedByOpt = Annotated[Path | None, typer.Option("--signed-by", metavar="PUB", help="also write admission "
+                                                  "policy requiring signatures by this public key")]
+PolicyDirOpt = Annotated[Path | None, typer.Option("--policy-dir", help="where --signed-by writes policy.json, "
+                                                   "registries.d/ and ratify.yaml (default: beside -o)")]
+OthersOpt = Annotated[str, typer.Option("--others", help="policy.json for every other image: reject or accept")]
+BuildJobOpt = Annotated[bool, typer.Option("--build-job", help="write the Job that BUILDS the image instead "
+                                           "(unprivileged: uid 65532, read-only root, no capabilities)")]
+BuilderImageOpt = Annotated[str | None, typer.Option("--builder-image", help="--build-job: the builder image "
+                                                     "REPO@sha256:… (scripts/builder-image.sh)")]
+PushOpt = Annotated[str | None, typer.Option("--push", help="--build-job: REGISTRY/REPO:TAG to push to")]
+RegistrySecretOpt = Annotated[str, typer.Option("--registry-secret", help="--build-job: dockerconfigjson "
+                                                "Secret with the registry credentials")]
+CacheRegistryOpt = Annotated[str | None, typer.Option("--cache-registry", help="--build-job: shared layer "
+                                                      "cache HOST/REPO")]
+CacheKeySecretOpt = Annotated[str | None, typer.Option("--cache-key-secret", help="--build-job: Secret whose "
+                                                       "cache.pem signs pushed cache entries")]
+CacheTrustOpt = Annotated[list[Path] | None, typer.Option("--cache-trust", help="--build-job: trusted public "
+                                                          "key (repeatable), put in the Job's ConfigMap")]
+
+
 def k8s(
-    spec: SpecOpt = Path("lockbuild.toml"),
-    lock_file: LockOpt = None,
-    output: OutputOpt = Path("deploy.yaml"),
-    image: Annotated[str | None, typer.Option("--image", help="REPO@sha256:… to deploy (pinned by digest)")] = None,
-    image_digest: Annotated[str | None, typer.Option("--image-digest",
-                                                     help="digest; the repository is the lock's image name")] = None,
-    signed_by: Annotated[Path | None, typer.Option("--signed-by", metavar="PUB", help="also write admission "
-                                                   "policy requiring signatures by this public key")] = None,
-    policy_dir: Annotated[Path | None, typer.Option("--policy-dir", help="where --signed-by writes policy.json, "
-                                                    "registries.d/ and ratify.yaml (default: beside -o)")] = None,
-    unsigned_elsewhere: Annotated[str, typer.Option("--others", help="policy.json for every other image: "
-                                                    "reject or accept")] = "reject",
-    build_job: Annotated[bool, typer.Option("--build-job", help="write the Job that BUILDS the image instead "
-                                            "(unprivileged: uid 65532, read-only root, no capabilities)")] = False,
-    builder_image: Annotated[str | None, typer.Option("--builder-image", help="--build-job: the builder image "
-                                                      "REPO@sha256:… (scripts/builder-image.sh)")] = None,
-    push: Annotated[str | None, typer.Option("--push", help="--build-job: REGISTRY/REPO:TAG to push to")] = None,
-    registry_secret: Annotated[str, typer.Option("--registry-secret", help="--build-job: dockerconfigjson "
-                                                 "Secret with the registry credentials")] = "registry-push",
-    cache_registry: Annotated[str | None, typer.Option("--cache-registry", help="--build-job: shared layer "
-                                                       "cache HOST/REPO")] = None,
-    cache_key_secret: Annotated[str | None, typer.Option("--cache-key-secret", help="--build-job: Secret whose "
-                                                         "cache.pem signs pushed cache entries")] = None,
-    cache_trust: Annotated[list[Path] | None, typer.Option("--cache-trust", help="--build-job: trusted public "
-                                                           "key (repeatable), put in the Job's ConfigMap")] = None,
-    as_json: JsonOpt = False,
+    spec: SpecOpt = Path("lockbuild.toml"), lock_file: LockOpt = None, output: OutputOpt = Path("deploy.yaml"),
+    image: ImageRefOpt = None, image_digest: ImageDigestOpt = None, signed_by: SignedByOpt = None,
+    policy_dir: PolicyDirOpt = None, unsigned_elsewhere: OthersOpt = "reject", build_job: BuildJobOpt = False,
+    builder_image: BuilderImageOpt = None, push: PushOpt = None, registry_secret: RegistrySecretOpt = "registry-push",
+    cache_registry: CacheRegistryOpt = None, cache_key_secret: CacheKeySecretOpt = None,
+    cache_trust: CacheTrustOpt = None, as_json: JsonOpt = False,
 ) -> None:
     """Write a Kubernetes Deployment + Service (AKS-ready, non-root, read-only root) pinned by digest.
 
@@ -202,10 +205,6 @@ def k8s(
     --push myacr.azurecr.io/churn:v1 --cache-registry myacr.azurecr.io/lockbuild-cache
     --cache-key-secret cache-key --cache-trust ci.pub.pem -o build-job.yaml[/]
     """
-    from lockbuild.audit import k8s as k8s_mod
-    from lockbuild.audit import normalize_digest, read_locked
-    from lockbuild.spec import load_spec
-
     _check_output(output, as_json)
     if build_job:
         _build_job(spec, lock_file, output, builder_image, push, registry_secret, cache_registry, cache_key_secret,
@@ -214,6 +213,16 @@ def k8s(
     if (image is None) == (image_digest is None):
         raise LockbuildError("pass exactly one of --image REPO@sha256:… or --image-digest sha256:…",
                              hint="Kubernetes must pull the exact image that was verified: pin it by digest")
+    _deploy(spec, lock_file, output, image, image_digest, signed_by, policy_dir, unsigned_elsewhere, as_json)
+
+
+def _deploy(spec: Path, lock_file: Path | None, output: Path, image: str | None, image_digest: str | None,
+            signed_by: Path | None, policy_dir: Path | None, unsigned_elsewhere: str, as_json: bool) -> None:
+    """`k8s`: the Deployment + Service for the image, and the admission policy with --signed-by."""
+    from lockbuild.audit import k8s as k8s_mod
+    from lockbuild.audit import normalize_digest, read_locked
+    from lockbuild.spec import load_spec
+
     s = load_spec(spec)
     locked = read_locked(lock_path(s.path, lock_file))
     ref = image if image is not None else f"{locked.lock.image_name}@{normalize_digest(str(image_digest))}"

@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 
 from lockbuild.cli.common import JsonOpt, LockOpt, SpecOpt, emit_json, err, lock_path
-from lockbuild.errors import DoctorFailed, LockbuildError, StaleLock
+from lockbuild.errors import DoctorFailed, StaleLock
 
 
 def init(
@@ -88,22 +88,22 @@ def _init_python(info: Any, model_dir: Path) -> tuple[str | None, str | None, st
     return None, note, None
 
 
-def lock(
-    spec: SpecOpt = Path("lockbuild.toml"),
-    lock_file: LockOpt = None,
-    check: Annotated[bool, typer.Option("--check", help="exit 1 with the reason if the lock is stale")] = False,
-    upgrade: Annotated[bool, typer.Option(
-        "--upgrade", help="re-resolve everything (Python and Debian) at today's date")] = False,
-    upgrade_package: Annotated[list[str] | None, typer.Option(
-        "--upgrade-package", "-P", metavar="NAME",
-        help="let this Python distribution move to its newest version (cutoff: now), or, for a Debian "
-        "package, the Debian archive state move to today's; every other pin stays. Repeatable")] = None,
-    rederive: Annotated[bool, typer.Option(
-        "--rederive", help="with --check: audit the lock by re-deriving it from the spec and model at its "
-        "recorded cutoff and Debian InRelease files (from the cache, lockbuild.lock.d/ or the archive); "
-        "exit 17 naming every field that differs")] = False,
-    as_json: JsonOpt = False,
-) -> None:
+CheckOpt = Annotated[bool, typer.Option("--check", help="exit 1 with the reason if the lock is stale")]
+UpgradeOpt = Annotated[bool, typer.Option(
+    "--upgrade", help="re-resolve everything (Python and Debian) at today's date")]
+UpgradePackageOpt = Annotated[list[str] | None, typer.Option(
+    "--upgrade-package", "-P", metavar="NAME",
+    help="let this Python distribution move to its newest version (cutoff: now), or, for a Debian "
+    "package, the Debian archive state move to today's; every other pin stays. Repeatable")]
+RederiveOpt = Annotated[bool, typer.Option(
+    "--rederive", help="with --check: audit the lock by re-deriving it from the spec and model at its "
+    "recorded cutoff and Debian InRelease files (from the cache, lockbuild.lock.d/ or the archive); "
+    "exit 17 naming every field that differs")]
+
+
+def lock(spec: SpecOpt = Path("lockbuild.toml"), lock_file: LockOpt = None, check: CheckOpt = False,
+         upgrade: UpgradeOpt = False, upgrade_package: UpgradePackageOpt = None, rederive: RederiveOpt = False,
+         as_json: JsonOpt = False) -> None:
     """Resolve and pin everything the image needs into lockbuild.lock.
 
     A re-lock moves nothing it was not asked to move: the previous lock's versions, cutoff and
@@ -113,119 +113,111 @@ def lock(
     Example: [bold]lockbuild lock[/]   ·   CI: [bold]lockbuild lock --check[/]   ·   audit:
     [bold]lockbuild lock --check --rederive[/]   ·   [bold]lockbuild lock --upgrade-package numpy[/]
     """
-    from lockbuild.fetch.cache import Cache
-    from lockbuild.lock.create import explain_stale, make_lock
-    from lockbuild.lockfile.io import dumps, read_lock, write_lock
-    from lockbuild.resolve.archive import KeptInputs
     from lockbuild.spec import load_spec
 
+    upgrade_packages = tuple(upgrade_package or ())
+    _check_flags(check=check, upgrade=upgrade, upgrade_packages=upgrade_packages, rederive=rederive)
     s = load_spec(spec)
     path = lock_path(s.path, lock_file)
-    upgrade_packages = tuple(upgrade_package or ())
-    if upgrade_packages and (check or upgrade):
-        from lockbuild.errors import SpecError
+    if check:
+        _check(s, path, rederive=rederive, as_json=as_json)
+    else:
+        _lock(s, path, upgrade=upgrade, upgrade_packages=upgrade_packages, as_json=as_json)
 
+
+def _check_flags(*, check: bool, upgrade: bool, upgrade_packages: tuple[str, ...], rederive: bool) -> None:
+    from lockbuild.errors import SpecError
+
+    if upgrade_packages and (check or upgrade):
         raise SpecError("--upgrade-package moves named pins in a new lock: not with --check or --upgrade",
                         hint="run `lockbuild lock --upgrade-package NAME` (or `--upgrade` for everything)")
     if rederive and not check:
-        from lockbuild.errors import SpecError
-
         raise SpecError("--rederive audits an existing lock and writes nothing: use it with --check",
                         hint="run `lockbuild lock --check --rederive`")
-    if check:
-        current = read_lock(path, verify_content=False)  # a hand edit is reported below as a reason
-        reasons = explain_stale(s, current)
-        from lockbuild.verify.doctor import doctor as run_doctor
 
-        reasons += [f"doctor error [{f.rule}]: {f.message} (fix: {f.fix})"
-                    for f in run_doctor(current, None) if f.severity == "error"]
-        text = path.read_text(encoding="utf-8")
-        if dumps(current) != text:
-            reasons.append(f"{path.name} was edited by hand (it does not render back to the same bytes)")
-        from lockbuild.lock import pruned
 
-        with err.status("checking the pruned lists against the wheels' file lists…"):
-            pruned_reasons, notes = pruned.check(current, Cache())
-        reasons += pruned_reasons
-        kept = KeptInputs.beside(path)
-        if kept.root.is_dir() and not _kept_complete(kept, current):
-            notes.append(f"{kept.root.parent.name}/ lacks InRelease files this lock pins: `lock --check --rederive` "
-                         "may not run later; run `lockbuild export audit-inputs` and commit it")
-        if not as_json:
-            for note in notes:
-                err.print(f"[yellow]note[/] {escape(note)}")
-        if rederive and not reasons:
-            _rederive_check(s, current, path, as_json)
-            return
-        if as_json:
-            emit_json({"lock": str(path), "fresh": not reasons, "reasons": reasons, "notes": notes})
-        if reasons:
-            raise StaleLock(f"{path} is stale:\n  - " + "\n  - ".join(reasons),
-                            hint="run `lockbuild lock` and commit the result")
-        if not as_json:
-            err.print(f"[green]fresh[/] {path} ({current.inputs_digest})")
+def _check(s: Any, path: Path, *, rederive: bool, as_json: bool) -> None:
+    """`lock --check`: the lock stage's stale reasons plus doctor's errors; then --rederive, if asked."""
+    from lockbuild.fetch.cache import Cache
+    from lockbuild.lock.check import check_lock
+    from lockbuild.verify.doctor import doctor as run_doctor
+
+    with err.status("checking the lock…") as status:
+        result = check_lock(s, path, Cache(), notify=lambda m: status.update(escape(m)))
+    reasons = result.reasons + [f"doctor error [{f.rule}]: {f.message} (fix: {f.fix})"
+                                for f in run_doctor(result.lock, None) if f.severity == "error"]
+    if not as_json:
+        _print_notes(result.notes)
+    if rederive and not reasons:
+        _rederive_check(s, result.lock, path, as_json)
         return
-    previous = None
-    if path.exists():
-        try:
-            previous = read_lock(path)
-        except LockbuildError as e:
-            if not upgrade:  # re-resolving now would silently move the cutoff and the Debian side
-                from lockbuild.errors import LockFileError
+    if as_json:
+        emit_json({"lock": str(path), "fresh": not reasons, "reasons": reasons, "notes": result.notes})
+    if reasons:
+        raise StaleLock(f"{path} is stale:\n  - " + "\n  - ".join(reasons),
+                        hint="run `lockbuild lock` and commit the result")
+    if not as_json:
+        err.print(f"[green]fresh[/] {path} ({result.lock.inputs_digest})")
 
-                raise LockFileError(
-                    f"the existing lock cannot be used: {e.message}", where=e.where or str(path),
-                    hint="nothing was written. `lockbuild lock --upgrade` re-resolves everything at today's "
-                    f"date (new cutoff, new Debian state); or restore {path.name} from version control",
-                ) from None
-            err.print(f"[yellow]note[/] --upgrade: replacing the unreadable lock ({escape(e.message)})")
-    kept = KeptInputs.beside(path)
+
+def _lock(s: Any, path: Path, *, upgrade: bool, upgrade_packages: tuple[str, ...], as_json: bool) -> None:
+    """`lock`: make the lock, refuse it if doctor finds an error, write it and its kept audit inputs."""
+    from lockbuild.fetch.cache import Cache
+    from lockbuild.lock.create import make_lock, read_previous
+    from lockbuild.lock.keep import refresh_kept
+    from lockbuild.lockfile.io import write_lock
+    from lockbuild.resolve.archive import KeptInputs
+
+    early: list[str] = []
+    previous = read_previous(path, upgrade=upgrade, notes=early)
+    _print_notes(early)
+    kept = KeptInputs.beside(path).root
     with err.status("locking…") as status:
         result = make_lock(s, previous=previous, upgrade=upgrade, cache=Cache(),
                            notify=lambda m: status.update(escape(m)), upgrade_packages=upgrade_packages,
-                           kept=kept.root if kept.root.is_dir() else None)
-    for note in result.notes:
+                           kept=kept if kept.is_dir() else None)
+    _print_notes(result.notes)
+    result.notes[:0] = early
+    findings = _doctor_gate(result.lock, path)
+    changed = write_lock(result.lock, path)
+    n_notes = len(result.notes)
+    kept_written = [str(p) for p in refresh_kept(s, previous, result.lock, path, Cache(), result.notes)]
+    _print_notes(result.notes[n_notes:])
+    if as_json:
+        emit_json(_summary(result, path, changed=changed, findings=findings, kept_written=kept_written))
+    else:
+        _render_lock(result, path, previous=previous, changed=changed, kept_written=kept_written)
+
+
+def _print_notes(notes: list[str]) -> None:
+    for note in notes:
         err.print(f"[yellow]note[/] {escape(note)}")
-    if upgrade_packages and previous is not None:
-        known = {w.name for w in previous.python.packages}
-        debs = {d.name for d in previous.debian.packages}
-        from packaging.utils import canonicalize_name
 
-        for n in upgrade_packages:
-            if canonicalize_name(n) not in known and n not in debs:
-                err.print(f"[yellow]note[/] --upgrade-package {escape(n)}: neither a Python nor a Debian package of "
-                          "the previous lock")
+
+def _doctor_gate(lk: Any, path: Path) -> list[Any]:
+    """Doctor's findings on the new lock, printed; an error refuses it (a lock `lock` writes must
+    build and serve: nothing is written)."""
     from lockbuild.verify.doctor import doctor as run_doctor
-    from lockbuild.verify.finding import DOCTOR_KEYS
 
-    findings = run_doctor(result.lock, None)
+    findings = run_doctor(lk, None)
     for f in findings:
         rule = escape(f"[{f.rule}]")  # unescaped, Rich takes [rule-name] for a style and drops it
         err.print(f"[yellow]doctor {f.severity}[/] {rule} {escape(f.message)}; fix: {escape(f.fix)}")
     errors = [f for f in findings if f.severity == "error"]
-    if errors:  # a lock that `lock` writes must build and serve: nothing is written
+    if errors:
         raise DoctorFailed(f"the lock would not serve; {path} was not written: "
                            + "; ".join(f"[{f.rule}] {f.message}" for f in errors),
                            hint=errors[0].fix)
-    changed = write_lock(result.lock, path)
-    lk = result.lock
-    kept_written: list[str] = []
-    if kept.root.is_dir() and (previous is None or previous.debian.suites != lk.debian.suites
-                               or previous.debian.roots != lk.debian.roots or not _kept_complete(kept, lk)):
-        try:  # the lock is written and good; its audit inputs are a convenience beside it
-            kept_written = [str(p) for p in _export_kept(s, lk, kept.root, status=None)]
-        except LockbuildError as e:
-            result.notes.append(f"the audit inputs in {kept.root.parent} were not refreshed: {e.message}")
-            err.print(f"[yellow]note[/] {escape(result.notes[-1])}" + (f" ({escape(e.hint)})" if e.hint else ""))
-    pruned_files = result.pruned_files
-    if pruned_files is None:  # reused: count from the (cached) file lists
-        from lockbuild.lock.pruned import lock_counts
+    return findings
 
-        try:
-            pruned_files = lock_counts(lk, Cache())
-        except LockbuildError as e:
-            err.print(f"[yellow]note[/] pruned files not counted: {escape(e.message)}")
-    summary = {
+
+def _summary(result: Any, path: Path, *, changed: bool, findings: list[Any],
+             kept_written: list[str]) -> dict[str, Any]:
+    """`lock --json`."""
+    from lockbuild.verify.finding import DOCTOR_KEYS
+
+    lk, pruned_files, pc = result.lock, result.pruned_files, result.lock.target.python_choice
+    return {
         "lock": str(path), "changed": changed, "reused": result.reused, "inputs_digest": lk.inputs_digest,
         "python": lk.target.python, "base": lk.target.base, "wheel_platform": lk.target.wheel_platform,
         "python_packages": len(lk.python.packages), "debian_packages": len(lk.debian.packages),
@@ -233,9 +225,8 @@ def lock(
         "moves": [m.to_dict() for m in result.moves], "audit_inputs": kept_written,
         "variants": [{"dropped": c.dropped, "kept": c.kept, "reason": c.reason, "paths": c.paths,
                       "example": c.example} for c in lk.python.variants],
-        "python_choice": None if lk.target.python_choice is None else {
-            "requested": lk.target.python_choice.requested, "chosen": lk.target.python_choice.chosen,
-            "reason": lk.target.python_choice.reason, "tried": list(lk.target.python_choice.tried)},
+        "python_choice": None if pc is None else {
+            "requested": pc.requested, "chosen": pc.chosen, "reason": pc.reason, "tried": list(pc.tried)},
         "mapped": [{"logged": m.logged, "locked": m.locked, "reason": m.reason} for m in lk.python.mapped],
         "doctor": [f.to_dict(DOCTOR_KEYS) for f in findings],
         "pruned": None if pruned_files is None else {
@@ -243,48 +234,36 @@ def lock(
             "wheels": {w.name: {"files": pruned_files.get(w.name, 0), "entries": len(w.pruned)}
                        for w in sorted(lk.python.packages, key=lambda w: w.name) if w.pruned}},
     }
-    if result.reused:
-        pc = lk.target.python_choice
-        if pc is not None:
-            err.print(f"[yellow]note[/] interpreter: Python {pc.chosen} for the model's {pc.requested} "
-                      f"({escape(pc.reason)})")
-        for mp in lk.python.mapped:
-            err.print(f"[yellow]note[/] mapped: {escape(mp.logged)} -> {escape(mp.locked or '(dropped)')} "
-                      f"({escape(mp.reason)})")
-        for c in lk.python.variants:
-            err.print(f"[yellow]note[/] variant: {c.kept} kept, {c.dropped} dropped ({escape(c.reason)})")
-    if as_json:
-        emit_json(summary)
-    else:
-        for m in result.moves:
-            err.print(f"[cyan]moved[/] {escape(str(m))}")
-        if previous is not None and not result.reused and not result.moves:
-            err.print("no pin moved")
-        if kept_written:
-            err.print(f"audit inputs refreshed in {kept.root.parent} ({len(kept_written)} files)")
-        state = "unchanged" if not changed else "written"
-        err.print(f"[green]{state}[/] {path}: Python {lk.target.python} on {lk.target.base} "
-                  f"({len(lk.debian.packages)} .debs), {len(lk.python.packages)} wheels for "
-                  f"{lk.target.wheel_platform}, model {lk.model.resolved_uri}")
-        if pruned_files:
-            per = sorted(pruned_files.items(), key=lambda kv: (-kv[1], kv[0]))
-            err.print(f"pruned {sum(pruned_files.values()):,} files from {len(per)} wheel(s) (\\[build] prune, "
-                      "listed per wheel in the lock): " + ", ".join(f"{n} {c:,}" for n, c in per))
 
 
-def _kept_complete(kept: Any, lk: Any) -> bool:
-    return all(kept.inrelease(st.inrelease_sha256).is_file() for st in lk.debian.suites)
+def _render_lock(result: Any, path: Path, *, previous: Any, changed: bool, kept_written: list[str]) -> None:
+    """`lock` on the terminal: what a reused lock records, the moves, the one-line result."""
+    lk = result.lock
+    if result.reused:  # a new lock said these in its notes while it was made
+        _print_notes(_recorded_choices(lk))
+    for m in result.moves:
+        err.print(f"[cyan]moved[/] {escape(str(m))}")
+    if previous is not None and not result.reused and not result.moves:
+        err.print("no pin moved")
+    if kept_written:
+        err.print(f"audit inputs refreshed in {path.with_name(path.name + '.d')} ({len(kept_written)} files)")
+    state = "unchanged" if not changed else "written"
+    err.print(f"[green]{state}[/] {path}: Python {lk.target.python} on {lk.target.base} "
+              f"({len(lk.debian.packages)} .debs), {len(lk.python.packages)} wheels for "
+              f"{lk.target.wheel_platform}, model {lk.model.resolved_uri}")
+    if result.pruned_files:
+        per = sorted(result.pruned_files.items(), key=lambda kv: (-kv[1], kv[0]))
+        err.print(f"pruned {sum(result.pruned_files.values()):,} files from {len(per)} wheel(s) (\\[build] prune, "
+                  "listed per wheel in the lock): " + ", ".join(f"{n} {c:,}" for n, c in per))
 
 
-def _export_kept(s: Any, lk: Any, dest: Path, status: Any) -> list[Path]:
-    """Write the Debian audit inputs of lock `lk` into `dest` (lockbuild.lock.d/debian)."""
-    from lockbuild.fetch.cache import Cache
-    from lockbuild.resolve.debian import export_audit_inputs
-
-    return export_audit_inputs(lk.debian, lk.target.base.split(":", 1)[1], lk.target.platform, Cache(), dest,
-                               mirror=s.mirror, security_mirror=s.security_mirror, keyring=s.keyrings or None,
-                               kept=dest if dest.is_dir() else None,
-                               progress=(lambda m: status.update(escape(m))) if status else None)
+def _recorded_choices(lk: Any) -> list[str]:
+    """The interpreter, mapping and variant decisions a lock records, as notes."""
+    pc = lk.target.python_choice
+    notes = [] if pc is None else [f"interpreter: Python {pc.chosen} for the model's {pc.requested} ({pc.reason})"]
+    notes += [f"mapped: {mp.logged} -> {mp.locked or '(dropped)'} ({mp.reason})" for mp in lk.python.mapped]
+    notes += [f"variant: {c.kept} kept, {c.dropped} dropped ({c.reason})" for c in lk.python.variants]
+    return notes
 
 
 def _rederive_check(s: Any, current: Any, path: Path, as_json: bool) -> None:
@@ -356,6 +335,8 @@ def export_audit_inputs(
 
     Example: [bold]lockbuild export audit-inputs && git add lockbuild.lock.d[/]
     """
+    from lockbuild.fetch.cache import Cache
+    from lockbuild.lock.keep import export_kept
     from lockbuild.lockfile.io import read_lock
     from lockbuild.spec import load_spec
 
@@ -364,7 +345,7 @@ def export_audit_inputs(
     lk = read_lock(path)
     dest = (output / "debian") if output is not None else path.with_name(path.name + ".d") / "debian"
     with err.status("keeping the audit inputs…") as status:
-        files = _export_kept(s, lk, dest, status)
+        files = export_kept(s, lk, dest, Cache(), notify=lambda m: status.update(escape(m)))
     size = sum(p.stat().st_size for p in files)
     if as_json:
         emit_json({"lock": str(path), "directory": str(dest.parent), "files": [str(p) for p in files],

@@ -11,10 +11,8 @@ NAME move (cutoff: now); `--upgrade` re-resolves everything. Every move is repor
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from pathlib import Path
 
 from packaging.requirements import InvalidRequirement, Requirement
@@ -22,66 +20,42 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 from lockbuild import __version__
-from lockbuild.digest import short
-from lockbuild.errors import AuditUnavailable, PythonVersionError, RequirementsError, ResolveError, SpecError
+from lockbuild.errors import LockbuildError, LockFileError, PythonVersionError, ResolveError
 from lockbuild.fetch.cache import Cache
-from lockbuild.fetch.model import cache_model_files, cache_model_tree
+from lockbuild.fetch.model import cache_model_tree
 from lockbuild.fsutil import sha256_bytes
-from lockbuild.lock import pruned
+from lockbuild.lock.environment import (  # noqa: F401  (build_rules ... check_yanked: re-exported)
+    LockInputs,
+    Resolved,
+    build_rules,
+    check_hash_pins,
+    check_yanked,
+    default_omit,
+    resolve_for,
+)
+from lockbuild.lockfile.codec import DEFAULT_CODEC, compressor_version
+from lockbuild.lockfile.io import read_lock
 from lockbuild.lockfile.model import (
     LOCK_VERSION,
-    BuildRules,
-    Deb,
-    DebianLock,
     Lock,
-    Mapped,
     ModelFile,
     ModelLock,
     PythonChoice,
     PythonLock,
     Runtime,
     Target,
-    Wheel,
 )
-from lockbuild.lockfile.prune import DEFAULT_OMIT, DEFAULT_PRUNE
 from lockbuild.model.intake import ModelSource, fetch_model
-from lockbuild.model.metadata import ModelInfo, keras_major, read_model
-from lockbuild.oci.compress import DEFAULT_CODEC, compressor_version
+from lockbuild.model.metadata import ModelInfo, keras_major, read_model, requirement
 from lockbuild.progress import Notify
-from lockbuild.resolve import debian, overlap, platform_map, runtime
+from lockbuild.resolve import runtime
 from lockbuild.resolve.interpreter import bound_artifacts
-from lockbuild.resolve.python import (
-    BundledWheel,
-    model_requirements,
-    resolve_python,
-    runtime_requirements,
-    serving_server,
-)
-from lockbuild.resolve.uv import PythonTarget, UvReport, target_tags, uv_platform
 from lockbuild.spec import Spec
 
 NONROOT_UID = 65532
 # Bumped when the default [build] rules change, so `lock --check` reports existing locks stale.
 # 2: every wheel's pruned paths listed in the lock (python.packages[].pruned, lock/pruned.py).
 BUILD_RULES_VERSION = 2
-
-
-def build_rules(spec: Spec) -> BuildRules:
-    """The spec's [build] table with the documented defaults expanded (lockfile/prune.py)."""
-    prune = (DEFAULT_PRUNE if spec.prune_defaults else ()) + tuple(g for g in spec.prune if g not in DEFAULT_PRUNE)
-    return BuildRules(bytecode="unchecked-hash" if spec.bytecode else "none", prune=prune, keep=spec.keep)
-
-
-def default_omit(spec: Spec, resolved: set[str]) -> set[str]:
-    """DEFAULT_OMIT names that were resolved and that the spec does not ask for by name."""
-    if not spec.prune_defaults:
-        return set()
-    wanted = set()
-    for line in spec.requirements:
-        m = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", line)
-        if m:
-            wanted.add(canonicalize_name(m.group(1)))
-    return {n for n in DEFAULT_OMIT if n in resolved and n not in wanted}
 
 
 @dataclass(frozen=True)
@@ -149,20 +123,31 @@ def python_minor(spec: Spec, info: ModelInfo) -> str:
     return f"{v.major}.{v.minor}"
 
 
-def created_time(exclude_newer: str, debian_lock: DebianLock) -> str:
-    """The image's created time: the newest input cutoff, so it is a function of the lock."""
-    times = [datetime.fromisoformat(exclude_newer.replace("Z", "+00:00"))]
-    for s in debian_lock.suites:
-        times.append(parsedate_to_datetime(s.date).astimezone(UTC))
-    return max(times).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def runtime_env(spec: Spec, info: ModelInfo, wheels_by_name: dict[str, str]) -> dict[str, str]:
     env = {"PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1", "HOME": "/home/nonroot"}
     if "tf-keras" in wheels_by_name and keras_major(info.requirements, info.saved_format) == 2:
         env["TF_USE_LEGACY_KERAS"] = "1"  # tf.keras must mean Keras 2 for a Keras 2 model on TF >= 2.16
     env.update(dict(spec.env))
     return env
+
+
+def read_previous(path: Path, *, upgrade: bool, notes: list[str]) -> Lock | None:
+    """The lock a re-lock starts from, or None when there is none. An unreadable one is refused, since
+    re-resolving now would silently move the cutoff and the Debian side; under --upgrade it is
+    replaced (with a note)."""
+    if not path.exists():
+        return None
+    try:
+        return read_lock(path)
+    except LockbuildError as e:
+        if not upgrade:
+            raise LockFileError(
+                f"the existing lock cannot be used: {e.message}", where=e.where or str(path),
+                hint="nothing was written. `lockbuild lock --upgrade` re-resolves everything at today's "
+                f"date (new cutoff, new Debian state); or restore {path.name} from version control",
+            ) from None
+        notes.append(f"--upgrade: replacing the unreadable lock ({e.message})")
+        return None
 
 
 def make_lock(spec: Spec, *, previous: Lock | None, upgrade: bool, cache: Cache,
@@ -177,9 +162,25 @@ def make_lock(spec: Spec, *, previous: Lock | None, upgrade: bool, cache: Cache,
         if previous is not None and not result.reused:
             result.moves = moves(previous, result.lock, upgrade=upgrade, upgrade_packages=upgrade_packages)
         cache_model_tree(source.path, result.lock.model, cache)  # builds then need no model source
-        return result
     finally:
         source.cleanup()
+    if previous is not None:
+        result.notes += unknown_upgrade_names(previous, upgrade_packages)
+    if result.pruned_files is None:  # reused: count from the (cached) file lists
+        from lockbuild.lock import pruned
+
+        try:
+            result.pruned_files = pruned.lock_counts(result.lock, cache)
+        except LockbuildError as e:
+            result.notes.append(f"pruned files not counted: {e.message}")
+    return result
+
+
+def unknown_upgrade_names(previous: Lock, upgrade_packages: tuple[str, ...]) -> list[str]:
+    """A note for each --upgrade-package name that is neither a Python nor a Debian package of the lock."""
+    known = {w.name for w in previous.python.packages} | {d.name for d in previous.debian.packages}
+    return [f"--upgrade-package {n}: neither a Python nor a Debian package of the previous lock"
+            for n in upgrade_packages if canonicalize_name(n) not in known and n not in known]
 
 
 def interpreter_candidates(spec: Spec, source: ModelSource,
@@ -211,177 +212,65 @@ def refuse_bound(spec: Spec, info: ModelInfo, bound: list[str], resolves: str) -
         f"re-log the model under Python {resolves}")
 
 
-@dataclass
-class _Resolved:
-    """Everything one interpreter candidate resolved to (`_resolve_for`)."""
-
-    codename: str
-    deb_lock: DebianLock
-    interp: Deb
-    python_exact: str
-    glibc: str
-    wheel_platform: str
-    created: str
-    index_url: str
-    server: str
-    reqs: list[str]
-    wheels: list[Wheel]
-    settled: overlap.Settled
-    omit: set[str]
-    build: BuildRules
-    pruned_files: dict[str, int]
-    mapped: tuple[Mapped, ...]
-    exempt: tuple[str, ...]  # names whose index gives no upload times (the cutoff did not apply)
-    notes: list[str]
-
-
-def _resolve_for(choice: runtime.SuiteChoice, spec: Spec, source: ModelSource, info: ModelInfo, *,
-                 previous: Lock | None, upgrade: bool, cache: Cache, notify: Notify,
-                 exclude_newer: str, upgrade_debian: bool = False, preferences: dict[str, str] | None = None,
-                 kept: Path | None = None) -> _Resolved:
-    """Debian, then Python, for one interpreter: the whole environment or a ResolveError."""
-    notes: list[str] = []
-    codename = spec.base.split(":", 1)[1] if spec.base else choice.codename
-    arch = runtime.debian_arch(spec.platform)
-    roots = tuple(sorted(set(debian.default_roots(choice.interpreter_package)) | set(spec.debian_packages)))
-    keep_debian = (previous is not None and not upgrade and not upgrade_debian and previous.debian.roots == roots
-                   and previous.target.base == f"debian:{codename}" and previous.target.platform == spec.platform)
-    same_base = (previous is not None and not upgrade and not upgrade_debian
-                 and previous.target.base == f"debian:{codename}"
-                 and previous.target.platform == spec.platform)
-    if keep_debian:
-        assert previous is not None
-        deb_lock = previous.debian
-    elif same_base:  # other roots: close them over the archive state the lock pins, so nothing else moves
-        assert previous is not None
-        notify(f"resolving Debian {codename}/{arch} at the locked InRelease files")
-        subset: list[str] = []  # kept stanzas are enough to audit a closure, never to close new roots
-        try:
-            deb_lock = debian.resolve_debian(codename, arch, roots, cache, mirror=spec.mirror,
-                                             security_mirror=spec.security_mirror, keyring=spec.keyrings or None,
-                                             locked=previous.debian, kept=kept, notes=subset)
-            if subset:
-                raise AuditUnavailable("; ".join(subset))
-        except (AuditUnavailable, ResolveError) as e:
-            if isinstance(e, ResolveError) and not subset:  # a real resolution error of the new roots
-                raise
-            notes.append(f"the locked Debian archive state is not available ({e.message}); resolved against "
-                         "the live archive instead")
-            deb_lock = debian.resolve_debian(codename, arch, roots, cache, mirror=spec.mirror,
-                                             security_mirror=spec.security_mirror, keyring=spec.keyrings or None)
-    else:
-        notify(f"resolving Debian {codename}/{arch}")
-        deb_lock = debian.resolve_debian(codename, arch, roots, cache, mirror=spec.mirror,
-                                         security_mirror=spec.security_mirror, keyring=spec.keyrings or None)
-    by_name = {d.name: d for d in deb_lock.packages}
-    if choice.interpreter_package not in by_name:
-        raise ResolveError(f"debian:{codename} has no {choice.interpreter_package}")
-    interp = by_name[choice.interpreter_package]
-    python_exact = runtime.python_version_from_deb(interp.version)
-    glibc = runtime.glibc_from_deb(by_name["libc6"].version)
-    wheel_platform = uv_platform(runtime.wheel_platform(glibc, arch))
-
-    mlflow_version = info.mlflow_version
-    cuda = platform_map.spec_asks_for_cuda(spec.requirements)
-    logged = model_requirements(info.requirements, serving=spec.serving, exclude=spec.exclude)
-    logged, mapped = platform_map.map_requirements(logged, platform=spec.platform, python=python_exact, cuda=cuda)
-    reqs = logged + runtime_requirements(spec.serving, mlflow_version) + list(spec.requirements)
-    notify(f"resolving Python {python_exact} for {wheel_platform} with uv")
-    py_target = PythonTarget(python=python_exact, wheel_platform=wheel_platform)
-    index_url = spec.index_url
-    if "index-url" not in (spec.raw.get("python") or {}) and info.index_url:
-        index_url = info.index_url  # the model's --index-url line, when the spec does not choose one
-        notify(f"index {index_url} (from the model's requirements)")
-    files = {p: (size, sha) for p, size, sha in info.files}
-    bundled = tuple(BundledWheel(path=p, local=source.path / p, size=files[p][0], sha256=files[p][1])
-                    for p in info.bundled_wheels)
-    # file lists (overlaps, pruning) read a bundled wheel from the cache, like any other wheel
-    cache_model_files(source.path, [(b.path, b.sha256) for b in bundled], cache)
-    created = created_time(exclude_newer, deb_lock)
-    epoch = int(datetime.fromisoformat(created.replace("Z", "+00:00")).timestamp())
-    uv_report = UvReport()
-    resolve_kw = dict(target=py_target, index_url=index_url, exclude_newer=exclude_newer,
-                      extra_index_urls=info.extra_index_urls, bundled=bundled, cache=cache, epoch=epoch, notify=notify,
-                      preferences=preferences, report=uv_report)
-    wheels = resolve_python(reqs, list(info.constraints), **resolve_kw)  # type: ignore[arg-type]
-    server = serving_server(wheels)
-    if server is None:  # an older MLflow 2 whose scoring server is a Flask app
-        reqs = (logged + runtime_requirements(spec.serving, mlflow_version, flask=True) + list(spec.requirements))
-        wheels = resolve_python(reqs, list(info.constraints), **resolve_kw)  # type: ignore[arg-type]
-        server = serving_server(wheels) or "gunicorn"
-    final_reqs = reqs
-
-    def re_resolve(extra: list[str], overrides: list[str]) -> list[Wheel]:
-        return resolve_python(final_reqs + extra, list(info.constraints), **resolve_kw,  # type: ignore[arg-type]
-                              overrides=overrides)
-
-    settled = overlap.settle(wheels, re_resolve, cache=cache,
-                             origins=overlap.origins(logged, list(spec.requirements), mapped),
-                             spec_variants=spec.variants, spec_where=str(spec.path), notify=notify,
-                             tags=target_tags(py_target), platform=wheel_platform,
-                             python=py_target.python)
-    wheels, reqs = settled.wheels, reqs + settled.extra_requirements
-    platform_map.cuda_guard(wheels, cuda=cuda, platform=spec.platform)
-    check_hash_pins(wheels, info, notes)
-    wheels = check_yanked(wheels, uv_report, spec)
-    if uv_report.exempt:
-        notes.append(f"the index gives no upload times for {', '.join(sorted(set(uv_report.exempt)))}: the "
-                     f"exclude-newer cutoff ({exclude_newer}) does not apply to them; their files are pinned by sha256")
-    omit: set[str] = {canonicalize_name(n) for n in spec.omit}
-    unknown = sorted(omit - {w.name for w in wheels})
-    if unknown:
-        raise SpecError(f"[python] omit names {', '.join(unknown)}, which the resolution does not contain",
-                        where=str(spec.path), hint="remove it from [python] omit")
-    omit |= default_omit(spec, {w.name for w in wheels})
-    wheels = [w for w in wheels if w.name not in omit]
-    wheels, build, pruned_files = pruned.with_pruned(wheels, build_rules(spec), cache, notify)
-    return _Resolved(codename=codename, deb_lock=deb_lock, interp=interp, python_exact=python_exact, glibc=glibc,
-                     wheel_platform=wheel_platform, created=created, index_url=index_url, server=server, reqs=reqs,
-                     wheels=wheels, settled=settled, omit=omit, build=build, pruned_files=pruned_files,
-                     mapped=mapped, exempt=tuple(sorted(set(uv_report.exempt))), notes=notes)
-
-
 def _make_lock(spec: Spec, source: ModelSource, info: ModelInfo, *, previous: Lock | None, upgrade: bool,
                cache: Cache, notify: Notify, upgrade_packages: tuple[str, ...] = (),
                kept: Path | None = None) -> LockResult:
     inputs = input_digests(spec, source, info)
-    digest = combined_digest(inputs)
-    upgrade_names = {canonicalize_name(n) for n in upgrade_packages}
-    # a Debian package name moves the Debian archive state (all suites) to today's; Python names move pins
-    debian_names = {d.name for d in previous.debian.packages} if previous is not None else set()
-    upgrade_debian = bool({n for n in upgrade_packages if n in debian_names})
-    upgrade_names -= {canonicalize_name(n) for n in upgrade_packages if n in debian_names}
-    if previous is not None and not upgrade and not upgrade_packages and previous.inputs_digest == digest:
+    if previous is not None and not upgrade and not upgrade_packages and previous.inputs_digest == combined_digest(
+            inputs):
         return LockResult(previous, reused=True)
     notes: list[str] = list(info.notes)
     for path, reason in info.rewrites:
         notes.append(f"model file {path}: {reason}; the lock, the cache and the image's model layer carry it without "
                      "them (index credentials come from ~/.netrc or $NETRC)")
-    choices, automatic, bound = interpreter_candidates(spec, source, info)
+    x = _lock_inputs(spec, source, info, previous=previous, upgrade=upgrade, cache=cache, notify=notify,
+                     upgrade_packages=upgrade_packages, kept=kept)
+    choice, r, python_choice = _first_resolving(x)
+    notes += _interpreter_notes(choice, r, x, python_choice)
+    notes += [f"mapped: {m.logged} -> {m.locked or '(dropped)'} ({m.reason})" for m in r.mapped]
+    notes += [f"variant: {c.kept} kept, {c.dropped} dropped ({c.reason})" for c in r.settled.choices]
+    notes += r.notes
+    return LockResult(_lock_of(choice, r, x, inputs, python_choice), reused=False, notes=notes,
+                      pruned_files=r.pruned_files)
 
+
+def _lock_inputs(spec: Spec, source: ModelSource, info: ModelInfo, *, previous: Lock | None, upgrade: bool,
+                 cache: Cache, notify: Notify, upgrade_packages: tuple[str, ...], kept: Path | None) -> LockInputs:
+    """The re-lock's policy: the cutoff (the spec's; else the previous lock's unless something may move;
+    else now), the previous pins as uv preferences (kept unless the inputs exclude them, or --upgrade
+    [-package]), and whether a Debian package name moves the Debian archive state (all suites) to today's."""
+    debian_names = {d.name for d in previous.debian.packages} if previous is not None else set()
+    upgrade_debian = any(n in debian_names for n in upgrade_packages)
+    upgrade_names = {canonicalize_name(n) for n in upgrade_packages if n not in debian_names}
     if spec.exclude_newer:
         exclude_newer = spec.exclude_newer
     elif previous is not None and not upgrade and not upgrade_names:
         exclude_newer = previous.python.exclude_newer
     else:
         exclude_newer = now_utc()
-    # the previous pins as uv preferences: kept unless the inputs exclude them (or --upgrade[-package])
     preferences = ({w.name: w.version for w in previous.python.packages if w.name not in upgrade_names}
                    if previous is not None and not upgrade else None)
+    return LockInputs(spec=spec, source=source, info=info, previous=previous, upgrade=upgrade, cache=cache,
+                      notify=notify, exclude_newer=exclude_newer, upgrade_debian=upgrade_debian,
+                      preferences=preferences, kept=kept)
 
+
+def _first_resolving(x: LockInputs) -> tuple[runtime.SuiteChoice, Resolved, PythonChoice | None]:
+    """The first interpreter candidate whose whole environment resolves; when lock chose it itself,
+    the recorded choice (refused for a model with code bound to its logged interpreter)."""
+    spec, info = x.spec, x.info
+    choices, automatic, bound = interpreter_candidates(spec, x.source, info)
     tried: list[str] = []
     for choice in choices:
         try:
-            r = _resolve_for(choice, spec, source, info, previous=previous, upgrade=upgrade, cache=cache,
-                             notify=notify, exclude_newer=exclude_newer, upgrade_debian=upgrade_debian,
-                             preferences=preferences, kept=kept)
+            r = resolve_for(choice, x)
             break
         except ResolveError as e:
             if not automatic:
                 raise
             why = e.message.strip().splitlines()
             tried.append(f"{choice.python_minor} ({choice.codename}): {why[-1] if len(why) > 1 else why[0]}"[:500])
-            notify(f"Python {choice.python_minor} does not resolve the environment; trying the next interpreter")
+            x.notify(f"Python {choice.python_minor} does not resolve the environment; trying the next interpreter")
     else:
         raise PythonVersionError(
             f"the model was logged with Python {info.python_version}, which Debian does not ship, and none of "
@@ -390,57 +279,57 @@ def _make_lock(spec: Spec, source: ModelSource, info: ModelInfo, *, previous: Lo
             "[python] requirements, or re-log the model under one of them")
     if bound:
         raise refuse_bound(spec, info, bound, choice.python_minor)
-    deb_lock, python_exact, glibc, interp = r.deb_lock, r.python_exact, r.glibc, r.interp
-    wheel_platform = r.wheel_platform
-    codename, created, server, wheels, reqs = r.codename, r.created, r.server, r.wheels, r.reqs
-    settled, omit, build, pruned_files, index_url = r.settled, r.omit, r.build, r.pruned_files, r.index_url
-    mapped, mlflow_version = r.mapped, info.mlflow_version
-    python_choice = None
+    if not automatic:
+        return choice, r, None
+    return choice, r, PythonChoice(
+        requested=".".join(info.python_version.split(".")[:2]), chosen=choice.python_minor, tried=tuple(tried),
+        reason=(f"the model logged Python {info.python_version}; Debian ships "
+                + ", ".join(f"{m} ({c})" for m, c in runtime.SUITES.items())
+                + f"; {choice.python_minor} is the nearest for which the whole environment resolves"
+                + (f" ({', '.join(t.split(' ', 1)[0] for t in tried)} did not: see tried)" if tried else "")
+                + "; the model carries no Python code bound to its interpreter (no code_paths, no custom "
+                "pyfunc, no pickled functions), so its files load on " + choice.python_minor))
+
+
+def _interpreter_notes(choice: runtime.SuiteChoice, r: Resolved, x: LockInputs,
+                       python_choice: PythonChoice | None) -> list[str]:
+    """Which interpreter the image runs against what the model logged, and the wheel platform when uv
+    does not know the target glibc's own level."""
+    spec, info, python_exact = x.spec, x.info, r.python_exact
     logged_minor = ".".join(info.python_version.split(".")[:2])
-    if automatic:
-        python_choice = PythonChoice(
-            requested=logged_minor, chosen=choice.python_minor, tried=tuple(tried),
-            reason=(f"the model logged Python {info.python_version}; Debian ships "
-                    + ", ".join(f"{m} ({c})" for m, c in runtime.SUITES.items())
-                    + f"; {choice.python_minor} is the nearest for which the whole environment resolves"
-                    + (f" ({', '.join(t.split(' ', 1)[0] for t in tried)} did not: see tried)" if tried else "")
-                    + "; the model carries no Python code bound to its interpreter (no code_paths, no custom "
-                    "pyfunc, no pickled functions), so its files load on " + choice.python_minor))
+    notes: list[str] = []
+    if python_choice is not None:
         notes.append(f"interpreter: the model logged Python {info.python_version}, which Debian does not ship; "
-                     f"the image runs {python_exact} ({choice.interpreter_package}, debian:{codename}), the nearest "
-                     "Debian interpreter for which the whole environment resolves"
-                     + "".join(f"; {t}" for t in tried))
+                     f"the image runs {python_exact} ({choice.interpreter_package}, debian:{r.codename}), the "
+                     "nearest Debian interpreter for which the whole environment resolves"
+                     + "".join(f"; {t}" for t in python_choice.tried))
     elif spec.python and logged_minor and spec.python != logged_minor:
         notes.append(f"the spec's [target] python = \"{spec.python}\" ({spec.path.name}) overrides the Python "
                      f"the model logged ({info.python_version}): the image runs {python_exact}")
     elif info.python_version and info.python_version != python_exact:
         notes.append(f"the model logged Python {info.python_version}; the image runs {python_exact} "
-                     f"({choice.interpreter_package} {interp.version}): same minor, different patch")
+                     f"({choice.interpreter_package} {r.interp.version}): same minor, different patch")
+    glibc, wheel_platform = r.glibc, r.wheel_platform
     if wheel_platform != runtime.wheel_platform(glibc, runtime.debian_arch(spec.platform)):
         notes.append(f"wheel platform: glibc {glibc} would be {runtime.wheel_platform(glibc, spec.platform)}, which "
                      f"this uv does not accept; resolving for {wheel_platform}, the highest level it knows below "
                      f"it (such wheels run on glibc {glibc})")
-    for m in mapped:
-        notes.append(f"mapped: {m.logged} -> {m.locked or '(dropped)'} ({m.reason})")
-    for c in settled.choices:
-        notes.append(f"variant: {c.kept} kept, {c.dropped} dropped ({c.reason})")
-    notes += r.notes
-    versions = {w.name: w.version for w in wheels}
-    v = Version(python_exact)
-    lock = Lock(
-        tool_version=__version__,
-        inputs_digest=digest,
-        inputs=tuple(sorted(inputs.items())),
-        created=created,
-        image_name=spec.image_name,
-        labels=spec.labels,
-        compression=spec.compression,
-        compressor=compressor_version(spec.compression),
-        compression_level=DEFAULT_CODEC[spec.compression][1],
+    return notes
+
+
+def _lock_of(choice: runtime.SuiteChoice, r: Resolved, x: LockInputs, inputs: dict[str, str],
+             python_choice: PythonChoice | None) -> Lock:
+    """The Lock the resolution gives."""
+    spec, source, info = x.spec, x.source, x.info
+    v = Version(r.python_exact)
+    return Lock(
+        tool_version=__version__, inputs_digest=combined_digest(inputs), inputs=tuple(sorted(inputs.items())),
+        created=r.created, image_name=spec.image_name, labels=spec.labels, compression=spec.compression,
+        compressor=compressor_version(spec.compression), compression_level=DEFAULT_CODEC[spec.compression][1],
         target=Target(
-            platform=spec.platform, python=python_exact, python_abi=f"cp{v.major}{v.minor}",
-            wheel_platform=wheel_platform, glibc=glibc, base=f"debian:{codename}",
-            interpreter_package=choice.interpreter_package, interpreter_deb_version=interp.version,
+            platform=spec.platform, python=r.python_exact, python_abi=f"cp{v.major}{v.minor}",
+            wheel_platform=r.wheel_platform, glibc=r.glibc, base=f"debian:{r.codename}",
+            interpreter_package=choice.interpreter_package, interpreter_deb_version=r.interp.version,
             python_requested=spec.python or "", python_choice=python_choice,
         ),
         model=ModelLock(
@@ -449,22 +338,20 @@ def _make_lock(spec: Spec, source: ModelSource, info: ModelInfo, *, previous: Lo
             mlflow_version=info.mlflow_version, python_version=info.python_version,
             keras_version=info.keras_version, saved_format=info.saved_format,
             requirements=info.requirements, tree_digest=info.tree_digest,
-            files=tuple(ModelFile(p, s, h) for p, s, h in info.files),
-            rewritten=info.rewrites,
+            files=tuple(ModelFile(p, s, h) for p, s, h in info.files), rewritten=info.rewrites,
         ),
         runtime=Runtime(
-            serving=spec.serving, mlflow_version=mlflow_version, server=server,
+            serving=spec.serving, mlflow_version=info.mlflow_version, server=r.server,
             port=spec.port, workers=spec.workers, user=NONROOT_UID,
-            env=tuple(sorted(runtime_env(spec, info, versions).items())),
+            env=tuple(sorted(runtime_env(spec, info, {w.name: w.version for w in r.wheels}).items())),
         ),
-        python=PythonLock(exclude_newer=exclude_newer, index_url=index_url, requirements=tuple(reqs),
-                          packages=tuple(wheels), omitted=tuple(sorted(omit)),
+        python=PythonLock(exclude_newer=x.exclude_newer, index_url=r.index_url, requirements=tuple(r.reqs),
+                          packages=tuple(r.wheels), omitted=tuple(sorted(r.omit)),
                           extra_index_urls=info.extra_index_urls, constraints=info.constraints,
-                          variants=settled.choices, mapped=mapped, cutoff_exempt=r.exempt),
-        debian=deb_lock,
-        build=build,
+                          variants=r.settled.choices, mapped=r.mapped, cutoff_exempt=r.exempt),
+        debian=r.deb_lock,
+        build=r.build,
     )
-    return LockResult(lock, reused=False, notes=notes, pruned_files=pruned_files)
 
 
 def moves(old: Lock, new: Lock, *, upgrade: bool, upgrade_packages: tuple[str, ...] = ()) -> list[Move]:
@@ -523,83 +410,6 @@ def moves(old: Lock, new: Lock, *, upgrade: bool, upgrade_packages: tuple[str, .
 
 def _requirement(line: str) -> Requirement | None:
     try:
-        return Requirement(line)
+        return requirement(line)  # parsed once per distinct line (a requirements file may repeat one)
     except InvalidRequirement:
         return None
-
-
-def check_hash_pins(wheels: list[Wheel], info: ModelInfo, notes: list[str]) -> None:
-    """The model's ``--hash=`` pins hold: each pinned distribution's locked file (the wheel, or the sdist a
-    wheel is built from) is one of the hashes the requirement allows; otherwise the lock is refused."""
-    by_name = {w.name: w for w in wheels}
-    for name, allowed in info.hash_pins:
-        w = by_name.get(name)
-        if w is None:
-            notes.append(f"the model's --hash pins for {name} do not apply: {name} is not installed from the "
-                         "index (the serving runtime, or dropped)")
-            continue
-        got = {w.sha256} | ({w.sdist.sha256} if w.sdist is not None else set())
-        if not got & set(allowed):
-            raise RequirementsError(
-                f"the model's requirement on {name} pins --hash={', --hash='.join(allowed)}, but the resolved "
-                f"{w.filename} has {w.sha256}", where=f"{info.env_source} ({name})",
-                hint=f"the index serves other bytes for {name} {w.version} than the model was logged with: pin the "
-                "version whose file has that hash, or re-log the model with the right hashes")
-
-
-def check_yanked(wheels: list[Wheel], report: UvReport, spec: Spec) -> list[Wheel]:
-    """A release the index marks yanked is refused unless [python] allow-yanked names it; then it is
-    recorded with the reason (doctor repeats it)."""
-    from dataclasses import replace
-
-    yanked = report.yanked()
-    out = []
-    for w in wheels:
-        hit = yanked.get(w.name)
-        if hit is None or hit[0] != w.version:
-            out.append(w)
-            continue
-        if w.name not in spec.allow_yanked:
-            raise ResolveError(
-                f"{w.name} {w.version} is yanked on the index (reason: {hit[1]})", where=str(spec.path),
-                hint=f"pin another {w.name} version in [python] requirements, or accept it with [python] "
-                f'allow-yanked = ["{w.name}"] (recorded in the lock; doctor names the reason)')
-        out.append(replace(w, yanked=hit[1]))
-    return out
-
-
-def explain_stale(spec: Spec, lock: Lock) -> list[str]:
-    """Why `lock` no longer matches its inputs: one line per changed input, [] when fresh."""
-    source = fetch_model(spec.model_uri, tracking_uri=spec.tracking_uri, base_dir=spec.root)
-    try:
-        info = read_model(source.path)
-        now = input_digests(spec, source, info)
-    finally:
-        source.cleanup()
-    then = dict(lock.inputs)
-    reasons: list[str] = []
-    if now["spec"] != then.get("spec"):
-        reasons.append(f"spec edited: {spec.path.name} differs from the one the lock was made from")
-    if now["model"] != then.get("model"):
-        if source.resolved_uri != lock.model.resolved_uri:
-            reasons.append(f"model moved: {lock.model.uri} now resolves to {source.resolved_uri} "
-                           f"(the lock has {lock.model.resolved_uri})")
-        old = {f.path: f.sha256 for f in lock.model.files}
-        new = {p: h for p, _, h in info.files}
-        for p in sorted(set(old) | set(new)):
-            if p not in new:
-                reasons.append(f"model file removed: {p}")
-            elif p not in old:
-                reasons.append(f"model file added: {p}")
-            elif old[p] != new[p]:
-                reasons.append(f"model file changed: {p} (sha256 {short(old[p])}… -> {short(new[p])}…)")
-        if len(reasons) == 0 or (source.resolved_uri == lock.model.resolved_uri and not any(
-                r.startswith("model file") for r in reasons)):
-            reasons.append("model changed")
-    if now["tool"] != then.get("tool"):
-        if lock.tool_version != __version__:
-            reasons.append(f"lockbuild changed: the lock was written by {lock.tool_version}, this is {__version__}")
-        else:
-            reasons.append(f"lockbuild {__version__} now writes locks differently (lock format {LOCK_VERSION}, "
-                           f"default build rules version {BUILD_RULES_VERSION}) than when this lock was written")
-    return reasons

@@ -15,7 +15,6 @@ every wheel whose recorded list differs (a list edited by hand, its content head
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 from lockbuild.fetch.cache import Cache
@@ -26,10 +25,7 @@ from lockbuild.resolve import overlap
 
 def site_listings(wheels: Sequence[Wheel], cache: Cache, jobs: int = 8) -> dict[str, list[str]]:
     """{distribution: its files relative to site-packages}, from the cached or range-read zip listing."""
-    from lockbuild.fetch.download import client
-
-    with client() as http, ThreadPoolExecutor(max_workers=jobs) as pool:
-        members = list(pool.map(lambda w: overlap.wheel_members(w, cache, http), wheels))
+    members = overlap.member_lists(tuple(wheels), cache, jobs)
     return {w.name: site_paths(m) for w, m in zip(wheels, members, strict=True)}
 
 
@@ -77,13 +73,34 @@ def _memo_key(w: Wheel, build: BuildRules) -> str:
                                     "format": _MEMO_FORMAT}, sort_keys=True).encode())
 
 
+_READ: dict[str, tuple[tuple[str, ...], int]] = {}  # records read in this process (``prefetch``), by memo key
+
+
+def prefetch(wheels: Sequence[Wheel], build: BuildRules, cache: Cache) -> None:
+    """Read ahead the memoised pruned lists of ``wheels`` under ``build`` (`lock`: the previous lock's
+    wheels, while uv runs)."""
+    if build.prune:
+        for w in wheels:
+            _memo_get(cache, w, build)
+
+
 def _memo_get(cache: Cache, w: Wheel, build: BuildRules) -> tuple[tuple[str, ...], int] | None:
+    key = _memo_key(w, build)
+    if key not in _READ:
+        value = _memo_read(cache, key)
+        if value is None:
+            return None
+        _READ[key] = value
+    return _READ[key]
+
+
+def _memo_read(cache: Cache, key: str) -> tuple[tuple[str, ...], int] | None:
     import json
 
     from lockbuild.digest import from_hex
     from lockbuild.errors import IntegrityError
 
-    meta = cache.meta_get(_MEMO_NS, _memo_key(w, build))
+    meta = cache.meta_get(_MEMO_NS, key)
     try:
         blob = cache.get(from_hex(meta["blob"])) if meta and isinstance(meta.get("blob"), str) else None
         if blob is None:

@@ -217,7 +217,7 @@ class Lock:
     compression: str = "gzip"  # [image] compression: layers of the OCI layout and registry pushes
     compressor: str = ""  # [image] compressor: the pinned library, e.g. "isal 1.9.1"; "" in older locks
     # [image] compression-level; 0 in locks written before it: those build what they always built
-    # (gzip from ISA-L, zstd level 3), newer ones CPU-independent encoders (oci/compress.py: codec_for)
+    # (gzip from ISA-L, zstd level 3), newer ones CPU-independent encoders (lockfile/codec.py: codec_for)
     compression_level: int = 0
     version: int = LOCK_VERSION
 

@@ -288,9 +288,13 @@ def parse_lines(lines: list[str], rel: str, *, base: Path, root: Path, _seen: fr
                 _out: Requirements | None = None, _as_constraints: bool = False) -> Requirements:
     """The lines of one requirements file (``rel`` names it in messages; ``base`` resolves its paths)."""
     out = _out if _out is not None else Requirements()
-    for lineno, raw in _logical_lines(lines):
+    plain: dict[str, str] = {}  # raw line -> the requirement it was read as (a file may repeat a line)
+    for lineno, text in _logical_lines(lines):
+        if text in plain:
+            (out.constraints if _as_constraints else out.requirements).append(plain[text])
+            continue
         where = f"{rel}:{lineno}"
-        raw = scrub_credentials(raw)  # lines from conda.yaml's pip list arrive here unscrubbed
+        raw = scrub_credentials(text)  # lines from conda.yaml's pip list arrive here unscrubbed
         line = re.sub(r"(^|\s)#.*$", "", raw).strip()
         # pip's per-requirement hash pins: enforced after resolution (lock/create.py check_hash_pins)
         hashes = [h.strip() for h in _HASH.findall(line)]
@@ -306,63 +310,78 @@ def parse_lines(lines: list[str], rel: str, *, base: Path, root: Path, _seen: fr
             constraint = m.group(1) in ("-c", "--constraint")
             parse_requirements(include, root=root, _seen=_seen, _out=out,
                                _as_constraints=_as_constraints or constraint)
-            continue
-        if m := re.match(r"^(-i|--index-url|--extra-index-url)(?:\s+|\s*=\s*)(\S+)$", line):
-            url = strip_userinfo(m.group(2))
-            if m.group(1) == "--extra-index-url":
-                if url not in out.extra_index_urls:
-                    out.extra_index_urls.append(url)
-            else:
-                out.index_url = url
-            continue
-        if re.match(r"^(-e|--editable)\b", line):
-            raise _bad(where, f"editable requirement `{line}` cannot be locked",
-                       "log the model with a released version (name==X) or build a wheel and bundle it with "
-                       "mlflow.models.add_libraries_to_model")
-        if line.startswith("-"):
-            opt = re.split(r"[\s=]", line, maxsplit=1)[0]
-            if opt in _IGNORED_OPTIONS:
-                continue  # no effect on which files are installed
-            why = _NOTED_OPTIONS.get(opt, "lockbuild does not apply this pip option")
-            out.notes.append(f"{where}: `{line}` is not applied: {why}")
-            continue
-        target = line.split("@", 1)[1].strip() if re.match(r"^[A-Za-z0-9._-]+(\[[^\]]*\])?\s*@", line) else line
-        if _URL_REQ.match(target):
-            raise _bad(where, f"`{line}` is a VCS/URL requirement, which cannot be pinned by sha256",
-                       "log the model with a released version (name==X), or build a wheel and bundle it with "
-                       "mlflow.models.add_libraries_to_model")
-        if target.endswith(".whl") or "/" in target or target.startswith("."):
-            local = _resolve(base / target, root)
-            if not _inside(local, root):
-                raise _bad(where, f"`{line}` points at {local}, outside the model directory",
-                           "bundle the wheel into the model (mlflow.models.add_libraries_to_model) or pin a "
-                           "released version")
-            if not (target.endswith(".whl") and local.is_file()):
-                raise _bad(where, f"`{line}` is a local path, not a wheel file in the model",
-                           "build a wheel and bundle it with mlflow.models.add_libraries_to_model, or pin a "
-                           "released version")
-            wrel = local.relative_to(root).as_posix()
-            if wrel not in out.bundled_wheels:
-                out.bundled_wheels.append(wrel)
-            continue
-
-        try:
-            req = requirement(line)
-        except InvalidRequirement as e:
-            raise _bad(where, f"`{line}` is not a valid requirement: {str(e).splitlines()[0]}",
-                       "fix the line, or drop it and list the package in [python] requirements") from None
-        if hashes:
-            from packaging.utils import canonicalize_name
-
-            pins = out.hash_pins.setdefault(canonicalize_name(req.name), [])
-            for h in hashes:
-                algo, _, hexd = h.partition(":")
-                if algo != "sha256" or not re.fullmatch(r"[0-9a-fA-F]{64}", hexd):
-                    raise _bad(where, f"`--hash={h}` on {req.name} is not a sha256 pin",
-                               "use --hash=sha256:<64 hex digits> (pip hash FILE), or drop the option")
-                pins.append("sha256:" + hexd.lower())
-        (out.constraints if _as_constraints else out.requirements).append(line)
+        elif line.startswith("-"):
+            _option_line(line, where, out)
+        elif not _local_wheel(line, where, base=base, root=root, out=out):
+            _requirement_line(line, where, hashes, out, as_constraint=_as_constraints)
+            if not hashes:
+                plain[text] = line
     return out
+
+
+def _option_line(line: str, where: str, out: Requirements) -> None:
+    """An index line (kept without credentials), an editable (refused), or another pip option
+    (ignored when it cannot change what is installed, else named in a note)."""
+    if m := re.match(r"^(-i|--index-url|--extra-index-url)(?:\s+|\s*=\s*)(\S+)$", line):
+        url = strip_userinfo(m.group(2))
+        if m.group(1) != "--extra-index-url":
+            out.index_url = url
+        elif url not in out.extra_index_urls:
+            out.extra_index_urls.append(url)
+        return
+    if re.match(r"^(-e|--editable)\b", line):
+        raise _bad(where, f"editable requirement `{line}` cannot be locked",
+                   "log the model with a released version (name==X) or build a wheel and bundle it with "
+                   "mlflow.models.add_libraries_to_model")
+    opt = re.split(r"[\s=]", line, maxsplit=1)[0]
+    if opt not in _IGNORED_OPTIONS:  # those have no effect on which files are installed
+        why = _NOTED_OPTIONS.get(opt, "lockbuild does not apply this pip option")
+        out.notes.append(f"{where}: `{line}` is not applied: {why}")
+
+
+def _local_wheel(line: str, where: str, *, base: Path, root: Path, out: Requirements) -> bool:
+    """A line naming a file (a wheel bundled in the model: recorded; a VCS/URL requirement, a path
+    outside the model or not a wheel: refused). False for a plain requirement."""
+    target = line.split("@", 1)[1].strip() if re.match(r"^[A-Za-z0-9._-]+(\[[^\]]*\])?\s*@", line) else line
+    if _URL_REQ.match(target):
+        raise _bad(where, f"`{line}` is a VCS/URL requirement, which cannot be pinned by sha256",
+                   "log the model with a released version (name==X), or build a wheel and bundle it with "
+                   "mlflow.models.add_libraries_to_model")
+    if not (target.endswith(".whl") or "/" in target or target.startswith(".")):
+        return False
+    local = _resolve(base / target, root)
+    if not _inside(local, root):
+        raise _bad(where, f"`{line}` points at {local}, outside the model directory",
+                   "bundle the wheel into the model (mlflow.models.add_libraries_to_model) or pin a "
+                   "released version")
+    if not (target.endswith(".whl") and local.is_file()):
+        raise _bad(where, f"`{line}` is a local path, not a wheel file in the model",
+                   "build a wheel and bundle it with mlflow.models.add_libraries_to_model, or pin a "
+                   "released version")
+    wrel = local.relative_to(root).as_posix()
+    if wrel not in out.bundled_wheels:
+        out.bundled_wheels.append(wrel)
+    return True
+
+
+def _requirement_line(line: str, where: str, hashes: list[str], out: Requirements, *, as_constraint: bool) -> None:
+    """A PEP 508 requirement (or constraint), with its ``--hash`` pins checked to be sha256."""
+    try:
+        req = requirement(line)
+    except InvalidRequirement as e:
+        raise _bad(where, f"`{line}` is not a valid requirement: {str(e).splitlines()[0]}",
+                   "fix the line, or drop it and list the package in [python] requirements") from None
+    if hashes:
+        from packaging.utils import canonicalize_name
+
+        pins = out.hash_pins.setdefault(canonicalize_name(req.name), [])
+        for h in hashes:
+            algo, _, hexd = h.partition(":")
+            if algo != "sha256" or not re.fullmatch(r"[0-9a-fA-F]{64}", hexd):
+                raise _bad(where, f"`--hash={h}` on {req.name} is not a sha256 pin",
+                           "use --hash=sha256:<64 hex digits> (pip hash FILE), or drop the option")
+            pins.append("sha256:" + hexd.lower())
+    (out.constraints if as_constraint else out.requirements).append(line)
 
 
 def _python_from_conda(conda: Any, rel: str, path: Path) -> tuple[str, list[str]]:
@@ -477,24 +496,71 @@ def _mlflow_version(mlmodel: dict[str, Any], reqs: list[str], mlmodel_path: Path
     return text
 
 
-def read_model(path: Path) -> ModelInfo:
-    check_symlinks(path)
-    root = path.resolve()
-    rewrites: dict[str, bytes] = {}
+class _Reader:
+    """The model's YAML files read under the model's rules (size bound, UTF-8, credentials removed by
+    a recorded rewrite: ``rewrites`` holds the bytes lockbuild hashes, caches and images instead)."""
 
-    def load_yaml(rel: str) -> Any:
-        p = root / rel
+    def __init__(self, path: Path) -> None:
+        self.path, self.root = path, path.resolve()
+        self.rewrites: dict[str, bytes] = {}
+
+    def yaml(self, rel: str) -> Any:
+        p = self.root / rel
         if p.is_file() and p.stat().st_size > YAML_MAX_BYTES:
             raise ModelError(f"model file {rel} is {p.stat().st_size} bytes, too big for an MLflow environment "
                              "file", where=str(p), hint="MLflow writes a few KB here: re-log the model")
         text = read_text(p, rel)
         if has_credentials(text):
             text = scrub_credentials(text)
-            rewrites[rel] = text.encode("utf-8")
+            self.rewrites[rel] = text.encode("utf-8")
         return _parse_yaml(text, rel, p)
 
+
+@dataclass
+class _Env:
+    """The environment a model logged: its requirements (as parsed), Python version and which file said so."""
+
+    parsed: Requirements
+    python_version: str = ""
+    env_source: str = ""
+
+
+def read_model(path: Path) -> ModelInfo:
+    check_symlinks(path)
+    reader = _Reader(path)
     mlmodel_path = path / "MLmodel"
-    mlmodel = load_yaml("MLmodel")
+    mlmodel = reader.yaml("MLmodel")
+    flavors, pyfunc = _pyfunc_flavor(mlmodel, mlmodel_path)
+    env_files, loader = _pyfunc_env(pyfunc, mlmodel_path)
+    env = _logged_env(reader, env_files, pyfunc, mlmodel_path)
+    parsed = env.parsed
+    reader.rewrites.update(parsed.rewrites)
+    files = _hashed_files(path, reader.rewrites)
+    return ModelInfo(
+        flavors=tuple(sorted(str(f) for f in flavors)),
+        loader_module=loader,
+        mlflow_version=_mlflow_version(mlmodel, parsed.requirements, mlmodel_path),
+        python_version=env.python_version,
+        keras_version=_keras_version(flavors),
+        saved_format=_saved_format(path),
+        requirements=tuple(parsed.requirements),
+        constraints=tuple(parsed.constraints),
+        env_source=env.env_source,
+        files=tuple(files),
+        tree_digest=tree_digest(files),
+        input_example=_input_example(path, pyfunc),
+        index_url=parsed.index_url,
+        extra_index_urls=tuple(parsed.extra_index_urls),
+        bundled_wheels=tuple(parsed.bundled_wheels),
+        rewrites=tuple((p, "URL credentials (user:password@) removed") for p in sorted(reader.rewrites)),
+        rewritten=tuple(sorted(reader.rewrites.items())),
+        hash_pins=tuple(sorted((n, tuple(h)) for n, h in parsed.hash_pins.items())),
+        notes=tuple(parsed.notes),
+    )
+
+
+def _pyfunc_flavor(mlmodel: Any, mlmodel_path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """MLmodel's flavors and its python_function flavor (required: it is what the scoring server serves)."""
     if not isinstance(mlmodel, dict) or "flavors" not in mlmodel:
         raise ModelError("MLmodel has no flavors", where=str(mlmodel_path),
                          hint="MLmodel must be a YAML mapping with a `flavors` table: re-log the model")
@@ -506,106 +572,119 @@ def read_model(path: Path) -> ModelInfo:
             "model has no python_function flavor, so MLflow's scoring server cannot serve it",
             where=str(mlmodel_path), hint="log the model with a flavor that adds python_function",
         )
-    env_key = "flavors.python_function.env"
+    return flavors, pyfunc
+
+
+def _pyfunc_env(pyfunc: dict[str, Any], mlmodel_path: Path) -> tuple[dict[str, Any], str]:
+    """The pyfunc flavor's `env` table ({"conda": ..., "virtualenv": ...}) and its loader_module."""
     env_files = pyfunc.get("env") or {}
     if isinstance(env_files, str):
         env_files = {"conda": env_files}
-    _shape(env_files, dict, "MLmodel", env_key, mlmodel_path, "a file name or a mapping of file names")
+    _shape(env_files, dict, "MLmodel", ENV_KEY, mlmodel_path, "a file name or a mapping of file names")
     loader = _shape(pyfunc.get("loader_module", ""), str, "MLmodel", "flavors.python_function.loader_module",
                     mlmodel_path, "a module name")
+    return env_files, loader
 
-    reqs: list[str] = []
-    cons: list[str] = []
-    python_version = ""
-    env_source = ""
-    parsed = Requirements()
+
+ENV_KEY = "flavors.python_function.env"
+
+
+def _logged_env(reader: _Reader, env_files: dict[str, Any], pyfunc: dict[str, Any], mlmodel_path: Path) -> _Env:
+    """requirements.txt (+ constraints.txt), else conda.yaml's pip section; the Python version from
+    python_env.yaml, conda.yaml or MLmodel. Refused when the model logged no environment or Python."""
+    path = reader.path
+    env = _Env(Requirements())
     if (path / "requirements.txt").is_file():
-        parsed = parse_requirements(path / "requirements.txt", root=path)
-        reqs, cons = parsed.requirements, parsed.constraints
-        env_source = "requirements.txt"
-    if (path / "constraints.txt").is_file() and not cons:
+        env.parsed, env.env_source = parse_requirements(path / "requirements.txt", root=path), "requirements.txt"
+    if (path / "constraints.txt").is_file() and not env.parsed.constraints:
         cparsed = parse_requirements(path / "constraints.txt", root=path)
-        cons = cparsed.requirements
-        parsed.rewrites.update(cparsed.rewrites)
-        parsed.notes.extend(cparsed.notes)
-    venv_rel = ""
-    if env_files.get("virtualenv") is not None:  # a named file the model lacks: as if not named
-        venv_rel = _env_file(path, env_files["virtualenv"], f"{env_key}.virtualenv", mlmodel_path)
-    if venv_rel and (root / venv_rel).is_file():
-        pe = load_yaml(venv_rel)
-        if pe is not None:
-            _shape(pe, dict, venv_rel, "(top level)", path / venv_rel, "a mapping")
-            py = pe.get("python", "")
-            if py not in (None, ""):
-                _shape(py, (str, int, float), venv_rel, "python", path / venv_rel, "a version such as \"3.11.7\"")
-                python_version = python_scalar(py, path / venv_rel, "python")  # unquoted 3.10 is not 3.1
-    if env_files.get("conda") is not None:
-        conda_rel = _env_file(path, env_files["conda"], f"{env_key}.conda", mlmodel_path)
-    else:
-        conda_rel = "conda.yaml"
-    if conda_rel and (root / conda_rel).is_file():
-        conda_py, conda_pip = _python_from_conda(load_yaml(conda_rel), conda_rel, path / conda_rel)
-        python_version = python_version or conda_py
-        if not env_source and conda_pip:
-            # pip lines nested in conda.yaml (older MLflow): the same rules as requirements.txt
-            parsed = parse_lines(conda_pip, f"{conda_rel} (dependencies: pip: item)", base=path,
-                                 root=root, _out=parsed)
-            reqs, cons = parsed.requirements, parsed.constraints
-            env_source = conda_rel
-    python_version = python_version or python_scalar(pyfunc.get("python_version", "") or "", mlmodel_path,
-                                                     "flavors", "python_function", "python_version")
-    if not env_source:
+        env.parsed.constraints = cparsed.requirements
+        env.parsed.rewrites.update(cparsed.rewrites)
+        env.parsed.notes.extend(cparsed.notes)
+    env.python_version = _python_env_version(reader, env_files, mlmodel_path)
+    _conda_env(reader, env, env_files, mlmodel_path)
+    env.python_version = env.python_version or python_scalar(
+        pyfunc.get("python_version", "") or "", mlmodel_path, "flavors", "python_function", "python_version")
+    if not env.env_source:
         raise ModelError(
             "the model logged no environment (no requirements.txt, no pip section in conda.yaml)",
             where=str(path),
             hint="re-log the model with pip_requirements=..., or add the requirements to [python] "
             "requirements in lockbuild.toml",
         )
-    if not python_version:
+    if not env.python_version:
         raise ModelError(
             "the model does not say which Python it was logged with (python_env.yaml / conda.yaml)",
             where=str(path), hint='set [target] python = "3.X" in lockbuild.toml',
         )
+    return env
 
-    mlflow_version = _mlflow_version(mlmodel, reqs, mlmodel_path)
 
+def _python_env_version(reader: _Reader, env_files: dict[str, Any], mlmodel_path: Path) -> str:
+    """`python:` of the virtualenv file the pyfunc env names (python_env.yaml), or ""."""
+    path = reader.path
+    if env_files.get("virtualenv") is None:  # a named file the model lacks: as if not named
+        return ""
+    venv_rel = _env_file(path, env_files["virtualenv"], f"{ENV_KEY}.virtualenv", mlmodel_path)
+    if not venv_rel or not (reader.root / venv_rel).is_file():
+        return ""
+    pe = reader.yaml(venv_rel)
+    if pe is None:
+        return ""
+    _shape(pe, dict, venv_rel, "(top level)", path / venv_rel, "a mapping")
+    py = pe.get("python", "")
+    if py in (None, ""):
+        return ""
+    _shape(py, (str, int, float), venv_rel, "python", path / venv_rel, "a version such as \"3.11.7\"")
+    return python_scalar(py, path / venv_rel, "python")  # unquoted 3.10 is not 3.1
+
+
+def _conda_env(reader: _Reader, env: _Env, env_files: dict[str, Any], mlmodel_path: Path) -> None:
+    """conda.yaml (or the file the pyfunc env names): its Python when no other file said, and its pip
+    lines when the model has no requirements.txt (older MLflow), under the same rules."""
+    path = reader.path
+    if env_files.get("conda") is not None:
+        conda_rel = _env_file(path, env_files["conda"], f"{ENV_KEY}.conda", mlmodel_path)
+    else:
+        conda_rel = "conda.yaml"
+    if not conda_rel or not (reader.root / conda_rel).is_file():
+        return
+    conda_py, conda_pip = _python_from_conda(reader.yaml(conda_rel), conda_rel, path / conda_rel)
+    env.python_version = env.python_version or conda_py
+    if not env.env_source and conda_pip:
+        env.parsed = parse_lines(conda_pip, f"{conda_rel} (dependencies: pip: item)", base=path,
+                                 root=reader.root, _out=env.parsed)
+        env.env_source = conda_rel
+
+
+def _keras_version(flavors: dict[str, Any]) -> str:
     tf = flavors.get("tensorflow") or flavors.get("keras") or {}
-    keras_version = str(tf.get("keras_version", "") or "") if isinstance(tf, dict) else ""
-    saved_format = ""
-    if (path / "data" / "model.keras").is_file() or any(path.glob("data/**/*.keras")):
-        saved_format = "keras"
-    elif any(path.glob("data/**/saved_model.pb")) or any(path.glob("**/saved_model.pb")):
-        saved_format = "savedmodel"
+    return str(tf.get("keras_version", "") or "") if isinstance(tf, dict) else ""
 
-    rewrites.update(parsed.rewrites)
+
+def _saved_format(path: Path) -> str:
+    """"keras" (a .keras file), "savedmodel" (a saved_model.pb) or ""."""
+    if (path / "data" / "model.keras").is_file() or any(path.glob("data/**/*.keras")):
+        return "keras"
+    if any(path.glob("data/**/saved_model.pb")) or any(path.glob("**/saved_model.pb")):
+        return "savedmodel"
+    return ""
+
+
+def _hashed_files(path: Path, rewrites: dict[str, bytes]) -> list[tuple[str, int, str]]:
+    """(path, size, sha256) of every model file; a rewritten file as the bytes lockbuild carries."""
     files = []
     for rel_path, size, sha in tree_files(path):
         if rel_path in rewrites:  # the lock, cache and image carry the file without credentials
             size, sha = len(rewrites[rel_path]), sha256_bytes(rewrites[rel_path])
         files.append((rel_path, size, sha))
+    return files
+
+
+def _input_example(path: Path, pyfunc: dict[str, Any]) -> str | None:
     example = pyfunc.get("serving_input_example") or None
     if example is not None and not isinstance(example, str):
         example = None
     if example is None and (path / "serving_input_example.json").is_file():
         example = "serving_input_example.json"
-    return ModelInfo(
-        flavors=tuple(sorted(str(f) for f in flavors)),
-        loader_module=loader,
-        mlflow_version=mlflow_version,
-        python_version=python_version,
-        keras_version=keras_version,
-        saved_format=saved_format,
-        requirements=tuple(reqs),
-        constraints=tuple(cons),
-        env_source=env_source,
-        files=tuple(files),
-        tree_digest=tree_digest(files),
-        input_example=example,
-        index_url=parsed.index_url,
-        extra_index_urls=tuple(parsed.extra_index_urls),
-        bundled_wheels=tuple(parsed.bundled_wheels),
-        rewrites=tuple((p, "URL credentials (user:password@) removed") for p in sorted(rewrites)),
-        rewritten=tuple(sorted(rewrites.items())),
-        hash_pins=tuple(sorted((n, tuple(h)) for n, h in parsed.hash_pins.items())),
-        notes=tuple(parsed.notes),
-    )
+    return example

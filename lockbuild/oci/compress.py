@@ -5,9 +5,10 @@ gzip from ISA-L (``isal``; what locks written before zlib-ng name, kept so they 
 they always had). zstd and zlib-ng write the same bytes on every CPU tried (x86-64 without SSE4.2
 up to AVX-512, arm64); ISA-L's bytes depend on its CPU code path (see ``CANARY_SHA256``).
 
-Holds the compression names (``COMPRESSIONS``) and their OCI media types, which encoder a lock's
-``[image]`` selects (``codec_for``), what made the bytes (``compressor_name``/
-``compressor_version``, recorded per layer and in the lock), the canary that refuses a CPU on
+Which encoder a lock pins and selects (``COMPRESSIONS``, ``DEFAULT_CODEC``, ``codec_for``,
+``compressor_version``) is lock-time policy in lockbuild/lockfile/codec.py, imported here. This
+module holds the OCI media types, what made a layer's bytes (``compressor_name``, recorded per
+layer), the canary that refuses a CPU on
 which an encoder would write other bytes than the reference hosts, and the writers: a chunked
 compressor that feeds the library fixed-size calls (so the bytes depend on the tar alone),
 ``gzip_writer`` (fixed gzip header) and ``zstd_writer`` (fixed frame settings).
@@ -25,80 +26,22 @@ from contextlib import contextmanager
 from typing import BinaryIO, Protocol
 
 from lockbuild.errors import BuildError
+from lockbuild.lockfile.codec import (  # noqa: F401  (re-exported: which compressor a lock pins is lock-time policy)
+    COMPRESSIONS,
+    DEFAULT_CODEC,
+    DEFAULT_COMPRESSION,
+    DEFAULT_ENCODER,
+    ENCODERS,
+    LEGACY_CODEC,
+    ZSTD_LEVEL,
+    codec_for,
+    compressor_version,
+    encoder_module,
+    pinned_encoder,
+)
 
 LAYER_MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar+gzip"
 ZSTD_LAYER_MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar+zstd"
-COMPRESSIONS = ("gzip", "zstd")
-DEFAULT_COMPRESSION = "zstd"  # [image] compression of new locks: smaller than gzip, CPU-independent
-ZSTD_LEVEL = 3  # zstd locks without [image] compression-level (written before zstd became the default)
-ENCODERS = {"isal": "gzip", "zlib-ng": "gzip", "zstandard": "zstd"}  # encoder (PyPI name) -> compression
-DEFAULT_ENCODER = {"gzip": "zlib-ng", "zstd": "zstandard"}
-# (encoder, level) per compression: what new locks pin (both CPU-independent), and what a lock written
-# before [image] compression-level builds, everywhere it makes that compression (the digests it always had).
-DEFAULT_CODEC = {"gzip": ("zlib-ng", 1), "zstd": ("zstandard", 1)}
-LEGACY_CODEC = {"gzip": ("isal", 1), "zstd": ("zstandard", ZSTD_LEVEL)}
-
-
-def codec_for(compression: str, lock_compression: str, lock_compressor: str, lock_level: int) -> tuple[str, int]:
-    """The encoder and level that write ``compression`` layers for a lock whose ``[image]`` says
-    ``compression``/``compressor``/``compression-level`` (0: not recorded). A lock without a level
-    was written before zstd became the default: it builds what it always built (gzip from ISA-L,
-    zstd level 3), so its digests stay. A newer lock uses the encoder it names for its own
-    compression, and the CPU-independent default for the other one (the gzip layers that
-    ``--docker-archive``/``--load`` need for a zstd lock, or ``--compression``)."""
-    if compression not in COMPRESSIONS:
-        raise BuildError(f"unknown layer compression {compression!r}", hint=f"use one of {', '.join(COMPRESSIONS)}")
-    if not lock_level:
-        return LEGACY_CODEC[compression]
-    if compression != lock_compression:
-        return DEFAULT_CODEC[compression]
-    named = lock_compressor.split(" ")[0]
-    return (named if ENCODERS.get(named) == compression else DEFAULT_ENCODER[compression]), lock_level
-
-
-def _module(encoder: str):  # type: ignore[no-untyped-def]
-    """The pinned encoder's module (isal_zlib, zlib_ng or zstandard); a clear error if absent."""
-    try:
-        if encoder == "isal":
-            from isal import isal_zlib
-
-            return isal_zlib
-        if encoder == "zlib-ng":
-            from zlib_ng import zlib_ng
-
-            return zlib_ng
-        if encoder == "zstandard":
-            import zstandard
-
-            return zstandard
-    except ImportError as e:
-        raise BuildError(f"the pinned {ENCODERS[encoder]} compressor is not installed ({e.name})",
-                         hint="reinstall lockbuild with its dependencies (pip install lockbuild)") from None
-    raise BuildError(f"unknown layer compressor {encoder!r}", hint=f"use one of {', '.join(ENCODERS)}")
-
-
-def _encoder(compression: str, encoder: str | None) -> str:
-    enc = encoder or DEFAULT_ENCODER.get(compression, "")
-    if ENCODERS.get(enc) != compression:
-        raise BuildError(f"no {compression} layer compressor {enc!r}",
-                         hint=f"use one of {', '.join(e for e, c in ENCODERS.items() if c == compression)}")
-    return enc
-
-
-def compressor_version(compression: str = "gzip", encoder: str | None = None) -> str:
-    """Name and version of the pinned library that makes the compressed bytes, e.g. ``zlib-ng 1.1.0
-    (zlib-ng 2.3.3)``; ``encoder`` defaults to the one new locks pin for ``compression``."""
-    enc = _encoder(compression, encoder)
-    z = _module(enc)
-    if enc == "zstandard":
-        return f"zstandard {z.__version__} (libzstd {'.'.join(map(str, z.ZSTD_VERSION))})"
-    if enc == "zlib-ng":
-        import zlib_ng
-
-        return f"zlib-ng {zlib_ng.__version__} (zlib-ng {z.ZLIBNG_VERSION})"
-    import isal
-
-    return f"isal {isal.__version__}"
 
 
 def compressor_name(level: int, compression: str = "gzip", encoder: str | None = None) -> str:
@@ -206,7 +149,7 @@ def canary_input() -> bytes:
 
 
 def _canary_output(encoder: str) -> bytes:
-    z = _module(encoder)
+    z = encoder_module(encoder)
     if encoder == "zstandard":  # the levels lockbuild uses: 1 (new locks) and 3 (older zstd locks)
         return _zstd_params(z, 1).compress(canary_input()) + _zstd_params(z, 3).compress(canary_input())
     c = z.compressobj(1, z.DEFLATED, -15, z.DEF_MEM_LEVEL, z.Z_DEFAULT_STRATEGY)
@@ -247,9 +190,9 @@ def check_code_path(encoder: str) -> str:
 def gzip_writer(sink: Sink, level: int, encoder: str = "zlib-ng") -> ChunkedCompressor:
     """Raw deflate from ``encoder`` (zlib-ng or ISA-L) in a gzip member with a fixed header (no name,
     mtime 0, OS 255), after checking that this CPU makes the encoder write the reference bytes."""
-    _encoder("gzip", encoder)
+    pinned_encoder("gzip", encoder)
     check_code_path(encoder)
-    z = _module(encoder)
+    z = encoder_module(encoder)
     return ChunkedCompressor(sink, z.compressobj(level, z.DEFLATED, -15, z.DEF_MEM_LEVEL, z.Z_DEFAULT_STRATEGY),
                              header=GZIP_HEADER, gzip_trailer=True, crc32=z.crc32)
 
@@ -263,7 +206,7 @@ def zstd_writer(sink: Sink, level: int = ZSTD_LEVEL) -> ChunkedCompressor:
     """libzstd at a fixed level, one thread, no content size or checksum in the frame header, so
     the bytes depend only on the tar and the pinned library version."""
     check_code_path("zstandard")
-    return ChunkedCompressor(sink, _zstd_params(_module("zstandard"), level).compressobj())
+    return ChunkedCompressor(sink, _zstd_params(encoder_module("zstandard"), level).compressobj())
 
 
 @contextmanager
@@ -271,7 +214,7 @@ def compress_writer(sink: Sink, compression: str = "gzip", level: int = 1,
                     encoder: str | None = None) -> Iterator[BinaryIO]:
     """The compressing writer for ``compression`` into ``sink`` (``encoder``: the library, default the
     one new locks pin); flushed and finished on exit."""
-    enc = _encoder(compression, encoder)
+    enc = pinned_encoder(compression, encoder)
     w = zstd_writer(sink, level) if compression == "zstd" else gzip_writer(sink, level, enc)
     with w:
         yield w  # type: ignore[misc]

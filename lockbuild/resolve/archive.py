@@ -30,19 +30,19 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-
-import httpx
-from debian import deb822
-from debian.debian_support import PackageFile, ParseError
+from typing import TYPE_CHECKING
 
 from lockbuild.digest import from_hex, to_hex
 from lockbuild.errors import AuditUnavailable, FetchError, IntegrityError, ResolveError
-from lockbuild.fetch import download
 from lockbuild.fetch.cache import Cache
 from lockbuild.fsutil import sha256_bytes
 from lockbuild.lockfile.model import Suite
 from lockbuild.progress import Notify
 from lockbuild.resolve.inrelease import check_inrelease
+
+if TYPE_CHECKING:  # httpx and python-debian load when the archive is read: `lock` starts uv first
+    import httpx
+    from debian import deb822
 
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 DEFAULT_SECURITY_MIRROR = "http://deb.debian.org/debian-security"
@@ -161,6 +161,8 @@ def snapshot_timestamp(date: str) -> str:
 
 def parse_release(text: bytes, src: SuiteSource, now: datetime | None = None) -> deb822.Release:
     """Parse signed Release text and check it describes `src` and has not expired."""
+    from debian import deb822
+
     release = deb822.Release(text)
     label = src.name
     if release.get("Codename") != src.name:
@@ -211,6 +213,8 @@ def fetch_index(http: httpx.Client, cache: Cache, src: SuiteSource, f: IndexFile
                 kept: KeptInputs | None = None, snapshot: str = "") -> Path:
     """The verified compressed index from the cache, or the kept audit inputs, or downloaded (archive,
     then the snapshot archive's dists/ URL when given) and checked against the Release."""
+    from lockbuild.fetch import download
+
     cached = cache.get(f.sha256, f.size)
     if cached is not None:
         return cached
@@ -256,6 +260,8 @@ def parse_packages(raw: bytes, label: str = "Packages") -> list[dict[str, str]]:
 
     python-debian's strict PackageFile parser (2-3x faster than deb822 on 63k paragraphs).
     """
+    from debian.debian_support import PackageFile, ParseError
+
     keep = set(INDEX_FIELDS)
     out = []
     try:
@@ -349,6 +355,8 @@ def pinned_inrelease(http: httpx.Client, cache: Cache, src: SuiteSource, locked:
     """The exact InRelease the lock recorded: from the cache, the kept audit inputs, the live archive
     if it still serves those bytes, or the snapshot archive (LOCKBUILD_SNAPSHOT_URL); else say exactly
     which file is missing and how to get it."""
+    from lockbuild.fetch import download
+
     cached = cache.get(locked.inrelease_sha256)
     if cached is not None:
         return cached.read_bytes()

@@ -226,13 +226,10 @@ def export_audit_inputs(locked: DebianLock, codename: str, arch: str, cache: Cac
     each name the solver looked up and of each package providing one of them, so the merged index
     and the provider lists the solver sees are the same. Checked before writing: the kept stanzas
     alone give the same closure. Returns the files written; stale files in `dest` are removed."""
-    from lockbuild.fsutil import atomic_write_bytes
-
     arch = debian_arch(arch)
     say: Notify = progress or quiet
     sources = suite_sources(codename, mirror, security_mirror)
-    keyring = keyring or DEFAULT_KEYRING
-    loaded = _locked_suites(sources=sources, arch=arch, keyring=keyring, say=say, locked=locked,
+    loaded = _locked_suites(sources=sources, arch=arch, keyring=keyring or DEFAULT_KEYRING, say=say, locked=locked,
                             cache=cache, kept=kept)
     unverified = [ls.unverified for ls in loaded if ls.unverified]
     if unverified:
@@ -240,14 +237,30 @@ def export_audit_inputs(locked: DebianLock, codename: str, arch: str, cache: Cac
                                hint="export where the whole Packages indexes are in the cache or reachable")
     closures: list[Closure] = []
     full = _close(loaded, sources, arch, locked.roots, exclude, say, closures)
-    looked = closures[0].looked_up
+    files, reduced = _kept_files(loaded, _read_names(loaded, closures[0].looked_up), cache, KeptInputs(dest))
+    again = _close(reduced, sources, arch, locked.roots, exclude, quiet)
+    if again != full or full.packages != locked.packages:
+        raise AuditUnavailable("the kept stanzas do not re-derive the locked Debian closure",
+                               hint="the lock's Debian side is not what its InRelease files give: run "
+                               "`lockbuild lock --check --rederive`")
+    _write_kept(dest, files)
+    return sorted(files)
+
+
+def _read_names(loaded: list[LoadedSuite], looked: set[str]) -> set[str]:
+    """The names the solver looked up and every package providing one of them."""
     providing: set[str] = set()
     for ls in loaded:
         for e in ls.entries:
             if "Provides" in e and any(alt["name"] in looked for rel in _provides(e["Provides"]) for alt in rel):
                 providing.add(e["Package"])
-    wanted = looked | providing
-    out = KeptInputs(dest)
+    return looked | providing
+
+
+def _kept_files(loaded: list[LoadedSuite], wanted: set[str], cache: Cache,
+                out: KeptInputs) -> tuple[dict[Path, bytes], list[LoadedSuite]]:
+    """{path: bytes} to keep (each InRelease; a small index whole, a big one's ``wanted`` stanzas) and
+    the suites as the kept files give them."""
     files: dict[Path, bytes] = {}
     reduced: list[LoadedSuite] = []
     for ls in loaded:
@@ -267,11 +280,13 @@ def export_audit_inputs(locked: DebianLock, codename: str, arch: str, cache: Cac
                    "inrelease-sha256": ls.suite.inrelease_sha256, "stanzas": stanzas}
             files[out.stanzas(ls.index)] = (json.dumps(doc, indent=0, sort_keys=True) + "\n").encode()
             reduced.append(LoadedSuite(ls.suite, stanzas, ls.index))
-    again = _close(reduced, sources, arch, locked.roots, exclude, quiet)
-    if again != full or full.packages != locked.packages:
-        raise AuditUnavailable("the kept stanzas do not re-derive the locked Debian closure",
-                               hint="the lock's Debian side is not what its InRelease files give: run "
-                               "`lockbuild lock --check --rederive`")
+    return files, reduced
+
+
+def _write_kept(dest: Path, files: dict[Path, bytes]) -> None:
+    """``files`` written into ``dest`` (unchanged ones left alone), every other file there removed."""
+    from lockbuild.fsutil import atomic_write_bytes
+
     dest.mkdir(parents=True, exist_ok=True)
     for p in dest.iterdir():
         if p.is_file() and p not in files:
@@ -279,7 +294,6 @@ def export_audit_inputs(locked: DebianLock, codename: str, arch: str, cache: Cac
     for p, data in sorted(files.items()):
         if not p.is_file() or p.read_bytes() != data:
             atomic_write_bytes(p, data)
-    return sorted(files)
 
 
 def _provides(text: str) -> list[list[dict]]:

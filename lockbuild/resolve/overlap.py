@@ -128,12 +128,20 @@ def _members_of(fileobj: object) -> list[str]:
         return [i.filename for i in zf.infolist() if not i.is_dir()]
 
 
-def wheel_members(w: Wheel, cache: Cache, http: httpx.Client) -> list[str]:
-    """The wheel's zip member names: cache meta (by sha256), the verified cached wheel, range
-    requests, or (no ranges served) the full download, verified by sha256 and kept in the cache."""
+def cached_members(w: Wheel, cache: Cache) -> list[str] | None:
+    """The wheel's zip member names from the cache's meta (by sha256), or None."""
     meta = cache.meta_get(META, w.sha256)
     if meta is not None and meta.get("size") == w.size and isinstance(meta.get("members"), list):
         return list(meta["members"])
+    return None
+
+
+def wheel_members(w: Wheel, cache: Cache, http: httpx.Client) -> list[str]:
+    """The wheel's zip member names: cache meta (by sha256), the verified cached wheel, range
+    requests, or (no ranges served) the full download, verified by sha256 and kept in the cache."""
+    cached = cached_members(w, cache)
+    if cached is not None:
+        return cached
     path = cache.get(w.sha256, w.size)
     if path is None and not w.url:  # bundled in the model or built from an sdist: only ever read from the cache
         raise ResolveError(f"cannot read the file list of {w.filename}: a {w.source or 'local'} wheel with no URL, "
@@ -172,13 +180,43 @@ def install_paths(w: Wheel, members: list[str], python: str) -> list[str]:
     return scheme_install_paths(members, w.filename, install_scheme(python), refuse=refuse)
 
 
-def listings(wheels: list[Wheel], cache: Cache, python: str, jobs: int = 8) -> dict[str, list[str]]:
-    """{distribution: image paths} for every wheel, fetched in parallel."""
-    from lockbuild.fetch.download import client
+def member_lists(wheels: list[Wheel] | tuple[Wheel, ...], cache: Cache, jobs: int = 8) -> list[list[str]]:
+    """Every wheel's zip member names (``wheel_members``), in order; the lists not in the cache fetched in
+    parallel, and only then through an HTTP client (its TLS context alone takes ~0.1 s)."""
+    members = {w.sha256: m for w in wheels if (m := cached_members(w, cache)) is not None}
+    missing = [w for w in wheels if w.sha256 not in members]
+    if missing:
+        from lockbuild.fetch.download import client
 
-    with client() as http, ThreadPoolExecutor(max_workers=jobs) as pool:
-        members = list(pool.map(lambda w: wheel_members(w, cache, http), wheels))
-    return {w.name: install_paths(w, m, python) for w, m in zip(wheels, members, strict=True)}
+        with client() as http, ThreadPoolExecutor(max_workers=jobs) as pool:
+            fetched = list(pool.map(lambda w: wheel_members(w, cache, http), missing))
+        members.update(zip([w.sha256 for w in missing], fetched, strict=True))
+    return [members[w.sha256] for w in wheels]
+
+
+# image paths of the wheels read in this process, by (sha256, size, name, target Python): a wheel's
+# bytes and the interpreter's scheme fix its list
+_PATHS: dict[tuple[str, int, str, str], list[str]] = {}
+
+
+def listings(wheels: list[Wheel], cache: Cache, python: str, jobs: int = 8) -> dict[str, list[str]]:
+    """{distribution: image paths} for every wheel, for target Python ``python``."""
+    todo = [w for w in wheels if (w.sha256, w.size, w.name, python) not in _PATHS]
+    for w, m in zip(todo, member_lists(todo, cache, jobs), strict=True):
+        _PATHS[(w.sha256, w.size, w.name, python)] = install_paths(w, m, python)
+    return {w.name: _PATHS[(w.sha256, w.size, w.name, python)] for w in wheels}
+
+
+def prefetch_listings(wheels: list[Wheel] | tuple[Wheel, ...], cache: Cache, python: str) -> None:
+    """Read ahead the cached listings of ``wheels`` (`lock`: the previous lock's, while uv runs); what is
+    not cached, or refused, is left to ``listings``."""
+    for w in wheels:
+        key = (w.sha256, w.size, w.name, python)
+        if key not in _PATHS and (members := cached_members(w, cache)) is not None:
+            try:
+                _PATHS[key] = install_paths(w, members, python)
+            except ResolveError:
+                continue
 
 
 def overlaps(paths: dict[str, list[str]]) -> dict[tuple[str, str], list[str]]:

@@ -106,46 +106,55 @@ def map_requirements(lines: list[str], *, platform: str, python: str,
     """The model's requirement lines as the target needs them, and one record per changed line.
 
     ``cuda``: the spec asks for CUDA (CUDA rows and extras are then left alone). A line whose
-    environment marker is false on the target is left as it is: uv skips it there anyway."""
+    environment marker is false on the target is left as it is: uv skips it there anyway. Each
+    distinct line is parsed once (a requirements file may repeat one line many times)."""
     arch = _arch(platform)
     env = _marker_env(platform, python)
     out: list[str] = []
     records: list[Mapped] = []
+    seen: dict[str, tuple[str | None, Mapped | None]] = {}
     for line in lines:
-        try:
-            req = Requirement(line)
-        except InvalidRequirement:
-            out.append(line)  # model_requirements names the bad line
-            continue
-        if req.marker is not None and not req.marker.evaluate(env):
-            out.append(line)
-            continue
-        row = row_for(req.name)
-        if row is not None and row.origin == "CUDA" and cuda:
-            row = None
-        new_name = req.name
-        reasons: list[str] = []
-        if row is not None:
-            to = row.amd64 if arch == "amd64" else row.arm64 if arch == "arm64" else KEEP
-            if to is None:
-                records.append(Mapped(logged=line, locked="", reason=f"{row.why}: nothing to install on {platform}"))
-                continue
-            if to != KEEP:
-                new_name = to
-                reasons.append(f"{row.why}: {to} is the {platform} CPU equivalent at the same version")
-        cuda_extras = sorted(e for e in req.extras if CUDA_EXTRA.match(canonicalize_name(e))) if not cuda else []
-        if cuda_extras:
-            req.extras -= set(cuda_extras)
-            reasons.append(f"the extra [{', '.join(cuda_extras)}] adds NVIDIA CUDA libraries: a CPU image "
-                           "installs the package without it")
-        if not reasons:
-            out.append(line)
-            continue
-        req.name = new_name
-        new = str(req)
-        out.append(new)
-        records.append(Mapped(logged=line, locked=new, reason="; ".join(reasons)))
+        if line not in seen:
+            seen[line] = _map_line(line, arch=arch, env=env, platform=platform, cuda=cuda)
+        new, record = seen[line]
+        if new is not None:
+            out.append(new)
+        if record is not None:
+            records.append(record)
     return out, tuple(records)
+
+
+def _map_line(line: str, *, arch: str, env: dict[str, str], platform: str,
+              cuda: bool) -> tuple[str | None, Mapped | None]:
+    """(the line as the target needs it, None: dropped; the record when it changed)."""
+    try:
+        req = Requirement(line)
+    except InvalidRequirement:
+        return line, None  # model_requirements names the bad line
+    if req.marker is not None and not req.marker.evaluate(env):
+        return line, None
+    row = row_for(req.name)
+    if row is not None and row.origin == "CUDA" and cuda:
+        row = None
+    new_name = req.name
+    reasons: list[str] = []
+    if row is not None:
+        to = row.amd64 if arch == "amd64" else row.arm64 if arch == "arm64" else KEEP
+        if to is None:
+            return None, Mapped(logged=line, locked="", reason=f"{row.why}: nothing to install on {platform}")
+        if to != KEEP:
+            new_name = to
+            reasons.append(f"{row.why}: {to} is the {platform} CPU equivalent at the same version")
+    cuda_extras = sorted(e for e in req.extras if CUDA_EXTRA.match(canonicalize_name(e))) if not cuda else []
+    if cuda_extras:
+        req.extras -= set(cuda_extras)
+        reasons.append(f"the extra [{', '.join(cuda_extras)}] adds NVIDIA CUDA libraries: a CPU image "
+                       "installs the package without it")
+    if not reasons:
+        return line, None
+    req.name = new_name
+    new = str(req)
+    return new, Mapped(logged=line, locked=new, reason="; ".join(reasons))
 
 
 def cuda_guard(wheels: list[Wheel], *, cuda: bool, platform: str) -> None:
