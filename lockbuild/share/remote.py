@@ -461,66 +461,75 @@ class SharedCache:
         ``verify --rederive``; a runtime checks the diff_id when it unpacks the layer). With
         ``check_tar`` (LOCKBUILD_CACHE_CHECK_TAR=1) the tar is inflated and hashed too, on a third
         thread, and must be the signed diff_id. Receiving and writing+hashing run on two threads."""
-        s = self._s()
         hasher = _TarHasher(layer.media_type) if self.check_tar else None
-        started: _RangeTail | None = None
         try:
             with cache.writer(layer.digest) as w:
                 pipes = [_Pipe(w.write, f"write-{layer.digest[7:19]}")]
                 if hasher is not None:
                     pipes.append(_Pipe(hasher.update, f"inflate-{layer.digest[7:19]}"))
-                try:
-                    with s.client.stream("GET", s.url(f"blobs/{layer.digest}"), follow_redirects=True,
-                                         headers={"Accept-Encoding": "identity"}) as resp:
-                        if resp.status_code != 200:
-                            transient = resp.status_code == 429 or resp.status_code >= 500
-                            raise (reg.Transient if transient else PublishError)(
-                                f"GET blob {layer.digest} -> HTTP {resp.status_code}")
-                        half = layer.size // 2
-                        if layer.size >= SPLIT_BYTES:  # the second half at the same time, into a file of its own
-                            started = _RangeTail(s, layer, half, cache.tmpdir())
-                        tail = started
-                        got = 0
-                        for chunk in resp.iter_raw():
-                            if tail is not None and got + len(chunk) >= half:
-                                keep = half - got
-                                if not all([p.feed(chunk[:keep]) for p in pipes]):
-                                    break
-                                got += keep
-                                chunk = chunk[keep:]
-                                if tail.wait():  # the rest is here: from the file, through the same pipes
-                                    got += tail.feed(pipes)
-                                    break
-                                tail = None  # no range (or it failed): this stream goes on
-                            got += len(chunk)
-                            if got > layer.size:
-                                raise E.Untrusted(f"its layer blob is longer than the signed {layer.size} bytes")
-                            if chunk and not all([p.feed(chunk) for p in pipes]):
-                                break
-                except httpx.HTTPError as e:
-                    raise reg.Transient(f"GET blob {layer.digest} failed: {e}") from e
-                finally:
-                    if started is not None:
-                        started.close()
-                    for p in pipes:
-                        p.finish()
+                self._receive(cache, layer, pipes)
                 if pipes[0].failed:  # writing failed (a full disk): that error, as it is
                     raise pipes[0].failed[0]
                 if w.size != layer.size or w.digest() != layer.digest:
                     raise E.Untrusted(f"the registry served other bytes for {layer.digest[:19]} "
                                       f"({w.size} bytes, sha256 {w.hexdigest()[:12]})")
                 if hasher is not None:
-                    if pipes[1].failed:
-                        if isinstance(pipes[1].failed[0], E.Untrusted):
-                            raise pipes[1].failed[0]
-                        raise E.Untrusted(f"its layer blob does not decompress ({pipes[1].failed[0]})")
-                    tar = hasher.diff_id()
-                    if tar != layer.diff_id:
-                        raise E.Untrusted(f"its blob's tar is {tar[:19]}, not the signed diff_id "
-                                          f"{layer.diff_id[:19]}")
+                    self._check_inflated(layer, hasher, pipes[1])
         finally:
             if hasher is not None:
                 hasher.close()
+
+    def _receive(self, cache: Cache, layer: Layer, pipes: list[_Pipe]) -> None:
+        """GET the blob into ``pipes``; one of ``SPLIT_BYTES`` or more has its second half fetched at the
+        same time as a range (into a file of its own), fed through the same pipes after the first."""
+        s = self._s()
+        started: _RangeTail | None = None
+        try:
+            with s.client.stream("GET", s.url(f"blobs/{layer.digest}"), follow_redirects=True,
+                                 headers={"Accept-Encoding": "identity"}) as resp:
+                if resp.status_code != 200:
+                    transient = resp.status_code == 429 or resp.status_code >= 500
+                    raise (reg.Transient if transient else PublishError)(
+                        f"GET blob {layer.digest} -> HTTP {resp.status_code}")
+                half = layer.size // 2
+                if layer.size >= SPLIT_BYTES:
+                    started = _RangeTail(s, layer, half, cache.tmpdir())
+                tail = started
+                got = 0
+                for chunk in resp.iter_raw():
+                    if tail is not None and got + len(chunk) >= half:
+                        keep = half - got
+                        if not all([p.feed(chunk[:keep]) for p in pipes]):
+                            break
+                        got += keep
+                        chunk = chunk[keep:]
+                        if tail.wait():  # the rest is here: from the file, through the same pipes
+                            got += tail.feed(pipes)
+                            break
+                        tail = None  # no range (or it failed): this stream goes on
+                    got += len(chunk)
+                    if got > layer.size:
+                        raise E.Untrusted(f"its layer blob is longer than the signed {layer.size} bytes")
+                    if chunk and not all([p.feed(chunk) for p in pipes]):
+                        break
+        except httpx.HTTPError as e:
+            raise reg.Transient(f"GET blob {layer.digest} failed: {e}") from e
+        finally:
+            if started is not None:
+                started.close()
+            for p in pipes:
+                p.finish()
+
+    @staticmethod
+    def _check_inflated(layer: Layer, hasher: _TarHasher, pipe: _Pipe) -> None:
+        """With ``check_tar``: the blob decompressed, and its tar is the signed diff_id."""
+        if pipe.failed:
+            if isinstance(pipe.failed[0], E.Untrusted):
+                raise pipe.failed[0]
+            raise E.Untrusted(f"its layer blob does not decompress ({pipe.failed[0]})")
+        tar = hasher.diff_id()
+        if tar != layer.diff_id:
+            raise E.Untrusted(f"its blob's tar is {tar[:19]}, not the signed diff_id {layer.diff_id[:19]}")
 
     # -- writing -------------------------------------------------------------------------------------
 
