@@ -209,7 +209,7 @@ def test_audit_inputs_kept_beside_the_lock_rederive_offline_with_an_empty_cache(
     monkeypatch.setenv("LOCKBUILD_CACHE", str(tmp_path / "empty-cache"))
     monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")  # deb.debian.org (http) unreachable; PyPI is https
     monkeypatch.delenv("LOCKBUILD_SNAPSHOT_URL", raising=False)
-    monkeypatch.setattr("lockbuild.fetch.download.backoff", lambda _attempt: None)  # refused at once anyway
+    monkeypatch.setattr("lockbuild.net.backoff", lambda _attempt: None)  # refused at once anyway
     code, out, report = audit(project)
     assert code == 0, out
     assert report["genuine"] is True
@@ -242,7 +242,7 @@ def test_shipped_example_rederives_from_its_kept_inputs_with_an_empty_cache(
     monkeypatch.setenv("LOCKBUILD_CACHE", str(tmp_path / "empty-cache"))
     monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")  # deb.debian.org (http) unreachable; PyPI is https
     monkeypatch.delenv("LOCKBUILD_SNAPSHOT_URL", raising=False)
-    monkeypatch.setattr("lockbuild.fetch.download.backoff", lambda _attempt: None)
+    monkeypatch.setattr("lockbuild.net.backoff", lambda _attempt: None)
     code, out, report = audit(project)
     assert code == 0, out
     assert report["genuine"] is True
