@@ -109,7 +109,7 @@ def test_compressed_bytes_do_not_depend_on_how_the_writes_are_split(encoder: str
     outs = set()
     for seed in range(4):
         rnd, sink, i = random.Random(seed), io.BytesIO(), 0
-        w = zstd_writer(sink) if encoder == "zstandard" else gzip_writer(sink, 1, encoder)
+        w = zstd_writer(sink, 3) if encoder == "zstandard" else gzip_writer(sink, 1, encoder)
         while i < len(data):
             n = rnd.choice([1, 100, 512, 10240, 1 << 20, 3 << 20])
             w.write(data[i:i + n])
@@ -147,23 +147,24 @@ def test_lock_records_compression_and_older_locks_default_to_gzip() -> None:
     assert (again.compression, again.compressor) == ("zstd", compressor_version("zstd"))
 
 
-def test_the_lock_picks_the_encoder_and_older_locks_build_what_they_always_built() -> None:
-    """New locks pin CPU-independent encoders (zstd level 1; gzip from zlib-ng) and record the level; a lock
-    without [image] compression-level (every lock before) keeps ISA-L for gzip and zstd level 3 wherever
-    it makes them, so its digests stay. The gzip layers of a new zstd lock (--docker-archive, --load) and
-    --compression to the other format get the CPU-independent default."""
+def test_the_lock_picks_the_encoder_and_pre_release_locks_are_refused() -> None:
+    """New locks pin CPU-independent encoders (zstd level 1; gzip from zlib-ng) and record the level. The
+    gzip layers of a new zstd lock (--docker-archive, --load) and --compression to the other format get
+    the CPU-independent default. A lock without [image] compression-level (pre-release lockbuild) is
+    refused with the way out, for either compression."""
     lock = read_lock(EXAMPLE_LOCK)
     assert lock.compression_level == 1 and layer_codec(lock, "zstd") == ("zstandard", 1)
     assert layer_codec(lock, "gzip") == ("zlib-ng", 1)
-    old_gzip = replace(lock, compression="gzip", compressor="isal 1.9.1", compression_level=0)
-    older = replace(old_gzip, compressor="")  # before the compressor field
-    old_zstd = replace(lock, compression_level=0)
-    for old in (old_gzip, older, old_zstd):
-        assert (layer_codec(old, "gzip"), layer_codec(old, "zstd")) == (("isal", 1), ("zstandard", 3))
     new_gzip = replace(lock, compression="gzip", compressor=compressor_version("gzip"), compression_level=1)
     assert (layer_codec(new_gzip, "gzip"), layer_codec(new_gzip, "zstd")) == (("zlib-ng", 1), ("zstandard", 1))
-    assert codec_for("gzip", "gzip", "isal 1.9.1", 1) == ("isal", 1)  # a new-style lock naming isal: honoured
+    assert codec_for("gzip", "gzip", "isal 1.9.1", 1) == ("isal", 1)  # a lock naming isal: honoured
+    assert codec_for("zstd", "zstd", compressor_version("zstd"), 3) == ("zstandard", 3)
     assert compressor_version("gzip").startswith("zlib-ng 1.1.0 (zlib-ng ")
+    old = replace(lock, compression="gzip", compressor="isal 1.9.1", compression_level=0)
+    for compression in ("gzip", "zstd"):
+        with pytest.raises(BuildError, match="compression-level") as e:
+            layer_codec(old, compression)
+        assert "lockbuild lock" in (e.value.hint or "")
     with pytest.raises(BuildError, match="xz"):
         codec_for("xz", "gzip", "", 0)
 
@@ -172,9 +173,8 @@ def test_a_lock_pinning_another_compressor_version_refuses_to_build() -> None:
     lock = read_lock(EXAMPLE_LOCK)
     check_compressor(lock, "zstd")  # the example pins the installed zstandard
     check_compressor(replace(lock, compression="gzip", compressor=compressor_version("gzip")), "gzip")
-    isal = replace(lock, compression="gzip", compressor="isal 1.9.1", compression_level=0)  # locks before zlib-ng
+    isal = replace(lock, compression="gzip", compressor="isal 1.9.1", compression_level=1)  # as locks before zlib-ng
     check_compressor(isal, "gzip")
-    check_compressor(replace(isal, compressor=""), "gzip")  # older lock: nothing recorded, nothing to check
     with pytest.raises(BuildError, match="isal 1.0.0") as e:
         check_compressor(replace(isal, compressor="isal 1.0.0"), "gzip")
     assert "isal==1.0.0" in (e.value.hint or "")
@@ -359,7 +359,7 @@ for enc in ("zlib-ng", "zstandard", "isal"):
     for kind, (path, size) in sorted(samples.items()):
         sink = io.BytesIO()
         try:
-            w = zstd_writer(sink) if enc == "zstandard" else gzip_writer(sink, 1, enc)
+            w = zstd_writer(sink, 3) if enc == "zstandard" else gzip_writer(sink, 1, enc)
         except BuildError as e:
             print(enc, kind, "refused", e)
             continue

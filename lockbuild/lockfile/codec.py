@@ -2,10 +2,9 @@
 the image writer (oci/compress.py, which imports these names from here).
 
 The compression names, the encoders (each a PyPI wheel bundling its C library) and the compression
-each makes, the (encoder, level) new locks pin per compression (``DEFAULT_CODEC``) and what locks
-written before ``[image] compression-level`` build (``LEGACY_CODEC``), which encoder a lock's
-``[image]`` selects (``codec_for``), and the pinned library's name and version recorded in the lock
-and per layer (``compressor_version``).
+each makes, the (encoder, level) new locks pin per compression (``DEFAULT_CODEC``), which encoder a
+lock's ``[image]`` selects (``codec_for``), and the pinned library's name and version recorded in the
+lock and per layer (``compressor_version``).
 """
 
 from __future__ import annotations
@@ -14,26 +13,25 @@ from lockbuild.errors import BuildError
 
 COMPRESSIONS = ("gzip", "zstd")
 DEFAULT_COMPRESSION = "zstd"  # [image] compression of new locks: smaller than gzip, CPU-independent
-ZSTD_LEVEL = 3  # zstd locks without [image] compression-level (written before zstd became the default)
 ENCODERS = {"isal": "gzip", "zlib-ng": "gzip", "zstandard": "zstd"}  # encoder (PyPI name) -> compression
 DEFAULT_ENCODER = {"gzip": "zlib-ng", "zstd": "zstandard"}
-# (encoder, level) per compression: what new locks pin (both CPU-independent), and what a lock written
-# before [image] compression-level builds, everywhere it makes that compression (the digests it always had).
+# (encoder, level) per compression that new locks pin: both CPU-independent.
 DEFAULT_CODEC = {"gzip": ("zlib-ng", 1), "zstd": ("zstandard", 1)}
-LEGACY_CODEC = {"gzip": ("isal", 1), "zstd": ("zstandard", ZSTD_LEVEL)}
 
 
 def codec_for(compression: str, lock_compression: str, lock_compressor: str, lock_level: int) -> tuple[str, int]:
     """The encoder and level that write ``compression`` layers for a lock whose ``[image]`` says
-    ``compression``/``compressor``/``compression-level`` (0: not recorded). A lock without a level
-    was written before zstd became the default: it builds what it always built (gzip from ISA-L,
-    zstd level 3), so its digests stay. A newer lock uses the encoder it names for its own
-    compression, and the CPU-independent default for the other one (the gzip layers that
-    ``--docker-archive``/``--load`` need for a zstd lock, or ``--compression``)."""
+    ``compression``/``compressor``/``compression-level`` (0: not recorded). The lock's encoder (by
+    name) and level make its own compression; the other one gets the CPU-independent default (the
+    gzip layers that ``--docker-archive``/``--load`` need for a zstd lock, or ``--compression``).
+    A lock without a level was written by a pre-release lockbuild, whose layer digests are no
+    longer made: it is refused with the way out (re-lock)."""
     if compression not in COMPRESSIONS:
         raise BuildError(f"unknown layer compression {compression!r}", hint=f"use one of {', '.join(COMPRESSIONS)}")
     if not lock_level:
-        return LEGACY_CODEC[compression]
+        raise BuildError("the lock has no [image] compression-level: it was written by a pre-release lockbuild, "
+                         "whose layer compression this version no longer makes",
+                         hint="re-lock with `lockbuild lock` (it writes the level; the image's digest will change)")
     if compression != lock_compression:
         return DEFAULT_CODEC[compression]
     named = lock_compressor.split(" ")[0]

@@ -216,8 +216,7 @@ class Lock:
     build: BuildRules = field(default=BuildRules())
     compression: str = "gzip"  # [image] compression: layers of the OCI layout and registry pushes
     compressor: str = ""  # [image] compressor: the pinned library, e.g. "isal 1.9.1"; "" in older locks
-    # [image] compression-level; 0 in locks written before it: those build what they always built
-    # (gzip from ISA-L, zstd level 3), newer ones CPU-independent encoders (lockfile/codec.py: codec_for)
+    # [image] compression-level; 0 only in pre-release locks, which image and verify refuse (lockfile/codec.py)
     compression_level: int = 0
     version: int = LOCK_VERSION
 

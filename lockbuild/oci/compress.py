@@ -1,9 +1,9 @@
 """Layer compressors pinned with lockbuild, never the host's zlib. Three encoders, each a PyPI wheel
 bundling its C library: zstd from libzstd (``zstandard``; the default for new locks), gzip from
 zlib-ng (``zlib-ng``; new gzip locks and the gzip layers of ``--docker-archive``/``--load``), and
-gzip from ISA-L (``isal``; what locks written before zlib-ng name, kept so they build the digest
-they always had). zstd and zlib-ng write the same bytes on every CPU tried (x86-64 without SSE4.2
-up to AVX-512, arm64); ISA-L's bytes depend on its CPU code path (see ``CANARY_SHA256``).
+gzip from ISA-L (``isal``; built when a lock names it, as locks written before zlib-ng did). zstd
+and zlib-ng write the same bytes on every CPU tried (x86-64 without SSE4.2 up to AVX-512, arm64);
+ISA-L's bytes depend on its CPU code path (see ``CANARY_SHA256``).
 
 Which encoder a lock pins and selects (``COMPRESSIONS``, ``DEFAULT_CODEC``, ``codec_for``,
 ``compressor_version``) is lock-time policy in lockbuild/lockfile/codec.py, imported here. This
@@ -32,8 +32,6 @@ from lockbuild.lockfile.codec import (  # noqa: F401  (re-exported: which compre
     DEFAULT_COMPRESSION,
     DEFAULT_ENCODER,
     ENCODERS,
-    LEGACY_CODEC,
-    ZSTD_LEVEL,
     codec_for,
     compressor_version,
     encoder_module,
@@ -197,12 +195,12 @@ def gzip_writer(sink: Sink, level: int, encoder: str = "zlib-ng") -> ChunkedComp
                              header=GZIP_HEADER, gzip_trailer=True, crc32=z.crc32)
 
 
-def _zstd_params(z, level: int = ZSTD_LEVEL):  # type: ignore[no-untyped-def]
+def _zstd_params(z, level: int):  # type: ignore[no-untyped-def]
     return z.ZstdCompressor(level=level, write_checksum=False, write_content_size=False,
                             write_dict_id=False, threads=0)
 
 
-def zstd_writer(sink: Sink, level: int = ZSTD_LEVEL) -> ChunkedCompressor:
+def zstd_writer(sink: Sink, level: int) -> ChunkedCompressor:
     """libzstd at a fixed level, one thread, no content size or checksum in the frame header, so
     the bytes depend only on the tar and the pinned library version."""
     check_code_path("zstandard")

@@ -64,7 +64,7 @@ from lockbuild.fetch.cache import Cache
 from lockbuild.fsutil import sha256_bytes
 from lockbuild.lockfile.io import LockFile
 from lockbuild.lockfile.model import Lock
-from lockbuild.oci.compress import DEFAULT_CODEC, LEGACY_CODEC
+from lockbuild.oci.compress import DEFAULT_CODEC
 from lockbuild.oci.layercache import Layer, layer_record
 from lockbuild.verify.documents import check_documents
 from lockbuild.verify.entries import Entry, FoundLayer, TooLarge, blob_digest, found_entries, hash_found_layer
@@ -260,8 +260,7 @@ class _Run:
         if plan is None or self.rederive:
             return None
         lock = self.lock
-        codecs = [(lock.compression, layer_codec(lock, lock.compression)),
-                  *((c, codec) for table in (DEFAULT_CODEC, LEGACY_CODEC) for c, codec in table.items())]
+        codecs = [(lock.compression, layer_codec(lock, lock.compression)), *DEFAULT_CODEC.items()]
         for compression, codec in dict.fromkeys(codecs):  # same diff_id whatever made the blob
             layer, _why = layer_record(self.cache, compressed_key(plan.key, compression, codec))
             if layer is not None:
