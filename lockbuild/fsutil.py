@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any, BinaryIO
 
-from installer.records import Hash
 
 from lockbuild.digest import PREFIX, to_hex
 
@@ -79,6 +78,8 @@ class _Null:
 def record_hash(sha256: bytes) -> str:
     """A wheel RECORD's hash field for a raw sha256 digest: ``sha256=<urlsafe base64, unpadded>``
     (the binary distribution format; installer's ``Hash``, as installer writes RECORD)."""
+    from installer.records import Hash  # here: installer loads email.*, every command's start-up would pay
+
     return str(Hash("sha256", base64.urlsafe_b64encode(sha256).decode("ascii").rstrip("=")))
 
 

@@ -20,19 +20,16 @@ from lockbuild.cli.common import (
     read_lock_file,
     tracking_uri,
 )
-from lockbuild.publish import Attachment, publish_all
-from lockbuild.publish.archive import ArchivePublisher
-from lockbuild.publish.engine import EnginePublisher
-from lockbuild.publish.layout import LayoutPublisher
-from lockbuild.publish.registry import RegistryPublisher
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the publishers are imported where used: they load httpx, every command's start-up would pay
     from lockbuild.lockfile.io import LockFile
+    from lockbuild.publish import Attachment
 
 
 def _attachments(lf: LockFile, image_digest: str, cache: Any, *, sbom: bool, provenance: bool) -> list[Attachment]:
     """The SBOM / provenance to attach to the image (as OCI referrers, where the output has a place)."""
     from lockbuild.audit.attach import PROVENANCE_TYPE, SBOM_TYPE
+    from lockbuild.publish import Attachment
 
     out: list[Attachment] = []
     if sbom:
@@ -157,6 +154,12 @@ def _release_signer(sign: bool, key: Path | None, push: str | None) -> Any:
 def _publish(built: Any, lf: LockFile, cache: Any, *, oci: Path | None, push: str | None, archive: Path | None,
              load: bool, repo_tag: str, shared: Any, sbom: bool, provenance: bool) -> dict[str, Any]:
     """Each output is a publisher (lockbuild/publish/); docker-archive and --load take the gzip image."""
+    from lockbuild.publish import publish_all
+    from lockbuild.publish.archive import ArchivePublisher
+    from lockbuild.publish.engine import EnginePublisher
+    from lockbuild.publish.layout import LayoutPublisher
+    from lockbuild.publish.registry import RegistryPublisher
+
     img = built.result.image
     outputs: dict[str, Any] = {}
     if oci is not None or push is not None:

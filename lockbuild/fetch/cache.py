@@ -24,12 +24,14 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-
-from filelock import FileLock
+from typing import TYPE_CHECKING
 
 from lockbuild.digest import PREFIX, check, to_hex
 from lockbuild.errors import IntegrityError
 from lockbuild.fsutil import CHUNK, HashingStream, atomic_write_bytes, sha256_file
+
+if TYPE_CHECKING:
+    from filelock import FileLock
 
 
 def default_cache_dir() -> Path:
@@ -55,6 +57,8 @@ class Cache:
         return self.root / "blobs" / "sha256" / hx[:2] / hx
 
     def lock(self, sha256: str) -> FileLock:
+        from filelock import FileLock  # here: filelock's import is ~30 ms of every command's start-up
+
         return FileLock(str(self.root / "locks" / f"{to_hex(sha256, 'cache key')}.lock"), is_singleton=True)
 
     def tmpdir(self) -> Path:
