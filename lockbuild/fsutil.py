@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any, BinaryIO
 
-
 from lockbuild.digest import PREFIX, to_hex
 
 CHUNK = 1 << 20

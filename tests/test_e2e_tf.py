@@ -35,10 +35,12 @@ def lockbuild(*args: str, cwd: Path, env: dict[str, str] | None = None, ok: bool
     return proc
 
 
-def copy_example(name: str, dest: Path) -> Path:
+def copy_example(name: str, dest: Path, *, with_lock: bool = False) -> Path:
+    """The example in a scratch directory; without its committed lock unless ``with_lock``."""
     src = ROOT / "examples" / name
     work = dest / name
-    shutil.copytree(src, work, ignore=shutil.ignore_patterns("out", "mlruns", "lockbuild.lock", "__pycache__"))
+    skip = ("out", "mlruns", "__pycache__", *(() if with_lock else ("lockbuild.lock",)))
+    shutil.copytree(src, work, ignore=shutil.ignore_patterns(*skip))
     return work
 
 
@@ -113,8 +115,10 @@ def test_relock_is_byte_identical_and_reused(built: dict) -> None:
 
 @pytest.fixture(scope="module")
 def keras3(tmp_path_factory: pytest.TempPathFactory, docker_engine: object) -> dict:
-    work = copy_example("keras3", tmp_path_factory.mktemp("keras3"))
-    lockbuild("lock", cwd=work)
+    """The example as a user's checkout has it: the committed lock (still fresh, so `lock` reuses it;
+    `built` above locks both examples from scratch)."""
+    work = copy_example("keras3", tmp_path_factory.mktemp("keras3"), with_lock=True)
+    assert json.loads(lockbuild("lock", "--json", cwd=work).stdout)["reused"]
     image = json.loads(lockbuild("image", "--oci", "out/oci", "--json", cwd=work).stdout)
     return {"dir": work, "image": image}
 

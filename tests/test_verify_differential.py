@@ -323,7 +323,10 @@ def test_smoke_refuses_to_run_when_the_engine_lacks_the_verified_image_id(base: 
     before = {c.id for c in docker_engine.containers.list(all=True)}
     with pytest.raises(SmokeFailed, match="does not hold the verified image"):
         ensure_loaded(docker_engine, str(base["archive"]), "lockbuild-test/tiny:smoke", "sha256:" + "0" * 64)
-    tag = h.archive_docs(base["archive"])[0][0]["RepoTags"][0]  # loaded just now: no second load
+    tag = h.archive_docs(base["archive"])[0][0]["RepoTags"][0]
+    assert not docker_engine.images.list(name=tag)  # what the refused load brought in did not stay
+    with open(base["archive"], "rb") as f:
+        docker_engine.images.load(f)
     try:
         assert ensure_loaded(docker_engine, tag, "unused", base["config_digest"]) == base["config_digest"]
         assert {c.id for c in docker_engine.containers.list(all=True)} == before

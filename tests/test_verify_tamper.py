@@ -374,9 +374,17 @@ def test_an_image_built_from_a_record_signed_by_another_key_fails_verify(tiny_pr
     run_lockbuild("image", "--oci", "out/oci-poison2", cwd=tiny_project["dir"])
 
 
-def test_smoke_refuses_an_image_that_fails_verify(tiny_project: dict, variants: dict[str, Path]) -> None:
+@pytest.mark.docker
+def test_smoke_refuses_an_image_that_fails_verify(tiny_project: dict, variants: dict[str, Path],
+                                                  docker_engine) -> None:  # type: ignore[no-untyped-def]
+    """smoke loads the file while verify reads it; the refused image runs no container and does not
+    stay in the engine."""
+    images = {i.id for i in docker_engine.images.list(all=True)}
+    containers = {c.id for c in docker_engine.containers.list(all=True)}
     proc = run_lockbuild("smoke", str(variants["sitecustomize-site"]), "--json", cwd=tiny_project["dir"], ok=False)
     assert proc.returncode == 13
     report = json.loads(proc.stdout)
     assert report["verified"] is False and not report["ok"]
     assert "smoke refused to run" in proc.stderr
+    assert {c.id for c in docker_engine.containers.list(all=True)} - containers == set()
+    assert {i.id for i in docker_engine.images.list(all=True)} - images == set()

@@ -114,20 +114,28 @@ def smoke(
     from lockbuild.fetch.cache import Cache
     from lockbuild.oci.daemon import engine
     from lockbuild.spec import load_spec
-    from lockbuild.verify.smoke import model_text, smoke_request
+    from lockbuild.verify.smoke import BackgroundLoad, model_text, smoke_request, smoke_tag
     from lockbuild.verify.smoke import smoke as run_smoke
 
     s = load_spec(spec)
     lf = read_lock_file(s.path, lock_file)
-    image_id = _verified_image_id(image_ref, lf, as_json=as_json, no_verify=no_verify)
-    cache = Cache()
-    body, expected = smoke_request(
-        lf.lock, cache, input_file=input_file or (s.resolve_path(s.smoke_input) if s.smoke_input else None),
-        expected_file=expected_file or (s.resolve_path(s.smoke_expected) if s.smoke_expected else None))
+    client = engine()
+    # the engine loads the file while verify reads it; only the verified image ID ever runs
+    loaded = None if no_verify else BackgroundLoad(client, image_ref, smoke_tag(lf.lock))
+    try:
+        image_id = _verified_image_id(image_ref, lf, as_json=as_json, no_verify=no_verify)
+        cache = Cache()
+        body, expected = smoke_request(
+            lf.lock, cache, input_file=input_file or (s.resolve_path(s.smoke_input) if s.smoke_input else None),
+            expected_file=expected_file or (s.resolve_path(s.smoke_expected) if s.smoke_expected else None))
+    except BaseException:
+        if loaded is not None:
+            loaded.discard()  # refused: what the load put into the engine goes too
+        raise
     with err.status("smoke: starting container…"):
-        report = run_smoke(engine(), image_ref, lf.lock, body=body, expected=expected, tolerance=s.smoke_tolerance,
+        report = run_smoke(client, image_ref, lf.lock, body=body, expected=expected, tolerance=s.smoke_tolerance,
                            timeout=timeout or s.smoke_timeout, mlmodel_text=model_text(lf.lock, cache, "MLmodel"),
-                           image_id=image_id)
+                           image_id=image_id, loaded=loaded)
     _render_smoke(report, as_json=as_json, verified=not no_verify)
 
 

@@ -5,6 +5,9 @@ Host networking, 127.0.0.1 only, a free port. Waits for /ping, POSTs the model's
 predictions are given) the values within a tolerance, that /version is the locked
 MLflow, and that the serving process (pid 1) runs the locked interpreter (the lock's exact Python,
 asked inside the running container). The container is always removed; on failure the log tail and a diagnosis are kept.
+
+An image file is loaded into the engine while verify reads it (``BackgroundLoad``); the container is
+created only after verify passed, from the image ID verify proved. A refused image is removed again.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import math
 import socket
 import tempfile
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,30 +59,74 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def ensure_loaded(client: Any, image: str, tag: str, image_id: str | None = None) -> str:
+def load_file(client: Any, image: str, tag: str) -> str | None:
+    """`docker load` of an image file (an OCI layout dir is converted to a docker-archive first, its
+    zstd layers as plain tars: Docker 20.10); the reference the engine reports. None: ``image`` is
+    not a file (an engine reference, or a path that does not exist)."""
+    p = Path(image).expanduser()
+    if not p.exists():
+        return None
+    with tempfile.TemporaryDirectory(prefix="lockbuild-smoke-") as d:
+        archive = p
+        if p.is_dir():
+            archive = Path(d) / "image.tar"
+            layout_archive(p, tag, archive, unpack_zstd=Path(d))
+        with open(archive, "rb") as f:
+            try:
+                loaded = client.images.load(f)
+            except Exception as e:  # noqa: BLE001 - the engine's error, said plainly
+                raise PublishError(f"docker load of {image} failed: {e}") from None
+    return str(loaded[0].tags[0]) if loaded and loaded[0].tags else (str(loaded[0].id) if loaded else tag)
+
+
+class BackgroundLoad:
+    """`docker load` of an image file, started while verify reads the same file: the engine's untar
+    and decompression overlap verify's hashing. Nothing runs until verify passed, and then only the
+    image ID verify proved (``ensure_loaded``): a load of other bytes than the verified ones (the
+    file changed in between, an archive whose views disagree) is caught there. When verify fails,
+    ``discard`` removes what the load put into the engine, so a refused image is never left behind."""
+
+    def __init__(self, client: Any, image: str, tag: str) -> None:
+        self.client = client
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lockbuild-load")
+        self._future: Future[str | None] = self._pool.submit(load_file, client, image, tag)
+
+    def ref(self) -> str | None:
+        """The loaded reference (None: not a file); the load's error, if it failed."""
+        try:
+            return self._future.result()
+        finally:
+            self._pool.shutdown(wait=True)
+
+    def discard(self) -> None:
+        """Wait for the load, then remove the image it loaded (best effort: the engine's own errors
+        are not the user's problem here, verify's refusal is)."""
+        try:
+            ref = self.ref()
+        except Exception:  # noqa: BLE001 - the load failed: nothing was loaded
+            return
+        if ref is not None:
+            try:
+                self.client.images.remove(ref, force=True)
+            except Exception:  # noqa: BLE001 - already gone, or in use by another image's tag
+                pass
+
+
+def ensure_loaded(client: Any, image: str, tag: str, image_id: str | None = None, *,
+                  loaded: BackgroundLoad | None = None) -> str:
     """Make `image` (layout dir, archive file or engine ref) available in the engine; return what to
     run. With ``image_id`` (the config digest verify proved) that is the image ID itself, and only
     when the engine holds exactly that image after loading: a container never runs another image
-    than the verified one, whatever the archive, the engine's tags or a race in between did."""
+    than the verified one, whatever the archive, the engine's tags or a race in between did.
+    ``loaded``: the load already started beside verify (``BackgroundLoad``)."""
     from lockbuild.verify.source import looks_like_path
 
-    p = Path(image).expanduser()
-    if p.exists():
-        with tempfile.TemporaryDirectory(prefix="lockbuild-smoke-") as d:
-            archive = p
-            if p.is_dir():
-                archive = Path(d) / "image.tar"
-                layout_archive(p, tag, archive, unpack_zstd=Path(d))  # zstd layers as plain tars: Docker 20.10
-            with open(archive, "rb") as f:
-                try:
-                    loaded = client.images.load(f)
-                except Exception as e:  # noqa: BLE001 - the engine's error, said plainly
-                    raise PublishError(f"docker load of {image} failed: {e}") from None
-        ref = str(loaded[0].tags[0]) if loaded and loaded[0].tags else (str(loaded[0].id) if loaded else tag)
-    elif looks_like_path(image):
-        raise InvalidImage(f"{image} does not exist", hint="pass an OCI layout dir, a docker-archive file or an "
-                           "engine reference (docker-daemon:REF)")
-    else:
+    ref = loaded.ref() if loaded is not None else load_file(client, image, tag)
+    from_file = ref is not None
+    if ref is None:
+        if looks_like_path(image):
+            raise InvalidImage(f"{image} does not exist", hint="pass an OCI layout dir, a docker-archive file or "
+                               "an engine reference (docker-daemon:REF)")
         ref = image.removeprefix("docker-daemon:")
     if image_id is None:
         return ref
@@ -87,6 +135,11 @@ def ensure_loaded(client: Any, image: str, tag: str, image_id: str | None = None
     except Exception:  # noqa: BLE001 - docker.errors.ImageNotFound and friends
         found = None
     if found is None or found.id != image_id:
+        if from_file:  # what the file loaded is not the verified image: it does not stay in the engine
+            try:
+                client.images.remove(ref, force=True)
+            except Exception:  # noqa: BLE001 - best effort; the refusal below is what matters
+                pass
         raise SmokeFailed(f"the engine does not hold the verified image {image_id} after loading {image}",
                           hint="the archive or the engine's tag names another image than the one verified; "
                                "rebuild the image from the lock")
@@ -137,11 +190,18 @@ def _wait_ready(http: httpx.Client, base: str, container: Any, timeout: float) -
     return False, False
 
 
+def smoke_tag(lock: Lock) -> str:
+    """The tag an OCI layout is loaded under."""
+    return f"{lock.image_name}:smoke"
+
+
 def smoke(client: Any, image: str, lock: Lock, *, body: dict, expected: Any | None, tolerance: float,
-          timeout: float, mlmodel_text: str | None = None, image_id: str | None = None) -> SmokeReport:
+          timeout: float, mlmodel_text: str | None = None, image_id: str | None = None,
+          loaded: BackgroundLoad | None = None) -> SmokeReport:
     """Run ``image`` and check it serves. ``image_id``: the verified config digest; the container is
-    created from that image ID (see ensure_loaded), never from a tag."""
-    ref = ensure_loaded(client, image, f"{lock.image_name}:smoke", image_id)
+    created from that image ID (see ensure_loaded), never from a tag. ``loaded``: its load, started
+    beside verify."""
+    ref = ensure_loaded(client, image, smoke_tag(lock), image_id, loaded=loaded)
     report = SmokeReport(image=ref, port=free_port())
     base = f"http://127.0.0.1:{report.port}"
     env = {"PORT": str(report.port), "HOST": "127.0.0.1"}
