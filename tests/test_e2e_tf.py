@@ -79,12 +79,17 @@ def test_lock_pins_one_target_wheel_per_package_and_every_deb(built: dict) -> No
     assert any(d["name"] == "python3.11" for d in lock["debian"]["packages"])
 
 
-def test_verify_passes_on_the_layout(built: dict) -> None:
-    """The archive is verified by the smoke test below (smoke runs the same `verify` first)."""
-    report = json.loads(lockbuild("verify", "out/oci", "--json", cwd=built["dir"]).stdout)
-    assert report["ok"], report["findings"][:5]
-    assert report["checked"]["layers"] == len(built["image"]["layers"])
-    assert all(layer["expected"] == layer["found"] for layer in report["layers"])
+def test_verify_passes_on_the_layout_and_the_archive_from_the_signed_records(built: dict) -> None:
+    """Both outputs of one build verify, each layer from its own signed record: the layout's blobs
+    (the lock's compression) and the archive's gzip blobs (its own records), neither re-derived
+    from the lock. The smoke test below serves the archive (smoke runs the same `verify` first)."""
+    for image in ("out/oci", "out/image.tar"):
+        report = json.loads(lockbuild("verify", image, "--json", cwd=built["dir"]).stdout)
+        assert report["ok"], report["findings"][:5]
+        assert report["checked"]["layers"] == len(built["image"]["layers"])
+        assert all(layer["expected"] == layer["found"] for layer in report["layers"])
+        assert {(la["expected_from"], la["found_from"]) for la in report["layers"]} == {
+            ("signed layer record", "signed layer record")}, (image, report["layers"])
 
 
 def test_smoke_verifies_the_archive_and_serves_the_recorded_predictions(built: dict) -> None:

@@ -10,7 +10,7 @@ streamed, never held: ``hash_found_layer`` gives its blob digest and real diff_i
 from __future__ import annotations
 
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -195,21 +195,23 @@ class FoundLayer:
     tar_size: int | None = None
 
 
-def hash_found_layer(src: ImageSource, i: int, known: Layer | None = None, *, tar_limit: int | None = None,
+def hash_found_layer(src: ImageSource, i: int, known: Sequence[Layer] = (), *, tar_limit: int | None = None,
                      blob_limit: int | None = None) -> FoundLayer:
-    """The layer's real digests. With ``known`` (a MAC-checked record: blob digest -> diff_id, made
-    when lockbuild itself compressed that tar) the blob is only hashed: a blob hashing to
-    known.digest gets the record's diff_id, any other ``diff_id=None`` (the caller derives the
-    expected layer, then calls again with its size as ``tar_limit``). Reading stops (``TooLarge``)
-    past ``blob_limit`` compressed or ``tar_limit`` uncompressed bytes."""
-    if known is not None:
+    """The layer's real digests. With ``known`` (MAC-checked records: blob digest -> diff_id, made
+    when lockbuild itself compressed that tar, one per compressor, e.g. the zstd layout's and the
+    gzip docker-archive's) the blob is only hashed: a blob hashing to a record's digest gets that
+    record's diff_id, any other ``diff_id=None`` (the caller derives the expected layer, then calls
+    again with its size as ``tar_limit``). Reading stops (``TooLarge``) past ``blob_limit``
+    compressed or ``tar_limit`` uncompressed bytes."""
+    if known:
         with src.open_layer(i) as raw:
             outer = _HashReader(raw, blob_limit, "layer blob")
             kind = compression_of(outer.read(4))
             outer.drain()
         blob = PREFIX + outer.h.hexdigest()
-        if blob == known.digest:
-            return FoundLayer(blob, known.diff_id, outer.size, kind)
+        for record in known:
+            if blob == record.digest:
+                return FoundLayer(blob, record.diff_id, outer.size, kind)
         if kind == "tar" and (tar_limit is None or outer.size <= tar_limit):
             return FoundLayer(blob, blob, outer.size, kind, outer.size)
         if tar_limit is None:

@@ -106,9 +106,9 @@ class BackgroundLoad:
         except Exception:  # noqa: BLE001 - the load failed: nothing was loaded
             return
         if ref is not None:
-            try:
-                self.client.images.remove(ref, force=True)
-            except Exception:  # noqa: BLE001 - already gone, or in use by another image's tag
+            try:  # not forced: an image the engine also holds under another name stays
+                self.client.images.remove(ref)
+            except Exception:  # noqa: BLE001 - already gone, or also held under another reference
                 pass
 
 
@@ -136,8 +136,8 @@ def ensure_loaded(client: Any, image: str, tag: str, image_id: str | None = None
         found = None
     if found is None or found.id != image_id:
         if from_file:  # what the file loaded is not the verified image: it does not stay in the engine
-            try:
-                client.images.remove(ref, force=True)
+            try:  # not forced, as in BackgroundLoad.discard
+                client.images.remove(ref)
             except Exception:  # noqa: BLE001 - best effort; the refusal below is what matters
                 pass
         raise SmokeFailed(f"the engine does not hold the verified image {image_id} after loading {image}",

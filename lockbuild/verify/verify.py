@@ -255,17 +255,19 @@ class _Run:
                                            lock_dir=self.lock_dir, tracking_uri=self.tracking_uri))
             return self.blobs
 
-    def trusted(self, plan: LayerPlan | None) -> Layer | None:
-        """The layer's signed record on this machine (its MAC checks out), unless --rederive."""
+    def trusted(self, plan: LayerPlan | None) -> list[Layer]:
+        """The layer's signed records on this machine (their MACs check out), one per compressor that
+        made a blob of it (a zstd lock's layout and its gzip docker-archive), unless --rederive."""
         if plan is None or self.rederive:
-            return None
+            return []
         lock = self.lock
         codecs = [(lock.compression, layer_codec(lock, lock.compression)), *DEFAULT_CODEC.items()]
+        records = []
         for compression, codec in dict.fromkeys(codecs):  # same diff_id whatever made the blob
             layer, _why = layer_record(self.cache, compressed_key(plan.key, compression, codec))
             if layer is not None:
-                return layer
-        return None
+                records.append(layer)
+        return records
 
     def check_layers(self) -> list[str]:
         """Every layer position, in parallel, biggest first; the expected diff_ids in plan order."""
@@ -306,6 +308,7 @@ class _LayerCheck:
         self.staged: StagedLayer | None = None
         self.derived: str | None = None
         self.tar_size: int | None = None if self.plan is not None else EXTRA_LAYER_LIMIT
+        self.recs: list[Layer] = []  # signed records of this layer, one per compressor (the first gives exp_diff)
         self.rec: Layer | None = None
         self.exp_diff: str | None = None
         self.got: FoundLayer | None = None
@@ -313,7 +316,8 @@ class _LayerCheck:
     def check(self) -> tuple[int, str | None]:
         try:
             t0 = time.monotonic()
-            self.rec = self.v.trusted(self.plan)
+            self.recs = self.v.trusted(self.plan)
+            self.rec = self.recs[0] if self.recs else None
             self.exp_diff = self.rec.diff_id if self.rec is not None else (
                 self.derive() if self.plan is not None else None)
             t1 = time.monotonic()
@@ -360,7 +364,7 @@ class _LayerCheck:
         blob_limit = size if isinstance(size, int) and not isinstance(size, bool) else (
             0 if src.layer_descs else None)
         try:
-            got = hash_found_layer(src, i, known=self.rec, tar_limit=self.tar_size, blob_limit=blob_limit)
+            got = hash_found_layer(src, i, known=self.recs, tar_limit=self.tar_size, blob_limit=blob_limit)
             if got.diff_id is None:  # not the record's blob: decompress, bounded by the lock's layer
                 self.rederive()
                 got = hash_found_layer(src, i, tar_limit=self.tar_size, blob_limit=blob_limit)
@@ -403,6 +407,7 @@ class _LayerCheck:
             self.report.layers.append({"index": self.i, "name": self.name, "expected": self.exp_diff,
                                        "found": self.got.diff_id if self.got else None,
                                        "expected_from": "signed layer record" if self.rec else "derived from the lock",
+                                       "found_from": _found_from(self.got),
                                        "seconds": {"expected": round(t1 - t0, 2),
                                                    "found": round(time.monotonic() - t1, 2)}})
         self.report.count("layers")
@@ -426,6 +431,16 @@ class _LayerCheck:
             self.report.add("digests", f"layer {self.name}", self.exp_diff, str(got.diff_id),
                             "layer content differs from the one the lock determines",
                             f"{self.name} layer derived from the lock")
+
+
+def _found_from(got: FoundLayer | None) -> str | None:
+    """How the found diff_id was had: a signed record whose blob digest the image's blob has, the
+    blob itself (an uncompressed tar), or by decompressing it."""
+    if got is None:
+        return None
+    if got.tar_size is None:
+        return "signed layer record"
+    return "uncompressed blob" if got.compression == "tar" else "decompressed"
 
 
 def verify(src: ImageSource, lock: Lock, lock_bytes: bytes, lock_digest: str, cache: Cache, *, lock_dir: Path,
