@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -159,7 +160,9 @@ def test_warm_rebuild_needs_no_network_and_reuses_every_layer(keras3: dict, tmp_
 def test_model_only_change_rebuilds_only_model_and_config_layers(keras3: dict, tmp_path: Path) -> None:
     work = tmp_path / "changed"
     shutil.copytree(keras3["dir"], work, ignore=shutil.ignore_patterns("out"))
-    (work / "model" / "README.txt").write_text("a model-only change\n")
+    # unique per run: the fixture builds from the committed lock, so the same change would find the
+    # layers an earlier run built in the shared cache
+    (work / "model" / "README.txt").write_text(f"a model-only change {time.time_ns()}\n")
     lockbuild("lock", cwd=work)
     image = json.loads(lockbuild("image", "--oci", "out/oci", "--json", cwd=work).stdout)
     rebuilt = sorted(la["name"] for la in image["layers"] if not la["reused"])
