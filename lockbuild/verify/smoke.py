@@ -106,10 +106,16 @@ class BackgroundLoad:
         except Exception:  # noqa: BLE001 - the load failed: nothing was loaded
             return
         if ref is not None:
-            try:  # not forced: an image the engine also holds under another name stays
-                self.client.images.remove(ref)
-            except Exception:  # noqa: BLE001 - already gone, or also held under another reference
-                pass
+            remove_loaded(self.client, ref)
+
+
+def remove_loaded(client: Any, ref: str) -> None:
+    """Remove what a load of an image file brought in, not forced: an image the engine also holds
+    under another name stays (best effort: the refusal that led here is what matters)."""
+    try:
+        client.images.remove(ref)
+    except Exception:  # noqa: BLE001 - already gone, or also held under another reference
+        pass
 
 
 def ensure_loaded(client: Any, image: str, tag: str, image_id: str | None = None, *,
@@ -136,10 +142,7 @@ def ensure_loaded(client: Any, image: str, tag: str, image_id: str | None = None
         found = None
     if found is None or found.id != image_id:
         if from_file:  # what the file loaded is not the verified image: it does not stay in the engine
-            try:  # not forced, as in BackgroundLoad.discard
-                client.images.remove(ref)
-            except Exception:  # noqa: BLE001 - best effort; the refusal below is what matters
-                pass
+            remove_loaded(client, ref)
         raise SmokeFailed(f"the engine does not hold the verified image {image_id} after loading {image}",
                           hint="the archive or the engine's tag names another image than the one verified; "
                                "rebuild the image from the lock")

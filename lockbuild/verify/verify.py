@@ -309,7 +309,6 @@ class _LayerCheck:
         self.derived: str | None = None
         self.tar_size: int | None = None if self.plan is not None else EXTRA_LAYER_LIMIT
         self.recs: list[Layer] = []  # signed records of this layer, one per compressor (the first gives exp_diff)
-        self.rec: Layer | None = None
         self.exp_diff: str | None = None
         self.got: FoundLayer | None = None
 
@@ -317,7 +316,6 @@ class _LayerCheck:
         try:
             t0 = time.monotonic()
             self.recs = self.v.trusted(self.plan)
-            self.rec = self.recs[0] if self.recs else None
             self.exp_diff = self.rec.diff_id if self.rec is not None else (
                 self.derive() if self.plan is not None else None)
             t1 = time.monotonic()
@@ -332,6 +330,11 @@ class _LayerCheck:
                 self.staged.close()
             if self.stage is not None:
                 shutil.rmtree(self.stage, ignore_errors=True)
+
+    @property
+    def rec(self) -> Layer | None:
+        """The first signed record: where the expected diff_id comes from."""
+        return self.recs[0] if self.recs else None
 
     def derive(self) -> str:
         """The expected diff_id derived from the lock: the layer staged by the recipe and tarred."""
