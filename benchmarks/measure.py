@@ -85,6 +85,7 @@ def bench_lock(res: Results, cache: Path, repeats: int) -> None:
             continue
         lock_s.append(r.seconds)
         uv_s.append(u.seconds)
+        res.facts.setdefault("lock_uv_head_start", []).append(r.json()["uv_head_start"])  # resolve/headstart.py
     res.add("lock_upgrade_s", lock_s, "lockbuild lock --upgrade (warm caches)")
     res.add("uv_compile_s", uv_s, "bare uv pip compile, same inputs and flags")
     bench_lock_50k(res, cache, env, uv_env)

@@ -214,6 +214,7 @@ def _doctor_gate(lk: Any, path: Path) -> list[Any]:
 def _summary(result: Any, path: Path, *, changed: bool, findings: list[Any],
              kept_written: list[str]) -> dict[str, Any]:
     """`lock --json`."""
+    from lockbuild.resolve import headstart
     from lockbuild.verify.finding import DOCTOR_KEYS
 
     lk, pruned_files, pc = result.lock, result.pruned_files, result.lock.target.python_choice
@@ -221,7 +222,7 @@ def _summary(result: Any, path: Path, *, changed: bool, findings: list[Any],
         "lock": str(path), "changed": changed, "reused": result.reused, "inputs_digest": lk.inputs_digest,
         "python": lk.target.python, "base": lk.target.base, "wheel_platform": lk.target.wheel_platform,
         "python_packages": len(lk.python.packages), "debian_packages": len(lk.debian.packages),
-        "model": lk.model.resolved_uri, "notes": result.notes,
+        "model": lk.model.resolved_uri, "notes": result.notes, "uv_head_start": headstart.outcome(),
         "moves": [m.to_dict() for m in result.moves], "audit_inputs": kept_written,
         "variants": [{"dropped": c.dropped, "kept": c.kept, "reason": c.reason, "paths": c.paths,
                       "example": c.example} for c in lk.python.variants],

@@ -45,6 +45,43 @@ def default_cache_dir() -> Path:
     return base / "lockbuild"
 
 
+# The key that signs the cache's derived records (layer records, uv head starts): it lives OUTSIDE the
+# cache dir, so whoever can write the cache cannot forge a record.
+def key_file() -> Path:
+    env = os.environ.get("LOCKBUILD_KEY_FILE")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CONFIG_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".config") / "lockbuild" / "cache.key"
+
+
+def mac_key() -> bytes | None:
+    """The record-signing key, created on first use; None when it can neither be read nor made."""
+    path = key_file()
+    try:
+        data = path.read_bytes()
+        if len(data) >= 32:
+            return data
+    except FileNotFoundError:
+        pass
+    except OSError:
+        return None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(os.urandom(32))
+    except FileExistsError:
+        pass  # another process made it first
+    except OSError:
+        return None
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    return data if len(data) >= 32 else None
+
+
 class Cache:
     def __init__(self, root: Path | None = None) -> None:
         self.root = (root or default_cache_dir()).resolve()

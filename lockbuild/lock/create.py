@@ -105,7 +105,10 @@ def combined_digest(inputs: dict[str, str]) -> str:
 
 
 def now_utc() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """Now, to the second; in a `lock --upgrade` run, the "now" uv's head start used (resolve/headstart.py)."""
+    from lockbuild.resolve.headstart import process_now
+
+    return process_now() or datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def python_minor(spec: Spec, info: ModelInfo) -> str:

@@ -8,13 +8,12 @@ the cache dir (``key_file``), and a record without a valid MAC is never reused n
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from lockbuild.errors import BuildError
-from lockbuild.fetch.cache import Cache
+from lockbuild.fetch.cache import Cache, key_file, mac_key
 from lockbuild.oci.compress import LAYER_MEDIA_TYPE
 
 META_NAMESPACE = "layers"
@@ -60,44 +59,10 @@ def _meta_key(key: str) -> str:
 # A layer record says "this key's layer is blob <digest>, whose tar is <diff_id>". Whoever can
 # write the cache dir could point it at another well-formed blob (digests recomputed), so every
 # record carries an HMAC-SHA256 made with a key that lives OUTSIDE the cache dir
-# ($LOCKBUILD_KEY_FILE, default $XDG_CONFIG_HOME/lockbuild/cache.key, created 0600 on first use).
+# (fetch/cache.py ``key_file``: $LOCKBUILD_KEY_FILE, default $XDG_CONFIG_HOME/lockbuild/cache.key,
+# created 0600 on first use; the uv head start's records use it too).
 # A record without a valid MAC is never reused (the layer is rebuilt) and never trusted by verify.
 MAC_VERSION = "lockbuild-layer-record-1"
-
-
-def key_file() -> Path:
-    env = os.environ.get("LOCKBUILD_KEY_FILE")
-    if env:
-        return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CONFIG_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".config") / "lockbuild" / "cache.key"
-
-
-def mac_key() -> bytes | None:
-    """The record-signing key, created on first use; None when it can neither be read nor made."""
-    path = key_file()
-    try:
-        data = path.read_bytes()
-        if len(data) >= 32:
-            return data
-    except FileNotFoundError:
-        pass
-    except OSError:
-        return None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(os.urandom(32))
-    except FileExistsError:
-        pass  # another process made it first
-    except OSError:
-        return None
-    try:
-        data = path.read_bytes()
-    except OSError:
-        return None
-    return data if len(data) >= 32 else None
 
 
 def record_mac(key: str, layer: Layer) -> str | None:

@@ -6,7 +6,6 @@ their build requirements) both resolve through it."""
 from __future__ import annotations
 
 import functools
-import os
 import re
 import subprocess
 import tomllib
@@ -21,9 +20,9 @@ from packaging.version import Version
 
 from lockbuild.digest import from_hex
 from lockbuild.errors import ResolveError
-from lockbuild.fetch.cache import default_cache_dir
 from lockbuild.lockfile.model import Sdist, Wheel
 from lockbuild.model.metadata import strip_userinfo
+from lockbuild.resolve.uvcall import UvCall, uv_bin, uv_env
 
 SIZE_UNKNOWN = -1  # a wheel's size the index did not give (PEP 503 HTML)
 
@@ -37,12 +36,6 @@ class PythonTarget:
     def minor(self) -> tuple[int, int]:
         v = Version(self.python)
         return v.major, v.minor
-
-
-def uv_bin() -> str:
-    from uv import find_uv_bin
-
-    return str(find_uv_bin())
 
 
 def target_tags(t: PythonTarget) -> list[Tag]:
@@ -216,41 +209,19 @@ def _uv_compile_once(requirements: list[str], constraints: list[str], *, target:
                      find_links: tuple[str, ...], only_binary: bool, no_binary: tuple[str, ...],
                      overrides: list[str] | None, exempt: tuple[str, ...],
                      preferences: dict[str, str] | None) -> subprocess.CompletedProcess[str]:
-    req_in = workdir / "requirements.in"
-    req_in.write_text("\n".join(requirements) + "\n")
-    out = workdir / "pylock.toml"
-    out.unlink(missing_ok=True)
-    if preferences:
-        out.write_text(preferences_pylock(preferences))
-    cmd = [
-        uv_bin(), "pip", "compile", str(req_in),
-        "--python-platform", target.wheel_platform,
-        "--python-version", target.python,
-        *(["--only-binary", ":all:"] if only_binary else []),
-        *[a for name in no_binary for a in ("--no-binary", name)],
-        "--generate-hashes",
-        "--exclude-newer", exclude_newer,
-        *[a for name in exempt for a in ("--exclude-newer-package", f"{name}=false")],
-        "--index-url", index_url,
-        *[a for url in extra_index_urls for a in ("--extra-index-url", url)],
-        *[a for d in find_links for a in ("--find-links", d)],
-        "--format", "pylock.toml",
-        "--no-header",  # not --quiet: its warnings name yanked releases (UvReport.yanked)
-        "--output-file", str(out),
-    ]
-    if constraints:
-        con = workdir / "constraints.txt"
-        con.write_text("\n".join(constraints) + "\n")
-        cmd += ["--constraint", str(con)]
-    if overrides:  # lockbuild.resolve.overlap: drop a variant name everywhere
-        ovr = workdir / "overrides.txt"
-        ovr.write_text("\n".join(overrides) + "\n")
-        cmd += ["--override", str(ovr)]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("UV_", "PIP_"))}
-    env["UV_NO_CONFIG"] = "1"
-    env["UV_PYTHON_DOWNLOADS"] = "never"  # resolve for the target only; never fetch an interpreter from outside
-    env.setdefault("UV_CACHE_DIR", str(default_cache_dir() / "uv"))
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=workdir)
+    from lockbuild.resolve import headstart
+
+    call = UvCall(requirements=tuple(requirements), constraints=tuple(constraints), python=target.python,
+                  wheel_platform=target.wheel_platform, index_url=index_url, exclude_newer=exclude_newer,
+                  extra_index_urls=extra_index_urls, find_links=find_links, only_binary=only_binary,
+                  no_binary=no_binary, exempt=exempt, overrides=tuple(overrides or ()),
+                  preferences=preferences_pylock(preferences) if preferences else "")
+    call.write_inputs(workdir)
+    proc = headstart.take(call, workdir)  # `lock --upgrade`: this call may already be running
+    if proc is None:
+        proc = subprocess.run(call.argv(workdir, uv_bin()), capture_output=True, text=True, env=uv_env(), cwd=workdir)
+    headstart.remember(call, proc.returncode == 0)
+    return proc
 
 
 def preferences_pylock(pins: dict[str, str]) -> str:
