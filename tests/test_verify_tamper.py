@@ -3,9 +3,9 @@ diff_id, RECORD and md5sums line recomputed, as an attacker with write access wo
 refused by verify for every source kind (OCI dir, docker-archive, engine, registry by digest),
 each with a precise finding, while the untouched image passes. verify anchors to the lock only.
 
-All variants are made once per session from the tiny project's image. The OCI-dir and
-docker-archive kinds run every variant; the engine and registry kinds run every variant too but
-are marked docker (engine) / network (registry) like the rest of the suite.
+All variants are made once per session from the tiny project's image. Each variant is verified
+from all four sources in one `lockbuild verify` run (one report per image, the lock's layers
+derived once), so the suite needs the engine (docker) and the registry (network).
 """
 
 from __future__ import annotations
@@ -192,60 +192,59 @@ def _verify(project: dict, image: str, ok: bool) -> dict:
     return json.loads(proc.stdout)
 
 
-def _assert_refused(report: dict, variant: str) -> None:
+def _assert_refused(report: dict, variant: str, kind: str = "") -> None:
     _how, check, path, words = VARIANTS[variant]
-    assert not report["ok"]
+    assert not report["ok"], kind
     hits = [f for f in report["findings"] if f["check"] == check and f["path"].rstrip("/").endswith(path)
             and words in f["message"]]
-    assert hits, f"{variant}: no {check} finding for {path} ({words}); got {report['findings'][:8]}"
+    assert hits, f"{variant} ({kind}): no {check} finding for {path} ({words}); got {report['findings'][:8]}"
     if check == "layer" and "extra" not in words:
         assert hits[0]["source"] and hits[0]["expected"] != hits[0]["actual"]
 
 
-SOURCES = ["oci", "archive"]
-
-
-@pytest.mark.parametrize("variant", ["untouched", *VARIANTS])
-@pytest.mark.parametrize("kind", SOURCES)
-def test_tampered_images_are_refused_from_files(tiny_project: dict, variants: dict[str, Path], tmp_path: Path,
-                                               kind: str, variant: str) -> None:
-    layout = variants[variant]
-    tag = "lockbuild-test/tiny:t"  # an archive's RepoTags must be the lock's image name (lockbuild.toml [image] name)
-    image = str(layout) if kind == "oci" else str(to_archive(layout, tmp_path / "image.tar", tag))
-    report = _verify(tiny_project, image, ok=variant == "untouched")
-    if variant == "untouched":
-        assert report["ok"] and report["checked"]["layers"] == len(tiny_project["image"]["layers"])
-    else:
-        _assert_refused(report, variant)
+SOURCES = ("oci", "archive", "engine", "registry")
 
 
 @pytest.mark.docker
 @pytest.mark.parametrize("variant", ["untouched", *VARIANTS])
-def test_tampered_images_are_refused_from_the_engine(tiny_project: dict, variants: dict[str, Path], tmp_path: Path,
-                                                    docker_engine, variant: str) -> None:  # type: ignore[no-untyped-def]
-    tag = f"lockbuild-tamper/{variant.replace('+', '-').replace('.', '-').lower()}:t"
-    archive = to_archive(variants[variant], tmp_path / "image.tar", tag)
-    with open(archive, "rb") as f:
+def test_tampered_images_are_refused_from_every_source(tiny_project: dict, variants: dict[str, Path], registry: str,
+                                                       tmp_path: Path, docker_engine,  # type: ignore[no-untyped-def]
+                                                       variant: str) -> None:
+    """The variant from all four sources (an OCI dir, a docker-archive, the engine after `docker
+    load`, a registry by digest after `skopeo copy`) in one `lockbuild verify` run: each image has
+    its own report and is refused with the variant's finding; the lock's layers are derived once."""
+    layout = variants[variant]
+    slug = variant.replace("+", "-").replace(".", "-").lower()
+    archive = to_archive(layout, tmp_path / "image.tar", "lockbuild-test/tiny:t")  # RepoTags: the lock's image name
+    engine_tag = f"lockbuild-tamper/{slug}:t"
+    with open(to_archive(layout, tmp_path / "engine.tar", engine_tag), "rb") as f:
         docker_engine.images.load(f)
     try:
-        report = _verify(tiny_project, f"docker-daemon:{tag}", ok=variant == "untouched")
-        if variant != "untouched":
-            _assert_refused(report, variant)
+        digest_file = tmp_path / "digest"
+        skopeo("copy", "--dest-tls-verify=false", "--digestfile", str(digest_file), f"oci:{layout}",
+               f"docker://{registry}/tamper-{slug}:t")
+        refs = {"oci": str(layout), "archive": str(archive), "engine": f"docker-daemon:{engine_tag}",
+                "registry": f"docker://{registry}/tamper-{slug}@{digest_file.read_text().strip()}"}
+        ok = variant == "untouched"
+        proc = run_lockbuild("verify", *refs.values(), "--json", cwd=tiny_project["dir"], ok=ok)
+        if not ok:
+            assert proc.returncode == 13, proc.stderr[-2000:]
+        doc = json.loads(proc.stdout)
+        assert doc["ok"] is ok and len(doc["reports"]) == len(SOURCES)
+        for kind, report in zip(SOURCES, doc["reports"], strict=True):
+            assert report["image"], kind
+            if ok:
+                assert report["ok"] and report["checked"]["layers"] == len(tiny_project["image"]["layers"]), kind
+            else:
+                _assert_refused(report, variant, kind)
     finally:
-        docker_engine.images.remove(tag, force=True)
+        docker_engine.images.remove(engine_tag, force=True)
 
 
-@pytest.mark.parametrize("variant", ["untouched", *VARIANTS])
-def test_tampered_images_are_refused_from_a_registry_by_digest(tiny_project: dict, variants: dict[str, Path],
-                                                               registry: str, tmp_path: Path, variant: str) -> None:
-    repo = f"{registry}/tamper-{variant.replace('+', '-').replace('.', '-').lower()}"
-    digest_file = tmp_path / "digest"
-    skopeo("copy", "--dest-tls-verify=false", "--digestfile", str(digest_file), f"oci:{variants[variant]}",
-           f"docker://{repo}:t")
-    ref = f"docker://{repo}@{digest_file.read_text().strip()}"
-    report = _verify(tiny_project, ref, ok=variant == "untouched")
-    if variant != "untouched":
-        _assert_refused(report, variant)
+def test_verify_key_checks_one_image(tiny_project: dict) -> None:
+    proc = run_lockbuild("verify", "out/oci", "out/image.tar", "--key", "release.pub", cwd=tiny_project["dir"],
+                         ok=False, env={"COLUMNS": "1000"})
+    assert proc.returncode == 3 and "--key checks one image's signature; 2 images were given" in proc.stderr
 
 
 # -- an archive whose two views disagree ----------------------------------------------------------------

@@ -15,8 +15,9 @@ from lockbuild.errors import DoctorFailed
 if TYPE_CHECKING:
     from lockbuild.lockfile.io import LockFile
 
-ImageArg = Annotated[str, typer.Argument(metavar="IMAGE", help="OCI dir, docker-archive, engine ref, or "
-                                         "registry ref (docker://host/repo:tag)")]
+ImagesArg = Annotated[list[str], typer.Argument(metavar="IMAGE...", help="OCI dir, docker-archive, engine ref, "
+                                               "or registry ref (docker://host/repo:tag); several: each is "
+                                               "proved on its own, the lock's layers derived once")]
 RederiveOpt = Annotated[bool, typer.Option("--rederive", help="derive every expected layer from the lock's "
                                            "inputs; ignore the signed layer records of this machine")]
 PublicKeyOpt = Annotated[Path | None, typer.Option("--key", "-k", help="PEM public key: first require a valid "
@@ -31,52 +32,63 @@ StrictOpt = Annotated[bool, typer.Option("--strict", help="warnings are errors")
 
 
 def verify(
-    image_ref: ImageArg,
+    image_refs: ImagesArg,
     spec: SpecOpt = Path("lockbuild.toml"),
     lock_file: LockOpt = None,
     rederive: RederiveOpt = False,
     key: PublicKeyOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Prove an image against the lock, layer by layer and entry by entry (exit 13 on any difference).
+    """Prove images against the lock, layer by layer and entry by entry (exit 13 on any difference).
 
-    The image the lock determines is derived with the builder's own code and compared with IMAGE:
-    every layer, every entry, and the config.
-    With --key, first the image's signature (exit 32 none, 33 invalid), its signed attestations (34)
-    and the lock they name (35) are checked; then the digest that was signed is compared.
+    The image the lock determines is derived with the builder's own code and compared with each
+    IMAGE: every layer, every entry, and the config. Several images (the OCI layout, the archive and
+    the pushed copy of one build) are each proved on their own; a layer they differ in is derived
+    from the lock once. With --json, one image gives its report; several give {"ok", "reports"}.
+    With --key (one image), first the image's signature (exit 32 none, 33 invalid), its signed
+    attestations (34) and the lock they name (35) are checked; then the digest that was signed is compared.
 
-    Example: [bold]lockbuild verify out/oci[/]   [bold]lockbuild verify docker://HOST/REPO:TAG --key release.pub[/]
+    Example: [bold]lockbuild verify out/oci out/image.tar[/]   [bold]lockbuild verify docker://H/R:T --key K.pub[/]
     """
-    from lockbuild.errors import InvalidImage, VerifyFailed
+    from lockbuild.errors import InvalidImage, SpecError, VerifyFailed
     from lockbuild.fetch.cache import Cache
-    from lockbuild.verify.verify import verify_image
+    from lockbuild.verify.verify import verify_images
 
     lf = read_lock_file(spec, lock_file)
     signed: dict | None = None
     if key is not None:
+        if len(image_refs) != 1:
+            raise SpecError(f"--key checks one image's signature; {len(image_refs)} images were given",
+                            hint="run `lockbuild verify IMAGE --key KEY` once per signed image")
         from lockbuild.cli.sign import verify_key_step
 
         with err.status("checking signature and attestations…"):
-            image_ref, signed = verify_key_step(image_ref, key, lf)
+            ref, signed = verify_key_step(image_refs[0], key, lf)
+        image_refs = [ref]
         if not as_json:
             err.print(f"[green]signed[/] {signed['repository']}@{signed['digest']} by key {signed['key_id'][:16]}…; "
                       f"attestations: {', '.join(signed['attestations'])}")
     with err.status("verifying…"):
-        report = verify_image(image_ref, lf, Cache(), rederive=rederive, tracking_uri=tracking_uri(lf))
+        reports = verify_images(image_refs, lf, Cache(), rederive=rederive, tracking_uri=tracking_uri(lf))
     if as_json:
-        emit_json({**report.to_dict(), **({"signature": signed} if signed is not None else {})})
-    else:
-        _print_findings(report)
-    if report.invalid:
-        raise InvalidImage(f"{report.image} cannot be read as an image: {report.findings[0].message}",
-                           hint=report.hint or "this is not an image lockbuild wrote for this lock; rebuild it "
-                           "(`lockbuild image`)")
-    if not report.ok:
-        raise VerifyFailed(f"{len(report.findings)} mismatch(es) between {report.image} and the image {lf.path} "
-                           "determines", hint="rebuild the image from this lock (`lockbuild image`); the "
-                           "findings name each path, expected vs found, and where the expected one comes from")
-    if not as_json:
-        err.print(f"[green]verified[/] {report.image} is the image {lf.path} determines")
+        docs = [{**r.to_dict(), **({"signature": signed} if signed is not None else {})} for r in reports]
+        emit_json(docs[0] if len(docs) == 1 else {"ok": all(r.ok for r in reports), "reports": docs})
+    for report in reports:
+        if not as_json:
+            _print_findings(report)
+            if report.ok:
+                err.print(f"[green]verified[/] {report.image} is the image {lf.path} determines")
+    for report in reports:
+        if report.invalid:
+            raise InvalidImage(f"{report.image} cannot be read as an image: {report.findings[0].message}",
+                               hint=report.hint or "this is not an image lockbuild wrote for this lock; rebuild it "
+                               "(`lockbuild image`)")
+    failed = [r for r in reports if not r.ok]
+    if failed:
+        raise VerifyFailed("; ".join(f"{len(r.findings)} mismatch(es) between {r.image} and the image {lf.path} "
+                                     "determines" for r in failed),
+                           hint="rebuild the image from this lock (`lockbuild image`); the findings name each "
+                           "path, expected vs found, and where the expected one comes from")
 
 
 def _print_findings(report: Any) -> None:
