@@ -120,3 +120,39 @@ def test_a_layer_record_is_trusted_only_with_its_mac(built: tuple[Cache, Layer],
     remember_layer(cache, key, other)  # signed, but with another key
     monkeypatch.setenv("LOCKBUILD_KEY_FILE", str(tmp_path / "machine.key"))
     assert layer_record(cache, key)[0] is None
+
+
+def test_a_recompressed_layer_is_verified_within_its_records_tar_size_without_a_derivation(
+        tiny_project: dict, tmp_path: Path) -> None:
+    """A build records each layer's tar size. A transport that recompresses every layer (gzip level 9)
+    gives blobs no record names: verify decompresses each within its record's tar size and takes the
+    diff_id from that, with nothing derived from the lock. Records made before tar sizes were kept
+    (a warm cache) still make verify derive the layer for its bound: the model and config layers are
+    rebuilt here so that at least they have a size, and every other layer is checked either way."""
+    from tests import hostile_images as h
+
+    cache = _private_cache(tmp_path / "cache")
+    for layer in tiny_project["image"]["layers"]:
+        if layer["name"] in ("model", "config"):
+            for p in _records_naming(cache, layer["digest"]):
+                p.unlink()
+    summary = _image(tiny_project, cache, str(tmp_path / "oci"))
+    assert summary["digest"] == tiny_project["image"]["digest"]
+    for layer in summary["layers"]:
+        if layer["name"] in ("model", "config"):
+            assert not layer["reused"] and all(
+                json.loads(p.read_text())["tar_size"] > 0 for p in _records_naming(cache, layer["digest"])), layer
+    layout = h.copy_layout(tmp_path / "oci", tmp_path / "recompressed")
+    h.recompressed(layout, compression="gzip")
+    h.prune_unreferenced(layout)
+    proc = run_lockbuild("verify", str(layout), "--json", cwd=tiny_project["dir"], env={"LOCKBUILD_CACHE": str(cache)})
+    report = json.loads(proc.stdout)
+    assert report["ok"], report["findings"][:5]
+    assert {(x["expected_from"], x["found_from"]) for x in report["layers"]} == {
+        ("signed layer record", "decompressed")}, report["layers"]
+    assert {"model", "config"} <= {x["name"] for x in report["layers"] if not x["derived"]}, report["layers"]
+
+
+def _records_naming(cache: Path, digest: str) -> list[Path]:
+    """The layer records (meta/layers/<key>.json) naming this blob."""
+    return [p for p in (cache / "meta" / "layers").glob("*.json") if json.loads(p.read_text())["digest"] == digest]

@@ -9,7 +9,7 @@ the cache dir (``key_file``), and a record without a valid MAC is never reused n
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from lockbuild.errors import BuildError
@@ -28,12 +28,19 @@ class Layer:
     size: int  # compressed bytes
     media_type: str = LAYER_MEDIA_TYPE
     compressor: str = ""
+    # bytes of the uncompressed tar, when the builder wrote it (records before 2026-12-03 and shared-cache
+    # entries have none): verify's bound for decompressing another encoding of the same tar. Not part
+    # of a layer's identity (equality), and absent from to_dict when unknown, so older records' MACs hold.
+    tar_size: int | None = field(default=None, compare=False)
 
     def path(self, cache: Cache) -> Path:
         return cache.path(self.digest)
 
     def to_dict(self) -> dict[str, object]:
-        return asdict(self)
+        d = asdict(self)
+        if self.tar_size is None:
+            del d["tar_size"]
+        return d
 
     @classmethod
     def from_dict(cls, data: Mapping[str, object]) -> Layer:
@@ -43,6 +50,7 @@ class Layer:
             size=int(str(data["size"])),
             media_type=str(data.get("media_type", LAYER_MEDIA_TYPE)),
             compressor=str(data.get("compressor", "")),
+            tar_size=int(str(data["tar_size"])) if data.get("tar_size") is not None else None,
         )
 
 

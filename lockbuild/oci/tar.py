@@ -278,4 +278,4 @@ def write_layer(cache: Cache, root: Tree, *, mtime: int, level: int = 1,
             raise
         pipe.close()
     return Layer(digest=blob.digest(), diff_id=tee.digest(),
-                 size=blob.size, media_type=media_type(compression), compressor=name)
+                 size=blob.size, media_type=media_type(compression), compressor=name, tar_size=tee.size)

@@ -375,9 +375,10 @@ class _LayerCheck:
         t1 = time.monotonic()
         if self.i < self.v.n_found and not self.read_found():
             return self.i, self.exp_diff
-        self.record(t0, t1)
+        row = self.record(t0, t1)
         if not self.matches():
             self.compare()
+        row["derived"] = self.derived is not None  # staged from the lock in this run (or shared from another image's)
         return self.i, self.exp_diff
 
     @property
@@ -402,6 +403,13 @@ class _LayerCheck:
                             "the signed layer record disagrees with the lock's layer", "layer cache record")
             self.exp_diff = derived
 
+    def recorded_tar_size(self) -> int | None:
+        """The expected tar's size from the signed records (the same tar, whatever compressed it), when
+        one has it: another encoding of the layer (a registry or `skopeo copy` that recompressed it) is
+        then decompressed within it and accepted when its diff_id is the record's, with no derivation."""
+        sizes = {r.tar_size for r in self.recs if r.diff_id == self.exp_diff and r.tar_size is not None}
+        return sizes.pop() if len(sizes) == 1 else None
+
     def matches(self) -> bool:
         return self.got is not None and self.exp_diff == self.got.diff_id
 
@@ -415,8 +423,11 @@ class _LayerCheck:
             0 if src.layer_descs else None)
         try:
             got = hash_found_layer(src, i, known=self.recs, tar_limit=self.tar_size, blob_limit=blob_limit)
-            if got.diff_id is None:  # not the record's blob: decompress, bounded by the lock's layer
-                self.rederive()
+            if got.diff_id is None:  # not a record's blob: decompress, bounded by the lock's layer's size
+                if self.tar_size is None:
+                    self.tar_size = self.recorded_tar_size()
+                if self.tar_size is None:
+                    self.rederive()
                 got = hash_found_layer(src, i, tar_limit=self.tar_size, blob_limit=blob_limit)
         except TooLarge as e:
             self.report.add("digests", f"layer {self.name}", f"at most {self.tar_size} bytes uncompressed"
@@ -452,15 +463,16 @@ class _LayerCheck:
             self.report.add("digests", f"config.rootfs.diff_ids[{i}]", str(got.diff_id), claimed[i],
                             "the config's diff_id is not the layer's content")
 
-    def record(self, t0: float, t1: float) -> None:
+    def record(self, t0: float, t1: float) -> dict[str, Any]:
+        row = {"index": self.i, "name": self.name, "expected": self.exp_diff,
+               "found": self.got.diff_id if self.got else None,
+               "expected_from": "signed layer record" if self.rec else "derived from the lock",
+               "found_from": _found_from(self.got), "derived": self.derived is not None,
+               "seconds": {"expected": round(t1 - t0, 2), "found": round(time.monotonic() - t1, 2)}}
         with self.report._lock:
-            self.report.layers.append({"index": self.i, "name": self.name, "expected": self.exp_diff,
-                                       "found": self.got.diff_id if self.got else None,
-                                       "expected_from": "signed layer record" if self.rec else "derived from the lock",
-                                       "found_from": _found_from(self.got),
-                                       "seconds": {"expected": round(t1 - t0, 2),
-                                                   "found": round(time.monotonic() - t1, 2)}})
+            self.report.layers.append(row)
         self.report.count("layers")
+        return row
 
     def compare(self) -> None:
         """The slow path: entry by entry, the expected side always re-derived from the lock."""
