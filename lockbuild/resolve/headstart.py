@@ -42,7 +42,6 @@ NOW = "{now}"  # in a record: this process's "now" as the cutoff
 
 @dataclass
 class _Started:
-    key: str
     call: UvCall
     env: dict[str, str]
     workdir: Path
@@ -58,7 +57,7 @@ _mu = threading.Lock()
 
 
 def process_now() -> str | None:
-    """The "now" a head start used as the cutoff, when one ran (lock/create.py's ``now_utc`` says it)."""
+    """This `lock --upgrade` run's "now", the cutoff a head start uses (lock/create.py's ``now_utc`` says it)."""
     return _now
 
 
@@ -126,7 +125,7 @@ def start(argv: list[str]) -> None:
         with open(workdir / "uv.out", "wb") as out, open(workdir / "uv.err", "wb") as err:
             proc = subprocess.Popen(call.argv(workdir, uv_bin()), stdout=out, stderr=err, env=env, cwd=workdir,
                                     stdin=subprocess.DEVNULL)
-        _started = _Started(_key, call, env, workdir, proc)
+        _started = _Started(call, env, workdir, proc)
         atexit.register(_discard)
     except Exception:  # noqa: BLE001 - a head start is an optimisation: lock runs as always without it
         _discard()
