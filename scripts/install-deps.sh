@@ -5,13 +5,15 @@
 # other-host reproducibility test), a static busybox for tiny runnable test images, qemu-user (the
 # compressors on older CPU models) and a umoci that unpacks zstd layers (see umoci_zstd below).
 # openssl: the second implementation that checks signatures and DSSE envelopes in the signing tests.
+# pigz: dockerd decompresses gzip layers with unpigz when it is on PATH (Docker's own packages recommend
+# it), ~1.7x faster than its Go fallback: a TensorFlow image's `docker load` in smoke goes from ~34 s to ~20 s.
 # Idempotent and quiet: does nothing when all are present.
 #
 #   install-deps.sh          everything above (make deps)
 #   install-deps.sh venv     only what `python3 -m venv` needs (python3-venv where ensurepip is missing)
 set -euo pipefail
 
-PACKAGES=(docker.io docker-registry skopeo umoci busybox-static gnupg gpgv debian-archive-keyring debootstrap util-linux qemu-user openssl)
+PACKAGES=(docker.io docker-registry skopeo umoci busybox-static gnupg gpgv debian-archive-keyring debootstrap util-linux qemu-user openssl pigz)
 if [ "${1:-}" = "venv" ]; then
     # Debian (and its cloud images) split ensurepip out of python3: `python3 -m venv` then stops with
     # "ensurepip is not available". Install the package of the python3 the Makefile uses.
