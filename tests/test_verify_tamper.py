@@ -3,9 +3,10 @@ diff_id, RECORD and md5sums line recomputed, as an attacker with write access wo
 refused by verify for every source kind (OCI dir, docker-archive, engine, registry by digest),
 each with a precise finding, while the untouched image passes. verify anchors to the lock only.
 
-All variants are made once per session from the tiny project's image. Each variant is verified
-from all four sources in one `lockbuild verify` run (one report per image, the lock's layers
-derived once), so the suite needs the engine (docker) and the registry (network).
+All variants are made once per session from the tiny project's image. All of them are verified
+from all four sources in one `lockbuild verify` run (one report per image; a layer several variants
+tamper with is derived from the lock once), so the suite needs the engine (docker) and the
+registry (network).
 """
 
 from __future__ import annotations
@@ -205,40 +206,57 @@ def _assert_refused(report: dict, variant: str, kind: str = "") -> None:
 SOURCES = ("oci", "archive", "engine", "registry")
 
 
+@pytest.fixture(scope="module")
+def refused(tiny_project: dict, variants: dict[str, Path], registry: str, docker_engine,  # type: ignore[no-untyped-def]
+            tiny_in_engine: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict]]:
+    """Every variant, and the untouched image, from all four sources (an OCI dir, a docker-archive, the
+    engine after `docker load`, a registry by digest after `skopeo copy`) in ONE `lockbuild verify` run:
+    each of the 48 images is read and judged on its own report, while a layer several variants tamper
+    with is derived from the lock once for all of them. Variant -> its four reports, in SOURCES order."""
+    tmp = tmp_path_factory.mktemp("sources")
+    refs: dict[str, list[str]] = {}
+    loaded: list[str] = []
+    try:
+        for variant, layout in variants.items():
+            slug = variant.replace("+", "-").replace(".", "-").lower()
+            archive = to_archive(layout, tmp / f"{slug}.tar", "lockbuild-test/tiny:t")  # RepoTags: the lock's name
+            engine_tag = f"lockbuild-tamper/{slug}:t"
+            with open(to_archive(layout, tmp / f"{slug}-engine.tar", engine_tag), "rb") as f:
+                docker_engine.images.load(f)
+            loaded.append(engine_tag)
+            digest_file = tmp / f"{slug}.digest"
+            skopeo("copy", "--dest-tls-verify=false", "--digestfile", str(digest_file), f"oci:{layout}",
+                   f"docker://{registry}/tamper-{slug}:t")
+            refs[variant] = [str(layout), str(archive), f"docker-daemon:{engine_tag}",
+                             f"docker://{registry}/tamper-{slug}@{digest_file.read_text().strip()}"]
+        every = [ref for four in refs.values() for ref in four]
+        proc = run_lockbuild("verify", *every, "--json", cwd=tiny_project["dir"], ok=False)
+        assert proc.returncode == 13, proc.stderr[-2000:]
+    finally:
+        for tag in loaded:
+            docker_engine.images.remove(tag, force=True)
+    doc = json.loads(proc.stdout)
+    assert doc["ok"] is False and len(doc["reports"]) == len(every)
+    reports = iter(doc["reports"])
+    out = {variant: [next(reports) for _ in SOURCES] for variant in refs}
+    for variant, four in out.items():  # one report per image, in the order given
+        for ref, report in zip(refs[variant], four, strict=True):
+            name = ref.removeprefix("docker-daemon:").removeprefix("docker://")
+            assert name in report["image"], (ref, report["image"])
+    return out
+
+
 @pytest.mark.docker
 @pytest.mark.parametrize("variant", ["untouched", *VARIANTS])
-def test_tampered_images_are_refused_from_every_source(tiny_project: dict, variants: dict[str, Path], registry: str,
-                                                       tmp_path: Path, docker_engine,  # type: ignore[no-untyped-def]
+def test_tampered_images_are_refused_from_every_source(tiny_project: dict, refused: dict[str, list[dict]],
                                                        variant: str) -> None:
-    """The variant from all four sources (an OCI dir, a docker-archive, the engine after `docker
-    load`, a registry by digest after `skopeo copy`) in one `lockbuild verify` run: each image has
-    its own report and is refused with the variant's finding; the lock's layers are derived once."""
-    layout = variants[variant]
-    slug = variant.replace("+", "-").replace(".", "-").lower()
-    archive = to_archive(layout, tmp_path / "image.tar", "lockbuild-test/tiny:t")  # RepoTags: the lock's image name
-    engine_tag = f"lockbuild-tamper/{slug}:t"
-    with open(to_archive(layout, tmp_path / "engine.tar", engine_tag), "rb") as f:
-        docker_engine.images.load(f)
-    try:
-        digest_file = tmp_path / "digest"
-        skopeo("copy", "--dest-tls-verify=false", "--digestfile", str(digest_file), f"oci:{layout}",
-               f"docker://{registry}/tamper-{slug}:t")
-        refs = {"oci": str(layout), "archive": str(archive), "engine": f"docker-daemon:{engine_tag}",
-                "registry": f"docker://{registry}/tamper-{slug}@{digest_file.read_text().strip()}"}
-        ok = variant == "untouched"
-        proc = run_lockbuild("verify", *refs.values(), "--json", cwd=tiny_project["dir"], ok=ok)
-        if not ok:
-            assert proc.returncode == 13, proc.stderr[-2000:]
-        doc = json.loads(proc.stdout)
-        assert doc["ok"] is ok and len(doc["reports"]) == len(SOURCES)
-        for kind, report in zip(SOURCES, doc["reports"], strict=True):
-            assert report["image"], kind
-            if ok:
-                assert report["ok"] and report["checked"]["layers"] == len(tiny_project["image"]["layers"]), kind
-            else:
-                _assert_refused(report, variant, kind)
-    finally:
-        docker_engine.images.remove(engine_tag, force=True)
+    """The variant from all four sources, each refused with the variant's own finding (the untouched
+    image passes from each); all variants are verified in one run (the ``refused`` fixture)."""
+    for kind, report in zip(SOURCES, refused[variant], strict=True):
+        if variant == "untouched":
+            assert report["ok"] and report["checked"]["layers"] == len(tiny_project["image"]["layers"]), kind
+        else:
+            _assert_refused(report, variant, kind)
 
 
 def test_verify_key_checks_one_image(tiny_project: dict) -> None:
@@ -287,7 +305,8 @@ def test_an_archive_whose_manifests_disagree_is_refused(tiny_project: dict, spli
 
 @pytest.mark.docker
 def test_an_archive_whose_manifests_disagree_is_refused_after_docker_load(
-        tiny_project: dict, split_archive: tuple[Path, str], docker_engine) -> None:  # type: ignore[no-untyped-def]
+        tiny_project: dict, split_archive: tuple[Path, str], docker_engine,  # type: ignore[no-untyped-def]
+        tiny_in_engine: str) -> None:
     archive, tag = split_archive
     with open(archive, "rb") as f:
         docker_engine.images.load(f)
@@ -311,28 +330,33 @@ def test_an_archive_whose_manifests_disagree_is_refused_from_a_registry(
 # -- a poisoned layer cache record ------------------------------------------------------------------
 
 
-def _poison_model_record(project: dict, key_file: Path | None) -> str:
+def _poison_model_record(project: dict, key_file: Path | None, cache_dir: Path | None = None) -> str:
     """Point the model layer's cache record at another well-formed blob (digests recomputed). With
-    ``key_file`` the attacker also signs it (with a key that is not the machine's)."""
+    ``key_file`` the attacker also signs it (with a key that is not the machine's) and, in
+    ``cache_dir`` (a cache the attacker controls, its blobs hard-linked from this machine's), every
+    other layer's record as well, so that a build with that key reuses them all."""
     import os
 
     from lockbuild.assemble.build import LEVEL, compressed_key, source_date_epoch
     from lockbuild.assemble.plan import plan_layers
     from lockbuild.fetch.cache import Cache
     from lockbuild.lockfile.io import lock_digest, read_lock
-    from lockbuild.oci.layercache import Layer, remember_layer
+    from lockbuild.oci.layercache import Layer, layer_record, remember_layer
 
     path = project["dir"] / "lockbuild.lock"
     lock = read_lock(path)
-    plan = next(p for p in plan_layers(lock, mtime=source_date_epoch(lock), lock_digest=lock_digest(path),
-                                       level=LEVEL) if p.kind == "model")
+    plans = plan_layers(lock, mtime=source_date_epoch(lock), lock_digest=lock_digest(path), level=LEVEL)
+    honest = {p.name: layer_record(Cache(), compressed_key(p.key, "gzip"))[0] for p in plans}
+    if cache_dir is not None:
+        shutil.copytree(Cache().root / "blobs", cache_dir / "blobs", copy_function=os.link)
+    cache = Cache(cache_dir)
+    plan = next(p for p in plans if p.kind == "model")
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
         info, data = _file("opt/ml/model/MLmodel", b"flavors: {}\n")
         tar.addfile(info, io.BytesIO(data))
     raw = buf.getvalue()
     blob = gzip.compress(raw, compresslevel=1, mtime=0)  # an attacker needs no level 9; 5x faster
-    cache = Cache()
     digest = cache.put_bytes(blob)
     layer = Layer(digest=digest, diff_id="sha256:" + hashlib.sha256(raw).hexdigest(), size=len(blob))
     old = os.environ.get("LOCKBUILD_KEY_FILE")
@@ -340,6 +364,9 @@ def _poison_model_record(project: dict, key_file: Path | None) -> str:
         if key_file is not None:
             os.environ["LOCKBUILD_KEY_FILE"] = str(key_file)
             remember_layer(cache, compressed_key(plan.key, "gzip"), layer)
+            for other in plans:
+                if cache_dir is not None and other is not plan and honest[other.name] is not None:
+                    remember_layer(cache, compressed_key(other.key, "gzip"), honest[other.name])  # type: ignore[arg-type]
         else:
             cache.meta_put("layers", compressed_key(plan.key, "gzip").removeprefix("sha256:"), layer.to_dict())
     finally:
@@ -360,22 +387,26 @@ def test_a_poisoned_cache_record_is_not_reused_by_image(tiny_project: dict) -> N
 
 
 def test_an_image_built_from_a_record_signed_by_another_key_fails_verify(tiny_project: dict, tmp_path: Path) -> None:
+    """An image built elsewhere, from a cache and a record key the attacker controls (every record
+    signed with that key, the model's pointing at the attacker's blob), is refused by verify here:
+    this machine's key trusts none of those records, and the model layer is derived from the lock."""
     attacker_key = tmp_path / "attacker.key"
     attacker_key.write_bytes(b"k" * 32)
-    bad = _poison_model_record(tiny_project, attacker_key)
-    proc = run_lockbuild("image", "--oci", "out/oci-poison2", "--json", cwd=tiny_project["dir"],
-                         env={"LOCKBUILD_KEY_FILE": str(attacker_key)})
-    model = next(layer for layer in json.loads(proc.stdout)["layers"] if layer["name"] == "model")
+    attacker_cache = tmp_path / "attacker-cache"
+    bad = _poison_model_record(tiny_project, attacker_key, attacker_cache)
+    proc = run_lockbuild("image", "--oci", str(tmp_path / "oci-poison2"), "--json", cwd=tiny_project["dir"],
+                         env={"LOCKBUILD_KEY_FILE": str(attacker_key), "LOCKBUILD_CACHE": str(attacker_cache)})
+    layers = json.loads(proc.stdout)["layers"]
+    model = next(layer for layer in layers if layer["name"] == "model")
     assert model["reused"] and model["digest"] == bad  # the poisoned build
-    report = _verify(tiny_project, "out/oci-poison2", ok=False)  # the machine's key: the record is not trusted
+    assert all(layer["reused"] for layer in layers)  # from the attacker's signed records
+    report = _verify(tiny_project, str(tmp_path / "oci-poison2"), ok=False)  # the machine's key and cache
     assert any(f["check"] == "layer" and f["path"].startswith("/opt/ml/model/") for f in report["findings"])
-    # put the honest record back for the other tests
-    run_lockbuild("image", "--oci", "out/oci-poison2", cwd=tiny_project["dir"])
 
 
 @pytest.mark.docker
 def test_smoke_refuses_an_image_that_fails_verify(tiny_project: dict, variants: dict[str, Path],
-                                                  docker_engine) -> None:  # type: ignore[no-untyped-def]
+                                                  docker_engine, tiny_in_engine: str) -> None:  # type: ignore[no-untyped-def]
     """smoke loads the file while verify reads it; the refused image runs no container and does not
     stay in the engine."""
     images = {i.id for i in docker_engine.images.list(all=True)}

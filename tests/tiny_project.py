@@ -11,6 +11,7 @@ import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -79,3 +80,20 @@ def tiny_project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     image = json.loads(run_lockbuild("image", "--oci", "out/oci", "--docker-archive", "out/image.tar", "--json",
                                      cwd=work).stdout)
     yield {"dir": work, "lock": lock, "image": image}
+
+
+@pytest.fixture(scope="module")
+def tiny_in_engine(tiny_project: dict, docker_engine: Any) -> Iterator[str]:
+    """The tiny image loaded into the engine for one module, under a tag of its own (as on a node that
+    already runs it): a later `docker load` of it, or of a tampered copy, then extracts only the layers
+    the engine does not hold yet (the engine keeps a layer whose chain it already has; a tampered layer
+    has a new diff_id, so it and every layer above it are extracted). Removed at the module's end. Not
+    for a test that must see the engine decompress the image's own layers."""
+    tag = "lockbuild-test/tiny-base:session"
+    with open(tiny_project["dir"] / "out" / "image.tar", "rb") as f:
+        image = docker_engine.images.load(f)[0]
+    image.tag(tag)
+    for own in [t for t in image.tags if t != tag]:  # the archive's own tag stays free for tests that load it
+        docker_engine.images.remove(own)
+    yield tag
+    docker_engine.images.remove(tag, force=True)
