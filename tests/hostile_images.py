@@ -219,8 +219,9 @@ def index_duplicate_digest(layout: Path) -> None:
 # -- legitimate transports: recompressed layers, canonical documents --------------------------------
 
 
-def recompressed(layout: Path, *, compression: str, which: Callable[[int, dict], bool] = lambda _i, _d: True) -> None:
-    """Layers recompressed (gzip level 9, or zstd) and the manifest re-serialised canonically with
+def recompressed(layout: Path, *, compression: str, which: Callable[[int, dict], bool] = lambda _i, _d: True,
+                 level: int = 9) -> None:
+    """Layers recompressed (gzip at ``level``, or zstd) and the manifest re-serialised canonically with
     lockbuild's own fields: what a transport that changes compression may do."""
     import zstandard
 
@@ -232,7 +233,7 @@ def recompressed(layout: Path, *, compression: str, which: Callable[[int, dict],
         if compression == "zstd":
             data, mt = zstandard.ZstdCompressor(level=1).compress(raw), ZSTD_LAYER
         else:
-            data, mt = gzip.compress(raw, compresslevel=9, mtime=0), GZIP_LAYER
+            data, mt = gzip.compress(raw, compresslevel=level, mtime=0), GZIP_LAYER
         d.update(mediaType=mt, digest=put(layout, data), size=len(data))
         d.setdefault("annotations", {})["lockbuild.layer.compressor"] = f"recompressed {compression}"
     write_chain(layout, canonical_json(manifest))

@@ -471,6 +471,15 @@ def _arm64_sysroot(dest: Path) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def arm64_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The arm64 sysroot both emulated-arm64 tests run Debian's python3.11 from, unpacked once."""
+    from tests.conftest_services import need_tool
+
+    need_tool("qemu-aarch64", "apt-get", "dpkg-deb")
+    return _arm64_sysroot(tmp_path_factory.mktemp("arm64"))
+
+
 def _arm64_site(dest: Path, *requirements: str) -> Path:
     """The pinned aarch64 wheels of ``requirements`` (PyPI, through uv), for Debian's arm64 python3.11."""
     import subprocess
@@ -484,7 +493,7 @@ def _arm64_site(dest: Path, *requirements: str) -> Path:
 
 
 @pytest.mark.network
-def test_on_arm64_zstd_and_zlib_ng_give_the_same_bytes_and_isal_refuses(tmp_path: Path) -> None:
+def test_on_arm64_zstd_and_zlib_ng_give_the_same_bytes_and_isal_refuses(tmp_path: Path, arm64_root: Path) -> None:
     """zlib-ng and libzstd write the same bytes on arm64 as on x86-64, for every layer kind; ISA-L's
     aarch64 code (igzip/aarch64) writes other deflate streams than its x86-64 SIMD paths, so a lock that
     pins isal refuses on an arm64 builder (Graviton, Apple silicon) rather than make other digests.
@@ -499,7 +508,7 @@ def test_on_arm64_zstd_and_zlib_ng_give_the_same_bytes_and_isal_refuses(tmp_path
     if platform.machine() != "x86_64":
         pytest.skip("compares with the x86-64 output: this host is " + platform.machine())
     need_tool("qemu-aarch64", "apt-get", "dpkg-deb")
-    root = _arm64_sysroot(tmp_path / "arm64")
+    root = arm64_root
     site = _arm64_site(tmp_path / "site", *(f"{d}=={version(d)}" for d in ("isal", "zstandard", "zlib-ng")))
     index = _samples(tmp_path / "samples")
     script = tmp_path / "digest.py"
@@ -539,7 +548,7 @@ def test_compression_override_on_a_gzip_lock_builds_zstd_with_the_same_config(ti
     assert {la["mediaType"] for la in manifest["layers"]} == {ZSTD_LAYER_MEDIA_TYPE}
 
 
-def _arm64_lockbuild(dest: Path) -> Path:
+def _arm64_lockbuild(dest: Path, root: Path) -> Path:
     """A `python3.11` for an emulated arm64 builder: Debian's arm64 interpreter under qemu-aarch64, with
     this lockbuild and the aarch64 wheels of its dependencies (the installed versions, from PyPI). It is
     a wrapper script so that the Python children lockbuild starts (sys.executable) are emulated too."""
@@ -551,7 +560,6 @@ def _arm64_lockbuild(dest: Path) -> Path:
     deps = tomllib.loads((repo / "pyproject.toml").read_text())["project"]["dependencies"]
     names = [re.split(r"[<>=!~ \[;]", d, maxsplit=1)[0] for d in deps]
     site = _arm64_site(dest / "site", *(f"{n}=={version(n)}" for n in names))
-    root = _arm64_sysroot(dest / "arm64")
     wrapper = dest / "python3.11"
     wrapper.write_text(f'#!/bin/sh\nexec qemu-aarch64 -0 "$0" -L {root} {root}/usr/bin/python3.11 "$@"\n')
     wrapper.chmod(0o755)
@@ -561,7 +569,7 @@ def _arm64_lockbuild(dest: Path) -> Path:
 
 @pytest.mark.slow
 @pytest.mark.network
-def test_an_emulated_arm64_builder_builds_the_same_image(tiny_project: dict, tmp_path: Path) -> None:
+def test_an_emulated_arm64_builder_builds_the_same_image(tiny_project: dict, tmp_path: Path, arm64_root: Path) -> None:
     """`lockbuild image` on an arm64 builder and on an x86-64 baseline CPU gives the manifest digest this
     x86-64 host gives, with no refusal: Debian's arm64 Python runs lockbuild under qemu-aarch64 (every
     Python child too), then this venv's Python under qemu-x86_64 -cpu core2duo (no SSE4.2; the layers are
@@ -599,7 +607,7 @@ def test_an_emulated_arm64_builder_builds_the_same_image(tiny_project: dict, tmp
     try:
         runs.append((1, start(1, ("qemu-x86_64", "-cpu", "core2duo", sys.executable), (), ""),  # the lock's gzip
                      tiny_project["image"]))
-        python = _arm64_lockbuild(tmp_path)
+        python = _arm64_lockbuild(tmp_path, arm64_root)
         zstd = ("--compression", "zstd")  # the default format
         runs.append((0, start(0, (str(python),), zstd, (tmp_path / "env").read_text()), json.loads(subprocess.run(
             [sys.executable, "-m", "lockbuild", "image", *zstd, "--oci", str(tmp_path / "oci-native"), "--json"],
