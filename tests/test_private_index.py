@@ -104,11 +104,24 @@ def test_wrong_credentials_are_an_auth_failure_with_the_netrc_hint(
     assert "(authentication)" in e.value.message and "netrc" in (e.value.hint or "")
 
 
-def test_closed_port_is_a_network_failure(uv_cache: Path, tmp_path: Path) -> None:
+def test_closed_port_is_a_network_failure(uv_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lockbuild import net
+
+    monkeypatch.setattr(net, "RETRIES", 1)  # uv follows lockbuild's retry policy: no retries, no backoff to wait out
     with pytest.raises(FetchError) as e:
         uv_compile(["lbprivate==1.0"], [], target=TARGET, index_url=f"http://127.0.0.1:{free_port()}/simple",
                    exclude_newer=CUTOFF, workdir=tmp_path)
     assert "(network)" in e.value.message and "proxy" in (e.value.hint or "")
+
+
+def test_uv_retries_as_lockbuild_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lockbuild import net
+    from lockbuild.resolve.uvcall import uv_env
+
+    monkeypatch.setenv("UV_HTTP_RETRIES", "99")  # the user's uv settings never reach lockbuild's uv
+    assert uv_env()["UV_HTTP_RETRIES"] == str(net.RETRIES - 1)
+    monkeypatch.setattr(net, "RETRIES", 1)
+    assert uv_env()["UV_HTTP_RETRIES"] == "0"
 
 
 def test_full_disk_is_a_disk_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

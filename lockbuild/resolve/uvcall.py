@@ -103,11 +103,14 @@ def uv_bin() -> str:
 
 def uv_env() -> dict[str, str]:
     """uv's environment: this process's, without UV_*/PIP_* settings or config files (the lock's
-    inputs say everything), never downloading an interpreter, caching in lockbuild's cache."""
+    inputs say everything), never downloading an interpreter, caching in lockbuild's cache, retrying
+    as every other request of lockbuild does (``net.RETRIES`` attempts, $LOCKBUILD_RETRIES)."""
+    from lockbuild import net
     from lockbuild.fetch.cache import default_cache_dir
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("UV_", "PIP_"))}
     env["UV_NO_CONFIG"] = "1"
     env["UV_PYTHON_DOWNLOADS"] = "never"  # resolve for the target only; never fetch an interpreter from outside
+    env["UV_HTTP_RETRIES"] = str(max(net.RETRIES - 1, 0))  # 4 attempts by default: uv's own default too
     env.setdefault("UV_CACHE_DIR", str(default_cache_dir() / "uv"))
     return env
