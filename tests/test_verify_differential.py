@@ -160,6 +160,15 @@ def test_docker_load_reads_the_attackers_config_from_those_archives(base: dict, 
     loads the attacker's config from the archives verify refuses; verify of what the engine then holds
     (docker-daemon:) refuses it as well."""
     evil = hashlib.sha256(h.canonical_json(h.evil_config(json.loads(base["config"])))).hexdigest()
+    with open(base["archive"], "rb") as f:  # the honest image first: the attacker's configs name its layers,
+        honest = docker_engine.images.load(f)[0]  # so each load below brings in only a config
+    try:
+        _load_the_attackers_configs(base, tmp_path, docker_engine, evil)
+    finally:  # by ID: no layer of it stays for the tests below that load the image themselves
+        docker_engine.images.remove(honest.id, force=True)
+
+
+def _load_the_attackers_configs(base: dict, tmp_path: Path, docker_engine: Any, evil: str) -> None:
     for variant in ("dot-manifest", "symlink-config", "lowercase-config-key"):
         archive = ARCHIVE_REFUSED[variant](base["archive"], tmp_path / f"{variant}.tar")
         with open(archive, "rb") as f:
