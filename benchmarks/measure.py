@@ -4,7 +4,6 @@ and peak RSS. Start-up is in measure_startup.py."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from pathlib import Path
@@ -32,24 +31,18 @@ def lb_image(work: Path, cache: Path, docker_host: str | None, *extra: str, byte
 
 
 def uv_compile_cmd(work: Path, out_dir: Path) -> list[str]:
-    """lockbuild's own uv invocation (resolve/python.py), on the inputs the lock in `work` records."""
-    from uv import find_uv_bin
-
+    """lockbuild's own uv invocation on the inputs the lock in `work` records: built by `UvCall.argv`
+    (resolve/uvcall.py), the one place lockbuild builds it, so the bare-uv baseline cannot drift from it."""
     from lockbuild.lockfile.io import read_lock
     from lockbuild.model.metadata import read_model
+    from lockbuild.resolve.uvcall import UvCall, uv_bin
 
     lk = read_lock(work / "lockbuild.lock")
-    (out_dir / "requirements.in").write_text("\n".join(lk.python.requirements) + "\n")
-    cmd = [str(find_uv_bin()), "pip", "compile", str(out_dir / "requirements.in"),
-           "--python-platform", lk.target.wheel_platform, "--python-version", lk.target.python,
-           "--only-binary", ":all:", "--generate-hashes", "--exclude-newer", lk.python.exclude_newer,
-           "--index-url", lk.python.index_url, "--format", "pylock.toml", "--no-header", "--quiet",
-           "--output-file", str(out_dir / "pylock.toml")]
-    constraints = read_model(work / "model").constraints
-    if constraints:
-        (out_dir / "constraints.txt").write_text("\n".join(constraints) + "\n")
-        cmd += ["--constraint", str(out_dir / "constraints.txt")]
-    return cmd
+    call = UvCall(requirements=tuple(lk.python.requirements), constraints=tuple(read_model(work / "model").constraints),
+                  python=lk.target.python, wheel_platform=lk.target.wheel_platform, index_url=lk.python.index_url,
+                  exclude_newer=lk.python.exclude_newer)
+    call.write_inputs(out_dir)
+    return call.argv(out_dir, uv_bin())
 
 
 def same_pins(work: Path, pylock: Path) -> bool:
@@ -72,8 +65,9 @@ def bench_lock(res: Results, cache: Path, repeats: int) -> None:
     uv_dir = res.scratch / "uv"
     uv_dir.mkdir()
     env = lb_env(cache, None)
-    uv_env = {k: v for k, v in os.environ.items() if not k.startswith(("UV_", "PIP_"))}
-    uv_env.update(UV_NO_CONFIG="1", UV_CACHE_DIR=str(cache / "uv"))
+    from lockbuild.resolve import uvcall
+
+    uv_env = {**uvcall.uv_env(), "UV_CACHE_DIR": str(cache / "uv")}  # the environment lockbuild gives uv
     lock_s, uv_s = [], []
     for i in range(repeats + 1):
         r = run([*lockbuild_cmd(), "lock", "--upgrade", "--json"], env=env, cwd=work).check()
