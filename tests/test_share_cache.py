@@ -451,6 +451,37 @@ def test_push_and_use_through_basic_and_bearer_auth(auth_proxy, cache, tmp_path:
     assert fresh.get(layer.digest, layer.size) is not None and not reader.stats.notes
 
 
+def test_an_entry_whose_blob_another_runner_is_still_committing_is_pushed_again(
+        registry: str, cache, tmp_path: Path, tiny_image, keys: dict,  # type: ignore[no-untyped-def]
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runners pushing the same entry at once: one may find a blob "there" (another runner's upload)
+    that the registry has not linked yet, and the registry answers its manifest with
+    MANIFEST_BLOB_UNKNOWN (seen with four runners on docker-registry). Here the first push of the
+    entry's config blob is skipped, as if another runner had it under way: the real registry refuses the
+    manifest, the entry is pushed again after a back-off, and nothing is noted."""
+    from lockbuild.fetch.cache import Cache
+    from lockbuild.oci import registry as reg
+    from lockbuild.share.remote import SharedCache
+
+    layer = _tiny_layer(cache, tmp_path, tiny_image)
+    real, skipped = reg._push_blob, []
+
+    def racing(s, digest, *rest):  # type: ignore[no-untyped-def]
+        if digest != layer.digest and not skipped:
+            skipped.append(digest)  # the other runner "has" it: nothing uploaded this time
+            return None
+        return real(s, digest, *rest)
+
+    monkeypatch.setattr(reg, "_push_blob", racing)
+    monkeypatch.setattr("lockbuild.net.BACKOFF", 0.1)
+    repo = f"{registry}/lockbuild-test/cache-race-one"
+    writer = SharedCache(repo, signer=load_private_key(keys["ci"][0]))
+    writer.publish_layers(cache, {"tiny": (KEY, layer)})
+    assert skipped and writer.stats.pushed == ["tiny"] and not writer.stats.notes, writer.stats.notes
+    reader = SharedCache(repo, trusted=[load_public_key(keys["ci"][1])])
+    assert reader.fetch_layers(Cache(tmp_path / "fresh"), {"tiny": KEY}) == {"tiny": layer}
+
+
 @pytest.mark.parametrize("split", [False, True], ids=["one-stream", "two-ranges"])
 def test_a_registry_serving_other_bytes_is_caught_while_reading(registry: str, cache, tmp_path: Path,  # type: ignore[no-untyped-def]
                                                                 tiny_image, keys: dict, split: bool,
