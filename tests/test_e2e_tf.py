@@ -189,6 +189,19 @@ def test_push_then_push_again_uploads_nothing_and_pulls_back_the_same_digest(ker
     assert report["ok"], report["findings"][:5]
 
 
+def test_smoke_diagnoses_a_missing_module(keras3: dict, tmp_path: Path) -> None:
+    work = tmp_path / "broken"
+    shutil.copytree(keras3["dir"], work, ignore=shutil.ignore_patterns("out", "lockbuild.lock"))
+    spec = work / "lockbuild.toml"
+    spec.write_text(spec.read_text().replace("[python]", "[python]\nomit = [\"absl-py\"]", 1)
+                    if "[python]" in spec.read_text() else spec.read_text() + '\n[python]\nomit = ["absl-py"]\n')
+    lockbuild("lock", cwd=work)
+    lockbuild("image", "--docker-archive", "out/image.tar", cwd=work)
+    proc = lockbuild("smoke", "out/image.tar", "--timeout", "60", cwd=work, ok=False)
+    assert proc.returncode == 14, proc.stderr
+    assert "missing-module" in proc.stderr and "absl" in proc.stderr
+
+
 def test_zstd_push_verifies_and_serves_after_a_registry_round_trip(keras3: dict, registry: str,
                                                                     tmp_path: Path) -> None:
     """The real model as zstd (a new lock's default): pushed (tar+zstd layers, the OCI layout's digest),
