@@ -258,6 +258,23 @@ class Transient(PublishError):
     """A failure another attempt may not see (network, 429, 5xx)."""
 
 
+class BlobNotLinkedYet(PublishError):
+    """A manifest PUT answered MANIFEST_BLOB_UNKNOWN for a blob pushed (or found present) just before:
+    another client is committing it that moment (Debian's docker-registry, runners racing on the same
+    blob). Pushing the blobs and the manifest again, after a back-off, succeeds."""
+
+
+def put_manifest(s: Session, reference: str, manifest: bytes) -> httpx.Response:
+    """PUT a manifest under ``reference``: ``BlobNotLinkedYet`` for the racing-commit answer."""
+    try:
+        return s.send("PUT", s.url(f"manifests/{reference}"), ok=(200, 201), content=manifest,
+                      headers={"Content-Type": MANIFEST_MEDIA_TYPE})
+    except PublishError as e:
+        if isinstance(e, Transient) or "MANIFEST_BLOB_UNKNOWN" not in e.message:
+            raise
+        raise BlobNotLinkedYet(e.message, hint=e.hint) from None
+
+
 def with_retries(action: Callable[[], T], attempts: int = RETRIES) -> T:
     """Run ``action``, again after a back-off when it fails transiently (at most ``attempts``)."""
     return net.retry(action, transient=lambda e: isinstance(e, Transient), attempts=attempts)
@@ -400,8 +417,7 @@ def _place_remote_blob(s: Session, digest: str, size: int, result: PushResult, m
 
 def _put_manifest(s: Session, manifest: bytes) -> str:
     digest = sha256_bytes(manifest)
-    r = s.send("PUT", s.url(f"manifests/{s.ref.reference}"), ok=(200, 201), content=manifest,
-               headers={"Content-Type": MANIFEST_MEDIA_TYPE})
+    r = put_manifest(s, s.ref.reference, manifest)
     echoed = r.headers.get("docker-content-digest")
     if echoed and echoed != digest:
         raise IntegrityError(f"registry stored the manifest as {echoed}, expected {digest}",

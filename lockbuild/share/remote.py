@@ -570,7 +570,7 @@ class SharedCache:
             entry = E.make_entry(key, layer, self.signer.sign(E.statement(key, layer)), self.key_id)
             result = reg.PushResult(digest="", reference="")
             net.retry(functools.partial(self._push_entry, cache, layer, entry, tag, result),
-                      transient=lambda e: isinstance(e, _NotLinkedYet))
+                      transient=lambda e: isinstance(e, reg.BlobNotLinkedYet))
         except PublishError as e:
             self._unreachable(e, f"could not push layer {name}")
             return
@@ -582,28 +582,13 @@ class SharedCache:
         """The layer's blob and the entry's config blob (each skipped when the registry has it), then the
         entry's manifest. Runners that push the same entry at once race inside the registry: Debian's
         docker-registry may answer the manifest with MANIFEST_BLOB_UNKNOWN for a blob another runner is
-        committing that moment (seen with four runners). That answer is ``_NotLinkedYet``: the caller
-        pushes the whole entry again after a back-off (the blobs are there by then: HEAD, no upload)."""
+        committing that moment (seen with four runners). That answer is ``reg.BlobNotLinkedYet``: the
+        caller pushes the whole entry again after a back-off (the blobs are there by then: HEAD, no upload)."""
         s = self._s()
         reg.with_retries(functools.partial(reg._push_blob, s, layer.digest, layer.path(cache), result,
                                            self.mount_from, None))
         reg.with_retries(functools.partial(reg._push_blob, s, entry.config_digest, entry.config, result, None, None))
-        try:
-            reg.with_retries(functools.partial(self._put_manifest, tag, entry.manifest))
-        except PublishError as e:
-            if isinstance(e, reg.Transient) or "MANIFEST_BLOB_UNKNOWN" not in e.message:
-                raise
-            raise _NotLinkedYet(e.message, hint=e.hint) from None
-
-    def _put_manifest(self, tag: str, manifest: bytes) -> None:
-        s = self._s()
-        s.send("PUT", s.url(f"manifests/{tag}"), ok=(200, 201), content=manifest,
-               headers={"Content-Type": reg.MANIFEST_MEDIA_TYPE})
-
-
-class _NotLinkedYet(PublishError):
-    """The registry does not yet know a blob the entry's manifest names, though it was pushed (or seen)
-    just before: another runner is committing it. Worth pushing the entry again."""
+        reg.with_retries(functools.partial(reg.put_manifest, s, tag, entry.manifest))
 
 
 
