@@ -51,6 +51,32 @@ def test_second_push_uploads_nothing_and_skopeo_sees_our_digest(
     assert read_oci_layout(back, "v1").manifest_digest == image.manifest_digest
 
 
+def test_a_manifest_naming_a_blob_another_client_is_still_committing_is_pushed_again(
+    registry: str, cache: Cache, tmp_path: Path, tiny_image: TinyImage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two pushes of one image at once: one may find the config blob "there" (the other's upload) before
+    the registry has linked it, and the registry refuses its manifest with MANIFEST_BLOB_UNKNOWN. Here the
+    first push of the config is skipped, as if another client had it under way: the real registry
+    refuses the manifest (BlobNotLinkedYet), the blobs and the manifest go again, and each counts once."""
+    image = tiny_image(cache, tmp_path / "staging", text="racing\n")
+    real, skipped = reg._push_blob, []
+
+    def racing(s, digest, *rest):  # type: ignore[no-untyped-def]
+        if digest == image.config_digest and not skipped:
+            skipped.append(digest)
+            return None
+        return real(s, digest, *rest)
+
+    monkeypatch.setattr(reg, "_push_blob", racing)
+    monkeypatch.setattr("lockbuild.net.BACKOFF", 0.1)
+    probe = reg.open_session(reg.parse_reference(f"{registry}/race/probe:v1"), push=True)
+    with probe.client, pytest.raises(reg.BlobNotLinkedYet):  # the answer to a manifest whose blobs are not there
+        reg.put_manifest(probe, "v1", image.manifest)
+    result = reg.push(image, f"{registry}/race/tiny:v1", cache)
+    assert skipped and result.digest == image.manifest_digest
+    assert sorted(result.uploaded) == sorted([image.layers[0].digest, image.config_digest]) and not result.skipped
+
+
 def test_blobs_are_mounted_from_another_repository(
     registry: str, cache: Cache, tmp_path: Path, tiny_image: TinyImage
 ) -> None:

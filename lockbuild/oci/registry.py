@@ -24,7 +24,7 @@ import json
 import os
 import re
 import threading
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -448,12 +448,21 @@ def push(image: Image, ref: str, cache: Cache, *, progress: Progress | None = No
               for digest, size in remote.items()),
             *(functools.partial(_push_blob, s, digest, content, result, mount_from, shown)
               for digest, content in blob_sources(local, cache).items())]
-        # blobs at once (each a HEAD, maybe a mount or an upload: round trips, not CPU); the manifest last
-        with ThreadPoolExecutor(max_workers=max(1, min(PUSH_JOBS, len(steps)))) as pool:
-            list(pool.map(with_retries, steps))
-        result.digest = with_retries(functools.partial(_put_manifest, s, image.manifest))
+        result.digest = net.retry(functools.partial(_push_blobs_then_manifest, s, steps, image.manifest, result),
+                                  transient=lambda e: isinstance(e, BlobNotLinkedYet))
     result.reference = r.with_digest(result.digest)
     return result
+
+
+def _push_blobs_then_manifest(s: Session, steps: Sequence[Callable[[], None]], manifest: bytes,
+                              result: PushResult) -> str:
+    """The blobs at once (each a HEAD, maybe a mount or an upload: round trips, not CPU), the manifest
+    last. Again after ``BlobNotLinkedYet``, a blob counts once: the second HEAD finds what was sent."""
+    with ThreadPoolExecutor(max_workers=max(1, min(PUSH_JOBS, len(steps)))) as pool:
+        list(pool.map(with_retries, steps))
+    done = {*result.uploaded, *result.mounted}
+    result.skipped = [d for d in dict.fromkeys(result.skipped) if d not in done]
+    return with_retries(functools.partial(_put_manifest, s, manifest))
 
 
 # -- pull (for verify) --------------------------------------------------------------------------------
