@@ -16,37 +16,37 @@ if ! docker -H "$DOCKER_HOST" info >/dev/null 2>&1; then
     bash scripts/dockerd.sh start >/dev/null && started=1 || echo "run-tests: no Docker engine; engine tests will skip" >&2
 fi
 export LOCKBUILD_KEEP_DOCKER=1  # the session fixture must not stop an engine this script manages
-e2e=""  # the end-to-end pytest running beside the rest (below)
+engine=""  # the engine-test pytest running beside the rest (below)
 cleanup() {
-    if [ -n "$e2e" ]; then kill "$e2e" 2>/dev/null || true; fi  # interrupted: stop it too
+    if [ -n "$engine" ]; then kill "$engine" 2>/dev/null || true; fi  # interrupted: stop it too
     # lockbuild's own engine only: what the tests loaded into it would fill the disk over many runs
     if [ "$DOCKER_HOST" = "unix:///run/lockbuild-docker.sock" ]; then bash scripts/dockerd.sh trim >&2 || true; fi
     if [ "$started" = 1 ]; then bash scripts/dockerd.sh stop >/dev/null 2>&1 || true; fi
 }
 trap cleanup EXIT
 
-# One pytest process by default. LOCKBUILD_TEST_JOBS=2 runs the end-to-end model files in a second
-# process beside the rest (they share the engine, the content-addressed cache, which is built for
-# concurrent runners, and the machine; each session starts its own registry and MLflow server). On this
-# 2-core machine that was slower, not faster: 2379 s for `.ci/run` (rest 37 min beside e2e 26 min)
-# against ~33 min in one process, because the e2e builds and the rest are both CPU-bound.
-E2E=(tests/test_e2e_defaults.py tests/test_e2e_interpreters.py tests/test_e2e_tf.py tests/test_e2e_pyfunc.py)
-if [ "$#" -gt 0 ] || [ "${LOCKBUILD_TEST_JOBS:-1}" = 1 ]; then
+# Two pytest processes by default: the tests that use the Docker engine (`-m docker`: tests/conftest.py
+# marks every test that takes the docker_engine fixture) in order in one, everything else (resolution
+# against PyPI and Debian's archive, emulated builds, verify from files) beside it. No two engine tests
+# overlap: they check the engine as a whole. Both share the content-addressed cache (built for
+# concurrent runners) and the machine; each starts its own registry and MLflow server. The engine
+# process's output is printed after the rest's. LOCKBUILD_TEST_JOBS=1, or any pytest arguments: one process.
+if [ "$#" -gt 0 ] || [ "${LOCKBUILD_TEST_JOBS:-2}" = 1 ]; then
     .venv/bin/pytest -q -p no:cacheprovider --durations=15 "$@"
     exit 0
 fi
-log=$(mktemp "${TMPDIR:-/tmp}/lockbuild-e2e.XXXXXX.log")
-.venv/bin/pytest -q -p no:cacheprovider --durations=10 "${E2E[@]}" >"$log" 2>&1 &
-e2e=$!
+log=$(mktemp "${TMPDIR:-/tmp}/lockbuild-engine-tests.XXXXXX.log")
+.venv/bin/pytest -q -p no:cacheprovider --durations=10 -m docker >"$log" 2>&1 &
+engine=$!
 rest_rc=0
-.venv/bin/pytest -q -p no:cacheprovider --durations=15 "${E2E[@]/#/--ignore=}" || rest_rc=$?
-e2e_rc=0
-wait "$e2e" || e2e_rc=$?
-e2e=""
-echo "=== end-to-end model tests (${E2E[*]}), run beside the rest ==="
+.venv/bin/pytest -q -p no:cacheprovider --durations=15 -m "not docker" || rest_rc=$?
+engine_rc=0
+wait "$engine" || engine_rc=$?
+engine=""
+echo "=== the engine's tests (-m docker), run beside the rest ==="
 cat "$log"
 rm -f "$log"
-if [ "$rest_rc" != 0 ] || [ "$e2e_rc" != 0 ]; then
-    echo "run-tests: FAILED (rest: exit $rest_rc, end-to-end: exit $e2e_rc)" >&2
+if [ "$rest_rc" != 0 ] || [ "$engine_rc" != 0 ]; then
+    echo "run-tests: FAILED (rest: exit $rest_rc, engine tests: exit $engine_rc)" >&2
     exit 1
 fi

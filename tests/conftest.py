@@ -79,3 +79,13 @@ def pytest_make_collect_report(collector: pytest.Collector) -> Generator[None, N
     if strict() and report.skipped:
         _fail_skip(report)
 
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` selects by marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that uses the Docker engine is marked ``docker``, whether or not it says so: ``-m docker``
+    is exactly the engine's tests. scripts/run-tests.sh runs those in one process and the rest beside
+    them, so no two engine tests ever overlap (they check the engine as a whole: no container or image
+    left behind, layers it already holds)."""
+    for item in items:
+        if "docker_engine" in item.fixturenames and item.get_closest_marker("docker") is None:
+            item.add_marker(pytest.mark.docker)
