@@ -59,7 +59,7 @@ def test_a_manifest_naming_a_blob_another_client_is_still_committing_is_pushed_a
     first push of the config is skipped, as if another client had it under way: the real registry
     refuses the manifest (BlobNotLinkedYet), the blobs and the manifest go again, and each counts once."""
     image = tiny_image(cache, tmp_path / "staging", text="racing\n")
-    real, skipped = reg._push_blob, []
+    real, skipped = reg.push_blob, []
 
     def racing(s, digest, *rest):  # type: ignore[no-untyped-def]
         if digest == image.config_digest and not skipped:
@@ -67,7 +67,7 @@ def test_a_manifest_naming_a_blob_another_client_is_still_committing_is_pushed_a
             return None
         return real(s, digest, *rest)
 
-    monkeypatch.setattr(reg, "_push_blob", racing)
+    monkeypatch.setattr(reg, "push_blob", racing)
     monkeypatch.setattr("lockbuild.net.BACKOFF", 0.1)
     probe = reg.open_session(reg.parse_reference(f"{registry}/race/probe:v1"), push=True)
     with probe.client, pytest.raises(reg.BlobNotLinkedYet):  # the answer to a manifest whose blobs are not there

@@ -464,7 +464,7 @@ def test_an_entry_whose_blob_another_runner_is_still_committing_is_pushed_again(
     from lockbuild.share.remote import SharedCache
 
     layer = _tiny_layer(cache, tmp_path, tiny_image)
-    real, skipped = reg._push_blob, []
+    real, skipped = reg.push_blob, []
 
     def racing(s, digest, *rest):  # type: ignore[no-untyped-def]
         if digest != layer.digest and not skipped:
@@ -472,7 +472,7 @@ def test_an_entry_whose_blob_another_runner_is_still_committing_is_pushed_again(
             return None
         return real(s, digest, *rest)
 
-    monkeypatch.setattr(reg, "_push_blob", racing)
+    monkeypatch.setattr(reg, "push_blob", racing)
     monkeypatch.setattr("lockbuild.net.BACKOFF", 0.1)
     repo = f"{registry}/lockbuild-test/cache-race-one"
     writer = SharedCache(repo, signer=load_private_key(keys["ci"][0]))

@@ -383,8 +383,9 @@ def _locked(progress: Progress) -> Progress:
     return call
 
 
-def _push_blob(s: Session, digest: str, content: BlobSource, result: PushResult,
-               mount_from: str | None, progress: Progress | None) -> None:
+def push_blob(s: Session, digest: str, content: BlobSource, result: PushResult,
+              mount_from: str | None, progress: Progress | None) -> None:
+    """One blob: skipped when the repository has it, else mounted from ``mount_from``, else uploaded."""
     size = len(content) if isinstance(content, bytes) else content.stat().st_size
     if _has_blob(s, digest):
         result.skipped.append(digest)
@@ -415,9 +416,9 @@ def _place_remote_blob(s: Session, digest: str, size: int, result: PushResult, m
         progress(size)
 
 
-def _put_manifest(s: Session, manifest: bytes) -> str:
+def _put_manifest(s: Session, reference: str, manifest: bytes) -> str:
     digest = sha256_bytes(manifest)
-    r = put_manifest(s, s.ref.reference, manifest)
+    r = put_manifest(s, reference, manifest)
     echoed = r.headers.get("docker-content-digest")
     if echoed and echoed != digest:
         raise IntegrityError(f"registry stored the manifest as {echoed}, expected {digest}",
@@ -446,23 +447,30 @@ def push(image: Image, ref: str, cache: Cache, *, progress: Progress | None = No
         steps = [  # a shared-cache layer never downloaded: the registry has it (or mounts it)
             *(functools.partial(_place_remote_blob, s, digest, size, result, mount_from, shown)
               for digest, size in remote.items()),
-            *(functools.partial(_push_blob, s, digest, content, result, mount_from, shown)
+            *(functools.partial(push_blob, s, digest, content, result, mount_from, shown)
               for digest, content in blob_sources(local, cache).items())]
-        result.digest = net.retry(functools.partial(_push_blobs_then_manifest, s, steps, image.manifest, result),
-                                  transient=lambda e: isinstance(e, BlobNotLinkedYet))
+        result.digest = push_blobs_then_manifest(s, steps, s.ref.reference, image.manifest, result)
     result.reference = r.with_digest(result.digest)
     return result
 
 
-def _push_blobs_then_manifest(s: Session, steps: Sequence[Callable[[], None]], manifest: bytes,
-                              result: PushResult) -> str:
-    """The blobs at once (each a HEAD, maybe a mount or an upload: round trips, not CPU), the manifest
-    last. Again after ``BlobNotLinkedYet``, a blob counts once: the second HEAD finds what was sent."""
-    with ThreadPoolExecutor(max_workers=max(1, min(PUSH_JOBS, len(steps)))) as pool:
+def push_blobs_then_manifest(s: Session, steps: Sequence[Callable[[], None]], reference: str, manifest: bytes,
+                             result: PushResult) -> str:
+    """Run ``steps`` (``push_blob`` and the like) at once, then PUT ``manifest`` under ``reference``; its
+    digest. When the registry answers ``BlobNotLinkedYet`` (another client is committing one of these
+    blobs that moment), all of it again after a back-off: the second HEADs find what was sent, so a blob
+    counts once in ``result``. Used by ``push`` and by the shared cache's entries."""
+    return net.retry(functools.partial(_blobs_then_manifest, s, steps, reference, manifest, result),
+                     transient=lambda e: isinstance(e, BlobNotLinkedYet))
+
+
+def _blobs_then_manifest(s: Session, steps: Sequence[Callable[[], None]], reference: str, manifest: bytes,
+                         result: PushResult) -> str:
+    with ThreadPoolExecutor(max_workers=max(1, min(PUSH_JOBS, len(steps)))) as pool:  # round trips, not CPU
         list(pool.map(with_retries, steps))
     done = {*result.uploaded, *result.mounted}
     result.skipped = [d for d in dict.fromkeys(result.skipped) if d not in done]
-    return with_retries(functools.partial(_put_manifest, s, manifest))
+    return with_retries(functools.partial(_put_manifest, s, reference, manifest))
 
 
 # -- pull (for verify) --------------------------------------------------------------------------------

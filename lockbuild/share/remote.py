@@ -39,7 +39,6 @@ from pathlib import Path
 
 import httpx
 
-from lockbuild import net
 from lockbuild.digest import to_hex
 from lockbuild.errors import IntegrityError, PublishError
 from lockbuild.fetch.cache import Cache
@@ -569,8 +568,7 @@ class SharedCache:
                 return
             entry = E.make_entry(key, layer, self.signer.sign(E.statement(key, layer)), self.key_id)
             result = reg.PushResult(digest="", reference="")
-            net.retry(functools.partial(self._push_entry, cache, layer, entry, tag, result),
-                      transient=lambda e: isinstance(e, reg.BlobNotLinkedYet))
+            self._push_entry(cache, layer, entry, tag, result)
         except PublishError as e:
             self._unreachable(e, f"could not push layer {name}")
             return
@@ -580,16 +578,13 @@ class SharedCache:
 
     def _push_entry(self, cache: Cache, layer: Layer, entry: E.Entry, tag: str, result: reg.PushResult) -> None:
         """The layer's blob and the entry's config blob (each skipped when the registry has it), then the
-        entry's manifest. Runners that push the same entry at once race inside the registry: Debian's
-        docker-registry may answer the manifest with MANIFEST_BLOB_UNKNOWN for a blob another runner is
-        committing that moment (seen with four runners). That answer is ``reg.BlobNotLinkedYet``: the
-        caller pushes the whole entry again after a back-off (the blobs are there by then: HEAD, no upload)."""
+        entry's manifest under ``tag``. Runners that push the same entry at once race inside the registry
+        (Debian's docker-registry may refuse the manifest for a blob another runner is committing that
+        moment, seen with four runners): ``reg.push_blobs_then_manifest`` pushes it all again then."""
         s = self._s()
-        reg.with_retries(functools.partial(reg._push_blob, s, layer.digest, layer.path(cache), result,
-                                           self.mount_from, None))
-        reg.with_retries(functools.partial(reg._push_blob, s, entry.config_digest, entry.config, result, None, None))
-        reg.with_retries(functools.partial(reg.put_manifest, s, tag, entry.manifest))
-
+        steps = [functools.partial(reg.push_blob, s, layer.digest, layer.path(cache), result, self.mount_from, None),
+                 functools.partial(reg.push_blob, s, entry.config_digest, entry.config, result, None, None)]
+        reg.push_blobs_then_manifest(s, steps, tag, entry.manifest, result)
 
 
 def _own_verifier(signer):  # type: ignore[no-untyped-def]
