@@ -375,10 +375,10 @@ class _LayerCheck:
         t1 = time.monotonic()
         if self.i < self.v.n_found and not self.read_found():
             return self.i, self.exp_diff
-        row = self.record(t0, t1)
+        t2, expected = time.monotonic(), self.exp_diff  # the row shows where it came from, not a re-derivation
         if not self.matches():
             self.compare()
-        row["derived"] = self.derived is not None  # staged from the lock in this run (or shared from another image's)
+        self.record(expected, t0, t1, t2)
         return self.i, self.exp_diff
 
     @property
@@ -463,16 +463,17 @@ class _LayerCheck:
             self.report.add("digests", f"config.rootfs.diff_ids[{i}]", str(got.diff_id), claimed[i],
                             "the config's diff_id is not the layer's content")
 
-    def record(self, t0: float, t1: float) -> dict[str, Any]:
-        row = {"index": self.i, "name": self.name, "expected": self.exp_diff,
+    def record(self, expected: str | None, t0: float, t1: float, t2: float) -> None:
+        """The layer's row: ``derived`` when its expected side was staged from the lock in this run (or
+        shared from another image's), for ``expected`` or by the comparison of a mismatch."""
+        row = {"index": self.i, "name": self.name, "expected": expected,
                "found": self.got.diff_id if self.got else None,
                "expected_from": "signed layer record" if self.rec else "derived from the lock",
                "found_from": _found_from(self.got), "derived": self.derived is not None,
-               "seconds": {"expected": round(t1 - t0, 2), "found": round(time.monotonic() - t1, 2)}}
+               "seconds": {"expected": round(t1 - t0, 2), "found": round(t2 - t1, 2)}}
         with self.report._lock:
             self.report.layers.append(row)
         self.report.count("layers")
-        return row
 
     def compare(self) -> None:
         """The slow path: entry by entry, the expected side always re-derived from the lock."""
