@@ -230,6 +230,39 @@ class ProxyHandler(BaseHTTPRequestHandler):
     do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = _handle  # noqa: N815
 
 
+class ManifestRewriter(ProxyHandler):
+    """A registry (or proxy) that says it stored another manifest than the one PUT: its
+    Docker-Content-Digest answer names other bytes. No auth."""
+    OTHER = "sha256:" + "0" * 64
+
+    def _reply(self, status: int, headers: dict[str, str], body: bytes = b"") -> None:
+        if self.command == "PUT" and "/manifests/" in self.path:
+            headers = {k: v for k, v in headers.items() if k.lower() != "docker-content-digest"}
+            headers["Docker-Content-Digest"] = self.OTHER
+        super()._reply(status, headers, body)
+
+    def _authorized(self) -> bool:
+        return True
+
+
+@pytest.fixture()
+def rewriting_proxy(registry: str) -> Iterator[AuthProxy]:
+    """A ManifestRewriter in front of the real registry."""
+    proxy = AuthProxy(registry, "none")
+    proxy.RequestHandlerClass = ManifestRewriter
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    yield proxy
+    proxy.shutdown()
+    proxy.server_close()
+
+
+def test_a_registry_that_stores_another_manifest_fails_the_push(
+        rewriting_proxy: AuthProxy, cache: Cache, tmp_path: Path, tiny_image: TinyImage) -> None:
+    image = tiny_image(cache, tmp_path / "staging", text="rewritten\n")
+    with pytest.raises(IntegrityError, match="registry stored the manifest as sha256:0+, expected"):
+        reg.push(image, f"{rewriting_proxy.address}/rewrite/tiny:v1", cache)
+
+
 @pytest.fixture(params=["basic", "bearer"])
 def auth_proxy(request: pytest.FixtureRequest, registry: str) -> Iterator[AuthProxy]:
     proxy = AuthProxy(registry, request.param)

@@ -319,7 +319,7 @@ class SharedCache:
     def fetch(self, cache: Cache, name: str, key: str) -> Layer | None:
         return self.fetch_layers(cache, {name: key}).get(name)
 
-    def _unreachable(self, e: PublishError, what: str) -> None:
+    def _unreachable(self, e: PublishError | IntegrityError, what: str) -> None:
         """Note the failure; after a transient one that outlived its retries, stop using the registry."""
         with self._lock:
             first = self._down is None
@@ -569,7 +569,7 @@ class SharedCache:
             entry = E.make_entry(key, layer, self.signer.sign(E.statement(key, layer)), self.key_id)
             result = reg.PushResult(digest="", reference="")
             self._push_entry(cache, layer, entry, tag, result)
-        except PublishError as e:
+        except (PublishError, IntegrityError) as e:  # IntegrityError: the registry stored another manifest
             self._unreachable(e, f"could not push layer {name}")
             return
         with self._lock:
