@@ -127,9 +127,9 @@ def test_a_recompressed_layer_is_verified_within_its_records_tar_size_without_a_
     """A build records each layer's tar size. A transport that recompresses every layer (gzip level 6, the
     default of zlib and of Go's compress/gzip) gives blobs no record names: verify decompresses each
     within its record's tar size and takes the diff_id from that, with nothing derived from the lock.
-    Records made before tar sizes were kept
-    (a warm cache) still make verify derive the layer for its bound: the model and config layers are
-    rebuilt here so that at least they have a size, and every other layer is checked either way."""
+    Records made before tar sizes were kept (a warm cache) still make verify derive the layer for its bound:
+    the model and config layers are rebuilt here so that at least they have a size, and every other layer is
+    checked either way."""
     from tests import hostile_images as h
 
     cache = _private_cache(tmp_path / "cache")

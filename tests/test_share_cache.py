@@ -15,7 +15,7 @@ import pytest
 from lockbuild.oci.layercache import Layer
 from lockbuild.share import entry as E
 from lockbuild.sign.keys import load_private_key, load_public_key
-from tests.test_oci_registry import auth_proxy  # noqa: F401 (a fixture: Basic/Bearer proxy)
+from tests.test_oci_registry import auth_proxy, rewriting_proxy  # noqa: F401 (fixtures: Basic/Bearer, rewriting proxies)
 from tests.tiny_project import run_lockbuild
 
 
@@ -523,24 +523,15 @@ def test_a_registry_serving_other_bytes_is_caught_while_reading(registry: str, c
 
 
 def test_a_registry_that_stores_another_entry_manifest_is_a_note_not_a_failed_build(  # type: ignore[no-untyped-def]
-        registry: str, cache, tmp_path: Path, tiny_image, keys: dict) -> None:
+        rewriting_proxy, cache, tmp_path: Path, tiny_image, keys: dict) -> None:  # noqa: F811
     """The entry's manifest PUT answered with another digest (a registry that rewrites manifests): the
     layer is not counted as pushed, a note says why, and the build goes on."""
-    import threading
-
     from lockbuild.share.remote import SharedCache
-    from tests.test_oci_registry import AuthProxy, ManifestRewriter
 
     layer = _tiny_layer(cache, tmp_path, tiny_image)
-    proxy = AuthProxy(registry, "none")
-    proxy.RequestHandlerClass = ManifestRewriter
-    threading.Thread(target=proxy.serve_forever, daemon=True).start()
-    try:
-        writer = SharedCache(f"{proxy.address}/lockbuild-test/cache-rewrite", signer=load_private_key(keys["ci"][0]))
-        writer.publish_layers(cache, {"tiny": (KEY, layer)})
-    finally:
-        proxy.shutdown()
-        proxy.server_close()
+    writer = SharedCache(f"{rewriting_proxy.address}/lockbuild-test/cache-rewrite",
+                         signer=load_private_key(keys["ci"][0]))
+    writer.publish_layers(cache, {"tiny": (KEY, layer)})
     assert writer.stats.pushed == [] and len(writer.stats.notes) == 1, writer.stats.notes
     assert "could not push layer tiny (registry stored the manifest as sha256:000" in writer.stats.notes[0]
 
